@@ -1,0 +1,1 @@
+"""The generator core: sources, segments, pipelines, metadata, the sync mirror."""

@@ -1,0 +1,112 @@
+"""Error context: which segment raised, and on which item.
+
+Nothing runs per item.  Each stage's generator frame is recorded when the run
+starts; when an exception leaves the run, the deepest recorded frame in its
+traceback is the stage that raised it, and that frame's loop variable (found
+once per function from its source) is the item it was processing.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import reprlib
+import textwrap
+from dataclasses import dataclass
+from functools import lru_cache
+from types import CodeType, FrameType
+from typing import Any
+
+__all__ = ["ErrorContext", "annotate", "error_context"]
+
+_MISSING = object()
+_repr = reprlib.Repr()
+_repr.maxstring = 120
+_repr.maxother = 120
+_repr.maxlevel = 3
+
+
+@dataclass(frozen=True)
+class ErrorContext:
+    """Where an exception came from: the segment's name and the item's repr."""
+
+    segment: str
+    item: str | None
+
+    def describe(self) -> str:
+        """One line for the exception's notes."""
+        if self.item is None:
+            return f"talkpipe_async: raised in {self.segment!r}"
+        return f"talkpipe_async: raised in {self.segment!r} while processing item {self.item}"
+
+
+def error_context(exc: BaseException) -> ErrorContext | None:
+    """Return the :class:`ErrorContext` attached to *exc*, if any."""
+    ctx = getattr(exc, "talkpipe_context", None)
+    return ctx if isinstance(ctx, ErrorContext) else None
+
+
+def _input_name(code: CodeType) -> str | None:
+    names = code.co_varnames[: code.co_argcount]
+    if names and names[0] == "self":
+        names = names[1:]
+    return names[0] if names else None
+
+
+@lru_cache(maxsize=512)
+def _loop_variable(code: CodeType) -> str | None:
+    """The name bound by ``for x in <input>`` in the function of *code*."""
+    source_name = _input_name(code)
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(code)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.For, ast.AsyncFor)) and isinstance(node.target, ast.Name):
+            it = node.iter
+            if isinstance(it, ast.Name) and it.id == source_name:
+                return node.target.id
+    return None
+
+
+def _item_repr(frame: FrameType) -> str | None:
+    name = _loop_variable(frame.f_code)
+    if name is None:
+        return None
+    value = frame.f_locals.get(name, _MISSING)
+    if value is _MISSING:
+        return None
+    try:
+        return _repr.repr(value)
+    except Exception:  # a broken __repr__ must not hide the real error
+        return f"<{type(value).__name__} object>"
+
+
+def annotate(exc: BaseException, frames: dict[FrameType, str]) -> None:
+    """Attach the failing stage's name and item to *exc* (once)."""
+    if not frames or error_context(exc) is not None:
+        return
+    found: tuple[FrameType, str] | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        label = frames.get(tb.tb_frame)
+        if label is not None:
+            found = (tb.tb_frame, label)
+        tb = tb.tb_next
+    if found is None:
+        return
+    ctx = ErrorContext(segment=found[1], item=_item_repr(found[0]))
+    try:
+        exc.talkpipe_context = ctx  # type: ignore[attr-defined]
+    except AttributeError:
+        return
+    _add_note(exc, ctx.describe())
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    add = getattr(exc, "add_note", None)
+    if add is not None:
+        add(note)
+    else:  # Python 3.10: keep the PEP 678 attribute so tools can still show it
+        notes: Any = getattr(exc, "__notes__", None) or []
+        exc.__notes__ = [*notes, note]  # type: ignore[attr-defined]

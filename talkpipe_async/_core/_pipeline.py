@@ -1,0 +1,357 @@
+"""Pipelines: ``|`` chains of stages, compiled afresh for every run."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from types import FrameType, TracebackType
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+from ._errors import annotate
+from ._plumbing import Intercept, MetaCounter, release_sync, strip_async, strip_sync, sync_to_async
+from ._segment import AbstractSegment, AbstractSource, _Node, wrap_callable
+from ._threads import ThreadStage
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+__all__ = ["Pipeline", "PipelineRun"]
+
+CLEANUP_TIMEOUT = 10.0
+
+
+def _frame_of(gen: Any) -> FrameType | None:
+    return getattr(gen, "ag_frame", None) or getattr(gen, "gi_frame", None)
+
+
+class Pipeline(Generic[T, U]):
+    """A chain of stages built with ``|``.
+
+    Building a pipeline runs nothing and changes none of its parts; every
+    run (``stream()``, ``collect()``, ``iter_sync()``) builds fresh
+    generators, so one pipeline can run many times, even at once.  Nested
+    pipelines are flattened.  A pipeline that starts with a segment takes its
+    input from the caller: an iterable or an async iterable.
+    """
+
+    def __init__(self, *ops: Any) -> None:
+        stages: list[_Node] = []
+        for op in ops:
+            if isinstance(op, Pipeline):
+                stages.extend(op.stages)
+            else:
+                stages.append(wrap_callable(op))
+        for position, stage in enumerate(stages):
+            if isinstance(stage, AbstractSource) and position:
+                raise TypeError(f"source {stage.label!r} can only start a pipeline (it is at position {position})")
+        if not stages:
+            raise ValueError("a pipeline needs at least one stage")
+        self.stages: tuple[_Node, ...] = tuple(stages)
+
+    def __or__(self, other: Any) -> Pipeline[T, Any]:
+        return Pipeline(self, other)
+
+    def __ror__(self, other: Any) -> Pipeline[Any, U]:
+        return Pipeline(other, self)
+
+    def __repr__(self) -> str:
+        return " | ".join(stage.label for stage in self.stages)
+
+    @property
+    def has_source(self) -> bool:
+        """True when the pipeline starts with a source (it takes no input)."""
+        return isinstance(self.stages[0], AbstractSource)
+
+    @property
+    def is_sync(self) -> bool:
+        """True when every stage is a plain (sync) generator: see :meth:`iter_sync`."""
+        return all(stage.is_sync for stage in self.stages)  # type: ignore[attr-defined]
+
+    def stream(self, input: Iterable[Any] | AsyncIterable[Any] | None = None, *, metadata: bool = False) -> PipelineRun:
+        """Run the pipeline: ``async with pipeline.stream() as items: async for x in items``.
+
+        Leaving the block (normally, by ``break``, by an exception or by
+        cancellation) closes every stage, downstream first, and stops every
+        task and thread of the run before the next statement.  With
+        ``metadata=True`` the consumer receives :class:`Metadata` items too.
+        """
+        return PipelineRun(self, input, metadata)
+
+    async def collect(self, input: Iterable[Any] | AsyncIterable[Any] | None = None, *, metadata: bool = False) -> list[U]:
+        """Run the pipeline to the end and return its items as a list."""
+        async with self.stream(input, metadata=metadata) as items:
+            return [item async for item in items]
+
+    def as_function(self, *, single_in: bool = False, single_out: bool = False) -> Callable[..., Any]:
+        """Return an async callable that runs the pipeline once per call.
+
+        ``single_in``: the argument is one item rather than an iterable.
+        ``single_out``: return the only output item (``ValueError`` unless
+        there is exactly one) rather than a list.
+        """
+
+        async def run(item: Any = None) -> Any:
+            given = None if self.has_source else ([item] if single_in else item)
+            results = await self.collect(given)
+            return _single(results) if single_out else results
+
+        return run
+
+    def iter_sync(self, input: Iterable[Any] | None = None, *, metadata: bool = False) -> Iterator[U]:
+        """Run a pipeline of sync stages as plain generators, with no event loop.
+
+        Every stage runs in the calling thread (``blocking`` is ignored).
+        Breaking out of the loop closes every stage at once (CPython closes
+        the generators as the loop lets go of them).
+        """
+        for stage in self.stages:
+            if not stage.is_sync:  # type: ignore[attr-defined]
+                raise TypeError(f"iter_sync() needs sync stages, and {stage.label!r} is async: use stream()")
+        build = _Build(self, metadata)
+        head: Iterable[Any] = self._head_sync(input)
+        chain, _ = build.sync_chain(head, 1 if self.has_source else 0, len(self.stages), True)
+        if not metadata:
+            chain = build.final_strip_sync(chain)
+        return _run_sync(chain, build.frames)
+
+    def _head_sync(self, input: Iterable[Any] | None) -> Iterable[Any]:
+        first = self.stages[0]
+        if isinstance(first, AbstractSource):
+            if input is not None:
+                raise TypeError("this pipeline starts with a source and takes no input")
+            return first.generate()  # type: ignore[return-value]
+        if input is None:
+            raise TypeError(f"this pipeline starts with segment {first.label!r}: give it input")
+        return input
+
+    def __aiter__(self) -> Any:
+        raise TypeError(
+            "a bare `async for` cannot close the pipeline's stages when the loop stops early; "
+            "use `async with pipeline.stream() as items: async for x in items: ...`"
+        )
+
+
+def _single(results: list[Any]) -> Any:
+    if len(results) != 1:
+        raise ValueError(f"expected exactly 1 output item, got {len(results)}")
+    return results[0]
+
+
+def _run_sync(chain: Iterator[Any], frames: dict[FrameType, str]) -> Iterator[Any]:
+    try:
+        yield from chain
+    except BaseException as exc:
+        annotate(exc, frames)
+        raise
+
+
+class _Build:
+    """Compiles one run: generators, metadata plumbing, threads, closers."""
+
+    def __init__(self, pipeline: Pipeline[Any, Any], outlet_metadata: bool) -> None:
+        self.stages = pipeline.stages
+        self.frames: dict[FrameType, str] = {}
+        self.closers: list[Any] = []
+        self.threads: list[ThreadStage] = []
+        self.counter = MetaCounter()
+        n = len(self.stages)
+        wants = [False] * (n + 1)
+        wants[n] = outlet_metadata
+        for i in range(n - 1, -1, -1):
+            wants[i] = wants[i + 1] or self.stages[i].process_metadata
+        self._wants_after = wants  # wants[i + 1]: a stage after i (or the outlet) takes metadata
+
+    def receiver_after(self, i: int) -> bool:
+        return self._wants_after[i + 1]
+
+    def record(self, gen: Any, label: str | None) -> Any:
+        """Close *gen* at the end of the run; attribute errors to *label* if given."""
+        frame = _frame_of(gen) if label is not None else None
+        if frame is not None:
+            self.frames[frame] = label  # type: ignore[assignment]
+        self.closers.append(gen)
+        return gen
+
+    def sync_chain(self, it: Iterable[Any], start: int, stop: int, meta: bool) -> tuple[Iterator[Any], bool]:
+        """Chain sync stages ``start..stop`` over *it*; return it and whether metadata may flow."""
+        chain: Iterable[Any] = it
+        for i in range(start, stop):
+            stage = self.stages[i]
+            if stage.process_metadata or not meta:
+                chain = self.record(stage.transform(chain), stage.label)  # type: ignore[attr-defined]
+                meta = meta or stage.process_metadata
+                continue
+            pending: list[Any] | None = [] if self.receiver_after(i) else None
+            out = self.record(stage.transform(strip_sync(chain, pending, self.counter)), stage.label)  # type: ignore[attr-defined]
+            chain = release_sync(out, pending) if pending is not None else out
+            meta = pending is not None
+        return iter(chain), meta
+
+    def final_strip_sync(self, chain: Iterator[Any]) -> Iterator[Any]:
+        return strip_sync(chain, None, self.counter)
+
+    def on_thread_frame(self, label: str) -> Callable[[Any], None]:
+        def record(gen: Any) -> None:
+            frame = _frame_of(gen)
+            if frame is not None:
+                self.frames[frame] = label
+
+        return record
+
+
+class PipelineRun:
+    """One run of a pipeline; an async context manager that yields the items."""
+
+    def __init__(self, pipeline: Pipeline[Any, Any], input: Any, metadata: bool) -> None:
+        self._pipeline = pipeline
+        self._input = input
+        self._metadata = metadata
+        self._build: _Build | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._intercepts: list[Intercept] = []
+
+    @property
+    def metadata_dropped(self) -> int:
+        """Metadata items dropped because no stage downstream takes metadata."""
+        return self._build.counter.dropped if self._build else 0
+
+    async def __aenter__(self) -> AsyncIterator[Any]:
+        build = self._build = _Build(self._pipeline, self._metadata)
+        items = self._compile(build)
+        if build.threads:
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+            for stage in build.threads:
+                stage.start(self._tg)
+        return items
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        build = self._build
+        assert build is not None
+        if exc is not None:
+            annotate(exc, build.frames)
+        close_error: BaseException | None = None
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
+            close_error = await self._close_all(build)
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+            try:
+                await self._tg.__aexit__(exc_type, exc, tb)
+            finally:
+                self._tg = None
+        if close_error is not None and exc is None:
+            annotate(close_error, build.frames)
+            raise close_error
+        return None
+
+    async def _close_all(self, build: _Build) -> BaseException | None:
+        first: BaseException | None = None
+        for ic in reversed(self._intercepts):
+            try:
+                await ic.aclose()
+            except BaseException as err:  # reported after every stage is closed
+                first = first or err
+        for stage in build.threads:
+            stage.abort()
+        for gen in reversed(build.closers):
+            try:
+                if hasattr(gen, "aclose"):
+                    await gen.aclose()
+                elif hasattr(gen, "close"):
+                    gen.close()
+            except RuntimeError as err:
+                if "already running" not in str(err):
+                    first = first or err
+            except BaseException as err:
+                first = first or err
+        return first
+
+    def _intercept(self, items: AsyncIterator[Any]) -> Intercept:
+        ic = Intercept(items)
+        self._intercepts.append(ic)
+        return ic
+
+    def _compile(self, build: _Build) -> AsyncIterator[Any]:
+        stages = build.stages
+        first = stages[0]
+        start = 1 if isinstance(first, AbstractSource) else 0
+        sync_head: Iterable[Any] | None = None
+        cur: AsyncIterator[Any] | None = None
+        meta = True
+        if isinstance(first, AbstractSource):
+            if self._input is not None:
+                raise TypeError("this pipeline starts with a source and takes no input")
+            if first.is_sync and not first.blocking:
+                sync_head = build.record(first.generate(), first.label)
+            elif first.is_sync:
+                cur = self._thread(build, 0, None)
+            else:
+                cur = build.record(first.generate(), first.label)
+        elif self._input is None:
+            raise TypeError(f"this pipeline starts with segment {first.label!r}: give stream() an input")
+        elif hasattr(self._input, "__aiter__"):
+            cur = self._input.__aiter__()
+        else:
+            sync_head = self._input
+        i = start
+        if sync_head is not None:
+            stop = i
+            while stop < len(stages) and stages[stop].is_sync and not stages[stop].blocking:  # type: ignore[attr-defined]
+                stop += 1
+            chain, meta = build.sync_chain(sync_head, i, stop, True)
+            i = stop
+            strip = meta and (i == len(stages) and not self._metadata or i < len(stages) and not stages[i].process_metadata and not stages[i].is_sync)  # type: ignore[attr-defined]
+            bypass = strip and build.receiver_after(i) if i < len(stages) else False
+            cur = build.record(sync_to_async(chain, strip, bypass, build.counter), None)
+            bypass_open = bypass
+            meta = meta and not strip
+        else:
+            bypass_open = False
+        assert cur is not None
+        for j in range(i, len(stages)):
+            stage = stages[j]
+            if stage.is_sync:  # type: ignore[attr-defined]
+                if bypass_open:
+                    cur, bypass_open = self._intercept(cur), False
+                cur = self._thread(build, j, cur)
+                meta = True
+                continue
+            if stage.process_metadata:
+                if bypass_open:
+                    cur, bypass_open = self._intercept(cur), False
+                meta = True
+            elif meta:
+                bypass = build.receiver_after(j)
+                cur = build.record(strip_async(cur, bypass, build.counter), None)
+                bypass_open = bypass_open or bypass
+                meta = False
+            cur = build.record(stage.transform(cur), stage.label)  # type: ignore[attr-defined]
+        if self._metadata:
+            if bypass_open:
+                cur = self._intercept(cur)
+        elif meta:
+            cur = build.record(strip_async(cur, False, build.counter), None)
+        return cur
+
+    def _thread(self, build: _Build, j: int, upstream: AsyncIterator[Any] | None) -> AsyncIterator[Any]:
+        stage = build.stages[j]
+        if upstream is None:
+            make: Callable[[Any], Iterator[Any]] = lambda _: iter(stage.generate())  # type: ignore[attr-defined]
+        else:
+            make = lambda items: iter(stage.transform(items))  # type: ignore[attr-defined]
+        thread = ThreadStage(
+            stage.label,
+            make,
+            upstream,
+            pass_metadata=stage.process_metadata or upstream is None,
+            forward_metadata=build.receiver_after(j),
+            counter=build.counter,
+            on_frame=build.on_thread_frame(stage.label),
+        )
+        build.threads.append(thread)
+        return build.record(thread.output(), None)
+

@@ -1,0 +1,181 @@
+"""Sync generators run in worker threads, fed and drained in batches.
+
+A thread stage has three parts, all owned by the run's task group:
+
+* a feeder task that pulls the async upstream and puts items into the
+  *inbox* channel (bounded: the upstream runs ahead by at most ``batch``
+  items);
+* a worker thread that runs the sync generator over an iterator that takes
+  whole batches from the inbox, and hands its output back in batches to the
+  *outbox* channel (bounded too, so a slow consumer stops the worker);
+* the stage's async output, an async generator in the consumer's task that
+  takes batches from the outbox.
+
+The worker sends what it holds before it waits for more input, as soon as
+the consumer is idle, and at least every ``latency`` seconds, so a lone item
+never waits for a batch to fill.  Exceptions travel in order through the
+channels with their original type; nothing is swallowed in the thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from ._channel import Channel, ChannelClosed
+from ._metadata import Metadata
+from ._plumbing import MetaCounter
+
+__all__ = ["ThreadStage"]
+
+DEFAULT_BATCH = 256
+DEFAULT_LATENCY = 0.005
+
+
+class _Outbox:
+    """The worker's side of the output channel: batches with a latency bound."""
+
+    def __init__(self, channel: Channel, batch: int, latency: float) -> None:
+        self.channel = channel
+        self.batch = batch
+        self.latency = latency
+        self.pending: list[Any] = []
+        self.first_at = 0.0
+
+    def add(self, item: Any) -> None:
+        pending = self.pending
+        if not pending:
+            self.first_at = time.monotonic()
+        pending.append(item)
+        if (
+            len(pending) >= self.batch
+            or self.channel.consumer_waiting
+            or time.monotonic() - self.first_at >= self.latency
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            batch, self.pending = self.pending, []
+            anyio.from_thread.run(self.channel.put_batch, batch)
+
+
+class ThreadStage:
+    """Run a sync source or segment in a worker thread (see module docs)."""
+
+    def __init__(
+        self,
+        label: str,
+        make: Callable[[Iterable[Any] | None], Iterator[Any]],
+        upstream: AsyncIterator[Any] | None,
+        *,
+        pass_metadata: bool,
+        forward_metadata: bool,
+        counter: MetaCounter,
+        on_frame: Callable[[Any], None],
+        batch: int = DEFAULT_BATCH,
+        latency: float = DEFAULT_LATENCY,
+    ) -> None:
+        self.label = label
+        self._make = make
+        self._upstream = upstream
+        self._pass_metadata = pass_metadata
+        self._forward_metadata = forward_metadata
+        self._counter = counter
+        self._on_frame = on_frame
+        self._batch = batch
+        self._latency = latency
+        self.inbox = Channel(batch) if upstream is not None else None
+        self.outbox = Channel(2 * batch)
+
+    def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Start the feeder task (for a segment) and the worker thread."""
+        if self._upstream is not None:
+            tg.start_soon(self._feed, name=f"talkpipe feeder for {self.label}")
+        tg.start_soon(self._run_worker, name=f"talkpipe worker for {self.label}")
+
+    def abort(self) -> None:
+        """Wake and stop the feeder and the worker (the run is closing)."""
+        if self.inbox is not None:
+            self.inbox.abort()
+        self.outbox.abort()
+
+    async def _feed(self) -> None:
+        assert self.inbox is not None and self._upstream is not None
+        inbox = self.inbox
+        try:
+            async for item in self._upstream:
+                await inbox.put(item)
+        except ChannelClosed:
+            return
+        except anyio.get_cancelled_exc_class():
+            inbox.close()
+            raise
+        except BaseException as exc:  # handed to the worker, in order
+            inbox.close(exc)
+        else:
+            inbox.close()
+
+    async def _run_worker(self) -> None:
+        await anyio.to_thread.run_sync(self._work)
+
+    def _inputs(self, out: _Outbox) -> Iterator[Any]:
+        assert self.inbox is not None
+        inbox = self.inbox
+        while True:
+            out.flush()
+            try:
+                batch = anyio.from_thread.run(inbox.get_batch, self._batch)
+            except anyio.EndOfStream:
+                return
+            for item in batch:
+                if not self._pass_metadata and isinstance(item, Metadata):
+                    if self._forward_metadata:
+                        out.add(item)
+                        out.flush()
+                    else:
+                        self._counter.dropped += 1
+                else:
+                    yield item
+
+    def _work(self) -> None:
+        out = _Outbox(self.outbox, self._batch, self._latency)
+        gen = None
+        error: BaseException | None = None
+        try:
+            gen = self._make(self._inputs(out) if self.inbox is not None else None)
+            self._on_frame(gen)
+            for item in gen:
+                out.add(item)
+        except ChannelClosed:
+            return
+        except BaseException as exc:  # travels to the consumer, in order
+            error = exc
+        finally:
+            if gen is not None and hasattr(gen, "close"):
+                gen.close()
+        try:
+            out.flush()
+            anyio.from_thread.run_sync(self.outbox.close, error)
+        except BaseException:  # the consumer is gone: the run is closing
+            if error is not None and not isinstance(error, ChannelClosed):
+                raise error from None
+
+    async def output(self) -> AsyncIterator[Any]:
+        """The stage's items, in the consumer's task."""
+        outbox = self.outbox
+        try:
+            while True:
+                try:
+                    batch = await outbox.get_batch(1 << 30)
+                except anyio.EndOfStream:
+                    return
+                for item in batch:
+                    yield item
+        finally:
+            self.abort()

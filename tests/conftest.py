@@ -1,0 +1,46 @@
+"""Shared fixtures: every async test runs on asyncio, asyncio+uvloop and trio."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+try:
+    import uvloop  # noqa: F401
+
+    HAVE_UVLOOP = True
+except ImportError:  # pragma: no cover - uvloop is in the test extra
+    HAVE_UVLOOP = False
+
+BACKENDS = [
+    pytest.param(("asyncio", {}), id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop", marks=pytest.mark.skipif(not HAVE_UVLOOP, reason="no uvloop")),
+    pytest.param(("trio", {}), id="trio"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    """Run each ``@pytest.mark.anyio`` test once per event loop."""
+    return request.param  # type: ignore[no-any-return]
+
+
+def open_fds() -> int:
+    """How many file descriptors this process holds."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def talkpipe_threads() -> list[threading.Thread]:
+    """Live threads other than the main one and idle worker-pool threads."""
+    return [t for t in threading.enumerate() if t is not threading.main_thread()]
+
+
+@pytest.fixture
+def no_fd_leak() -> Iterator[None]:
+    """Fail if the test leaves file descriptors open."""
+    before = open_fds()
+    yield
+    assert open_fds() <= before, "file descriptors leaked"
