@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from types import FrameType, TracebackType
 from typing import Any, Generic, TypeVar
 
 import anyio
+import anyio.abc
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 from ._errors import annotate
 from ._plumbing import Intercept, MetaCounter, release_sync, strip_async, strip_sync, sync_to_async
-from ._segment import AbstractSegment, AbstractSource, _Node, wrap_callable
+from ._run import RunContext, _current
+from ._segment import AbstractSource, _Node, wrap_callable
 from ._threads import ThreadStage
 
 T = TypeVar("T")
@@ -132,6 +138,29 @@ class Pipeline(Generic[T, U]):
         )
 
 
+async def _close_one(gen: Any) -> BaseException | None:
+    try:
+        if hasattr(gen, "aclose"):
+            await gen.aclose()
+        elif hasattr(gen, "close"):
+            gen.close()
+    except RuntimeError as err:
+        if "already running" not in str(err):
+            return err
+    except BaseException as err:  # reported once every stage is closed
+        return err
+    return None
+
+
+def _unwrap(group: BaseExceptionGroup) -> BaseException:
+    """A task's single error keeps its own type; several stay grouped."""
+    errors = [e for e in group.exceptions if not isinstance(e, anyio.get_cancelled_exc_class())]
+    if len(errors) == 1:
+        inner = errors[0]
+        return _unwrap(inner) if isinstance(inner, BaseExceptionGroup) else inner
+    return group
+
+
 def _single(results: list[Any]) -> Any:
     if len(results) != 1:
         raise ValueError(f"expected exactly 1 output item, got {len(results)}")
@@ -209,6 +238,8 @@ class PipelineRun:
         self._metadata = metadata
         self._build: _Build | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._run: RunContext | None = None
+        self._token: Any = None
         self._intercepts: list[Intercept] = []
 
     @property
@@ -218,12 +249,17 @@ class PipelineRun:
 
     async def __aenter__(self) -> AsyncIterator[Any]:
         build = self._build = _Build(self._pipeline, self._metadata)
-        items = self._compile(build)
-        if build.threads:
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
+        tg = self._tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._run = RunContext(tg)
+        self._token = _current.set(self._run)
+        try:
+            items = self._compile(build)
             for stage in build.threads:
-                stage.start(self._tg)
+                stage.start(tg)
+        except BaseException as exc:
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         return items
 
     async def __aexit__(
@@ -234,21 +270,31 @@ class PipelineRun:
         if exc is not None:
             annotate(exc, build.frames)
         close_error: BaseException | None = None
+        busy: list[Any] = []
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
-            close_error = await self._close_all(build)
-        if self._tg is not None:
-            self._tg.cancel_scope.cancel()
-            try:
-                await self._tg.__aexit__(exc_type, exc, tb)
-            finally:
-                self._tg = None
+            close_error = await self._close_all(build, busy)
+        assert self._tg is not None and self._run is not None
+        tg, self._tg = self._tg, None
+        self._run._closing()
+        tg.cancel_scope.cancel()
+        try:
+            await tg.__aexit__(None, None, None)
+        except BaseExceptionGroup as group:
+            close_error = close_error or _unwrap(group)
+        finally:
+            _current.reset(self._token)
+            with anyio.CancelScope(shield=True) as scope:
+                scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
+                for gen in busy:
+                    close_error = close_error or await _close_one(gen)
         if close_error is not None and exc is None:
             annotate(close_error, build.frames)
             raise close_error
         return None
 
-    async def _close_all(self, build: _Build) -> BaseException | None:
+    async def _close_all(self, build: _Build, busy: list[Any]) -> BaseException | None:
+        """Close every stage, downstream first; *busy* gets those a task is running."""
         first: BaseException | None = None
         for ic in reversed(self._intercepts):
             try:
@@ -258,16 +304,10 @@ class PipelineRun:
         for stage in build.threads:
             stage.abort()
         for gen in reversed(build.closers):
-            try:
-                if hasattr(gen, "aclose"):
-                    await gen.aclose()
-                elif hasattr(gen, "close"):
-                    gen.close()
-            except RuntimeError as err:
-                if "already running" not in str(err):
-                    first = first or err
-            except BaseException as err:
-                first = first or err
+            if getattr(gen, "ag_running", False):
+                busy.append(gen)
+                continue
+            first = first or await _close_one(gen)
         return first
 
     def _intercept(self, items: AsyncIterator[Any]) -> Intercept:
@@ -304,7 +344,7 @@ class PipelineRun:
                 stop += 1
             chain, meta = build.sync_chain(sync_head, i, stop, True)
             i = stop
-            strip = meta and (i == len(stages) and not self._metadata or i < len(stages) and not stages[i].process_metadata and not stages[i].is_sync)  # type: ignore[attr-defined]
+            strip = meta and ((i == len(stages) and not self._metadata) or (i < len(stages) and not stages[i].process_metadata and not stages[i].is_sync))  # type: ignore[attr-defined]
             bypass = strip and build.receiver_after(i) if i < len(stages) else False
             cur = build.record(sync_to_async(chain, strip, bypass, build.counter), None)
             bypass_open = bypass
