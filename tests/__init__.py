@@ -1,0 +1,1 @@
+"""The talkpipe-async test suite."""
