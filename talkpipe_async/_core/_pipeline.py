@@ -26,6 +26,15 @@ __all__ = ["Pipeline", "PipelineRun"]
 
 CLEANUP_TIMEOUT = 10.0
 
+# Inputs of these types cannot hold Metadata: no plumbing is installed after them.
+_PLAIN_INPUTS = (range, str, bytes, bytearray, memoryview)
+
+
+def _may_carry_metadata(head: Any) -> bool:
+    if isinstance(head, AbstractSource):
+        return head.emits_metadata
+    return not isinstance(head, _PLAIN_INPUTS)
+
 
 def _frame_of(gen: Any) -> FrameType | None:
     return getattr(gen, "ag_frame", None) or getattr(gen, "gi_frame", None)
@@ -116,10 +125,11 @@ class Pipeline(Generic[T, U]):
                 raise TypeError(f"iter_sync() needs sync stages, and {stage.label!r} is async: use stream()")
         build = _Build(self, metadata)
         head: Iterable[Any] = self._head_sync(input)
-        chain, _ = build.sync_chain(head, 1 if self.has_source else 0, len(self.stages), True)
-        if not metadata:
+        meta = _may_carry_metadata(self.stages[0] if self.has_source else input)
+        chain, meta = build.sync_chain(head, 1 if self.has_source else 0, len(self.stages), meta)
+        if meta and not metadata:
             chain = build.final_strip_sync(chain)
-        return _run_sync(chain, build.frames)
+        return _run_sync(chain, build)
 
     def _head_sync(self, input: Iterable[Any] | None) -> Iterable[Any]:
         first = self.stages[0]
@@ -167,12 +177,15 @@ def _single(results: list[Any]) -> Any:
     return results[0]
 
 
-def _run_sync(chain: Iterator[Any], frames: dict[FrameType, str]) -> Iterator[Any]:
+def _run_sync(chain: Iterator[Any], build: _Build) -> Iterator[Any]:
     try:
         yield from chain
     except BaseException as exc:
-        annotate(exc, frames)
+        annotate(exc, build.frames)
         raise
+    finally:
+        for gen in reversed(build.closers):
+            gen.close()
 
 
 class _Build:
@@ -321,7 +334,7 @@ class PipelineRun:
         start = 1 if isinstance(first, AbstractSource) else 0
         sync_head: Iterable[Any] | None = None
         cur: AsyncIterator[Any] | None = None
-        meta = True
+        meta = _may_carry_metadata(first if start else self._input)
         if isinstance(first, AbstractSource):
             if self._input is not None:
                 raise TypeError("this pipeline starts with a source and takes no input")
@@ -342,7 +355,7 @@ class PipelineRun:
             stop = i
             while stop < len(stages) and stages[stop].is_sync and not stages[stop].blocking:  # type: ignore[attr-defined]
                 stop += 1
-            chain, meta = build.sync_chain(sync_head, i, stop, True)
+            chain, meta = build.sync_chain(sync_head, i, stop, meta)
             i = stop
             strip = meta and ((i == len(stages) and not self._metadata) or (i < len(stages) and not stages[i].process_metadata and not stages[i].is_sync))  # type: ignore[attr-defined]
             bypass = strip and build.receiver_after(i) if i < len(stages) else False

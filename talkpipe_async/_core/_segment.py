@@ -34,6 +34,7 @@ class _Node:
 
     process_metadata: bool = False
     blocking: bool = False
+    emits_metadata: bool = True
     name: str = ""
 
     def _init_options(self, process_metadata: bool, blocking: bool) -> None:
@@ -58,6 +59,28 @@ class _Node:
     def __repr__(self) -> str:
         return f"<{self.label}>"
 
+    def pipeline(self) -> Pipeline:
+        """This stage alone as a :class:`Pipeline` (what ``stream``/``collect`` run)."""
+        from ._pipeline import Pipeline
+
+        return Pipeline(self)
+
+    def stream(self, input: Any = None, *, metadata: bool = False) -> Any:
+        """Run this stage alone; see :meth:`Pipeline.stream`."""
+        return self.pipeline().stream(input, metadata=metadata)
+
+    async def collect(self, input: Any = None, *, metadata: bool = False) -> list[Any]:
+        """Run this stage alone and return a list; see :meth:`Pipeline.collect`."""
+        return await self.pipeline().collect(input, metadata=metadata)
+
+    def iter_sync(self, input: Any = None, *, metadata: bool = False) -> Iterator[Any]:
+        """Run this sync stage alone without an event loop; see :meth:`Pipeline.iter_sync`."""
+        return self.pipeline().iter_sync(input, metadata=metadata)
+
+    def as_function(self, *, single_in: bool = False, single_out: bool = False) -> Callable[..., Any]:
+        """This stage as an async callable; see :meth:`Pipeline.as_function`."""
+        return self.pipeline().as_function(single_in=single_in, single_out=single_out)
+
 
 def _is_async_callable(fn: Callable[..., Any]) -> bool:
     return inspect.isasyncgenfunction(fn)
@@ -68,11 +91,16 @@ class AbstractSource(_Node, Generic[U]):
 
     Write ``generate`` as an ``async def`` generator; a plain ``def`` generator
     works too (it runs inline in the event loop, or in a worker thread when
-    ``blocking=True``).
+    ``blocking=True``).  A source that never yields :class:`Metadata` may say
+    so with ``emits_metadata=False``: the runner then installs no metadata
+    plumbing after it.
     """
 
-    def __init__(self, *, process_metadata: bool = False, blocking: bool = False) -> None:
+    def __init__(
+        self, *, process_metadata: bool = False, blocking: bool = False, emits_metadata: bool = True
+    ) -> None:
         self._init_options(process_metadata, blocking)
+        self.emits_metadata = emits_metadata
 
     @abstractmethod
     def generate(self) -> AsyncIterator[U] | Iterator[U]:
@@ -111,11 +139,6 @@ class AbstractSegment(_Node, Generic[T, U]):
     def _entry(self) -> Callable[..., Any]:
         return type(self).transform
 
-    def as_function(self, *, single_in: bool = False, single_out: bool = False) -> Callable[..., Any]:
-        """This segment as an async callable; see :meth:`Pipeline.as_function`."""
-        from ._pipeline import Pipeline
-
-        return Pipeline(self).as_function(single_in=single_in, single_out=single_out)
 
 
 class CallableSegment(AbstractSegment[Any, Any]):
@@ -154,7 +177,7 @@ def wrap_callable(obj: Any) -> AbstractSegment[Any, Any] | AbstractSource[Any]:
     raise TypeError(f"cannot use {obj!r} in a pipeline: not a source, segment or callable")
 
 
-_OPTIONS = ("process_metadata", "blocking", "name")
+_OPTIONS = ("process_metadata", "blocking", "name", "emits_metadata")
 
 
 def _split_options(defaults: dict[str, Any], given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -166,6 +189,7 @@ def _split_options(defaults: dict[str, Any], given: dict[str, Any]) -> tuple[dic
 def _make_class(
     func: Callable[..., Any], base: type[Any], method: str, defaults: dict[str, Any], suffix: str
 ) -> type[Any]:
+    signature = inspect.signature(func)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         options, merged = _split_options(defaults, kwargs)
         base.__init__(
@@ -173,12 +197,15 @@ def _make_class(
             process_metadata=options.get("process_metadata", False),
             blocking=options.get("blocking", False),
         )
+        self.emits_metadata = options.get("emits_metadata", True)
         self.name = options.get("name") or func.__name__
         self._args = args
         self._kwargs = merged
-        inspect.signature(func).bind(None, *args, **merged) if method == "transform" else inspect.signature(
-            func
-        ).bind(*args, **merged)
+        leading = (None,) if method == "transform" else ()
+        try:
+            signature.bind(*leading, *args, **merged)
+        except TypeError as exc:
+            raise TypeError(f"{func.__name__}: {exc}") from None
 
     if method == "transform":
 

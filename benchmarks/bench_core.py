@@ -1,0 +1,124 @@
+"""Core chain costs (issue 2): user segments, metadata flowing, the no-loop sync path."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+from talkpipe_async import Flush, segment
+
+from ._harness import Result, compare, measure_async
+
+__all__ = ["run"]
+
+
+async def _inc(items: AsyncIterator[int]) -> AsyncIterator[int]:
+    async for x in items:
+        yield x + 1
+
+
+def _inc_sync(items: Iterable[int]) -> Iterator[int]:
+    for x in items:
+        yield x + 1
+
+
+async def _numbers(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+
+
+async def _numbers_with_flush(n: int, every: int) -> AsyncIterator[Any]:
+    for i in range(n):
+        if i % every == 0:
+            yield Flush()
+        yield i
+
+
+inc = segment(_inc)
+inc_sync = segment(_inc_sync)
+
+
+@segment(process_metadata=True)
+async def passthrough(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """Metadata-aware last stage (receives the Flush items)."""
+    async for x in items:
+        yield x
+
+
+def _with_flush_list(n: int, every: int) -> list[Any]:
+    out: list[Any] = []
+    for i in range(n):
+        if i % every == 0:
+            out.append(Flush())
+        out.append(i)
+    return out
+
+
+def run(quick: bool) -> list[Result]:
+    """Run the core scenarios; 1,000,000 ints in full mode."""
+    n = 100_000 if quick else 1_000_000
+    repeat = 3 if quick else 5
+    chain5 = inc() | inc() | inc() | inc() | inc()
+
+    async def subject() -> None:
+        async with chain5.stream(range(n)) as items:
+            async for _ in items:
+                pass
+
+    async def hand() -> None:
+        g: AsyncIterator[int] = _numbers(n)
+        for _ in range(5):
+            g = _inc(g)
+        async for _ in g:
+            pass
+
+    results = compare(
+        "5 @segment async generators, no metadata",
+        ("talkpipe_async", measure_async(subject)),
+        [("hand-chained async generators", measure_async(hand))],
+        repeat=repeat,
+        targets={"hand-chained async generators": ("<= 1.10", lambda r: r <= 1.10)},
+    )
+
+    flushed = _with_flush_list(n, 1000)
+    chain_meta = inc() | inc() | inc() | inc() | inc()
+
+    async def subject_meta() -> None:
+        async with chain_meta.stream(flushed, metadata=True) as items:
+            async for _ in items:
+                pass
+
+    results += compare(
+        "5 @segment async generators, one Flush per 1,000 items",
+        ("talkpipe_async", measure_async(subject_meta)),
+        [("hand-chained async generators", measure_async(hand))],
+        repeat=repeat,
+        targets={"hand-chained async generators": ("<= 2.0", lambda r: r <= 2.0)},
+    )
+
+    sync5 = inc_sync() | inc_sync() | inc_sync() | inc_sync() | inc_sync()
+
+    def subject_sync() -> None:
+        for _ in sync5.iter_sync(range(n)):
+            pass
+
+    def plain_sync() -> None:
+        g: Iterable[int] = range(n)
+        for _ in range(5):
+            g = _inc_sync(g)
+        for _ in g:
+            pass
+
+    results += compare(
+        "5 sync segments, no-loop path",
+        ("talkpipe_async iter_sync", subject_sync),
+        [("plain chained generators", plain_sync)],
+        repeat=repeat,
+        targets={"plain chained generators": ("<= 1.15", lambda r: r <= 1.15)},
+    )
+    return results
+
+
+if __name__ == "__main__":
+    for r in run(quick=False):
+        print(f"{r.scenario}: {r.subject_s:.3f}s vs {r.baseline}: {r.baseline_s:.3f}s ratio {r.ratio:.3f} target {r.target} met={r.met}")

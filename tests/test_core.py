@@ -1,0 +1,559 @@
+"""Core: segments, sources, pipelines, metadata, errors and cleanup (issue 2)."""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from talkpipe_async import (
+    AbstractFieldSegment,
+    AbstractSegment,
+    AbstractSource,
+    Flush,
+    Metadata,
+    Pipeline,
+    error_context,
+    field_segment,
+    is_metadata,
+    segment,
+    source,
+)
+
+from .conftest import open_fds
+
+pytestmark = pytest.mark.anyio
+
+
+@source
+async def count_up(start: int = 0, log: list[Any] | None = None) -> AsyncIterator[int]:
+    i = start
+    try:
+        while True:
+            yield i
+            i += 1
+    finally:
+        if log is not None:
+            log.append("source closed")
+
+
+@segment
+async def add(items: AsyncIterator[int], n: int = 1) -> AsyncIterator[int]:
+    async for x in items:
+        yield x + n
+
+
+@segment
+async def closing(items: AsyncIterator[Any], tag: str, log: list[Any]) -> AsyncIterator[Any]:
+    try:
+        async for x in items:
+            yield x
+    finally:
+        log.append(f"{tag} closed")
+
+
+@segment
+async def drop_all(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for _ in items:
+        if False:
+            yield _
+
+
+@segment(process_metadata=True)
+async def recorder(items: AsyncIterator[Any], log: list[Any]) -> AsyncIterator[Any]:
+    async for x in items:
+        log.append(("got", x))
+        yield x
+
+
+@segment
+def sync_double(items: Iterable[int]) -> Iterator[int]:
+    for x in items:
+        yield 2 * x
+
+
+# --- decorators and construction -------------------------------------------------
+
+
+async def test_decorator_with_and_without_parentheses() -> None:
+    @segment()
+    async def times(items: AsyncIterator[int], k: int = 2) -> AsyncIterator[int]:
+        async for x in items:
+            yield x * k
+
+    @segment(k=5)
+    async def times5(items: AsyncIterator[int], k: int = 2) -> AsyncIterator[int]:
+        async for x in items:
+            yield x * k
+
+    assert await times().collect([1, 2]) == [2, 4]
+    assert await times(k=3).collect([1, 2]) == [3, 6]
+    assert await times5().collect([1]) == [5]
+    assert await times5(k=7).collect([1]) == [7], "constructor arguments override decorator defaults"
+    assert times5().name == "times5"
+
+
+def test_unknown_parameter_is_rejected_at_construction() -> None:
+    with pytest.raises(TypeError, match="add"):
+        add(m=3)
+
+
+async def test_class_based_source_and_segment() -> None:
+    class Letters(AbstractSource[str]):
+        async def generate(self) -> AsyncIterator[str]:
+            for c in "abc":
+                yield c
+
+    class Upper(AbstractSegment[str, str]):
+        async def transform(self, items: AsyncIterator[str]) -> AsyncIterator[str]:
+            async for c in items:
+                yield c.upper()
+
+    assert await (Letters() | Upper()).collect() == ["A", "B", "C"]
+
+
+# --- pipelines ---------------------------------------------------------------------
+
+
+async def test_pipe_builds_new_pipeline_and_mutates_nothing() -> None:
+    a, b, c = add(n=1), add(n=10), add(n=100)
+    ab = a | b
+    abc = ab | c
+    assert ab.stages == (a, b)
+    assert abc.stages == (a, b, c)
+    assert await ab.collect([0]) == [11]
+    assert await abc.collect([0]) == [111]
+    assert await a.as_function(single_in=True, single_out=True)(0) == 1
+
+
+async def test_pipeline_runs_twice_with_same_output() -> None:
+    log: list[Any] = []
+    p = count_up() | add(n=1) | drop_odd() | recorder(log=log)
+    first = await (p | take3()).collect()
+    second = await (p | take3()).collect()
+    assert first == second == [2, 4, 6]
+
+
+@segment
+async def drop_odd(items: AsyncIterator[int]) -> AsyncIterator[int]:
+    async for x in items:
+        if x % 2 == 0:
+            yield x
+
+
+@segment
+async def take3(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    n = 0
+    async for x in items:
+        yield x
+        n += 1
+        if n == 3:
+            return
+
+
+async def test_segment_pipeline_takes_sync_or_async_input() -> None:
+    async def agen() -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+
+    p = add(n=1) | add(n=1)
+    assert await p.collect([1, 2]) == [3, 4]
+    assert await p.collect(agen()) == [2, 3, 4]
+    with pytest.raises(TypeError, match="give stream"):
+        await p.collect()
+    with pytest.raises(TypeError, match="takes no input"):
+        await (count_up() | add()).collect([1])
+
+
+async def test_as_function_forms() -> None:
+    f = (add(n=1) | add(n=1)).as_function()
+    assert await f([1, 2]) == [3, 4]
+    g = add(n=1).as_function(single_in=True, single_out=True)
+    assert await g(41) == 42
+    h = sync_double().as_function(single_in=True)
+    assert await h(4) == [8]
+    with pytest.raises(ValueError, match="exactly 1"):
+        await add().as_function(single_out=True)([1, 2])
+
+
+async def test_source_only_after_start() -> None:
+    with pytest.raises(TypeError, match="can only start"):
+        add() | count_up()
+
+
+async def test_bare_async_for_is_refused() -> None:
+    with pytest.raises(TypeError, match="stream"):
+        async for _ in count_up() | add():  # type: ignore[attr-defined]
+            pass
+
+
+async def test_nested_pipelines_flatten() -> None:
+    inner = add(n=1) | (add(n=10) | add(n=100))
+    p = Pipeline(count_up(), inner) | take3()
+    assert await p.collect() == [111, 112, 113]
+
+
+# --- metadata ----------------------------------------------------------------------
+
+
+@source
+async def flushing_source(log: list[Any], every: int = 5) -> AsyncIterator[Any]:
+    i = 0
+    while True:
+        if i % every == 0:
+            log.append(("emit", f"flush{i}"))
+            yield Flush(n=i)
+        log.append(("emit", i))
+        yield i
+        i += 1
+
+
+@segment(process_metadata=True)
+async def flush_recorder(items: AsyncIterator[Any], log: list[Any], stop: int) -> AsyncIterator[Any]:
+    seen = 0
+    async for x in items:
+        if isinstance(x, Flush):
+            log.append(("got", f"flush{x.n}"))
+            seen += 1
+            if seen == stop:
+                return
+        else:
+            log.append(("got", x))
+        yield x
+
+
+async def test_metadata_prompt_and_ordered_through_flat_chain_with_dropping_filter() -> None:
+    log: list[Any] = []
+    p = flushing_source(log=log) | add(n=0) | add(n=0) | drop_all() | add(n=0) | add(n=0) | flush_recorder(log=log, stop=4)
+    await p.collect()
+    got = [entry for entry in log if entry[0] == "got"]
+    assert got == [("got", "flush0"), ("got", "flush5"), ("got", "flush10"), ("got", "flush15")]
+    for k, entry in enumerate(log):
+        if entry[0] == "emit" and isinstance(entry[1], str):
+            assert log[k + 1] == ("got", entry[1]), "metadata must arrive before the source produces again"
+
+
+async def test_metadata_in_nested_chains_and_reruns() -> None:
+    log: list[Any] = []
+    inner = add(n=0) | (drop_all() | add(n=0))
+    p = Pipeline(flushing_source(log=log), inner, flush_recorder(log=log, stop=2))
+    await p.collect()
+    first = [e for e in log if e[0] == "got"]
+    log.clear()
+    await p.collect()
+    assert [e for e in log if e[0] == "got"] == first == [("got", "flush0"), ("got", "flush5")]
+
+
+async def test_metadata_order_relative_to_data() -> None:
+    items: list[Any] = [1, Flush(n=0), 2, 3, Flush(n=1), 4]
+    out = await (add(n=10) | add(n=0)).collect(items, metadata=True)
+    assert out == [11, Flush(n=0), 12, 13, Flush(n=1), 14]
+    assert await (add(n=10)).collect(items) == [11, 12, 13, 14]
+
+
+async def test_segments_not_opting_in_never_see_metadata() -> None:
+    seen: list[Any] = []
+
+    @segment
+    async def spy(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for x in items:
+            seen.append(x)
+            yield x
+
+    await (spy() | spy()).collect([Flush(), 1, Metadata(kind="x"), 2], metadata=True)
+    assert not any(is_metadata(x) for x in seen)
+
+
+async def test_metadata_dropped_without_receiver_is_counted() -> None:
+    run = add().stream([Flush(), 1, Flush()])
+    async with run as items:
+        assert [x async for x in items] == [2]
+    assert run.metadata_dropped == 2
+
+
+async def test_metadata_through_sync_segments() -> None:
+    out = await (sync_double() | add(n=0)).collect([1, Flush(n=0), 2], metadata=True)
+    assert out == [2, Flush(n=0), 4]
+    blocking = sync_double(blocking=True) | add(n=0)
+    assert await blocking.collect([1, Flush(n=0), 2], metadata=True) == [2, Flush(n=0), 4]
+
+
+# --- sync mirror ---------------------------------------------------------------------
+
+
+def test_iter_sync_runs_without_event_loop() -> None:
+    @source
+    def numbers(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    p = numbers(n=4) | sync_double() | sync_double()
+    assert list(p.iter_sync()) == [0, 4, 8, 12]
+    assert list((sync_double() | sync_double()).iter_sync([1])) == [4]
+    with pytest.raises(TypeError, match="is async"):
+        list((sync_double() | add()).iter_sync([1]))
+
+
+def test_iter_sync_break_closes_every_stage() -> None:
+    log: list[str] = []
+
+    @source
+    def forever() -> Iterator[int]:
+        i = 0
+        try:
+            while True:
+                yield i
+                i += 1
+        finally:
+            log.append("source closed")
+
+    @segment
+    def watch(items: Iterable[int], tag: str) -> Iterator[int]:
+        try:
+            yield from items
+        finally:
+            log.append(f"{tag} closed")
+
+    for x in (forever() | watch(tag="a") | watch(tag="b")).iter_sync():
+        if x == 2:
+            break
+    assert sorted(log) == ["a closed", "b closed", "source closed"]
+
+
+async def test_sync_and_async_segments_mix() -> None:
+    @source
+    def numbers() -> Iterator[int]:
+        yield from range(5)
+
+    p = numbers() | sync_double() | add(n=1) | sync_double() | add(n=0)
+    assert await p.collect() == [2, 6, 10, 14, 18]
+
+
+async def test_talkpipe_style_callable_drops_in() -> None:
+    class TalkPipeLike:
+        """A segment in TalkPipe's protocol: call with an iterable, get an iterator."""
+
+        def __call__(self, input_iter: Iterable[int]) -> Iterator[int]:
+            return (x * 3 for x in input_iter)
+
+    p = add(n=0) | TalkPipeLike() | add(n=1)
+    assert await p.collect([1, 2]) == [4, 7]
+
+
+async def test_blocking_sync_segment_keeps_loop_responsive() -> None:
+    @segment(blocking=True)
+    def slow(items: Iterable[int]) -> Iterator[int]:
+        for x in items:
+            time.sleep(0.05)
+            yield x
+
+    ticks = 0
+    done = anyio.Event()
+
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await anyio.sleep(0.01)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(heartbeat)
+        out = await (slow() | add(n=0)).collect(range(5))
+        done.set()
+    assert out == [0, 1, 2, 3, 4]
+    assert ticks >= 8, f"the loop stalled: only {ticks} heartbeats in ~250 ms"
+
+
+async def test_slow_blocking_segment_holds_back_fast_upstream() -> None:
+    produced = 0
+
+    @source
+    async def fast() -> AsyncIterator[int]:
+        nonlocal produced
+        while True:
+            produced += 1
+            yield produced
+
+    @segment(blocking=True)
+    def slow(items: Iterable[int]) -> Iterator[int]:
+        for x in items:
+            time.sleep(0.001)
+            yield x
+
+    async with (fast() | slow()).stream() as items:
+        async for x in items:
+            if x == 20:
+                break
+    assert produced <= 20 + 3 * 256, "read-ahead across the thread boundary is bounded by the batch size"
+
+
+# --- errors ------------------------------------------------------------------------
+
+
+@segment
+async def explode_on(items: AsyncIterator[int], bad: int) -> AsyncIterator[int]:
+    async for item in items:
+        if item == bad:
+            raise ValueError(f"cannot take {item}")
+        yield item
+
+
+async def test_exception_names_segment_and_item() -> None:
+    p = count_up() | add(n=0) | add(n=0) | explode_on(bad=7, name="third") | add(n=0) | add(n=0)
+    with pytest.raises(ValueError, match="cannot take 7") as info:
+        await p.collect()
+    ctx = error_context(info.value)
+    assert ctx is not None and ctx.segment == "third" and ctx.item == "7"
+    assert any("third" in note and "7" in note for note in info.value.__notes__)
+
+
+async def test_exception_in_source_and_thread_stage() -> None:
+    @source
+    async def broken() -> AsyncIterator[int]:
+        yield 1
+        raise KeyError("gone")
+
+    with pytest.raises(KeyError) as info:
+        await (broken() | add()).collect()
+    ctx = error_context(info.value)
+    assert ctx is not None and ctx.segment == "broken"
+
+    @segment(blocking=True)
+    def sync_bad(items: Iterable[int]) -> Iterator[int]:
+        for row in items:
+            if row == 3:
+                raise ZeroDivisionError("row 3")
+            yield row
+
+    with pytest.raises(ZeroDivisionError) as info2:
+        await (count_up() | sync_bad() | add()).collect()
+    ctx2 = error_context(info2.value)
+    assert ctx2 is not None and ctx2.segment == "sync_bad" and ctx2.item == "3"
+
+
+async def test_exception_caught_in_block_then_leaves_with_context() -> None:
+    p = count_up() | explode_on(bad=2)
+    with pytest.raises(ValueError) as info:
+        async with p.stream() as items:
+            async for _ in items:
+                pass
+    assert error_context(info.value) is not None
+
+
+# --- cleanup -----------------------------------------------------------------------
+
+
+async def test_break_runs_every_finally_before_next_statement() -> None:
+    log: list[Any] = []
+    p = count_up(log=log) | closing(tag="a", log=log) | closing(tag="b", log=log) | sync_double(blocking=True) | closing(
+        tag="c", log=log
+    )
+    got = []
+    async with p.stream() as items:
+        async for x in items:
+            got.append(x)
+            if len(got) == 3:
+                break
+    assert got == [0, 2, 4]
+    assert sorted(log) == ["a closed", "b closed", "c closed", "source closed"]
+    assert log[0] == "c closed", "downstream closes first"
+
+
+async def test_cancellation_closes_every_stage() -> None:
+    log: list[Any] = []
+    p = count_up(log=log) | closing(tag="a", log=log) | slow_each()
+    with anyio.move_on_after(0.05):
+        await p.collect()
+    assert sorted(log) == ["a closed", "source closed"]
+
+
+@segment
+async def slow_each(items: AsyncIterator[int]) -> AsyncIterator[int]:
+    async for x in items:
+        await anyio.sleep(0.01)
+        yield x
+
+
+async def test_consumer_exception_closes_stages() -> None:
+    log: list[Any] = []
+    with pytest.raises(RuntimeError, match="consumer"):
+        async with (count_up(log=log) | closing(tag="a", log=log)).stream() as items:
+            async for _ in items:
+                raise RuntimeError("consumer failed")
+    assert sorted(log) == ["a closed", "source closed"]
+
+
+async def test_no_thread_task_or_fd_left_after_100_runs() -> None:
+    p = count_up() | add(n=1) | sync_double(blocking=True) | take3()
+    await p.collect()  # warm the worker-thread pool
+    gc.collect()
+    tasks_before = _live_tasks()
+    threads_before = threading.active_count()
+    fds_before = open_fds()
+    for _ in range(100):
+        assert await p.collect() == [2, 4, 6]
+    gc.collect()
+    assert threading.active_count() <= threads_before
+    assert open_fds() <= fds_before
+    assert _live_tasks() <= tasks_before, "tasks left behind"
+
+
+def _live_tasks() -> int:
+    import sniffio
+
+    if sniffio.current_async_library() == "asyncio":
+        import asyncio
+
+        return len([t for t in asyncio.all_tasks() if not t.done()])
+    import trio
+
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+
+    def count(task: Any) -> int:
+        return 1 + sum(count(child) for nursery in task.child_nurseries for child in nursery.child_tasks)
+
+    return count(trio.lowlevel.current_task())
+
+
+# --- field segments ---------------------------------------------------------------
+
+
+@field_segment
+def domain(email: str) -> str:
+    return email.split("@")[1]
+
+
+@field_segment(multi_emit=True)
+def words(text: str) -> list[str]:
+    return text.split()
+
+
+async def test_field_segment_semantics() -> None:
+    rows = [{"user": {"email": "a@x.org"}}, {"user": {"email": "b@y.org"}}]
+    assert await domain(field="user.email").collect(rows) == ["x.org", "y.org"]
+    out = await domain(field="user.email", set_as="d").collect([dict(r) for r in rows])
+    assert [r["d"] for r in out] == ["x.org", "y.org"]
+    assert await domain(field="_").collect(["q@z.com"]) == ["z.com"]
+    multi = await words(field="t", set_as="w").collect([{"t": "a b"}])
+    assert multi == [{"t": "a b", "w": "a"}, {"t": "a b", "w": "b"}]
+    with pytest.raises(KeyError, match="user.mail"):
+        await domain(field="user.mail").collect(rows)
+
+
+async def test_async_field_function_and_class() -> None:
+    @field_segment(field="n")
+    async def slow_square(n: int) -> int:
+        await anyio.sleep(0)
+        return n * n
+
+    class Neg(AbstractFieldSegment):
+        def process_value(self, value: Any) -> Any:
+            return -value
+
+    assert await slow_square().collect([{"n": 3}]) == [9]
+    assert await Neg(field="n", set_as="m").collect([{"n": 1}]) == [{"n": 1, "m": -1}]
