@@ -75,7 +75,7 @@ def compare(
         func()
     samples: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeat):
-        for name, func in zip(names, funcs):
+        for name, func in zip(names, funcs, strict=True):
             samples[name].append(timed(func))
     results = []
     subject_s = statistics.median(samples[subject[0]])

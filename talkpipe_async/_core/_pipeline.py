@@ -10,7 +10,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 import anyio.abc
 
-if sys.version_info < (3, 11):
+if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 from ._errors import annotate
@@ -81,7 +81,7 @@ class Pipeline(Generic[T, U]):
     @property
     def is_sync(self) -> bool:
         """True when every stage is a plain (sync) generator: see :meth:`iter_sync`."""
-        return all(stage.is_sync for stage in self.stages)  # type: ignore[attr-defined]
+        return all(stage.is_sync for stage in self.stages)
 
     def stream(self, input: Iterable[Any] | AsyncIterable[Any] | None = None, *, metadata: bool = False) -> PipelineRun:
         """Run the pipeline: ``async with pipeline.stream() as items: async for x in items``.
@@ -93,7 +93,9 @@ class Pipeline(Generic[T, U]):
         """
         return PipelineRun(self, input, metadata)
 
-    async def collect(self, input: Iterable[Any] | AsyncIterable[Any] | None = None, *, metadata: bool = False) -> list[U]:
+    async def collect(
+        self, input: Iterable[Any] | AsyncIterable[Any] | None = None, *, metadata: bool = False
+    ) -> list[U]:
         """Run the pipeline to the end and return its items as a list."""
         async with self.stream(input, metadata=metadata) as items:
             return [item async for item in items]
@@ -121,7 +123,7 @@ class Pipeline(Generic[T, U]):
         the generators as the loop lets go of them).
         """
         for stage in self.stages:
-            if not stage.is_sync:  # type: ignore[attr-defined]
+            if not stage.is_sync:
                 raise TypeError(f"iter_sync() needs sync stages, and {stage.label!r} is async: use stream()")
         build = _Build(self, metadata)
         head: Iterable[Any] = self._head_sync(input)
@@ -166,7 +168,7 @@ def _unwrap(group: BaseExceptionGroup) -> BaseException:
     """A task's single error keeps its own type; several stay grouped."""
     errors = [e for e in group.exceptions if not isinstance(e, anyio.get_cancelled_exc_class())]
     if len(errors) == 1:
-        inner = errors[0]
+        inner: BaseException = errors[0]
         return _unwrap(inner) if isinstance(inner, BaseExceptionGroup) else inner
     return group
 
@@ -353,12 +355,16 @@ class PipelineRun:
         i = start
         if sync_head is not None:
             stop = i
-            while stop < len(stages) and stages[stop].is_sync and not stages[stop].blocking:  # type: ignore[attr-defined]
+            while stop < len(stages) and stages[stop].is_sync and not stages[stop].blocking:
                 stop += 1
             chain, meta = build.sync_chain(sync_head, i, stop, meta)
             i = stop
-            strip = meta and ((i == len(stages) and not self._metadata) or (i < len(stages) and not stages[i].process_metadata and not stages[i].is_sync))  # type: ignore[attr-defined]
-            bypass = strip and build.receiver_after(i) if i < len(stages) else False
+            if i == len(stages):
+                strip, bypass = meta and not self._metadata, False
+            else:
+                nxt = stages[i]
+                strip = meta and not nxt.process_metadata and not nxt.is_sync
+                bypass = strip and build.receiver_after(i)
             cur = build.record(sync_to_async(chain, strip, bypass, build.counter), None)
             bypass_open = bypass
             meta = meta and not strip
@@ -367,7 +373,7 @@ class PipelineRun:
         assert cur is not None
         for j in range(i, len(stages)):
             stage = stages[j]
-            if stage.is_sync:  # type: ignore[attr-defined]
+            if stage.is_sync:
                 if bypass_open:
                     cur, bypass_open = self._intercept(cur), False
                 cur = self._thread(build, j, cur)
@@ -392,10 +398,12 @@ class PipelineRun:
 
     def _thread(self, build: _Build, j: int, upstream: AsyncIterator[Any] | None) -> AsyncIterator[Any]:
         stage = build.stages[j]
-        if upstream is None:
-            make: Callable[[Any], Iterator[Any]] = lambda _: iter(stage.generate())  # type: ignore[attr-defined]
-        else:
-            make = lambda items: iter(stage.transform(items))  # type: ignore[attr-defined]
+
+        def make(items: Iterable[Any] | None) -> Iterator[Any]:
+            if items is None:
+                return iter(stage.generate())  # type: ignore[attr-defined]
+            return iter(stage.transform(items))  # type: ignore[attr-defined]
+
         thread = ThreadStage(
             stage.label,
             make,
@@ -406,5 +414,6 @@ class PipelineRun:
             on_frame=build.on_thread_frame(stage.label),
         )
         build.threads.append(thread)
-        return build.record(thread.output(), None)
+        output: AsyncIterator[Any] = build.record(thread.output(), None)
+        return output
 

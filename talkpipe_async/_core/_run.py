@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from typing import Any
 
@@ -28,7 +28,7 @@ class RunContext:
         self._tg = task_group
         self._closers: list[Callable[[], Any]] = []
 
-    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any, name: str | None = None) -> None:
+    def start_soon(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None) -> None:
         """Start ``func(*args)`` as a task of the run.
 
         The task must hand its errors to the stage that started it (through a

@@ -42,16 +42,24 @@ class _Node:
         self.blocking = blocking
 
     @property
+    def is_sync(self) -> bool:
+        """True when the stage is a plain (sync) generator: the sync mirror."""
+        return not _is_async_callable(self._entry())
+
+    def _entry(self) -> Callable[..., Any]:
+        raise NotImplementedError
+
+    @property
     def label(self) -> str:
         """The name used in errors and statistics."""
         return self.name or type(self).__name__
 
-    def __or__(self, other: Any) -> Pipeline:
+    def __or__(self, other: Any) -> Pipeline[Any, Any]:
         from ._pipeline import Pipeline
 
         return Pipeline(self, other)
 
-    def __ror__(self, other: Any) -> Pipeline:
+    def __ror__(self, other: Any) -> Pipeline[Any, Any]:
         from ._pipeline import Pipeline
 
         return Pipeline(other, self)
@@ -59,7 +67,7 @@ class _Node:
     def __repr__(self) -> str:
         return f"<{self.label}>"
 
-    def pipeline(self) -> Pipeline:
+    def pipeline(self) -> Pipeline[Any, Any]:
         """This stage alone as a :class:`Pipeline` (what ``stream``/``collect`` run)."""
         from ._pipeline import Pipeline
 
@@ -106,11 +114,6 @@ class AbstractSource(_Node, Generic[U]):
     def generate(self) -> AsyncIterator[U] | Iterator[U]:
         """Yield the items of the stream."""
 
-    @property
-    def is_sync(self) -> bool:
-        """True when ``generate`` is a plain (sync) generator."""
-        return not _is_async_callable(self._entry())
-
     def _entry(self) -> Callable[..., Any]:
         return type(self).generate
 
@@ -130,11 +133,6 @@ class AbstractSegment(_Node, Generic[T, U]):
     @abstractmethod
     def transform(self, items: Any) -> AsyncIterator[U] | Iterator[U]:
         """Read *items* and yield the output items."""
-
-    @property
-    def is_sync(self) -> bool:
-        """True when ``transform`` is a plain (sync) generator."""
-        return not _is_async_callable(self._entry())
 
     def _entry(self) -> Callable[..., Any]:
         return type(self).transform
@@ -207,15 +205,8 @@ def _make_class(
         except TypeError as exc:
             raise TypeError(f"{func.__name__}: {exc}") from None
 
-    if method == "transform":
-
-        def call(self: Any, items: Any) -> Any:
-            return func(items, *self._args, **self._kwargs)
-
-    else:
-
-        def call(self: Any) -> Any:
-            return func(*self._args, **self._kwargs)
+    def call(self: Any, *items: Any) -> Any:
+        return func(*items, *self._args, **self._kwargs)
 
     call.__doc__ = func.__doc__
     namespace = {
