@@ -53,10 +53,8 @@ class Pipeline(Generic[T, U]):
     def __init__(self, *ops: Any) -> None:
         stages: list[_Node] = []
         for op in ops:
-            if isinstance(op, Pipeline):
-                stages.extend(op.stages)
-            else:
-                stages.append(wrap_callable(op))
+            for stage in op.stages if isinstance(op, Pipeline) else (wrap_callable(op),):
+                _append_fused(stages, stage)
         for position, stage in enumerate(stages):
             if isinstance(stage, AbstractSource) and position:
                 raise TypeError(f"source {stage.label!r} can only start a pipeline (it is at position {position})")
@@ -148,6 +146,16 @@ class Pipeline(Generic[T, U]):
             "a bare `async for` cannot close the pipeline's stages when the loop stops early; "
             "use `async with pipeline.stream() as items: async for x in items: ...`"
         )
+
+
+def _append_fused(stages: list[_Node], stage: _Node) -> None:
+    """Append *stage*, or fuse it into the last stage when that one offers (``fuse_with``)."""
+    fuse = getattr(stages[-1], "fuse_with", None) if stages else None
+    fused = fuse(stage) if fuse is not None else None
+    if fused is not None:
+        stages[-1] = fused
+    else:
+        stages.append(stage)
 
 
 async def _close_one(gen: Any) -> BaseException | None:
