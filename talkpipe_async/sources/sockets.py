@@ -1,0 +1,779 @@
+"""Socket sources through anyio: TCP and Unix clients and servers, UDP datagrams.
+
+Also the pieces every network stage shares: :class:`LineFramer` (64 KiB reads
+split into lines in Python, with a hard line-length cap), :class:`Backoff`
+(capped exponential backoff with full jitter) and :class:`NetStats` (counters
+a caller can read while and after a run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute
+
+from .._core._channel import Channel, ChannelClosed
+from .._core._run import current_run
+from .._core._segment import AbstractSource
+
+__all__ = [
+    "Backoff",
+    "ConnectionLost",
+    "LineFramer",
+    "LineTooLong",
+    "NetStats",
+    "tcp_bytes",
+    "tcp_lines",
+    "tcp_server_lines",
+    "udp_datagrams",
+    "unix_bytes",
+    "unix_lines",
+    "unix_server_lines",
+]
+
+log = logging.getLogger("talkpipe_async.net")
+
+READ_SIZE = 65536
+DEFAULT_MAX_LINE = 1 << 20
+UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, one of them the terminating NUL
+
+Overlong = Literal["raise", "skip"]
+
+
+class LineTooLong(ValueError):
+    """A line exceeded ``max_line_bytes`` (raised with policy ``on_overlong="raise"``)."""
+
+
+class ConnectionLost(ConnectionError):
+    """A stream ended abnormally (reset, protocol error, read timeout) and reconnecting is off."""
+
+
+@dataclass
+class NetStats:
+    """Counters of one network source or sink; pass one in as ``stats=`` to read them.
+
+    Every dropped line, byte, datagram or rejected connection is counted here:
+    nothing is discarded without a trace.
+    """
+
+    connections: int = 0
+    reconnects: int = 0
+    rejected: int = 0
+    idle_closed: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    items: int = 0
+    dropped_lines: int = 0
+    dropped_bytes: int = 0
+    partial_dropped: int = 0
+    malformed: int = 0
+    datagrams_dropped: int = 0
+    errors: int = 0
+    high_water: int = 0
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Capped exponential backoff with full jitter.
+
+    ``delay(0)`` is exactly ``base`` (``initial``, or the server's ``retry``
+    when given); ``delay(n)`` for n >= 1 is uniform in
+    ``[0, min(maximum, base * multiplier**n)]`` (no jitter: the upper bound).
+    ``max_attempts`` (None: unlimited) bounds consecutive failed attempts.
+    """
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    multiplier: float = 2.0
+    jitter: bool = True
+    max_attempts: int | None = None
+
+    def delay(self, attempt: int, base: float | None = None) -> float:
+        """Seconds to wait before attempt number *attempt* (0-based) after a failure."""
+        start = self.initial if base is None else base
+        ceiling = min(self.maximum, start * self.multiplier ** min(attempt, 64))
+        if attempt == 0 or not self.jitter:
+            return ceiling
+        return random.uniform(0.0, ceiling)
+
+    def exhausted(self, attempt: int) -> bool:
+        """True when *attempt* consecutive failures reach ``max_attempts``."""
+        return self.max_attempts is not None and attempt >= self.max_attempts
+
+
+class LineFramer:
+    """Split a byte stream into lines on ``b"\\n"`` with a hard length cap.
+
+    Feed it chunks of any size; it returns the complete lines (without the
+    newline, and without a trailing ``\\r`` when ``strip_cr``).  The unfinished
+    last line is kept until its newline arrives, but never more than
+    ``max_line_bytes``: an over-long line raises :class:`LineTooLong`
+    (``overlong="raise"``) or is dropped up to the next newline and counted
+    (``overlong="skip"``), so memory stays bounded whatever the peer sends.
+    Text decoding assumes an ASCII-compatible encoding (UTF-8, Latin-1).
+    """
+
+    def __init__(
+        self,
+        max_line_bytes: int = DEFAULT_MAX_LINE,
+        *,
+        overlong: Overlong = "raise",
+        strip_cr: bool = True,
+        label: str = "stream",
+        stats: NetStats | None = None,
+    ) -> None:
+        if max_line_bytes < 1:
+            raise ValueError("max_line_bytes must be at least 1")
+        if overlong not in ("raise", "skip"):
+            raise ValueError(f"overlong must be 'raise' or 'skip', not {overlong!r}")
+        self.max_line_bytes = max_line_bytes
+        self.overlong = overlong
+        self.strip_cr = strip_cr
+        self.label = label
+        self.stats = stats if stats is not None else NetStats()
+        self._partial = b""
+        self._discarding = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes of the unfinished last line held now (at most ``max_line_bytes``)."""
+        return len(self._partial)
+
+    def _too_long(self, size: int) -> None:
+        if self.overlong == "raise":
+            raise LineTooLong(f"{self.label}: line longer than {self.max_line_bytes} bytes (at least {size})")
+        self.stats.dropped_lines += 1
+        if self.stats.dropped_lines == 1:
+            log.warning("%s: dropping lines longer than %d bytes (counted in stats)", self.label, self.max_line_bytes)
+
+    def _block(self, data: bytes) -> bytes | None:
+        """The complete lines of *data* (joined, no final newline), or None."""
+        if self._discarding:
+            i = data.find(b"\n")
+            if i < 0:
+                self.stats.dropped_bytes += len(data)
+                return None
+            self.stats.dropped_bytes += i + 1
+            data = data[i + 1 :]
+            self._discarding = False
+        end = data.rfind(b"\n")
+        cap = self.max_line_bytes
+        if end < 0:
+            partial = self._partial + data if self._partial else data
+            if len(partial) > cap:
+                self._too_long(len(partial))
+                self.stats.dropped_bytes += len(partial)
+                self._partial = b""
+                self._discarding = True
+            else:
+                self._partial = partial
+            return None
+        block = self._partial + data[:end] if self._partial else data[:end]
+        rest = data[end + 1 :]
+        if len(rest) > cap:
+            self._too_long(len(rest))
+            self.stats.dropped_bytes += len(rest)
+            self._partial = b""
+            self._discarding = True
+        else:
+            self._partial = rest
+        if len(block) > cap:  # some line of the block may be over the cap: check each
+            lines = block.split(b"\n")
+            kept = []
+            for line in lines:
+                if len(line) > cap:
+                    self._too_long(len(line))
+                    self.stats.dropped_bytes += len(line) + 1
+                else:
+                    kept.append(line)
+            if not kept:
+                return None
+            block = b"\n".join(kept)
+        return block
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The complete lines (bytes) that *data* finishes."""
+        block = self._block(data)
+        if block is None:
+            return []
+        lines = block.split(b"\n")
+        if self.strip_cr and b"\r" in block:
+            lines = [line[:-1] if line.endswith(b"\r") else line for line in lines]
+        return lines
+
+    def feed_text(self, data: bytes, encoding: str = "utf-8", errors: str = "replace") -> list[str]:
+        """The complete lines (decoded) that *data* finishes; one decode per chunk."""
+        block = self._block(data)
+        if block is None:
+            return []
+        lines = block.decode(encoding, errors).split("\n")
+        if self.strip_cr and b"\r" in block:
+            lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+        return lines
+
+    def finish(self) -> bytes | None:
+        """At a clean end of stream: the unterminated last line, if any."""
+        tail, self._partial = self._partial, b""
+        if self._discarding or not tail:
+            self._discarding = False
+            return None
+        if self.strip_cr and tail.endswith(b"\r"):
+            tail = tail[:-1]
+        return tail
+
+    def drop_partial(self) -> None:
+        """The stream broke: forget (and count) the unfinished last line."""
+        if self._partial:
+            self.stats.partial_dropped += 1
+            self.stats.dropped_bytes += len(self._partial)
+        self._partial = b""
+        self._discarding = False
+
+
+def _check_unix_path(path: str | os.PathLike[str]) -> str:
+    text = os.fspath(path)
+    if len(os.fsencode(text)) > UNIX_PATH_MAX:
+        raise ValueError(
+            f"unix socket path is {len(os.fsencode(text))} bytes, the limit is {UNIX_PATH_MAX}: {text!r} "
+            "(use a shorter directory, e.g. a tempfile.mkdtemp() under /tmp)"
+        )
+    return text
+
+
+class _StreamClient(AbstractSource[Any]):
+    """Shared body of the TCP and Unix client sources."""
+
+    lines_mode = True
+
+    def __init__(
+        self,
+        *,
+        reconnect: bool,
+        backoff: Backoff | None,
+        max_line_bytes: int,
+        on_overlong: Overlong,
+        encoding: str,
+        errors: str,
+        read_size: int,
+        read_timeout: float | None,
+        connect_timeout: float,
+        stats: NetStats | None,
+        name: str | None,
+    ) -> None:
+        super().__init__()
+        self.reconnect = reconnect
+        self.backoff = backoff or Backoff()
+        self.max_line_bytes = max_line_bytes
+        self.on_overlong = on_overlong
+        self.encoding = encoding
+        self.errors = errors
+        self.read_size = read_size
+        self.read_timeout = read_timeout
+        self.connect_timeout = connect_timeout
+        self.stats = stats
+        if name:
+            self.name = name
+
+    async def _connect(self) -> anyio.abc.ByteStream:
+        raise NotImplementedError
+
+    def _where(self) -> str:
+        raise NotImplementedError
+
+    async def _open(self) -> anyio.abc.ByteStream:
+        with anyio.fail_after(self.connect_timeout):
+            return await self._connect()
+
+    async def _receive(self, stream: anyio.abc.ByteStream) -> bytes:
+        if self.read_timeout is None:
+            return await stream.receive(self.read_size)
+        with anyio.fail_after(self.read_timeout):
+            return await stream.receive(self.read_size)
+
+    async def generate(self) -> AsyncIterator[Any]:
+        """Connect, read 64 KiB at a time, yield lines (or chunks); reconnect if asked."""
+        stats = self.stats if self.stats is not None else NetStats()
+        label = f"{self.label} ({self._where()})"
+        attempt = 0
+        while True:
+            try:
+                stream = await self._open()
+            except (OSError, TimeoutError) as err:
+                stats.errors += 1
+                stats.last_error = repr(err)
+                if not self.reconnect or self.backoff.exhausted(attempt + 1):
+                    raise
+                await anyio.sleep(self.backoff.delay(attempt))
+                attempt += 1
+                continue
+            stats.connections += 1
+            framer = LineFramer(self.max_line_bytes, overlong=self.on_overlong, label=label, stats=stats)
+            productive = False
+            lost: BaseException | None = None
+            try:
+                while True:
+                    try:
+                        data = await self._receive(stream)
+                    except anyio.EndOfStream:
+                        if self.lines_mode:
+                            tail = framer.finish()
+                            if tail is not None:
+                                stats.items += 1
+                                yield tail.decode(self.encoding, self.errors)
+                        break
+                    except (anyio.BrokenResourceError, OSError, TimeoutError, ssl.SSLError) as err:
+                        framer.drop_partial()
+                        lost = err
+                        break
+                    stats.bytes_received += len(data)
+                    if not self.lines_mode:
+                        productive = True
+                        stats.items += 1
+                        yield data
+                        continue
+                    lines = framer.feed_text(data, self.encoding, self.errors)
+                    if lines:
+                        productive = True
+                        stats.items += len(lines)
+                        for line in lines:
+                            yield line
+            finally:
+                await anyio.aclose_forcefully(stream)
+            if lost is not None:
+                stats.errors += 1
+                stats.last_error = repr(lost)
+                if not self.reconnect:
+                    raise ConnectionLost(f"{label}: connection lost: {lost!r}") from lost
+            elif not self.reconnect:
+                return
+            if productive:
+                attempt = 0
+            if self.backoff.exhausted(attempt + 1):
+                raise ConnectionLost(f"{label}: gave up after {attempt + 1} reconnection attempts") from lost
+            await anyio.sleep(self.backoff.delay(attempt))
+            attempt += 1
+            stats.reconnects += 1
+
+
+class tcp_lines(_StreamClient):
+    """Lines (str) read from a TCP server.
+
+    Reads ``read_size`` bytes at a time and splits them in Python (see
+    :class:`LineFramer`).  The source reads only when the pipeline pulls, so a
+    slow pipeline leaves data in the kernel buffers and TCP flow control
+    blocks the sender: memory held here is one read plus one partial line.
+    ``tls=True`` (optionally ``ssl_context``, ``tls_hostname``) wraps the
+    connection in TLS.  ``reconnect=True`` reconnects after EOF, reset or read
+    timeout with ``backoff`` (reset after a connection that delivered data);
+    otherwise a reset raises :class:`ConnectionLost` and EOF ends the stream
+    (the unterminated last line is still delivered).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        tls_hostname: str | None = None,
+        reconnect: bool = False,
+        backoff: Backoff | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE,
+        on_overlong: Overlong = "raise",
+        encoding: str = "utf-8",
+        errors: str = "replace",
+        read_size: int = READ_SIZE,
+        read_timeout: float | None = None,
+        connect_timeout: float = 10.0,
+        stats: NetStats | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            reconnect=reconnect,
+            backoff=backoff,
+            max_line_bytes=max_line_bytes,
+            on_overlong=on_overlong,
+            encoding=encoding,
+            errors=errors,
+            read_size=read_size,
+            read_timeout=read_timeout,
+            connect_timeout=connect_timeout,
+            stats=stats,
+            name=name,
+        )
+        self.host = host
+        self.port = port
+        self.tls = tls or ssl_context is not None
+        self.ssl_context = ssl_context
+        self.tls_hostname = tls_hostname
+
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def _connect(self) -> anyio.abc.ByteStream:
+        return await anyio.connect_tcp(
+            self.host, self.port, tls=self.tls, ssl_context=self.ssl_context, tls_hostname=self.tls_hostname
+        )
+
+
+class tcp_bytes(tcp_lines):
+    """Raw chunks (bytes, up to ``read_size`` each) read from a TCP server; options as :class:`tcp_lines`."""
+
+    lines_mode = False
+
+
+class unix_lines(_StreamClient):
+    """Lines (str) read from a Unix stream socket; options and guarantees as :class:`tcp_lines`.
+
+    Paths longer than 107 bytes raise ``ValueError`` up front (the kernel limit).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        reconnect: bool = False,
+        backoff: Backoff | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE,
+        on_overlong: Overlong = "raise",
+        encoding: str = "utf-8",
+        errors: str = "replace",
+        read_size: int = READ_SIZE,
+        read_timeout: float | None = None,
+        connect_timeout: float = 10.0,
+        stats: NetStats | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            reconnect=reconnect,
+            backoff=backoff,
+            max_line_bytes=max_line_bytes,
+            on_overlong=on_overlong,
+            encoding=encoding,
+            errors=errors,
+            read_size=read_size,
+            read_timeout=read_timeout,
+            connect_timeout=connect_timeout,
+            stats=stats,
+            name=name,
+        )
+        self.path = _check_unix_path(path)
+
+    def _where(self) -> str:
+        return self.path
+
+    async def _connect(self) -> anyio.abc.ByteStream:
+        return await anyio.connect_unix(self.path)
+
+
+class unix_bytes(unix_lines):
+    """Raw chunks (bytes) read from a Unix stream socket; options as :class:`unix_lines`."""
+
+    lines_mode = False
+
+
+class _ServerSource(AbstractSource[str]):
+    """Shared body of the TCP and Unix server sources."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        idle_timeout: float | None,
+        buffer: int,
+        max_line_bytes: int,
+        on_overlong: Overlong,
+        encoding: str,
+        errors: str,
+        on_listening: Callable[[Any], Any] | None,
+        stats: NetStats | None,
+        name: str | None,
+    ) -> None:
+        super().__init__()
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.buffer = buffer
+        self.max_line_bytes = max_line_bytes
+        self.on_overlong = on_overlong
+        self.encoding = encoding
+        self.errors = errors
+        self.on_listening = on_listening
+        self.stats = stats
+        if name:
+            self.name = name
+
+    async def _listen(self) -> tuple[anyio.abc.Listener[Any], Any]:
+        raise NotImplementedError
+
+    async def generate(self) -> AsyncIterator[str]:
+        """Listen, merge the lines of every connection into one bounded channel, yield them."""
+        stats = self.stats if self.stats is not None else NetStats()
+        listener, address = await self._listen()
+        channel = Channel(self.buffer)
+        try:
+            current_run().start_soon(self._serve, listener, channel, stats)
+        except BaseException:
+            await anyio.aclose_forcefully(listener)
+            raise
+        if self.on_listening is not None:
+            self.on_listening(address)
+        try:
+            while True:
+                try:
+                    batch = await channel.get_batch(1024)
+                except anyio.EndOfStream:
+                    return
+                if channel.high_water > stats.high_water:
+                    stats.high_water = channel.high_water
+                stats.items += len(batch)
+                for line in batch:
+                    yield line
+        finally:
+            channel.abort()
+
+    async def _serve(self, listener: anyio.abc.Listener[Any], channel: Channel, stats: NetStats) -> None:
+        active = 0
+        label = self.label
+
+        async def handle(stream: anyio.abc.ByteStream) -> None:
+            nonlocal active
+            if active >= self.max_connections:
+                stats.rejected += 1
+                await anyio.aclose_forcefully(stream)
+                return
+            active += 1
+            stats.connections += 1
+            framer = LineFramer(self.max_line_bytes, overlong=self.on_overlong, label=label, stats=stats)
+            try:
+                while True:
+                    try:
+                        with anyio.move_on_after(self.idle_timeout) as scope:
+                            data = await stream.receive(READ_SIZE)
+                        if scope.cancelled_caught:
+                            stats.idle_closed += 1
+                            framer.drop_partial()
+                            return
+                    except anyio.EndOfStream:
+                        tail = framer.finish()
+                        if tail is not None:
+                            await channel.put(tail.decode(self.encoding, self.errors))
+                        return
+                    except (anyio.BrokenResourceError, OSError) as err:
+                        framer.drop_partial()
+                        stats.errors += 1
+                        stats.last_error = repr(err)
+                        return
+                    stats.bytes_received += len(data)
+                    lines = framer.feed_text(data, self.encoding, self.errors)
+                    if lines:
+                        await channel.put_batch(lines)
+            except ChannelClosed:
+                return
+            except Exception as exc:  # the source raises it, in order (e.g. LineTooLong)
+                channel.close(exc)
+            finally:
+                active -= 1
+                await anyio.aclose_forcefully(stream)
+
+        try:
+            async with listener:
+                await listener.serve(handle)
+        except Exception as exc:
+            channel.close(exc)
+
+
+class tcp_server_lines(_ServerSource):
+    """A TCP server whose source items are the lines sent by all its clients, merged.
+
+    Every connection's handler reads 64 KiB, splits lines and puts them, as a
+    batch, into one bounded channel of ``buffer`` lines; when the pipeline is
+    slow the channel fills, handlers stop reading and TCP flow control
+    blocks the senders.  Buffered lines stay below ``buffer`` plus one batch
+    (the lines of one 64 KiB read) per connection.  Connections beyond
+    ``max_connections`` are closed at once (``stats.rejected``); a connection
+    silent for ``idle_timeout`` seconds is closed (``stats.idle_closed``).
+    ``on_listening(address)`` is called with the bound ``(host, port)``
+    (use ``port=0`` for an ephemeral port).  Over-long lines are dropped and
+    counted by default (``on_overlong="skip"``): one bad client must not stop
+    the server.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_connections: int = 100,
+        idle_timeout: float | None = None,
+        buffer: int = 1024,
+        max_line_bytes: int = DEFAULT_MAX_LINE,
+        on_overlong: Overlong = "skip",
+        encoding: str = "utf-8",
+        errors: str = "replace",
+        on_listening: Callable[[Any], Any] | None = None,
+        stats: NetStats | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+            buffer=buffer,
+            max_line_bytes=max_line_bytes,
+            on_overlong=on_overlong,
+            encoding=encoding,
+            errors=errors,
+            on_listening=on_listening,
+            stats=stats,
+            name=name,
+        )
+        self.host = host
+        self.port = port
+
+    async def _listen(self) -> tuple[anyio.abc.Listener[Any], Any]:
+        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        address = listener.listeners[0].extra(SocketAttribute.local_address)
+        return listener, address
+
+
+class unix_server_lines(_ServerSource):
+    """A Unix-socket server whose items are the lines of all its clients; as :class:`tcp_server_lines`.
+
+    An existing socket file at ``path`` is replaced; the file is removed when the run ends.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_connections: int = 100,
+        idle_timeout: float | None = None,
+        buffer: int = 1024,
+        max_line_bytes: int = DEFAULT_MAX_LINE,
+        on_overlong: Overlong = "skip",
+        encoding: str = "utf-8",
+        errors: str = "replace",
+        on_listening: Callable[[Any], Any] | None = None,
+        stats: NetStats | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+            buffer=buffer,
+            max_line_bytes=max_line_bytes,
+            on_overlong=on_overlong,
+            encoding=encoding,
+            errors=errors,
+            on_listening=on_listening,
+            stats=stats,
+            name=name,
+        )
+        self.path = _check_unix_path(path)
+
+    async def _listen(self) -> tuple[anyio.abc.Listener[Any], Any]:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        listener = await anyio.create_unix_listener(self.path)
+        path = self.path
+
+        def remove() -> None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+        current_run().on_close(remove)
+        return listener, path
+
+
+class udp_datagrams(AbstractSource[Any]):
+    """Datagrams received on a UDP socket: ``bytes``, or ``(bytes, (host, port))`` with ``with_address``.
+
+    UDP has no backpressure, so a receiving task keeps at most ``buffer``
+    datagrams; when the pipeline falls behind the oldest are dropped and
+    counted in ``stats.datagrams_dropped`` (a warning is logged at the first
+    drop).  ``on_listening(address)`` gets the bound ``(host, port)``.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        buffer: int = 1024,
+        with_address: bool = False,
+        on_listening: Callable[[Any], Any] | None = None,
+        stats: NetStats | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if buffer < 1:
+            raise ValueError("buffer must be at least 1")
+        self.host = host
+        self.port = port
+        self.buffer = buffer
+        self.with_address = with_address
+        self.on_listening = on_listening
+        self.stats = stats
+        if name:
+            self.name = name
+
+    async def generate(self) -> AsyncIterator[Any]:
+        """Receive datagrams in a task into a drop-oldest ring; yield them in order."""
+        stats = self.stats if self.stats is not None else NetStats()
+        sock = await anyio.create_udp_socket(local_host=self.host, local_port=self.port)
+        ring: deque[Any] = deque()
+        state: dict[str, Any] = {"event": anyio.Event(), "error": None}
+        cap = self.buffer
+        label = self.label
+        with_address = self.with_address
+
+        async def receive() -> None:
+            try:
+                async with sock:
+                    async for packet, address in sock:
+                        if len(ring) >= cap:
+                            ring.popleft()
+                            stats.datagrams_dropped += 1
+                            if stats.datagrams_dropped == 1:
+                                log.warning("%s: buffer full, dropping oldest datagrams (counted in stats)", label)
+                        ring.append((packet, address) if with_address else packet)
+                        stats.bytes_received += len(packet)
+                        if len(ring) > stats.high_water:
+                            stats.high_water = len(ring)
+                        state["event"].set()
+            except Exception as exc:
+                state["error"] = exc
+                state["event"].set()
+
+        try:
+            current_run().start_soon(receive)
+        except BaseException:
+            await anyio.aclose_forcefully(sock)
+            raise
+        if self.on_listening is not None:
+            self.on_listening(sock.extra(SocketAttribute.local_address))
+        while True:
+            while ring:
+                stats.items += 1
+                yield ring.popleft()
+            if state["error"] is not None:
+                raise state["error"]
+            event = state["event"] = anyio.Event()
+            if not ring:
+                await event.wait()
