@@ -1,0 +1,9 @@
+"""Built-in operators: ordinary segments (and a few sources) usable with ``|``.
+
+Families: transform, select, batch and time (part A); concurrency, combine,
+errors and embedding (part B).  Each module defines ``__all__``.
+"""
+
+from .combine import *  # noqa: F403
+from .concurrency import *  # noqa: F403
+from .transform import *  # noqa: F403

@@ -1,0 +1,416 @@
+"""Concurrency operators: concurrent map, thread map, bounded prefetch.
+
+Every operator here reads its upstream in ONE long-lived feeder task started
+with ``current_run().start_soon``, so a source's own timeouts and context
+variables keep working (no upstream step runs in a fresh task).  Work on items
+runs in at most ``limit`` long-lived worker tasks (no task per item).  Errors
+keep their type and arrive in stream order; closing or cancelling the run
+cancels every worker and the feeder before ``stream()`` returns.
+
+These segments set ``process_metadata=True`` and pass metadata through
+themselves (see each class for where metadata goes).
+"""
+
+from __future__ import annotations
+
+import reprlib
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from .._core._channel import Channel, ChannelClosed
+from .._core._errors import ErrorContext, error_context
+from .._core._metadata import Metadata
+from .._core._run import current_run
+from .._core._segment import AbstractSegment
+
+__all__ = ["buffer", "concurrent_map", "thread_map"]
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+_repr = reprlib.Repr()
+_repr.maxstring = 120
+_repr.maxother = 120
+
+
+def blame(exc: BaseException, stage: str, item: Any) -> None:
+    """Record on *exc* that stage *stage* failed on *item* (once, PEP 678 note too).
+
+    Used by operators that run user code away from the stage's own frame (in a
+    worker task), where the runner cannot find the item from the traceback.
+    """
+    if error_context(exc) is not None:
+        return
+    try:
+        text = _repr.repr(item)
+    except Exception:  # a broken __repr__ must not hide the real error
+        text = f"<{type(item).__name__} object>"
+    ctx = ErrorContext(segment=stage, item=text)
+    try:
+        exc.talkpipe_context = ctx  # type: ignore[attr-defined]
+    except AttributeError:
+        return
+    add = getattr(exc, "add_note", None)
+    if add is not None:
+        add(ctx.describe())
+
+
+class TaskScopes:
+    """Cancel scopes of the tasks one operator started, so it can stop them all."""
+
+    def __init__(self) -> None:
+        self.scopes: set[anyio.CancelScope] = set()
+        self.cancelled = False
+
+    def start(self, func: Callable[..., Awaitable[Any]], *args: Any, name: str) -> None:
+        """Start ``func(*args)`` in the run's task group, inside its own cancel scope."""
+        current_run().start_soon(self._wrap, func, args, name=name)
+
+    async def _wrap(self, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
+        if self.cancelled:
+            return
+        with anyio.CancelScope() as scope:
+            self.scopes.add(scope)
+            try:
+                await func(*args)
+            finally:
+                self.scopes.discard(scope)
+
+    def cancel(self) -> None:
+        """Cancel every task started here (and any not yet started)."""
+        self.cancelled = True
+        for scope in list(self.scopes):
+            scope.cancel()
+
+
+class _Slot:
+    """One item's result: filled in by a worker, read by the consumer."""
+
+    __slots__ = ("done", "ok", "value")
+
+    def __init__(self, done: bool = False, value: Any = None) -> None:
+        self.done = done
+        self.ok = True
+        self.value = value
+
+
+class _MapRun:
+    """Per-run state of a concurrent map (see :class:`concurrent_map`)."""
+
+    def __init__(self, fn: Callable[[Any], Awaitable[Any]], limit: int, window: int, ordered: bool, label: str):
+        self.fn = fn
+        self.limit = limit
+        self.window = window
+        self.ordered = ordered
+        self.label = label
+        self.tasks = TaskScopes()
+        self.inq: deque[tuple[_Slot, Any]] = deque()  # dispatched, waiting for a worker
+        self.out: deque[_Slot] = deque()  # ordered: every slot in input order; unordered: done slots
+        self.held = 0  # taken from upstream, not yet handed downstream (<= window)
+        self.busy = 0  # data items dispatched and not finished
+        self.workers = 0
+        self.idle: list[anyio.Event] = []
+        self.consumer: anyio.Event | None = None
+        self.feeder: anyio.Event | None = None
+        self.ended = False
+        self.end_error: BaseException | None = None
+        self.high_water = 0
+
+    def wake_consumer(self) -> None:
+        if self.consumer is not None:
+            self.consumer.set()
+
+    def wake_feeder(self) -> None:
+        if self.feeder is not None:
+            self.feeder.set()
+
+    async def feed(self, items: AsyncIterator[Any]) -> None:
+        """The feeder task: the only reader of the upstream."""
+        try:
+            async for item in items:
+                while self.held >= self.window:
+                    self.feeder = anyio.Event()
+                    await self.feeder.wait()
+                    self.feeder = None
+                self.held += 1
+                if self.held > self.high_water:
+                    self.high_water = self.held
+                if isinstance(item, Metadata):
+                    if not self.ordered:  # a barrier: everything read before it is delivered first
+                        while self.busy:
+                            self.feeder = anyio.Event()
+                            await self.feeder.wait()
+                            self.feeder = None
+                    self.out.append(_Slot(True, item))
+                    self.wake_consumer()
+                    continue
+                slot = _Slot()
+                if self.ordered:
+                    self.out.append(slot)
+                self.inq.append((slot, item))
+                self.busy += 1
+                if self.idle:
+                    self.idle.pop().set()
+                elif self.workers < self.limit:
+                    self.workers += 1
+                    self.tasks.start(self.work, name=f"talkpipe worker for {self.label}")
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException as exc:  # delivered after the items before it
+            self.end_error = exc
+        self.ended = True
+        for event in self.idle:
+            event.set()
+        self.wake_consumer()
+
+    async def work(self) -> None:
+        """A worker task: applies the function to dispatched items until the end."""
+        fn = self.fn
+        inq = self.inq
+        out = self.out
+        ordered = self.ordered
+        while True:
+            while inq:
+                slot, item = inq.popleft()
+                try:
+                    slot.value = await fn(item)
+                except Exception as exc:
+                    blame(exc, self.label, item)
+                    slot.ok = False
+                    slot.value = exc
+                slot.done = True
+                self.busy -= 1
+                if ordered:
+                    if out[0] is slot:
+                        self.wake_consumer()
+                else:
+                    out.append(slot)
+                    self.wake_consumer()
+                    if not self.busy:
+                        self.wake_feeder()
+            if self.ended:
+                return
+            event = anyio.Event()
+            self.idle.append(event)
+            await event.wait()
+
+    async def results(self) -> AsyncIterator[Any]:
+        """The consumer side, in the stage's own generator."""
+        out = self.out
+        while True:
+            if out and out[0].done:
+                slot = out.popleft()
+                self.held -= 1
+                if self.feeder is not None:
+                    self.feeder.set()
+                if not slot.ok:
+                    raise slot.value
+                yield slot.value
+                continue
+            if self.ended and not out and not self.busy:
+                if self.end_error is not None:
+                    error, self.end_error = self.end_error, None
+                    raise error
+                return
+            self.consumer = anyio.Event()
+            try:
+                await self.consumer.wait()
+            finally:
+                self.consumer = None
+
+
+class concurrent_map(AbstractSegment[T, U], Generic[T, U]):
+    """Apply an ``async`` function to items with up to ``limit`` calls at once.
+
+    ::
+
+        async def fetch(url: str) -> bytes: ...
+
+        pipeline = urls() | concurrent_map(fetch, limit=50)                 # input order
+        pipeline = urls() | concurrent_map(fetch, limit=50, ordered=False)  # completion order
+
+    Bounds: at most ``limit`` calls run at once, in ``limit`` long-lived worker
+    tasks; at most ``window`` items (default ``2 * limit``, at least
+    ``limit``) are held by the stage at any time: running, finished but waiting
+    for an earlier item (the reorder window, when ``ordered``), or ready for
+    the consumer.  When the window is full the feeder stops reading upstream.
+
+    Errors: the function's exception is raised to the consumer in the item's
+    position (ordered) or when it happens (unordered), with its own type and a
+    note naming this stage and the item.  An upstream error arrives after the
+    items read before it.
+
+    Metadata: ordered, it keeps its position; unordered, it is a barrier (it
+    leaves after every item read before it, and items read after it wait
+    until it has been queued).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[T], Awaitable[U]],
+        limit: int = 16,
+        *,
+        ordered: bool = True,
+        window: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(process_metadata=True)
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        window = 2 * limit if window is None else window
+        if window < limit:
+            raise ValueError(f"window ({window}) must be at least limit ({limit})")
+        self.fn = fn
+        self.limit = limit
+        self.window = window
+        self.ordered = ordered
+        self.name = name or f"concurrent_map({getattr(fn, '__name__', type(fn).__name__)})"
+
+    def _function(self) -> Callable[[Any], Awaitable[Any]]:
+        return self.fn
+
+    async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[U]:
+        """Yield ``fn(item)`` for every item (see the class docs for order)."""
+        state = _MapRun(self._function(), self.limit, self.window, self.ordered, self.label)
+        state.tasks.start(state.feed, items, name=f"talkpipe feeder for {self.label}")
+        try:
+            async for value in state.results():
+                yield value
+        finally:
+            state.tasks.cancel()
+
+
+class thread_map(concurrent_map[T, U]):
+    """Apply a blocking (sync) function to items in worker threads, ``limit`` at once.
+
+    ::
+
+        def resize(path: str) -> bytes: ...   # CPU or blocking I/O
+
+        pipeline = paths() | thread_map(resize, limit=4)
+
+    Each call hops to a thread of anyio's pool through
+    ``anyio.to_thread.run_sync`` with a ``CapacityLimiter(limit)`` private to
+    the run (one hop per item: use it for calls that take far longer than a
+    hop, ~150 µs).  Order, bounds, errors and metadata are those of
+    :class:`concurrent_map`.  Cancelling the run waits for calls already in a
+    thread to return (a thread cannot be interrupted), so no thread is left
+    running the function after ``stream()`` exits.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[T], U],
+        limit: int = 4,
+        *,
+        ordered: bool = True,
+        window: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.sync_fn = fn
+        super().__init__(
+            self._placeholder,
+            limit,
+            ordered=ordered,
+            window=window,
+            name=name or f"thread_map({getattr(fn, '__name__', type(fn).__name__)})",
+        )
+
+    async def _placeholder(self, item: T) -> U:  # pragma: no cover - replaced per run
+        raise AssertionError("thread_map uses a per-run function")
+
+    def _function(self) -> Callable[[Any], Awaitable[Any]]:
+        limiter = anyio.CapacityLimiter(self.limit)
+        fn = self.sync_fn
+
+        async def call(item: Any) -> Any:
+            return await anyio.to_thread.run_sync(fn, item, limiter=limiter)
+
+        return call
+
+
+class buffer(AbstractSegment[T, T], Generic[T]):
+    """Prefetch: let the upstream run ahead of the consumer by exactly ``n`` items.
+
+    ::
+
+        pipeline = slow_source() | buffer(100) | slow_consumer_stage()
+
+    The upstream is read in one feeder task.  The exact bound: when the
+    consumer has asked for ``k`` items (``k`` calls of ``__anext__``), the
+    upstream has produced at most ``k + n`` items.  So ``buffer(0)`` is strict
+    pull: an item is computed only once it is asked for (a plain memory stream
+    of size 0 would still compute one item ahead; a credit counter enforces the
+    bound here).  At most ``n + 1`` items wait in the stage.  Metadata counts
+    as an item and passes through in order.  An upstream error is raised after
+    the items produced before it, with its own type.
+    """
+
+    def __init__(self, n: int, *, name: str | None = None) -> None:
+        super().__init__(process_metadata=True)
+        if n < 0:
+            raise ValueError("n must be at least 0")
+        self.n = n
+        self.name = name or f"buffer({n})"
+
+    async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
+        """Yield the upstream items unchanged, read ahead by at most ``n``."""
+        channel = Channel(self.n + 1)
+        credit = _Credit(self.n)
+        tasks = TaskScopes()
+        tasks.start(credit.feed, items, channel, name=f"talkpipe feeder for {self.label}")
+        local: deque[Any] = deque()
+        try:
+            while True:
+                credit.grant()
+                if not local:
+                    try:
+                        local.extend(await channel.get_batch(self.n + 1))
+                    except anyio.EndOfStream:
+                        return
+                yield local.popleft()
+        finally:
+            channel.abort()
+            tasks.cancel()
+
+
+class _Credit:
+    """How many items the feeder of :class:`buffer` may still pull."""
+
+    def __init__(self, n: int) -> None:
+        self.allowed = n
+        self.pulled = 0
+        self.waiting: anyio.Event | None = None
+
+    def grant(self) -> None:
+        self.allowed += 1
+        if self.waiting is not None:
+            self.waiting.set()
+
+    async def feed(self, items: AsyncIterator[Any], channel: Channel) -> None:
+        try:
+            iterator = items.__aiter__()
+            while True:
+                while self.pulled >= self.allowed:
+                    self.waiting = anyio.Event()
+                    await self.waiting.wait()
+                    self.waiting = None
+                try:
+                    item = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                self.pulled += 1
+                await channel.put(item)
+        except ChannelClosed:
+            return
+        except anyio.get_cancelled_exc_class():
+            channel.close()
+            raise
+        except BaseException as exc:  # delivered in order
+            channel.close(exc)
+            return
+        channel.close()
