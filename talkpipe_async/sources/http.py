@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -106,7 +106,7 @@ class _HttpStream(AbstractSource[Any]):
         if name:
             self.name = name
 
-    async def _chunks(self, stats: NetStats, restarted: list[int]) -> AsyncIterator[bytes]:
+    async def _chunks(self, stats: NetStats, restarted: list[int]) -> AsyncGenerator[bytes, None]:
         """Yield body chunks; on a reconnect, bump ``restarted[0]`` before the new body's chunks."""
         req = self.request
         timeout = _timeout(self.read_timeout, self.connect_timeout)
@@ -116,7 +116,12 @@ class _HttpStream(AbstractSource[Any]):
                 received = 0
                 try:
                     async with client.stream(
-                        req.method, req.url, headers=req.headers, params=req.params, content=req.content, timeout=timeout
+                        req.method,
+                        req.url,
+                        headers=req.headers,
+                        params=req.params,
+                        content=req.content,
+                        timeout=timeout,
                     ) as response:
                         if not response.is_success:
                             raise httpx.HTTPStatusError(
@@ -195,7 +200,7 @@ class http_lines(_HttpStream):
         self.encoding = encoding
         self.errors = errors
 
-    async def _raw_lines(self, stats: NetStats) -> AsyncIterator[list[bytes]]:
+    async def _raw_lines(self, stats: NetStats) -> AsyncGenerator[list[bytes], None]:
         restarted = [0]
         seen = 0
         framer = LineFramer(self.max_line_bytes, overlong=self.on_overlong, label=self.label, stats=stats)
@@ -260,7 +265,8 @@ class http_ndjson(http_lines):
                     try:
                         record = loads(line)
                     except ValueError as err:
-                        self._malformed(MalformedRecord(str(err), source=self.request.url, line_number=number, line=line), stats)
+                        bad = MalformedRecord(str(err), source=self.request.url, line_number=number, line=line)
+                        self._malformed(bad, stats)
                         continue
                     stats.items += 1
                     yield record
@@ -340,7 +346,8 @@ class http_poll(AbstractSource[Any]):
             if resp.status_code >= 500:
                 raise _Retryable(f"GET {self.url}: HTTP {resp.status_code}")
             if not resp.is_success:
-                raise httpx.HTTPStatusError(f"GET {self.url}: HTTP {resp.status_code}", request=resp.request, response=resp)
+                message = f"GET {self.url}: HTTP {resp.status_code}"
+                raise httpx.HTTPStatusError(message, request=resp.request, response=resp)
             parts: list[bytes] = []
             size = 0
             async for chunk in resp.aiter_bytes():

@@ -250,6 +250,17 @@ def _check_unix_path(path: str | os.PathLike[str]) -> str:
     return text
 
 
+async def _connect_tcp(
+    host: str, port: int, tls: bool, ssl_context: ssl.SSLContext | None, tls_hostname: str | None
+) -> anyio.abc.ByteStream:
+    """``anyio.connect_tcp`` with or without TLS."""
+    if not tls:
+        return await anyio.connect_tcp(host, port)
+    if ssl_context is None:
+        ssl_context = ssl.create_default_context()
+    return await anyio.connect_tcp(host, port, ssl_context=ssl_context, tls_hostname=tls_hostname or host)
+
+
 class _StreamClient(AbstractSource[Any]):
     """Shared body of the TCP and Unix client sources."""
 
@@ -422,9 +433,7 @@ class tcp_lines(_StreamClient):
         return f"{self.host}:{self.port}"
 
     async def _connect(self) -> anyio.abc.ByteStream:
-        return await anyio.connect_tcp(
-            self.host, self.port, tls=self.tls, ssl_context=self.ssl_context, tls_hostname=self.tls_hostname
-        )
+        return await _connect_tcp(self.host, self.port, self.tls, self.ssl_context, self.tls_hostname)
 
 
 class tcp_bytes(tcp_lines):

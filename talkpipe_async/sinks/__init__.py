@@ -1,0 +1,6 @@
+"""Sinks: where pipelines deliver their items (files, sockets, stdout, HTTP, web responses).
+
+``talkpipe_async.sinks.web`` (streaming HTTP responses) needs starlette and is imported on its own.
+"""
+
+from .net import *  # noqa: F403

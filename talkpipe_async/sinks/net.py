@@ -1,0 +1,329 @@
+"""Network sinks: lines or JSON Lines to TCP/Unix sockets and stdout; HTTP POST of batches.
+
+Each sink is a pass-through segment: it writes every item, then yields it on,
+so it can sit at the end of a pipeline (drain it with ``collect()`` or a
+loop) or in the middle.  Writes go out in groups of ``flush_every`` items,
+when a :class:`Flush` arrives, and at the end of the stream; every write
+awaits the transport, so a slow receiver slows the pipeline (no unbounded
+buffer).  Metadata passes through unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Literal, TextIO
+
+import anyio
+import anyio.abc
+import httpx
+
+from .._core._metadata import Flush, is_metadata
+from .._core._segment import AbstractSegment
+from ..sources.http import _client_for
+from ..sources.sockets import Backoff, NetStats, _check_unix_path, _connect_tcp
+
+__all__ = ["DeliveryFailed", "http_post_batches", "stdout_sink", "tcp_sink", "unix_sink"]
+
+Format = Literal["lines", "jsonl"]
+
+
+class DeliveryFailed(ConnectionError):
+    """A batch could not be delivered after every retry; ``items`` holds the undelivered batch."""
+
+    def __init__(self, message: str, items: list[Any]) -> None:
+        super().__init__(message)
+        self.items = items
+
+
+def _encoder(fmt: Format, serializer: Callable[[Any], str] | None) -> Callable[[Any], bytes]:
+    if fmt not in ("lines", "jsonl"):
+        raise ValueError(f"format must be 'lines' or 'jsonl', not {fmt!r}")
+    if serializer is not None:
+        ser = serializer
+        return lambda item: (ser(item) + "\n").encode()
+    if fmt == "jsonl":
+        return lambda item: (json.dumps(item, ensure_ascii=False) + "\n").encode()
+
+    def line(item: Any) -> bytes:
+        if isinstance(item, bytes):
+            return item if item.endswith(b"\n") else item + b"\n"
+        text = str(item)
+        return (text if text.endswith("\n") else text + "\n").encode()
+
+    return line
+
+
+class _ByteSink(AbstractSegment[Any, Any]):
+    """Shared body: encode items, write them in groups, pass them on."""
+
+    def __init__(
+        self,
+        *,
+        format: Format,
+        serializer: Callable[[Any], str] | None,
+        flush_every: int,
+        stats: NetStats | None,
+        name: str | None,
+    ) -> None:
+        super().__init__(process_metadata=True)
+        if flush_every < 1:
+            raise ValueError("flush_every must be at least 1")
+        self.encode = _encoder(format, serializer)
+        self.flush_every = flush_every
+        self.stats = stats
+        if name:
+            self.name = name
+
+    async def _open(self) -> Any:
+        raise NotImplementedError
+
+    async def _write(self, target: Any, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def _close(self, target: Any) -> None:
+        raise NotImplementedError
+
+    async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Write each item, yield it on."""
+        stats = self.stats if self.stats is not None else NetStats()
+        target = await self._open()
+        encode = self.encode
+        pending: list[bytes] = []
+        every = self.flush_every
+        try:
+            async for item in items:
+                if is_metadata(item):
+                    if isinstance(item, Flush) and pending:
+                        await self._send(target, pending, stats)
+                    yield item
+                    continue
+                pending.append(encode(item))
+                if len(pending) >= every:
+                    await self._send(target, pending, stats)
+                stats.items += 1
+                yield item
+            if pending:
+                await self._send(target, pending, stats)
+        finally:
+            await self._close(target)
+
+    async def _send(self, target: Any, pending: list[bytes], stats: NetStats) -> None:
+        data = b"".join(pending)
+        pending.clear()
+        await self._write(target, data)
+        stats.bytes_sent += len(data)
+
+
+class _SocketSink(_ByteSink):
+    async def _write(self, target: Any, data: bytes) -> None:
+        await target.send(data)
+
+    async def _close(self, target: Any) -> None:
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + 5.0
+            await target.aclose()
+
+
+class tcp_sink(_SocketSink):
+    """Write items as lines (``str(item)``) or JSON Lines to a TCP connection, then pass them on.
+
+    One connection per run, opened before the first item; ``tls=True`` or an
+    ``ssl_context`` wraps it in TLS.  ``send`` waits for the kernel, so a
+    slow receiver blocks the pipeline.  A broken connection raises.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        format: Format = "lines",
+        serializer: Callable[[Any], str] | None = None,
+        flush_every: int = 1,
+        tls: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        tls_hostname: str | None = None,
+        connect_timeout: float = 10.0,
+        stats: NetStats | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(format=format, serializer=serializer, flush_every=flush_every, stats=stats, name=name)
+        self.host = host
+        self.port = port
+        self.tls = tls or ssl_context is not None
+        self.ssl_context = ssl_context
+        self.tls_hostname = tls_hostname
+        self.connect_timeout = connect_timeout
+
+    async def _open(self) -> Any:
+        with anyio.fail_after(self.connect_timeout):
+            return await _connect_tcp(self.host, self.port, self.tls, self.ssl_context, self.tls_hostname)
+
+
+class unix_sink(_SocketSink):
+    """Write items as lines or JSON Lines to a Unix stream socket, then pass them on (as :class:`tcp_sink`)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        format: Format = "lines",
+        serializer: Callable[[Any], str] | None = None,
+        flush_every: int = 1,
+        stats: NetStats | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(format=format, serializer=serializer, flush_every=flush_every, stats=stats, name=name)
+        self.path = _check_unix_path(path)
+
+    async def _open(self) -> Any:
+        return await anyio.connect_unix(self.path)
+
+
+class stdout_sink(_ByteSink):
+    """Print items as lines or JSON Lines to ``file`` (default: ``sys.stdout``), then pass them on.
+
+    Text is written and flushed every ``flush_every`` items (and on Flush and
+    at the end); the stream is never closed here.
+    """
+
+    def __init__(
+        self,
+        *,
+        format: Format = "lines",
+        serializer: Callable[[Any], str] | None = None,
+        flush_every: int = 1,
+        file: TextIO | None = None,
+        stats: NetStats | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(format=format, serializer=serializer, flush_every=flush_every, stats=stats, name=name)
+        self.file = file
+
+    async def _open(self) -> Any:
+        return self.file if self.file is not None else sys.stdout
+
+    async def _write(self, target: Any, data: bytes) -> None:
+        target.write(data.decode())
+        target.flush()
+
+    async def _close(self, target: Any) -> None:
+        return None
+
+
+RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+class http_post_batches(AbstractSegment[Any, Any]):
+    """POST items in batches of ``batch_size`` (a JSON array, or NDJSON with ``format="ndjson"``).
+
+    A batch is also sent when a :class:`Flush` arrives and at the end.  The
+    items of a batch are passed on only after the server accepted it (2xx),
+    so downstream sees delivered items.  Transport errors and statuses in
+    ``retry_statuses`` (429, 5xx, ...) are retried with ``backoff`` (a
+    ``Retry-After`` in seconds is honoured, capped at ``backoff.maximum``);
+    once ``backoff.max_attempts`` attempts fail, :class:`DeliveryFailed`
+    carries the batch.  Other statuses raise ``httpx.HTTPStatusError`` at once.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch_size: int = 100,
+        format: Literal["json", "ndjson"] = "json",
+        client: httpx.AsyncClient | None = None,
+        headers: Mapping[str, str] | None = None,
+        backoff: Backoff | None = None,
+        retry_statuses: frozenset[int] = RETRY_STATUSES,
+        timeout: float = 30.0,
+        stats: NetStats | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(process_metadata=True)
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if format not in ("json", "ndjson"):
+            raise ValueError(f"format must be 'json' or 'ndjson', not {format!r}")
+        self.url = url
+        self.batch_size = batch_size
+        self.format = format
+        self.client = client
+        self.headers = dict(headers or {})
+        self.backoff = backoff or Backoff(initial=0.5, maximum=30.0, max_attempts=5)
+        self.retry_statuses = retry_statuses
+        self.timeout = timeout
+        self.stats = stats
+        if name:
+            self.name = name
+
+    def _body(self, batch: list[Any]) -> tuple[bytes, str]:
+        if self.format == "ndjson":
+            return "".join(json.dumps(x) + "\n" for x in batch).encode(), "application/x-ndjson"
+        return json.dumps(batch).encode(), "application/json"
+
+    async def _post(self, client: httpx.AsyncClient, batch: list[Any], stats: NetStats) -> None:
+        body, ctype = self._body(batch)
+        headers = {"Content-Type": ctype, **self.headers}
+        attempt = 0
+        while True:
+            wait: float | None = None
+            try:
+                response = await client.post(self.url, content=body, headers=headers, timeout=self.timeout)
+            except httpx.TransportError as err:
+                problem = repr(err)
+            else:
+                if response.is_success:
+                    stats.bytes_sent += len(body)
+                    stats.items += len(batch)
+                    return
+                if response.status_code not in self.retry_statuses:
+                    response.raise_for_status()
+                    raise httpx.HTTPStatusError(
+                        f"POST {self.url}: HTTP {response.status_code}", request=response.request, response=response
+                    )
+                problem = f"HTTP {response.status_code}"
+                after = response.headers.get("retry-after", "")
+                if after.isdigit():
+                    wait = min(float(after), self.backoff.maximum)
+            stats.errors += 1
+            stats.last_error = problem
+            attempt += 1
+            if self.backoff.exhausted(attempt):
+                message = f"POST {self.url}: batch of {len(batch)} not delivered after {attempt} attempts: {problem}"
+                raise DeliveryFailed(message, batch)
+            stats.reconnects += 1
+            await anyio.sleep(wait if wait is not None else self.backoff.delay(attempt - 1))
+
+    async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Collect, POST, then yield each delivered item (metadata passes in order)."""
+        stats = self.stats if self.stats is not None else NetStats()
+        batch: list[Any] = []
+        held: list[Any] = []  # items and metadata in arrival order since the last POST
+        async with _client_for(self.client) as client:
+            async for item in items:
+                held.append(item)
+                if is_metadata(item):
+                    if isinstance(item, Flush) and batch:
+                        await self._post(client, batch, stats)
+                        batch = []
+                    if not batch:
+                        for x in held:
+                            yield x
+                        held = []
+                    continue
+                batch.append(item)
+                if len(batch) >= self.batch_size:
+                    await self._post(client, batch, stats)
+                    batch = []
+                    for x in held:
+                        yield x
+                    held = []
+            if batch:
+                await self._post(client, batch, stats)
+            for x in held:
+                yield x
