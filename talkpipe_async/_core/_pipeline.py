@@ -147,6 +147,46 @@ class Pipeline(Generic[T, U]):
             "use `async with pipeline.stream() as items: async for x in items: ...`"
         )
 
+    # ---- blocking wrapper (issue 3): thin delegates to talkpipe_async/_blocking.py; nothing else here ----
+    def run_blocking(
+        self, input: Iterable[Any] | None = None, *, metadata: bool = False, backend: str = "asyncio"
+    ) -> list[U]:
+        """Run the pipeline to the end from sync code; return its items (see ``docs/blocking.md``)."""
+        from .._blocking import run_blocking
+
+        return run_blocking(self, input, metadata=metadata, backend=backend)
+
+    def iter_blocking(
+        self,
+        input: Iterable[Any] | None = None,
+        *,
+        metadata: bool = False,
+        backend: str = "asyncio",
+        batch: int = 512,
+        buffer: int = 2048,
+        latency: float = 0.005,
+    ) -> BlockingStream[U]:  # type: ignore[name-defined]  # noqa: F821  (core: import it under TYPE_CHECKING)
+        """Stream the items into sync code: ``with p.iter_blocking() as items: for x in items``.
+
+        ``backend``: "asyncio" or "trio"; ``batch``, ``buffer``, ``latency``:
+        the hand-over bounds (see ``docs/blocking.md``).
+        """
+        from .._blocking import iter_blocking
+
+        return iter_blocking(
+            self, input, metadata=metadata, backend=backend, batch=batch, buffer=buffer, latency=latency
+        )
+
+    def as_function_blocking(
+        self, *, single_in: bool = False, single_out: bool = False, backend: str = "asyncio"
+    ) -> Callable[..., Any]:
+        """A sync callable that runs the pipeline once per call (the blocking ``as_function``)."""
+        from .._blocking import as_function_blocking
+
+        return as_function_blocking(self, single_in=single_in, single_out=single_out, backend=backend)
+
+    # ---- end of the blocking wrapper block ----
+
 
 def _append_fused(stages: list[_Node], stage: _Node) -> None:
     """Append *stage*, or fuse it into the last stage when that one offers (``fuse_with``)."""
