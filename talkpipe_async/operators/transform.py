@@ -46,7 +46,9 @@ log = logging.getLogger("talkpipe_async.operators")
 
 def is_async_callable(fn: Any) -> bool:
     """True when calling *fn* returns an awaitable (``async def`` or async ``__call__``)."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    if inspect.iscoroutinefunction(fn):
+        return True
+    return inspect.iscoroutinefunction(type(fn).__call__)
 
 
 def _fn_name(fn: Any) -> str:
@@ -275,7 +277,9 @@ class set_field(_Fusable[T, T]):
         await set_field("n", len, field="text").collect([{"text": "abc"}])   # [{"text": "abc", "n": 3}]
     """
 
-    def __init__(self, path: str, fn: Callable[[Any], Any], *, field: str | None = None, name: str | None = None) -> None:
+    def __init__(
+        self, path: str, fn: Callable[[Any], Any], *, field: str | None = None, name: str | None = None
+    ) -> None:
         if is_async_callable(fn):
 
             async def aset(item: Any) -> Any:
@@ -458,7 +462,9 @@ class distinct(AbstractSegment[T, T], Generic[T, K]):
         await distinct(window=1).collect([1, 1, 2, 1])    # [1, 2, 1]
     """
 
-    def __init__(self, key: Callable[[T], K] | None = None, *, window: int | None = None, name: str | None = None) -> None:
+    def __init__(
+        self, key: Callable[[T], K] | None = None, *, window: int | None = None, name: str | None = None
+    ) -> None:
         super().__init__()
         if window is not None and window < 1:
             raise ValueError("distinct: window must be at least 1")
