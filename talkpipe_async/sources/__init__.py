@@ -1,6 +1,8 @@
 """Sources: where pipelines get their items (files, HTTP, sockets, processes, ...)."""
 
+from .files import *  # noqa: F403
 from .http import *  # noqa: F403
 from .process import *  # noqa: F403
 from .sockets import *  # noqa: F403
 from .sse import *  # noqa: F403
+from .tail import *  # noqa: F403

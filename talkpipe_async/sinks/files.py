@@ -1,0 +1,347 @@
+"""File sinks: append lines or JSON Lines to a file, rotation-safe, with a flush policy.
+
+The sinks pass every item on after writing it (or after flushing it, with
+``emit="flushed"``), so a checkpointing stage such as
+:class:`talkpipe_async.sources.acknowledge` can follow them.  Writes happen in
+a worker thread (``anyio.to_thread.run_sync``: asyncio, uvloop and trio), one
+hop per batch of items.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, BinaryIO, Literal
+
+import anyio
+import anyio.to_thread
+
+from .._core._channel import Channel, ChannelClosed
+from .._core._fields import extract_field
+from .._core._metadata import Flush, Metadata
+from .._core._run import current_run
+from .._core._segment import AbstractSegment
+
+__all__ = ["SinkStats", "write_jsonl", "write_lines"]
+
+
+@dataclass
+class SinkStats:
+    """Counters of a file sink (accumulated over all runs of the stage)."""
+
+    items: int = 0
+    """Items written."""
+    bytes: int = 0
+    """Bytes written."""
+    flushes: int = 0
+    """Flushes of the file buffer to the OS."""
+    fsyncs: int = 0
+    """``os.fsync`` calls (``fsync=True``)."""
+    reopens: int = 0
+    """Times the path was reopened because its file was rotated away or deleted."""
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict."""
+        return asdict(self)
+
+
+class _Writer:
+    """The thread side: an append-mode file that follows its path."""
+
+    def __init__(self, sink: _FileSink) -> None:
+        self.sink = sink
+        self.path = sink.path
+        self.stats = sink.stats
+        self.f: BinaryIO | None = None
+        self.ident = (0, 0)
+        self.unflushed = 0
+
+    def _open(self) -> BinaryIO:
+        f = open(self.path, "ab")
+        st = os.fstat(f.fileno())
+        self.ident = (st.st_dev, st.st_ino)
+        self.f = f
+        return f
+
+    def _file(self) -> BinaryIO:
+        f = self.f
+        if f is None:
+            return self._open()
+        try:
+            st = os.stat(self.path)
+            moved = (st.st_dev, st.st_ino) != self.ident
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            self.stats.reopens += 1
+            self._flush_file(f)
+            f.close()
+            self.f = None
+            return self._open()
+        return f
+
+    def write(self, items: list[Any]) -> None:
+        encode = self.sink.encode_batch
+        data = encode(items)
+        f = self._file()
+        f.write(data)
+        self.stats.items += len(items)
+        self.stats.bytes += len(data)
+        self.unflushed += len(items)
+        every = self.sink.flush_every
+        if every is not None and self.unflushed >= every:
+            self.flush()
+
+    def _flush_file(self, f: BinaryIO) -> None:
+        f.flush()
+        self.stats.flushes += 1
+        if self.sink.fsync:
+            os.fsync(f.fileno())
+            self.stats.fsyncs += 1
+
+    def flush(self) -> None:
+        if self.f is not None and self.unflushed:
+            self._flush_file(self.f)
+        self.unflushed = 0
+
+    def close(self) -> None:
+        f, self.f = self.f, None
+        if f is not None:
+            try:
+                if self.unflushed:
+                    self._flush_file(f)
+            finally:
+                self.unflushed = 0
+                f.close()
+
+
+async def _feed(items: AsyncIterator[Any], channel: Channel) -> None:
+    try:
+        async for item in items:
+            await channel.put(item)
+    except ChannelClosed:
+        return
+    except anyio.get_cancelled_exc_class():
+        raise
+    except BaseException as exc:  # handed to the sink's task, in order
+        channel.close(exc)
+        return
+    channel.close()
+
+
+class _FileSink(AbstractSegment[Any, Any]):
+    """Shared machinery of the file sinks."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        field: str | None,
+        flush_every: int | None,
+        flush_interval: float | None,
+        fsync: bool,
+        emit: Literal["written", "flushed"],
+        buffer: int,
+        name: str | None,
+        stats: SinkStats | None,
+    ) -> None:
+        super().__init__(process_metadata=True)
+        if emit not in ("written", "flushed"):
+            raise ValueError(f"emit must be 'written' or 'flushed', not {emit!r}")
+        if flush_every is not None and flush_every < 1:
+            raise ValueError("flush_every must be at least 1")
+        if flush_interval is not None and flush_interval <= 0:
+            raise ValueError("flush_interval must be positive")
+        if emit == "flushed" and flush_every is None and flush_interval is None:
+            raise ValueError('emit="flushed" needs flush_every or flush_interval (or items would pile up)')
+        self.path = os.fspath(path)
+        self.field = field
+        self.flush_every = flush_every
+        self.flush_interval = flush_interval
+        self.fsync = fsync
+        self.emit = emit
+        self.buffer = buffer
+        self.name = name or type(self).__name__
+        self.stats = stats if stats is not None else SinkStats()
+
+    def encode_batch(self, items: list[Any]) -> bytes:
+        """The bytes for a batch of items (runs in the worker thread)."""
+        raise NotImplementedError
+
+    def _value(self, item: Any) -> Any:
+        return item if self.field is None else extract_field(item, self.field)
+
+    async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Write every item, pass every item and metadata on in order."""
+        run = current_run()
+        channel = Channel(self.buffer)
+        run.start_soon(_feed, items, channel, name=f"{self.label} feeder")
+        writer = _Writer(self)
+        run_sync = anyio.to_thread.run_sync
+        interval = self.flush_interval
+        hold = self.emit == "flushed"
+        out: list[Any] = []  # written items (and metadata after them) not passed on yet
+        deadline = float("inf")  # when unflushed data must be flushed
+        try:
+            while True:
+                ended = False
+                batch: list[Any] = []
+                with anyio.move_on_after(deadline - anyio.current_time()) as scope:
+                    try:
+                        batch = await channel.get_batch(self.buffer)
+                    except anyio.EndOfStream:
+                        ended = True
+                if scope.cancelled_caught or ended:
+                    await run_sync(writer.flush)
+                    deadline = float("inf")
+                    for item in out:
+                        yield item
+                    out = []
+                    if ended:
+                        return
+                    continue
+                data: list[Any] = []
+                for item in batch:
+                    if not isinstance(item, Metadata):
+                        data.append(item)
+                        continue
+                    if data:
+                        await run_sync(writer.write, data)
+                        out.extend(data)
+                        data = []
+                    if isinstance(item, Flush):
+                        await run_sync(writer.flush)
+                        deadline = float("inf")
+                        hold_now = False
+                    else:
+                        hold_now = hold
+                    out.append(item)
+                    if not hold_now:
+                        for x in out:
+                            yield x
+                        out = []
+                if data:
+                    await run_sync(writer.write, data)
+                    out.extend(data)
+                if writer.unflushed == 0:
+                    deadline = float("inf")
+                elif interval is not None and deadline == float("inf"):
+                    deadline = anyio.current_time() + interval
+                if not hold or writer.unflushed == 0:
+                    for x in out:
+                        yield x
+                    out = []
+        finally:
+            channel.abort()
+            with anyio.CancelScope(shield=True):
+                await run_sync(writer.close)
+
+
+class write_lines(_FileSink):
+    """Append each item (``str``, or ``str(item)``; or its ``field``) as a line to *path*.
+
+    Rotation-safe: before each batch the sink compares ``stat(path)`` with
+    its open file and reopens (append mode) when the file was renamed or
+    deleted.  Flush policy (all optional, any combination): every
+    ``flush_every`` items, ``flush_interval`` seconds after the first
+    unflushed write (also while no items arrive), and on :class:`Flush`
+    metadata; always at the end of the run.  ``fsync=True`` syncs each flush
+    to disk.  Items pass on after being written (``emit="written"``) or only
+    once flushed (``emit="flushed"``: at most ``flush_every`` items held).
+    ``newline`` ends each line; text that itself contains newlines is written
+    as is.  ``buffer``: items read ahead from upstream (and per thread hop).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        field: str | None = None,
+        encoding: str = "utf-8",
+        errors: str = "strict",
+        newline: str = "\n",
+        flush_every: int | None = None,
+        flush_interval: float | None = 1.0,
+        fsync: bool = False,
+        emit: Literal["written", "flushed"] = "written",
+        buffer: int = 256,
+        name: str | None = None,
+        stats: SinkStats | None = None,
+    ) -> None:
+        super().__init__(
+            path,
+            field=field,
+            flush_every=flush_every,
+            flush_interval=flush_interval,
+            fsync=fsync,
+            emit=emit,
+            buffer=buffer,
+            name=name,
+            stats=stats,
+        )
+        self.encoding = encoding
+        self.errors = errors
+        self.newline = newline
+
+    def encode_batch(self, items: list[Any]) -> bytes:
+        """Join the lines and encode them."""
+        value = self._value
+        nl = self.newline
+        texts = [v if type(v) is str else str(v) for v in map(value, items)]
+        texts.append("")
+        return nl.join(texts).encode(self.encoding, self.errors)
+
+
+class write_jsonl(_FileSink):
+    """Append each item (or its ``field``) as one JSON line to *path*; see :class:`write_lines` for the policies.
+
+    ``dumps`` replaces ``json.dumps`` (default: ``ensure_ascii=False``,
+    compact separators); an item it cannot serialise raises ``TypeError``
+    naming the stage and the item.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        field: str | None = None,
+        dumps: Callable[[Any], str] | None = None,
+        flush_every: int | None = None,
+        flush_interval: float | None = 1.0,
+        fsync: bool = False,
+        emit: Literal["written", "flushed"] = "written",
+        buffer: int = 256,
+        name: str | None = None,
+        stats: SinkStats | None = None,
+    ) -> None:
+        super().__init__(
+            path,
+            field=field,
+            flush_every=flush_every,
+            flush_interval=flush_interval,
+            fsync=fsync,
+            emit=emit,
+            buffer=buffer,
+            name=name,
+            stats=stats,
+        )
+        self.dumps = dumps or _compact_dumps
+
+    def encode_batch(self, items: list[Any]) -> bytes:
+        """One JSON document per line."""
+        dumps = self.dumps
+        value = self._value
+        texts = []
+        for item in items:
+            try:
+                texts.append(dumps(value(item)))
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"{self.label}: cannot write item {item!r:.120} as JSON: {exc}") from exc
+        texts.append("")
+        return "\n".join(texts).encode("utf-8")
+
+
+def _compact_dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
