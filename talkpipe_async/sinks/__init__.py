@@ -3,4 +3,5 @@
 ``talkpipe_async.sinks.web`` (streaming HTTP responses) needs starlette and is imported on its own.
 """
 
+from .files import *  # noqa: F403
 from .net import *  # noqa: F403
