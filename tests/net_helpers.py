@@ -1,0 +1,234 @@
+"""Test servers for the network stages: uvicorn in a thread, raw anyio listeners for faults."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+import uvicorn
+from anyio.abc import SocketAttribute
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+class AppServer:
+    """Serve an ASGI app with uvicorn on 127.0.0.1 (ephemeral port) in its own thread and loop.
+
+    uvicorn runs on asyncio; the client side of a test can run on any backend.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="critical", lifespan="off", access_log=False
+        )
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
+        self.port = 0
+
+    def __enter__(self) -> AppServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:  # a bounded wait for the server thread's flag
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.005)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    def url(self, path: str) -> str:
+        """The full URL of *path* on this server."""
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+@dataclass
+class AppState:
+    """What the test app saw: Last-Event-ID headers, POSTed batches, failures left to inject."""
+
+    last_event_ids: list[str | None] = field(default_factory=list)
+    posted: list[Any] = field(default_factory=list)
+    fail_posts: int = 0
+    poll_version: int = 0
+    poll_hits: int = 0
+    stream_closed: threading.Event = field(default_factory=threading.Event)
+
+
+def make_app(state: AppState) -> Starlette:
+    """The Starlette app the HTTP tests talk to."""
+
+    async def sse(request: Request) -> Response:
+        last = request.headers.get("last-event-id")
+        state.last_event_ids.append(last)
+        n = int(request.query_params.get("n", "5"))
+        drop_after = int(request.query_params.get("drop_after", "0"))
+        start = int(last or 0)
+        if start >= n:
+            return Response(status_code=204)
+        first = last is None
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"retry: 10\n\n"
+            for i in range(start + 1, n + 1):
+                yield f"id: {i}\ndata: event {i}\n\n".encode()
+                if first and drop_after and i == drop_after:
+                    yield b"data: cut in the mid"
+                    await asyncio.sleep(0.01)
+                    raise RuntimeError("injected mid-line disconnect")
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    async def lines(request: Request) -> Response:
+        n = int(request.query_params.get("n", "100"))
+
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(0, n, 10):
+                yield "".join(f"line {j}\n" for j in range(i, min(n, i + 10))).encode()
+
+        return StreamingResponse(body(), media_type="text/plain")
+
+    async def ndjson(request: Request) -> Response:
+        records = [json.dumps({"n": 1, "text": "a\u2028b"}), "{not json", json.dumps({"n": 3}), "", json.dumps({"n": 5})]
+
+        async def body() -> AsyncIterator[bytes]:
+            for r in records:
+                yield (r + "\n").encode()
+
+        return StreamingResponse(body(), media_type="application/x-ndjson")
+
+    async def poll(request: Request) -> Response:
+        state.poll_hits += 1
+        etag = f'"v{state.poll_version}"'
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304)
+        items = [{"id": i} for i in range(state.poll_version + 1)]
+        return JSONResponse(items, headers={"ETag": etag})
+
+    async def status(request: Request) -> Response:
+        return Response(status_code=int(request.path_params["code"]))
+
+    async def wrong_type(request: Request) -> Response:
+        return Response("data: x\n\n", media_type="text/plain")
+
+    async def ingest(request: Request) -> Response:
+        if state.fail_posts > 0:
+            state.fail_posts -= 1
+            return Response(status_code=503, headers={"Retry-After": "0"})
+        body = await request.body()
+        if request.headers.get("content-type") == "application/x-ndjson":
+            state.posted.append([json.loads(x) for x in body.decode().splitlines()])
+        else:
+            state.posted.append(json.loads(body))
+        return Response(status_code=204)
+
+    async def reject(request: Request) -> Response:
+        return Response(status_code=400)
+
+    return Starlette(
+        routes=[
+            Route("/sse", sse),
+            Route("/lines", lines),
+            Route("/ndjson", ndjson),
+            Route("/poll", poll),
+            Route("/status/{code:int}", status),
+            Route("/wrong-type", wrong_type),
+            Route("/ingest", ingest, methods=["POST"]),
+            Route("/reject", reject, methods=["POST"]),
+        ]
+    )
+
+
+Handler = Callable[[anyio.abc.SocketStream], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[int]:
+    """A raw TCP listener on 127.0.0.1 running *handler* per connection; yields the port."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.listeners[0].extra(SocketAttribute.local_port)
+
+    async def guarded(stream: anyio.abc.SocketStream) -> None:
+        try:
+            await handler(stream)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            pass
+        finally:
+            await anyio.aclose_forcefully(stream)
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, guarded)
+        try:
+            yield port
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def read_request(stream: anyio.abc.SocketStream) -> dict[str, str]:
+    """Read an HTTP request head; return its headers (lower-case names)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive()
+    head = data.split(b"\r\n\r\n", 1)[0].decode()
+    headers = {}
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return headers
+
+
+def chunked_head(content_type: str, status: str = "200 OK") -> bytes:
+    """A response head announcing a chunked body."""
+    return f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+
+
+def chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll a condition (thread-side) with a bound; True if it became true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+async def settle(read: Callable[[], int], *, window: float = 0.15, limit: float = 4.0) -> int:
+    """Wait until ``read()`` stops changing for *window* seconds (bounded by *limit*); return it.
+
+    Used to show that a sender is blocked: with backpressure its byte count
+    stops growing; without it the count keeps growing until *limit*.
+    """
+    deadline = anyio.current_time() + limit
+    last = read()
+    while anyio.current_time() < deadline:
+        await anyio.sleep(window)
+        now = read()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def iter_chunks(data: bytes, size: int) -> Iterator[bytes]:
+    """*data* in pieces of *size* bytes."""
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
