@@ -63,6 +63,7 @@ class AppState:
     fail_posts: int = 0
     poll_version: int = 0
     poll_hits: int = 0
+    poll_bump_at: int = 0
     stream_closed: threading.Event = field(default_factory=threading.Event)
 
 
@@ -110,6 +111,8 @@ def make_app(state: AppState) -> Starlette:
 
     async def poll(request: Request) -> Response:
         state.poll_hits += 1
+        if state.poll_bump_at and state.poll_hits >= state.poll_bump_at:
+            state.poll_version, state.poll_bump_at = state.poll_version + 1, 0
         etag = f'"v{state.poll_version}"'
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304)

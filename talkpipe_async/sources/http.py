@@ -119,7 +119,7 @@ class _HttpStream(AbstractSource[Any]):
                         req.method,
                         req.url,
                         headers=req.headers,
-                        params=req.params,
+                        params=req.params or None,
                         content=req.content,
                         timeout=timeout,
                     ) as response:
@@ -340,7 +340,7 @@ class http_poll(AbstractSource[Any]):
 
     async def _fetch(self, client: httpx.AsyncClient, validators: dict[str, str]) -> bytes | None:
         headers = {**self.headers, **validators}
-        async with client.stream("GET", self.url, headers=headers, params=self.params, timeout=self.timeout) as resp:
+        async with client.stream("GET", self.url, headers=headers, params=self.params or None, timeout=self.timeout) as resp:
             if resp.status_code == 304:
                 return None
             if resp.status_code >= 500:
