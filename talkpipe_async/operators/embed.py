@@ -1,0 +1,473 @@
+"""Embedding: feed a pipeline from the application, run it in the background.
+
+* :class:`from_stream`: a source reading an anyio memory receive stream.
+* :class:`from_queue`: a source reading an ``asyncio.Queue`` (asyncio only),
+  ended by the :data:`QUEUE_END` marker (never ``None``).
+* :class:`Feed`: a source with a push handle: ``await feed.push(item)`` waits
+  while the pipeline is behind (bounded, never dropping), ``feed.close()``.
+* :class:`background`: run a pipeline as a task of the application, with a
+  clean stop: ``async with background(p) as run: ... await run.stop(drain=True)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import reprlib
+import sys
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from types import TracebackType
+from typing import Any, Generic, Literal, TypeVar
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .._core._channel import Channel
+from .._core._metadata import Metadata
+from .._core._pipeline import Pipeline
+from .._core._segment import AbstractSegment, AbstractSource
+from .concurrency import TaskScopes
+
+__all__ = ["QUEUE_END", "BackgroundRun", "Feed", "FeedClosed", "background", "from_queue", "from_stream"]
+
+T = TypeVar("T")
+
+logger = logging.getLogger("talkpipe_async.operators.embed")
+_repr = reprlib.Repr()
+
+
+class _QueueEnd:
+    """The type of :data:`QUEUE_END`."""
+
+    _instance: _QueueEnd | None = None
+
+    def __new__(cls) -> _QueueEnd:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "QUEUE_END"
+
+
+QUEUE_END: Any = _QueueEnd()
+"""Put this into an ``asyncio.Queue`` to end a :class:`from_queue` source
+(``to_queue`` sinks put it when their pipeline ends).  ``None`` is an ordinary
+item."""
+
+
+def require_asyncio(what: str, instead: str) -> None:
+    """Raise ``RuntimeError`` unless an asyncio event loop runs this task."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            f"{what} uses an asyncio.Queue, which can only be awaited under asyncio (this is another "
+            f"event loop, e.g. trio); use {instead}() with anyio.create_memory_object_stream() instead"
+        ) from None
+
+
+class FeedClosed(Exception):
+    """``push`` on a :class:`Feed` that was closed, or whose pipeline has stopped."""
+
+
+async def _drain_receive(stream: MemoryObjectReceiveStream[Any]) -> AsyncIterator[Any]:
+    receive_nowait = stream.receive_nowait
+    while True:
+        try:
+            item = receive_nowait()
+        except anyio.WouldBlock:
+            try:
+                item = await stream.receive()
+            except anyio.EndOfStream:
+                return
+        except anyio.EndOfStream:
+            return
+        yield item
+
+
+class _Failure:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class from_stream(AbstractSource[T], Generic[T]):
+    """A source that yields what the application sends into an anyio memory stream.
+
+    ::
+
+        send, receive = anyio.create_memory_object_stream[dict](100)
+        pipeline = from_stream(receive) | handle()
+        # elsewhere: await send.send(event); ... send.close()  -> the stream ends
+
+    Bound: the memory stream's own buffer size (``send`` waits when it is
+    full, so the application feels the pipeline's pace).  The stream ends
+    when every send stream is closed.  With ``close=True`` (default) the
+    receive stream is closed when the source ends (normally, early or by
+    error), so a sender that is still sending gets ``BrokenResourceError``
+    instead of waiting forever.  A receive stream can be read by one run.
+    """
+
+    def __init__(self, stream: MemoryObjectReceiveStream[T], *, close: bool = True, name: str | None = None) -> None:
+        super().__init__()
+        self.receive = stream
+        self.close_stream = close
+        self.name = name or "from_stream"
+
+    async def generate(self) -> AsyncIterator[T]:
+        """Yield the received items until the stream ends."""
+        try:
+            async for item in _drain_receive(self.receive):
+                yield item
+        finally:
+            if self.close_stream:
+                self.receive.close()
+
+
+class from_queue(AbstractSource[T], Generic[T]):
+    """A source that yields the items of an ``asyncio.Queue`` (asyncio only).
+
+    ::
+
+        queue: asyncio.Queue = asyncio.Queue(maxsize=100)
+        pipeline = from_queue(queue) | handle()
+        # elsewhere: await queue.put(x); ...; await queue.put(QUEUE_END)
+
+    The stream ends when ``end`` (default :data:`QUEUE_END`; compared by
+    identity, never ``None``) is taken, or when the queue is shut down
+    (Python 3.13+).  Each item taken is marked ``task_done()``.  Bound: the
+    queue's own ``maxsize``.  On trio this raises ``RuntimeError`` at the
+    start of the run: use :class:`from_stream` with an anyio memory stream.
+    """
+
+    def __init__(self, queue: Any, *, end: Any = QUEUE_END, name: str | None = None) -> None:
+        super().__init__()
+        if end is None:
+            raise ValueError("None is an ordinary item; choose another end marker (default QUEUE_END)")
+        self.queue = queue
+        self.end = end
+        self.name = name or "from_queue"
+
+    async def generate(self) -> AsyncIterator[T]:
+        """Yield queue items until the end marker."""
+        import asyncio
+
+        require_asyncio("from_queue", "from_stream")
+
+        queue = self.queue
+        end = self.end
+        shutdown: tuple[type[BaseException], ...] = ()
+        if sys.version_info >= (3, 13):
+            shutdown = (asyncio.QueueShutDown,)
+        while True:
+            try:
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    item = await queue.get()
+            except shutdown:
+                return
+            queue.task_done()
+            if item is end:
+                return
+            yield item
+
+
+class Feed(AbstractSource[T], Generic[T]):
+    """A source the application pushes into while the pipeline runs.
+
+    ::
+
+        feed: Feed[str] = Feed(maxsize=100)
+        async with background(feed | handle()) as run:
+            for line in lines:
+                await feed.push(line)      # waits while the pipeline is behind
+            feed.close()                   # the pipeline ends after these items
+            await run.wait()
+
+    Bound: at most ``maxsize`` pushed items wait for the pipeline (``0``:
+    each ``push`` waits until the pipeline takes the item).  ``push`` never
+    drops: it waits; ``push_nowait`` raises ``anyio.WouldBlock`` when full.
+    ``fail(exc)`` ends the stream with an error raised in the pipeline after
+    the items pushed before it.  After ``close()``, or once the pipeline has
+    stopped reading, ``push`` raises :class:`FeedClosed`.  A Feed serves one
+    run (a second run raises ``RuntimeError``).
+    """
+
+    def __init__(self, maxsize: int = 64, *, name: str | None = None) -> None:
+        super().__init__()
+        if maxsize < 0:
+            raise ValueError("maxsize must be at least 0")
+        self.maxsize = maxsize
+        send, receive = anyio.create_memory_object_stream[Any](maxsize)
+        self._send: MemoryObjectSendStream[Any] = send
+        self._receive: MemoryObjectReceiveStream[Any] = receive
+        self._used = False
+        self.name = name or "Feed"
+
+    async def push(self, item: T) -> None:
+        """Hand *item* to the pipeline, waiting while ``maxsize`` items are queued."""
+        try:
+            await self._send.send(item)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            raise FeedClosed(f"{self.label}: closed or its pipeline stopped; {_repr.repr(item)} not pushed") from exc
+
+    def push_nowait(self, item: T) -> None:
+        """Hand *item* over now, or raise ``anyio.WouldBlock`` (the item is not taken)."""
+        try:
+            self._send.send_nowait(item)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
+            raise FeedClosed(f"{self.label}: closed or its pipeline stopped; {_repr.repr(item)} not pushed") from exc
+
+    async def push_many(self, items: Iterable[T]) -> None:
+        """Push each item in turn (waiting as needed)."""
+        for item in items:
+            await self.push(item)
+
+    def close(self) -> None:
+        """End the stream after the items already pushed."""
+        self._send.close()
+
+    async def fail(self, error: BaseException) -> None:
+        """End the stream with *error*, raised in the pipeline after earlier items."""
+        await self._send.send(_Failure(error))
+        self._send.close()
+
+    @property
+    def queued(self) -> int:
+        """Items pushed and not yet taken by the pipeline."""
+        return self._send.statistics().current_buffer_used
+
+    async def generate(self) -> AsyncIterator[T]:
+        """Yield the pushed items until ``close()``."""
+        if self._used:
+            raise RuntimeError(f"{self.label} serves one run only")
+        self._used = True
+        try:
+            async for item in _drain_receive(self._receive):
+                if type(item) is _Failure:
+                    raise item.error
+                yield item
+        finally:
+            self._receive.close()
+
+
+# ---------------------------------------------------------------- background
+
+
+class _Gate(AbstractSegment[Any, Any]):
+    """Inserted after a background pipeline's source: ends the stream on ``stop(drain=True)``.
+
+    Strict pull (one feeder task asks the source for an item only when the
+    pipeline asks the gate), so a drain loses nothing that the source handed
+    over before the stop; an item the source hands over after the stop is
+    counted in ``BackgroundRun.not_delivered`` and logged.
+    """
+
+    def __init__(self, run: BackgroundRun) -> None:
+        super().__init__(process_metadata=True)
+        self.run = run
+        self.name = "background gate"
+
+    async def _feed(self, items: AsyncIterator[Any], channel: Channel, credit: list[Any]) -> None:
+        run = self.run
+        try:
+            iterator = items.__aiter__()
+            while True:
+                while credit[0] <= 0:
+                    credit[1] = anyio.Event()
+                    await credit[1].wait()
+                credit[0] -= 1
+                try:
+                    item = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
+                if run.stopping:
+                    if not isinstance(item, Metadata):
+                        run.not_delivered += 1
+                        logger.warning("%s: %s arrived after stop(drain=True); not delivered", run, _repr.repr(item))
+                    return
+                await channel.put(item)
+        except anyio.get_cancelled_exc_class():
+            channel.close()
+            raise
+        except BaseException as exc:
+            channel.close(exc)
+            return
+        channel.close()
+
+    async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Pass items through until the run is asked to drain."""
+        channel = Channel(1)
+        credit: list[Any] = [0, None]
+        tasks = TaskScopes()
+        tasks.start(self._feed, items, channel, credit, name="talkpipe background gate feeder")
+        self.run._gates.append(channel)
+        try:
+            while True:
+                credit[0] += 1
+                if credit[1] is not None:
+                    credit[1].set()
+                try:
+                    batch = await channel.get_batch(1)
+                except anyio.EndOfStream:
+                    return
+                yield batch[0]
+        finally:
+            channel.abort()
+            tasks.cancel()
+
+
+class BackgroundRun:
+    """The handle of a pipeline running in the background (see :class:`background`).
+
+    ``count``: items that came out of the pipeline; ``done``: an event set
+    when the run has ended; ``error``: the exception that ended it, if any;
+    ``not_delivered``: items a source handed over after ``stop(drain=True)``.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.count = 0
+        self.not_delivered = 0
+        self.error: BaseException | None = None
+        self.stopping = False
+        self.cancelled = False
+        self.done = anyio.Event()
+        self._scope = anyio.CancelScope()
+        self._gates: list[Channel] = []
+        self._reported = False
+
+    def __repr__(self) -> str:
+        return f"<background run of {self.label}>"
+
+    def _raise(self) -> None:
+        if self.error is not None and not self._reported:
+            self._reported = True
+            raise self.error
+
+    async def wait(self) -> None:
+        """Wait for the pipeline to end; raise its error (once) if it failed."""
+        await self.done.wait()
+        self._raise()
+
+    def cancel(self) -> None:
+        """Cancel the pipeline now (in-flight items are abandoned)."""
+        self.cancelled = True
+        self._scope.cancel()
+
+    async def stop(self, drain: bool = True, grace: float | None = None) -> None:
+        """Stop the pipeline and wait until it has ended.
+
+        ``drain=True``: stop reading the source; every item the source has
+        already handed over goes through the rest of the pipeline (batches
+        are flushed at the end of input, concurrent stages finish their work);
+        after ``grace`` seconds (if given) the run is cancelled instead.
+        ``drain=False``: cancel at once.  Raises the pipeline's error, if any.
+        """
+        if drain:
+            self.stopping = True
+            for gate in self._gates:
+                gate.close()
+            if grace is not None:
+                with anyio.move_on_after(grace):
+                    await self.done.wait()
+        if not drain or not self.done.is_set():
+            self.cancel()
+        await self.done.wait()
+        self._raise()
+
+
+class background:
+    """Run a pipeline as a background task of the application.
+
+    ::
+
+        feed = Feed[dict](maxsize=100)
+        async with background(feed | enrich() | to_stream(send)) as run:
+            await feed.push({"id": 1})
+            ...
+            await run.stop(drain=True)       # or: feed.close(); await run.wait()
+
+    The pipeline's output items are passed to ``on_item`` (sync or async) if
+    given, else discarded (end the pipeline with a sink); ``run.count``
+    counts them.  Leaving the block without ``stop()``: ``on_exit="cancel"``
+    (default) cancels the run, ``"drain"`` drains it, ``"wait"`` waits for it
+    to end by itself.  An exception raised by the pipeline is kept in
+    ``run.error`` and raised by ``wait()``/``stop()``, or on leaving the block
+    if neither raised it.  When the block itself raises, the run is cancelled
+    and the block's exception propagates.  Nothing of the run (tasks, threads)
+    outlives the block.
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        input: Iterable[Any] | AsyncIterable[Any] | None = None,
+        *,
+        on_item: Callable[[Any], Any] | None = None,
+        on_exit: Literal["cancel", "drain", "wait"] = "cancel",
+    ) -> None:
+        if on_exit not in ("cancel", "drain", "wait"):
+            raise ValueError(f"unknown on_exit {on_exit!r}")
+        self.pipeline = pipeline if isinstance(pipeline, Pipeline) else Pipeline(pipeline)
+        self.input = input
+        self.on_item = on_item
+        self.on_exit = on_exit
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._run: BackgroundRun | None = None
+
+    def _gated(self, run: BackgroundRun) -> Pipeline[Any, Any]:
+        stages = self.pipeline.stages
+        gate = _Gate(run)
+        if self.pipeline.has_source:
+            return Pipeline(stages[0], gate, *stages[1:])
+        return Pipeline(gate, *stages)
+
+    async def _main(self, run: BackgroundRun) -> None:
+        on_item = self.on_item
+        try:
+            with run._scope:
+                async with self._gated(run).stream(self.input) as items:
+                    async for item in items:
+                        run.count += 1
+                        if on_item is not None:
+                            result = on_item(item)
+                            if inspect.isawaitable(result):
+                                await result
+        except Exception as exc:  # kept for wait()/stop()/exit
+            run.error = exc
+        finally:
+            run.done.set()
+
+    async def __aenter__(self) -> BackgroundRun:
+        run = self._run = BackgroundRun(repr(self.pipeline))
+        tg = self._tg = anyio.create_task_group()
+        await tg.__aenter__()
+        tg.start_soon(self._main, run, name=f"talkpipe background {run.label}")
+        return run
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        run, tg = self._run, self._tg
+        assert run is not None and tg is not None
+        try:
+            if exc is not None:
+                run.cancel()
+            elif not run.done.is_set():
+                if self.on_exit == "cancel":
+                    run.cancel()
+                elif self.on_exit == "drain":
+                    run.stopping = True
+                    for gate in run._gates:
+                        gate.close()
+        finally:
+            await tg.__aexit__(None, None, None)
+        if exc is None:
+            run._raise()

@@ -1,0 +1,490 @@
+"""Error operators: per-segment error policies, retry with backoff and jitter.
+
+* :class:`on_error` wraps one segment (or a per-item function) and decides
+  what a failure does: ``"raise"`` (the default), ``"skip"`` (counted),
+  ``"replace"`` (yield a value instead) or ``"dead_letter"`` (send the item
+  and its exception to a sink: a callable, a core ``Channel`` or an anyio
+  memory send stream).
+* :class:`Backoff`, :func:`retrying` and :class:`retry`: call an ``async``
+  function again after a failure, waiting ``base * factor**k`` seconds (capped
+  at ``max_delay``) with jitter.
+* :class:`retry_source`: re-open a source after a failure.
+
+Only ``Exception`` subclasses listed in ``errors`` / ``retry_on`` are
+handled; cancellation and other ``BaseException`` always propagate.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import random
+import reprlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from .._core._channel import Channel, ChannelClosed
+from .._core._pipeline import Pipeline
+from .._core._segment import AbstractSegment, AbstractSource
+from .combine import as_source_pipeline
+from .concurrency import TaskScopes, blame
+
+__all__ = [
+    "Backoff",
+    "DeadLetter",
+    "ErrorStats",
+    "on_error",
+    "retry",
+    "retry_call",
+    "retry_source",
+    "retrying",
+]
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+logger = logging.getLogger("talkpipe_async.operators.errors")
+_repr = reprlib.Repr()
+
+Policy = Literal["raise", "skip", "replace", "dead_letter"]
+ExcTypes = type[BaseException] | tuple[type[BaseException], ...]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """What a dead-letter sink receives: the item, its exception, and the stage."""
+
+    item: Any
+    error: BaseException
+    stage: str
+
+
+@dataclass
+class ErrorStats:
+    """Counters of one :class:`on_error` run."""
+
+    failed: int = 0
+    skipped: int = 0
+    replaced: int = 0
+    dead_lettered: int = 0
+
+
+class _NoItem:
+    def __repr__(self) -> str:
+        return "<no item>"
+
+
+NO_ITEM: Any = _NoItem()
+
+
+class _Recorder:
+    """The wrapped segment's input: remembers the last item it handed out."""
+
+    def __init__(self, items: AsyncIterator[Any]) -> None:
+        self._items = items
+        self.last: Any = NO_ITEM
+        self.pulled = 0
+        self.upstream_error: BaseException | None = None
+
+    def __aiter__(self) -> _Recorder:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            item = await self._items.__anext__()
+        except StopAsyncIteration:
+            raise
+        except BaseException as exc:  # not the wrapped segment's fault: never handled
+            self.upstream_error = exc
+            raise
+        self.last = item
+        self.pulled += 1
+        return item
+
+
+async def _send_dead_letter(sink: Any, letter: DeadLetter) -> None:
+    if isinstance(sink, Channel):
+        await sink.put(letter)
+    elif isinstance(sink, MemoryObjectSendStream):
+        await sink.send(letter)
+    else:
+        result = sink(letter)
+        if inspect.isawaitable(result):
+            await result
+
+
+class on_error(AbstractSegment[T, U], Generic[T, U]):
+    """Apply an error policy to one segment or per-item function.
+
+    ::
+
+        pipeline = src() | on_error(parse_json(), "skip") | ...
+        pipeline = src() | on_error(lookup, "replace", value={}) | ...
+        pipeline = src() | on_error(enrich(), "dead_letter", sink=failures_send_stream) | ...
+
+    ``inner`` is an async segment (an ``async def`` transform) or a function
+    of one item (``def`` or ``async def``).  Policies, for exceptions that
+    are instances of ``errors`` (default ``Exception``):
+
+    * ``"raise"``: the exception propagates (type kept, with a note naming
+      the segment and the item);
+    * ``"skip"``: the item is dropped and counted (``ErrorStats.skipped``; a
+      warning is logged for the first one, debug lines for the rest);
+    * ``"replace"``: ``value`` is yielded in place of the item's output;
+    * ``"dead_letter"``: a :class:`DeadLetter` (item, exception, stage) goes
+      to ``sink``: a callable (sync or async), a core ``Channel`` or an anyio
+      ``MemoryObjectSendStream`` (awaited: a full sink slows the pipeline, it
+      never drops).
+
+    For a segment, a failure ends its generator, so the wrapper starts a new
+    one (``inner.transform``) on the remaining input: the failing item is the
+    one the segment read last, and state the segment kept in its generator
+    (a partial batch, a running total) is lost at each failure.  A segment
+    that fails before reading any new item is not restarted (the error is
+    raised).  Upstream errors are never handled here.  Metadata: the wrapper
+    takes metadata exactly when ``inner`` does.  Counters: ``stats`` (an
+    :class:`ErrorStats`) if given, else a fresh one per run at ``last_stats``.
+    """
+
+    def __init__(
+        self,
+        inner: Any,
+        policy: Policy = "raise",
+        *,
+        value: Any = None,
+        sink: Any = None,
+        errors: ExcTypes = Exception,
+        stats: ErrorStats | None = None,
+        name: str | None = None,
+    ) -> None:
+        if policy not in ("raise", "skip", "replace", "dead_letter"):
+            raise ValueError(f"unknown error policy {policy!r}")
+        if policy == "dead_letter" and sink is None:
+            raise ValueError("policy 'dead_letter' needs a sink")
+        if isinstance(inner, AbstractSegment):
+            if inner.is_sync:
+                raise TypeError(f"on_error wraps async segments; {inner.label!r} is a sync generator")
+            process_metadata = inner.process_metadata
+            inner_label = inner.label
+        elif callable(inner) and not isinstance(inner, (AbstractSource, Pipeline)):
+            process_metadata = False
+            inner_label = getattr(inner, "__name__", type(inner).__name__)
+        else:
+            raise TypeError(f"on_error wraps an async segment or a function, not {inner!r}")
+        super().__init__(process_metadata=process_metadata)
+        self.inner = inner
+        self.policy = policy
+        self.value = value
+        self.sink = sink
+        self.errors = errors
+        self.stats = stats
+        self.last_stats: ErrorStats | None = None
+        self.inner_label = inner_label
+        self.name = name or f"on_error({inner_label}, {policy})"
+
+    async def _handle(self, exc: BaseException, item: Any, stats: ErrorStats) -> bool:
+        """Apply the policy; True when ``self.value`` should be yielded."""
+        stats.failed += 1
+        blame(exc, self.inner_label, item)
+        if self.policy == "raise":
+            raise exc
+        if self.policy == "skip":
+            stats.skipped += 1
+            level = logging.WARNING if stats.skipped == 1 else logging.DEBUG
+            logger.log(
+                level,
+                "%s skipped item %s after %s: %s (counted in ErrorStats.skipped)",
+                self.label,
+                _repr.repr(item),
+                type(exc).__name__,
+                exc,
+            )
+            return False
+        if self.policy == "replace":
+            stats.replaced += 1
+            return True
+        stats.dead_lettered += 1
+        await _send_dead_letter(self.sink, DeadLetter(item, exc, self.inner_label))
+        return False
+
+    async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[U]:
+        """Yield the inner segment's (or function's) outputs under the policy."""
+        stats = self.stats if self.stats is not None else ErrorStats()
+        self.last_stats = stats
+        if isinstance(self.inner, AbstractSegment):
+            async for out in self._segment(items, stats):
+                yield out
+            return
+        fn = self.inner
+        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+        errors = self.errors
+        async for item in items:
+            try:
+                result = await fn(item) if is_async else fn(item)
+            except errors as exc:
+                if await self._handle(exc, item, stats):
+                    yield self.value
+                continue
+            yield result
+
+    async def _segment(self, items: AsyncIterator[Any], stats: ErrorStats) -> AsyncIterator[Any]:
+        assert isinstance(self.inner, AbstractSegment)
+        recorder = _Recorder(items)
+        errors = self.errors
+        while True:
+            gen: Any = self.inner.transform(recorder)
+            started_at = recorder.pulled
+            try:
+                while True:
+                    try:
+                        out = await gen.__anext__()
+                    except StopAsyncIteration:
+                        return
+                    except errors as exc:
+                        if exc is recorder.upstream_error or recorder.pulled == started_at:
+                            raise
+                        if await self._handle(exc, recorder.last, stats):
+                            yield self.value
+                        break  # start a fresh generator on the remaining input
+                    yield out
+            finally:
+                await gen.aclose()
+
+
+# --------------------------------------------------------------------- retry
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter.
+
+    ``attempts`` is the total number of tries (the first included).  The
+    wait after failure ``k`` (1-based) is ``min(max_delay, base * factor**(k-1))``
+    then jittered: ``"full"`` draws uniformly from ``[0, d]``, ``"equal"``
+    from ``[d/2, d]``, ``"none"`` keeps ``d``.
+    """
+
+    attempts: int = 5
+    base: float = 0.1
+    factor: float = 2.0
+    max_delay: float = 10.0
+    jitter: Literal["full", "equal", "none"] = "full"
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        if self.jitter not in ("full", "equal", "none"):
+            raise ValueError(f"unknown jitter {self.jitter!r}")
+
+    def delay(self, failure: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after the *failure*-th consecutive failure."""
+        d = min(self.max_delay, self.base * self.factor ** (failure - 1))
+        r = rng or random
+        if self.jitter == "full":
+            return r.uniform(0.0, d)
+        if self.jitter == "equal":
+            return d / 2 + r.uniform(0.0, d / 2)
+        return d
+
+    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
+        """The ``attempts - 1`` waits between tries."""
+        for failure in range(1, self.attempts):
+            yield self.delay(failure, rng)
+
+
+async def retry_call(
+    fn: Callable[..., Awaitable[U]],
+    *args: Any,
+    backoff: Backoff = Backoff(),
+    retry_on: ExcTypes = Exception,
+    rng: random.Random | None = None,
+    on_retry: Callable[[int, BaseException, float], Any] | None = None,
+) -> U:
+    """Await ``fn(*args)``, trying again after a failure (see :class:`Backoff`).
+
+    After the last attempt the last exception is raised with its own type and
+    a note saying how many attempts were made.  ``on_retry(failure, exc,
+    delay)`` is called (sync) before each wait.
+    """
+    failure = 0
+    while True:
+        try:
+            return await fn(*args)
+        except retry_on as exc:
+            failure += 1
+            if failure >= backoff.attempts:
+                add = getattr(exc, "add_note", None)
+                if add is not None:
+                    add(f"talkpipe_async: gave up after {failure} attempts")
+                raise
+            wait = backoff.delay(failure, rng)
+            if on_retry is not None:
+                on_retry(failure, exc, wait)
+            logger.debug("retry %d of %s after %r; waiting %.3fs", failure, getattr(fn, "__name__", fn), exc, wait)
+            await anyio.sleep(wait)
+
+
+def retrying(
+    fn: Callable[[T], Awaitable[U]],
+    backoff: Backoff = Backoff(),
+    *,
+    retry_on: ExcTypes = Exception,
+    rng: random.Random | None = None,
+) -> Callable[[T], Awaitable[U]]:
+    """Wrap an async function of one item so that each call is retried.
+
+    ::
+
+        pipeline = urls() | concurrent_map(retrying(fetch, Backoff(attempts=4)), limit=20)
+    """
+
+    async def call(item: T) -> U:
+        return await retry_call(fn, item, backoff=backoff, retry_on=retry_on, rng=rng)
+
+    call.__name__ = getattr(fn, "__name__", "retrying")
+    return call
+
+
+class retry(AbstractSegment[T, U], Generic[T, U]):
+    """Map items through an async function, retrying each failing call.
+
+    ::
+
+        pipeline = ids() | retry(fetch_record, Backoff(attempts=5, base=0.2))
+
+    One call at a time (for concurrency use
+    ``concurrent_map(retrying(fn, backoff), limit)``).  When an item still
+    fails after ``backoff.attempts`` tries the last exception is raised (wrap
+    in :class:`on_error` to skip or dead-letter it instead).
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[T], Awaitable[U]],
+        backoff: Backoff = Backoff(),
+        *,
+        retry_on: ExcTypes = Exception,
+        rng: random.Random | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.fn = fn
+        self.backoff = backoff
+        self.retry_on = retry_on
+        self.rng = rng
+        self.name = name or f"retry({getattr(fn, '__name__', type(fn).__name__)})"
+
+    async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[U]:
+        """Yield ``fn(item)`` for each item, retried as configured."""
+        fn, backoff, retry_on, rng = self.fn, self.backoff, self.retry_on, self.rng
+        async for item in items:
+            try:
+                result = await retry_call(fn, item, backoff=backoff, retry_on=retry_on, rng=rng)
+            except retry_on as exc:
+                blame(exc, self.label, item)
+                raise
+            yield result
+
+
+class retry_source(AbstractSource[Any]):
+    """Re-open a source after it fails, with backoff, up to ``backoff.attempts`` times.
+
+    ::
+
+        pipeline = retry_source(tail_socket("127.0.0.1", 9000), Backoff(attempts=10)) | parse()
+
+    ``source`` is a source, a pipeline that starts with one, or a callable
+    returning either (called for each attempt).  Each attempt runs with its
+    own ``stream()`` in one producer task; items reach the consumer through a
+    bounded channel (``capacity`` items).  ``attempts`` counts consecutive
+    failures: when an attempt delivered at least one item, the count starts
+    again.  Items already delivered are not taken back: where a re-opened
+    source resumes is up to the source (a checkpoint, an offset, an event
+    id).  A clean end of the source ends the stream.  After the last attempt
+    the last exception is raised with its own type.  ``on_retry(failure, exc,
+    delay)`` is called (sync) before each wait.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        backoff: Backoff = Backoff(),
+        *,
+        retry_on: ExcTypes = Exception,
+        capacity: int = 64,
+        rng: random.Random | None = None,
+        on_retry: Callable[[int, BaseException, float], Any] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not callable(source) or isinstance(source, (AbstractSource, Pipeline)):
+            as_source_pipeline(source)  # fail early on a wrong type
+        self.source = source
+        self.backoff = backoff
+        self.retry_on = retry_on
+        self.capacity = capacity
+        self.rng = rng
+        self.on_retry = on_retry
+        self.name = name or "retry_source"
+
+    def _open(self) -> Pipeline[Any, Any]:
+        source = self.source
+        if callable(source) and not isinstance(source, (AbstractSource, Pipeline)):
+            source = source()
+        return as_source_pipeline(source)
+
+    async def _produce(self, channel: Channel) -> None:
+        failure = 0
+        try:
+            while True:
+                delivered = 0
+                try:
+                    async with self._open().stream(metadata=True) as items:
+                        async for item in items:
+                            await channel.put(item)
+                            delivered += 1
+                    break
+                except self.retry_on as exc:
+                    if isinstance(exc, ChannelClosed):
+                        raise
+                    failure = 1 if delivered else failure + 1
+                    if failure >= self.backoff.attempts:
+                        add = getattr(exc, "add_note", None)
+                        if add is not None:
+                            add(f"talkpipe_async: {self.label} gave up after {failure} consecutive failures")
+                        raise
+                    wait = self.backoff.delay(failure, self.rng)
+                    logger.warning("%s: source failed (%r); re-opening in %.3fs", self.label, exc, wait)
+                    if self.on_retry is not None:
+                        self.on_retry(failure, exc, wait)
+                    await anyio.sleep(wait)
+        except ChannelClosed:
+            return
+        except anyio.get_cancelled_exc_class():
+            channel.close()
+            raise
+        except BaseException as exc:
+            channel.close(exc)
+            return
+        channel.close()
+
+    async def generate(self) -> AsyncIterator[Any]:
+        """Yield the source's items across re-openings."""
+        channel = Channel(self.capacity)
+        tasks = TaskScopes()
+        tasks.start(self._produce, channel, name=f"talkpipe producer of {self.label}")
+        try:
+            while True:
+                try:
+                    batch = await channel.get_batch(self.capacity)
+                except anyio.EndOfStream:
+                    return
+                for item in batch:
+                    yield item
+        finally:
+            channel.abort()
+            tasks.cancel()
