@@ -244,8 +244,15 @@ class BlockingStream(Generic[U]):
         # Consumer side only.
         self._state = "new"
         self._call_soon: Callable[..., Any] | None = None
-        self.blocked = False
-        """True while the pipeline is stopped because the consumer has not taken its items."""
+
+    @property
+    def blocked(self) -> bool:
+        """True while the pipeline is stopped because the consumer has not taken its items.
+
+        It turns False as soon as the consumer takes a batch.
+        """
+        with self._cond:
+            return self._room_wanted
 
     @property
     def max_ahead(self) -> int:
@@ -440,11 +447,9 @@ class BlockingStream(Generic[U]):
                     self._room = None
                     return not self._stop
                 self._room_wanted = True
-            self.blocked = True
             try:
                 await event.wait()
             finally:
-                self.blocked = False
                 self._room = None
 
     def _on_want(self) -> None:
