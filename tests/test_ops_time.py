@@ -1,0 +1,157 @@
+"""Time operators: throttle/rate_limit, debounce, delay, timeout, deadline, interval, timer.
+
+Timing checks use lower bounds (which a slow machine cannot break) and
+generous upper bounds via ``fail_after``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from talkpipe_async import Flush, Metadata, source
+from talkpipe_async.operators import (
+    StageTimeout,
+    deadline,
+    debounce,
+    delay,
+    interval,
+    map,
+    rate_limit,
+    take,
+    throttle,
+    timeout,
+    timer,
+)
+from tests.ops_a_helpers import LOOPS, Gate, items_of, run_collect
+
+pytestmark = pytest.mark.anyio
+
+PROPS = settings(max_examples=50, deadline=None)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@PROPS
+@given(xs=st.lists(st.tuples(st.integers(0, 4), st.integers()), max_size=30))
+def test_debounce_without_timer_keeps_last_per_key(loop: Any, xs: list[tuple[int, int]]) -> None:
+    # With a long quiet period nothing is due before the end: each key's last item,
+    # in the order of those last items.
+    last = {k: i for i, (k, _) in enumerate(xs)}
+    expected = [xs[i] for i in sorted(last.values())]
+    assert run_collect(loop, debounce(60.0, key=lambda kv: kv[0]), xs) == expected
+    assert run_collect(loop, debounce(60.0), xs) == xs[-1:]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@PROPS
+@given(xs=st.lists(st.one_of(st.integers(), st.just(None)), max_size=30))
+def test_zero_delay_and_loose_limits_are_identity(loop: Any, xs: list[Any]) -> None:
+    data = [Flush() if x is None else x for x in xs]
+    assert run_collect(loop, delay(0), data, metadata=True) == data
+    assert run_collect(loop, timeout(60) | deadline(60), data, metadata=True) == data
+    assert run_collect(loop, throttle(1e9, burst=10), data, metadata=True) == data
+
+
+async def test_throttle_token_bucket_spacing() -> None:
+    rate, burst, n = 50.0, 3, 10
+    start = anyio.current_time()
+    times: list[float] = []
+    with anyio.fail_after(5):
+        async with (items_of(list(range(n))) | throttle(rate, burst=burst)).stream() as items:
+            async for _ in items:
+                times.append(anyio.current_time() - start)
+    assert len(times) == n
+    for i in range(burst, n):
+        assert times[i] >= (i - burst + 1) / rate - 1e-3, (i, times)
+    assert rate_limit is throttle
+
+
+async def test_debounce_emits_after_quiet_period_while_source_waits() -> None:
+    gate = Gate([1, 2, 3], [4])
+    start = anyio.current_time()
+    with anyio.fail_after(5):
+        async with (gate.source() | debounce(0.05)).stream() as items:
+            first = await items.__anext__()
+            waited = anyio.current_time() - start
+            gate.release.set()
+            rest = [x async for x in items]
+    assert first == 3 and waited >= 0.045
+    assert rest == [4]
+
+
+async def test_debounce_per_key_order_flush_and_cap() -> None:
+    data: list[Any] = [("a", 1), ("b", 1), ("a", 2), Flush(), ("c", 1)]
+    out = await (items_of(data) | debounce(60, key=lambda kv: kv[0])).collect(metadata=True)
+    assert out == [("b", 1), ("a", 2), Flush(), ("c", 1)]
+    capped = await (items_of([1, 2, 3, 4]) | debounce(60, key=lambda x: x, max_keys=2)).collect()
+    assert capped == [1, 2, 3, 4]  # early, never dropped
+    other = Metadata(kind="mark")
+    assert await (items_of([1, other, 2]) | debounce(60)).collect(metadata=True) == [other, 2]
+
+
+async def test_delay_shifts_items() -> None:
+    start = anyio.current_time()
+    with anyio.fail_after(5):
+        async with (items_of([1, 2, 3]) | delay(0.05)).stream() as items:
+            first = await items.__anext__()
+            waited = anyio.current_time() - start
+            rest = [x async for x in items]
+    assert first == 1 and waited >= 0.045 and rest == [2, 3]
+
+
+async def test_timeout_names_stage_and_cancels_upstream() -> None:
+    gate = Gate([1, 2])
+    got: list[int] = []
+    with anyio.fail_after(5), pytest.raises(StageTimeout) as info:
+        async with (gate.source() | timeout(0.05, name="feed watchdog")).stream() as items:
+            async for x in items:
+                got.append(x)
+    assert got == [1, 2]
+    err = info.value
+    assert isinstance(err, TimeoutError) and err.stage == "feed watchdog"
+    assert "feed watchdog" in str(err) and "after item #2" in str(err)
+    assert gate.closed.is_set()
+
+
+async def test_timeout_first_item_limit() -> None:
+    gate = Gate([])
+    with anyio.fail_after(5), pytest.raises(StageTimeout, match="the first item"):
+        await (gate.source() | timeout(60, first=0.05)).collect()
+
+
+async def test_deadline_stop_and_raise() -> None:
+    with anyio.fail_after(5):
+        ticks = await (interval(0.01) | deadline(0.1, on_expire="stop")).collect()
+    assert 1 <= len(ticks) and ticks == list(range(len(ticks)))
+
+    @source
+    async def busy() -> AsyncIterator[int]:
+        i = 0
+        while True:  # never waits: the deadline must still end it
+            yield i
+            i += 1
+
+    with anyio.fail_after(5), pytest.raises(StageTimeout, match="deadline"):
+        await (busy() | map(lambda x: x) | deadline(0.05)).collect()
+
+
+async def test_interval_and_timer() -> None:
+    start = anyio.current_time()
+    with anyio.fail_after(5):
+        assert await interval(0.01, count=5).collect() == [0, 1, 2, 3, 4]
+        assert anyio.current_time() - start >= 0.045
+        assert await timer(0.02).collect() == [0]
+        assert await (timer(0, 0.01) | take(3)).collect() == [0, 1, 2]
+
+
+def test_validation() -> None:
+    for make in (lambda: throttle(0), lambda: throttle(1, burst=0), lambda: debounce(0), lambda: delay(-1)):
+        with pytest.raises(ValueError):
+            make()
+    with pytest.raises(ValueError):
+        deadline(1, on_expire="later")  # type: ignore[arg-type]
