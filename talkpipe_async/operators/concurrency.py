@@ -131,11 +131,16 @@ class _MapRun:
     async def feed(self, items: AsyncIterator[Any]) -> None:
         """The feeder task: the only reader of the upstream."""
         try:
-            async for item in items:
-                while self.held >= self.window:
+            iterator = items.__aiter__()
+            while True:
+                while self.held >= self.window:  # wait for room before reading the next item
                     self.feeder = anyio.Event()
                     await self.feeder.wait()
                     self.feeder = None
+                try:
+                    item = await iterator.__anext__()
+                except StopAsyncIteration:
+                    break
                 self.held += 1
                 if self.held > self.high_water:
                     self.high_water = self.held
