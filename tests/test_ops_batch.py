@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from talkpipe_async import Flush, Metadata, segment
+from talkpipe_async import Flush, Metadata, segment, source
 from talkpipe_async.operators import batch, flush_n, flush_t, flushN, flushT, makeLists, time_window, window
 from tests.ops_a_helpers import LOOPS, Gate, items_of, run_collect
 
@@ -174,3 +175,50 @@ def test_validation() -> None:
     for make in (lambda: batch(0), lambda: batch(3, timeout=0), lambda: window(2, 0), lambda: flush_t(-1)):
         with pytest.raises(ValueError):
             make()
+
+
+# ----------------------------------------------------------------- exact timing under trio's MockClock
+
+
+@source
+async def timed(schedule: list[tuple[float, Any]]) -> AsyncIterator[Any]:
+    """Yield each item at its (virtual) time after the start."""
+    start = anyio.current_time()
+    for at, x in schedule:
+        await anyio.sleep_until(start + at)
+        yield x
+
+
+def on_mock_clock(pipeline: Any, *, metadata: bool = False) -> list[tuple[float, Any]]:
+    """Run *pipeline* on trio with an autojumping MockClock; return (time, item) pairs."""
+    from trio.testing import MockClock
+
+    async def main() -> list[tuple[float, Any]]:
+        start = anyio.current_time()
+        out = []
+        async with pipeline.stream(metadata=metadata) as items:
+            async for x in items:
+                out.append((round(anyio.current_time() - start, 6), x))
+        return out
+
+    result: list[tuple[float, Any]] = anyio.run(
+        main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)}
+    )
+    return result
+
+
+def test_mock_batch_timeout_exact() -> None:
+    out = on_mock_clock(timed([(0.0, 0), (0.05, 1), (0.3, 2), (0.31, 3), (0.32, 4)]) | batch(3, timeout=0.1))
+    assert out == [(0.1, [0, 1]), (0.32, [2, 3, 4])]
+
+
+def test_mock_time_windows_exact() -> None:
+    schedule = [(0.4, "a"), (1.4, "b"), (1.7, "c"), (3.2, "d")]  # off the tick grid: no ties
+    assert on_mock_clock(timed(schedule) | time_window(1.0)) == [(1.0, ["a"]), (2.0, ["b", "c"]), (3.2, ["d"])]
+    sliding = on_mock_clock(timed(schedule) | time_window(1.0, every=0.5))
+    assert sliding == [(0.5, ["a"]), (1.0, ["a"]), (1.5, ["b"]), (2.0, ["b", "c"]), (2.5, ["c"])]
+
+
+def test_mock_flush_t_exact() -> None:
+    out = on_mock_clock(timed([(0.25, 1), (1.1, 2)]) | flush_t(0.5), metadata=True)
+    assert out == [(0.25, 1), (0.5, Flush()), (1.0, Flush()), (1.1, 2)]

@@ -155,3 +155,63 @@ def test_validation() -> None:
             make()
     with pytest.raises(ValueError):
         deadline(1, on_expire="later")  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------- exact timing under trio's MockClock
+# The operators read anyio.current_time() and sleep with anyio, so on trio a
+# MockClock with autojump runs them in virtual time: exact, instant, never flaky.
+
+
+@source
+async def timed(schedule: list[tuple[float, Any]]) -> AsyncIterator[Any]:
+    """Yield each item at its (virtual) time after the start."""
+    start = anyio.current_time()
+    for at, x in schedule:
+        await anyio.sleep_until(start + at)
+        yield x
+
+
+def on_mock_clock(pipeline: Any, *, metadata: bool = False) -> list[tuple[float, Any]]:
+    """Run *pipeline* on trio with an autojumping MockClock; return (time, item) pairs."""
+    from trio.testing import MockClock
+
+    async def main() -> list[tuple[float, Any]]:
+        start = anyio.current_time()
+        out = []
+        async with pipeline.stream(metadata=metadata) as items:
+            async for x in items:
+                out.append((round(anyio.current_time() - start, 6), x))
+        return out
+
+    result: list[tuple[float, Any]] = anyio.run(
+        main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)}
+    )
+    return result
+
+
+def test_mock_throttle_exact() -> None:
+    out = on_mock_clock(items_of(list(range(6))) | throttle(10, burst=2))
+    assert out == [(0.0, 0), (0.0, 1), (0.1, 2), (0.2, 3), (0.3, 4), (0.4, 5)]
+
+
+def test_mock_debounce_exact() -> None:
+    out = on_mock_clock(timed([(0.0, 1), (0.01, 2), (0.5, 3)]) | debounce(0.1))
+    assert out == [(0.11, 2), (0.5, 3)]  # 3 is let out at the end of the stream
+
+
+def test_mock_delay_and_interval_exact() -> None:
+    assert on_mock_clock(timed([(0.0, "a"), (0.1, "b")]) | delay(0.3)) == [(0.3, "a"), (0.4, "b")]
+    assert on_mock_clock(interval(0.25, count=4)) == [(0.25, 0), (0.5, 1), (0.75, 2), (1.0, 3)]
+
+
+def test_mock_timeout_exact() -> None:
+    from trio.testing import MockClock
+
+    async def main() -> float:
+        start = anyio.current_time()
+        with pytest.raises(StageTimeout):
+            await (timed([(0.2, 1), (0.4, 2), (1.4, 3)]) | timeout(0.5)).collect()
+        return anyio.current_time() - start
+
+    took = anyio.run(main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)})
+    assert round(took, 6) == 0.9
