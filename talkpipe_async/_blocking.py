@@ -308,6 +308,8 @@ class BlockingStream(Generic[U]):
             finished = self._finished
         if not finished:
             self._poke(self._on_close)
+        if _running_loop() is not None:  # e.g. the garbage collector ran us on the loop thread: never block it
+            return None
         try:
             self._done.wait()
         except BaseException:  # e.g. a second Ctrl-C: still let the run end, within a bound

@@ -218,6 +218,16 @@ def test_leaving_the_with_without_reading_closes(backend: str) -> None:
     assert log[-2:] == ["segment closed", "source closed"]
 
 
+def test_an_abandoned_stream_is_closed_when_its_iterator_is_dropped(backend: str) -> None:
+    log: list[str] = []
+    stream = (forever(log=log) | logged(log=log)).iter_blocking(backend=backend)
+    items = stream.__enter__()  # no `with`: the iterator's finalizer closes the run
+    next(items)
+    del items  # CPython drops it here, in this thread
+    assert log == ["segment closed", "source closed"]
+    assert stream.close() is None  # already closed
+
+
 def test_break_stops_a_thread_stage_before_returning(backend: str) -> None:
     log: list[str] = []
     loop_thread(backend)
