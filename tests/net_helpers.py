@@ -101,7 +101,8 @@ def make_app(state: AppState) -> Starlette:
         return StreamingResponse(body(), media_type="text/plain")
 
     async def ndjson(request: Request) -> Response:
-        records = [json.dumps({"n": 1, "text": "a\u2028b"}), "{not json", json.dumps({"n": 3}), "", json.dumps({"n": 5})]
+        records = [json.dumps({"n": 1, "text": "a\u2028b"}), "{not json"]
+        records += [json.dumps({"n": 3}), "", json.dumps({"n": 5})]
 
         async def body() -> AsyncIterator[bytes]:
             for r in records:

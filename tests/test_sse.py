@@ -9,11 +9,12 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from .net_helpers import LAST_CHUNK, AppServer, AppState, chunk, chunked_head, make_app, raw_server, read_request
 
 from talkpipe_async import Pipeline
 from talkpipe_async.sources.sockets import Backoff, NetStats
 from talkpipe_async.sources.sse import SSEError, SSEEvent, SSEParser, sse_events
+
+from .net_helpers import LAST_CHUNK, AppServer, AppState, chunk, chunked_head, make_app, raw_server, read_request
 
 pytestmark = pytest.mark.anyio
 
@@ -74,7 +75,7 @@ def test_id_kept_across_events_and_nul_ignored() -> None:
     events, parser = parse(b"id: 1\ndata: a\n\ndata: b\n\nid: bad\x00id\ndata: c\n\n")
     assert [e.id for e in events] == ["1", "1", "1"]
     assert parser.last_event_id == "1"
-    events, parser = parse(b"id: 7\ndata: a\n\nid\ndata: b\n\n")  # an empty id resets it
+    events, _ = parse(b"id: 7\ndata: a\n\nid\ndata: b\n\n")  # an empty id resets it
     assert [e.id for e in events] == ["7", ""]
 
 
@@ -128,14 +129,19 @@ STREAM = (
     b"\xef\xbb\xbf: comment\r\nretry: 30\r\nid: 1\r\nevent: a\r\ndata: x\r\ndata: y\r\n\r\n"
     b"data: z\n\nid: 2\rdata: w\r\rid: \x00\ndata: v\n\n: end\ndata: dangling"
 )
-EXPECTED = [SSEEvent("a", "x\ny", "1"), SSEEvent("message", "z", "1"), SSEEvent("message", "w", "2"), SSEEvent("message", "v", "2")]
+EXPECTED = [
+    SSEEvent("a", "x\ny", "1"),
+    SSEEvent("message", "z", "1"),
+    SSEEvent("message", "w", "2"),
+    SSEEvent("message", "v", "2"),
+]
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=12))
 def test_any_chunking_gives_the_same_events(cuts: list[int]) -> None:
     points = sorted(set(cuts))
-    pieces = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)])]
+    pieces = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)], strict=True)]
     events, parser = parse(*pieces)
     assert events == EXPECTED
     assert parser.retry == 30
@@ -166,7 +172,7 @@ async def test_reconnects_with_last_event_id_after_mid_line_disconnect(app: tupl
 
 
 async def test_user_client_and_204_stops(app: tuple[AppServer, AppState]) -> None:
-    server, state = app
+    server, _ = app
     async with httpx.AsyncClient() as client:
         got = await Pipeline(sse_events(server.url("/sse?n=3"), client=client, last_event_id="1")).collect()
         assert [e.id for e in got] == ["2", "3"]
@@ -177,7 +183,7 @@ async def test_user_client_and_204_stops(app: tuple[AppServer, AppState]) -> Non
 async def test_fails_without_retry(app: tuple[AppServer, AppState], path: str) -> None:
     server, _ = app
     stats = NetStats()
-    with pytest.raises(SSEError, match="HTTP|content type"):
+    with pytest.raises(SSEError, match=r"HTTP|content type"):
         await Pipeline(sse_events(server.url(path), backoff=FAST, stats=stats)).collect()
     assert stats.reconnects == 0
 

@@ -24,7 +24,7 @@ import httpx
 from .._core._metadata import Flush, is_metadata
 from .._core._segment import AbstractSegment
 from ..sources.http import _client_for
-from ..sources.sockets import Backoff, NetStats, _check_unix_path, _connect_tcp
+from ..sources.sockets import Backoff, NetStats, _check_unix_path, _connect_tcp, _connect_unix
 
 __all__ = ["DeliveryFailed", "http_post_batches", "stdout_sink", "tcp_sink", "unix_sink"]
 
@@ -181,7 +181,7 @@ class unix_sink(_SocketSink):
         self.path = _check_unix_path(path)
 
     async def _open(self) -> Any:
-        return await anyio.connect_unix(self.path)
+        return await _connect_unix(self.path)
 
 
 class stdout_sink(_ByteSink):

@@ -340,7 +340,8 @@ class http_poll(AbstractSource[Any]):
 
     async def _fetch(self, client: httpx.AsyncClient, validators: dict[str, str]) -> bytes | None:
         headers = {**self.headers, **validators}
-        async with client.stream("GET", self.url, headers=headers, params=self.params or None, timeout=self.timeout) as resp:
+        params = self.params or None
+        async with client.stream("GET", self.url, headers=headers, params=params, timeout=self.timeout) as resp:
             if resp.status_code == 304:
                 return None
             if resp.status_code >= 500:

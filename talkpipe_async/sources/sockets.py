@@ -11,14 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from anyio.abc import SocketAttribute
 
 from .._core._channel import Channel, ChannelClosed
@@ -483,7 +485,7 @@ class unix_lines(_StreamClient):
         return self.path
 
     async def _connect(self) -> anyio.abc.ByteStream:
-        return await anyio.connect_unix(self.path)
+        return await _connect_unix(self.path)
 
 
 class unix_bytes(unix_lines):
@@ -697,7 +699,14 @@ class unix_server_lines(_ServerSource):
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-        listener = await anyio.create_unix_listener(self.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(self.path)
+            sock.listen(128)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
         path = self.path
 
         def remove() -> None:
@@ -707,7 +716,112 @@ class unix_server_lines(_ServerSource):
                 pass
 
         current_run().on_close(remove)
-        return listener, path
+        return _UnixAcceptor(sock), path
+
+
+class _RawUnixStream(anyio.abc.ByteStream):
+    """A Unix stream socket read and written through ``anyio.wait_readable``/``wait_writable``.
+
+    (anyio 4.16's asyncio ``UNIXSocketStream`` removes its reader in a done
+    callback, so a receive cancelled while data arrives makes the loop report
+    ``InvalidStateError``; this class has no such window.)
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+
+    async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
+        """Up to *max_bytes* bytes; ``EndOfStream`` at EOF, ``BrokenResourceError`` on reset."""
+        while True:
+            try:
+                data = self.sock.recv(max_bytes)
+            except (BlockingIOError, InterruptedError):
+                await anyio.wait_readable(self.sock)
+                continue
+            except OSError as err:
+                if self.sock.fileno() < 0:
+                    raise anyio.ClosedResourceError from None
+                raise anyio.BrokenResourceError from err
+            if not data:
+                raise anyio.EndOfStream
+            return data
+
+    async def send(self, item: bytes) -> None:
+        """Send all of *item*, waiting while the socket buffer is full."""
+        view = memoryview(item)
+        while view:
+            try:
+                sent = self.sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                await anyio.wait_writable(self.sock)
+                continue
+            except OSError as err:
+                raise anyio.BrokenResourceError from err
+            view = view[sent:]
+
+    async def send_eof(self) -> None:
+        """Shut down the sending side."""
+        self.sock.shutdown(socket.SHUT_WR)
+
+    async def aclose(self) -> None:
+        """Close the socket."""
+        if self.sock.fileno() >= 0:
+            anyio.notify_closing(self.sock)
+            self.sock.close()
+        await anyio.lowlevel.checkpoint()
+
+
+async def _connect_unix(path: str) -> _RawUnixStream:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        try:
+            sock.connect(path)
+        except (BlockingIOError, InterruptedError):
+            await anyio.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err), path) from None
+    except BaseException:
+        sock.close()
+        raise
+    return _RawUnixStream(sock)
+
+
+class _UnixAcceptor(anyio.abc.Listener[_RawUnixStream]):
+    """Accept loop on a listening Unix socket through ``anyio.wait_readable``.
+
+    (anyio 4.16's asyncio ``UNIXSocketListener`` can call ``set_result`` on a
+    cancelled future when a pending ``accept()`` is cancelled.)
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    async def serve(
+        self,
+        handler: Callable[[_RawUnixStream], Any],
+        task_group: anyio.abc.TaskGroup | None = None,
+    ) -> None:
+        """Accept connections forever, one handler task each."""
+        async with anyio.create_task_group() as tg:
+            while True:
+                await anyio.wait_readable(self.sock)
+                try:
+                    client, _ = self.sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                tg.start_soon(handler, _RawUnixStream(client))
+
+    async def aclose(self) -> None:
+        """Close the listening socket."""
+        self.sock.close()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        """No typed attributes."""
+        return {}
 
 
 class udp_datagrams(AbstractSource[Any]):
