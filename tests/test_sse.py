@@ -93,7 +93,7 @@ def test_retry_digits_only() -> None:
 
 
 def test_incomplete_final_event_dropped() -> None:
-    events, parser = parse(b"data: a\n\ndata: b\n")
+    events, _ = parse(b"data: a\n\ndata: b\n")
     assert events == [SSEEvent(data="a")]
     events, _ = parse(b"data: a\n\ndata: partial")
     assert events == [SSEEvent(data="a")]
