@@ -365,7 +365,7 @@ class _Tailer:
                 continue
             end = start + idx + 1
             self.seq += 1
-            out.append(Line(decode(raw, None, end), path, end, gen, self.seq, self))
+            out.append(Line(decode(raw, None, end - len(raw) - 1), path, end, gen, self.seq, self))
         return out
 
     def _finish(self, cur: _Open, out: list[Any]) -> None:
@@ -374,7 +374,7 @@ class _Tailer:
         if rest:
             self.stats.unterminated += 1
             self.seq += 1
-            text = self.decoder.decode(rest, None, cur.pos)
+            text = self.decoder.decode(rest, None, cur.pos - len(rest))
             out.append(Line(text, cur.gen.path, cur.pos, cur.gen, self.seq, self))
         os.close(cur.fd)
         self.cur = None
@@ -518,19 +518,19 @@ class tail_file(AbstractSource[Any]):
             await run_sync(tailer.load_checkpoint)
             while True:
                 items, more = await run_sync(tailer.poll)
-                if not items:
+                if items:
+                    interval = self.poll_min
+                    for item in items:
+                        if type(item) is Line:
+                            stats.lines += 1
+                            yield item.text if text else item
+                        elif events:
+                            yield item
+                if more:
+                    await anyio.lowlevel.checkpoint()
+                elif not items:
                     await anyio.sleep(interval)
                     interval = min(interval * 2, self.poll_max)
-                    continue
-                interval = self.poll_min
-                for item in items:
-                    if type(item) is Line:
-                        stats.lines += 1
-                        yield item.text if text else item
-                    elif events:
-                        yield item
-                if not more:
-                    await anyio.lowlevel.checkpoint()
         finally:
             with anyio.CancelScope(shield=True):
                 await run_sync(tailer.close)
