@@ -160,7 +160,7 @@ async def test_rename_and_recreate_drains_old_file_first(tmp_path: Path) -> None
 
 async def test_late_writes_over_time_all_come_before_the_new_file(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
-    old = open(log, "ab", buffering=0)  # noqa: SIM115
+    old = open(log, "ab", buffering=0)
     try:
         async with tail_file(log, start="beginning", rotate_grace=0.5, text=True, **FAST).stream() as items:
             old.write(b"x\n")
@@ -287,8 +287,8 @@ async def test_over_long_lines_dropped_and_counted(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
     log.write_bytes(b"short\n" + b"x" * 100 + b"\nafter\n")
     stats = FileStats()
-    async with tail_file(log, start="beginning", max_line_bytes=16, chunk_size=8, stats=stats, text=True, **FAST).stream(
-    ) as items:
+    source = tail_file(log, start="beginning", max_line_bytes=16, chunk_size=8, stats=stats, text=True, **FAST)
+    async with source.stream() as items:
         assert await take(items, 2) == ["short", "after"]
     assert stats.dropped_long == 1
     assert stats.buffer_high_water <= 16
