@@ -20,6 +20,7 @@ pipeline is consumed, and items flow one at a time::
             print(x)
 """
 
+from ._blocking import BlockingStream, EventLoopRunningError
 from ._core._errors import ErrorContext, error_context
 from ._core._fields import assign_field, extract_field
 from ._core._metadata import Flush, Metadata, create_metadata, is_metadata
@@ -41,6 +42,8 @@ __all__ = [
     "AbstractFieldSegment",
     "AbstractSegment",
     "AbstractSource",
+    "BlockingStream",
+    "EventLoopRunningError",
     "CallableSegment",
     "ErrorContext",
     "Flush",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from types import FrameType, TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 import anyio.abc
@@ -18,6 +18,9 @@ from ._plumbing import Intercept, MetaCounter, release_sync, strip_async, strip_
 from ._run import RunContext, _current
 from ._segment import AbstractSource, _Node, wrap_callable
 from ._threads import ThreadStage
+
+if TYPE_CHECKING:
+    from .._blocking import BlockingStream
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -165,7 +168,7 @@ class Pipeline(Generic[T, U]):
         batch: int = 512,
         buffer: int = 2048,
         latency: float = 0.005,
-    ) -> BlockingStream[U]:  # type: ignore[name-defined]  # noqa: F821  (core: import it under TYPE_CHECKING)
+    ) -> BlockingStream[U]:
         """Stream the items into sync code: ``with p.iter_blocking() as items: for x in items``.
 
         ``backend``: "asyncio" or "trio"; ``batch``, ``buffer``, ``latency``:
@@ -350,7 +353,8 @@ class PipelineRun:
             with anyio.CancelScope(shield=True) as scope:
                 scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
                 for gen in busy:
-                    close_error = close_error or await _close_one(gen)
+                    error = await _close_one(gen)
+                    close_error = close_error or error
         if close_error is not None and exc is None:
             annotate(close_error, build.frames)
             raise close_error
@@ -370,7 +374,8 @@ class PipelineRun:
             if getattr(gen, "ag_running", False):
                 busy.append(gen)
                 continue
-            first = first or await _close_one(gen)
+            error = await _close_one(gen)
+            first = first or error
         return first
 
     def _intercept(self, items: AsyncIterator[Any]) -> Intercept:
