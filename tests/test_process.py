@@ -40,7 +40,7 @@ async def test_nonzero_exit_raises_with_stderr_tail() -> None:
 
 async def test_early_close_kills_the_process(tmp_path: os.PathLike[str]) -> None:
     pid_file = os.path.join(os.fspath(tmp_path), "pid")
-    code = f"import os, time\nopen({pid_file!r}, 'w').write(str(os.getpid()))\nwhile True:\n print('tick', flush=True)\n"
+    code = f"import os\nopen({pid_file!r}, 'w').write(str(os.getpid()))\nwhile True:\n print('tick', flush=True)\n"
     async with Pipeline(process_lines([PY, "-c", code])).stream() as items:
         async for _ in items:
             break

@@ -1,0 +1,240 @@
+"""Network sinks: sockets, stdout, HTTP POST batches, and pipelines served as streaming responses."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+import anyio
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.routing import Route
+
+from talkpipe_async import Flush, Pipeline, source
+from talkpipe_async.sinks.net import DeliveryFailed, http_post_batches, stdout_sink, tcp_sink, unix_sink
+from talkpipe_async.sinks.web import PipelineResponse, sse_format, streaming_response
+from talkpipe_async.sources.sockets import Backoff, NetStats, unix_server_lines
+from talkpipe_async.sources.sse import SSEParser
+
+from .net_helpers import AppServer, AppState, make_app, raw_server, settle
+
+pytestmark = pytest.mark.anyio
+
+
+# --- socket and stdout sinks -----------------------------------------------------------------
+
+
+async def test_tcp_sink_jsonl_groups_and_flush() -> None:
+    received = bytearray()
+    chunks: list[bytes] = []
+    done = anyio.Event()
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        try:
+            while True:
+                data = await stream.receive()
+                chunks.append(data)
+                received.extend(data)
+        except anyio.EndOfStream:
+            done.set()
+
+    items = [{"n": 1}, {"n": 2}, Flush(), {"n": 3}, {"n": 4}, {"n": 5}, {"n": 6}]
+    async with raw_server(handler) as port:
+        stats = NetStats()
+        out = await Pipeline(tcp_sink("127.0.0.1", port, format="jsonl", flush_every=3, stats=stats)).collect(
+            items, metadata=True
+        )
+        with anyio.fail_after(5):
+            await done.wait()
+    assert out == items  # passed through, metadata in place
+    assert [json.loads(x) for x in received.decode().splitlines()] == [{"n": i} for i in range(1, 7)]
+    assert stats.bytes_sent == len(received) and stats.items == 6
+
+
+async def test_unix_sink_to_a_unix_server_source() -> None:
+    directory = tempfile.mkdtemp(prefix="tp")
+    path = os.path.join(directory, "k.sock")
+    got: list[str] = []
+    ready = anyio.Event()
+    async with anyio.create_task_group() as tg:
+
+        async def serve() -> None:
+            async with Pipeline(unix_server_lines(path, on_listening=lambda _: ready.set())).stream() as lines:
+                async for line in lines:
+                    got.append(line)
+                    if len(got) == 3:
+                        return
+
+        tg.start_soon(serve)
+        await ready.wait()
+        await Pipeline(unix_sink(path)).collect(["x", 2, b"raw"])
+    assert got == ["x", "2", "raw"]
+    os.rmdir(directory)
+
+
+async def test_stdout_sink_writes_lines() -> None:
+    buf = io.StringIO()
+    await Pipeline(stdout_sink(file=buf, flush_every=2)).collect(["a", "b", "c"])
+    assert buf.getvalue() == "a\nb\nc\n"
+    buf = io.StringIO()
+    await Pipeline(stdout_sink(file=buf, format="jsonl")).collect([{"k": "é"}])
+    assert buf.getvalue() == '{"k": "é"}\n'
+
+
+# --- HTTP POST batches -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app() -> Iterator[tuple[AppServer, AppState]]:
+    state = AppState()
+    with AppServer(make_app(state)) as server:
+        yield server, state
+
+
+async def test_post_batches_with_retry(app: tuple[AppServer, AppState]) -> None:
+    server, state = app
+    state.posted.clear()
+    state.fail_posts = 2  # two 503s with Retry-After: 0, then success
+    stats = NetStats()
+    sink = http_post_batches(server.url("/ingest"), batch_size=3, backoff=Backoff(0.01, max_attempts=5), stats=stats)
+    out = await Pipeline(sink).collect(list(range(7)))
+    assert out == list(range(7))
+    assert state.posted == [[0, 1, 2], [3, 4, 5], [6]]
+    assert stats.errors == 2 and stats.items == 7
+
+    state.posted.clear()
+    sink = http_post_batches(server.url("/ingest"), batch_size=10, format="ndjson")
+    out = await Pipeline(sink).collect([{"a": 1}, Flush(), {"a": 2}], metadata=True)
+    assert out == [{"a": 1}, Flush(), {"a": 2}]
+    assert state.posted == [[{"a": 1}], [{"a": 2}]]  # the Flush sent the first batch early
+
+
+async def test_post_batches_failures(app: tuple[AppServer, AppState]) -> None:
+    server, state = app
+    with pytest.raises(httpx.HTTPStatusError, match="400"):
+        await Pipeline(http_post_batches(server.url("/reject"))).collect([1])
+    state.fail_posts = 10
+    with pytest.raises(DeliveryFailed) as info:
+        await Pipeline(http_post_batches(server.url("/ingest"), backoff=Backoff(0.01, max_attempts=3))).collect([1, 2])
+    assert info.value.items == [1, 2]
+    state.fail_posts = 0
+
+
+# --- streaming responses ---------------------------------------------------------------------
+
+
+class Probe:
+    """What the endless source saw, read from the test's thread."""
+
+    def __init__(self) -> None:
+        self.produced = 0
+        self.closed = threading.Event()
+
+
+PROBE = Probe()
+
+
+@source
+async def numbers(n: int) -> AsyncIterator[dict[str, int]]:
+    for i in range(n):
+        yield {"i": i}
+
+
+@source
+async def endless() -> AsyncIterator[str]:
+    try:
+        while True:
+            PROBE.produced += 1
+            yield "p" * 1024
+    finally:
+        PROBE.closed.set()
+
+
+@source
+async def failing() -> AsyncIterator[int]:
+    yield 1
+    raise ValueError("boom in the pipeline")
+
+
+def web_app() -> Starlette:
+    async def ndjson(request: Request) -> PipelineResponse:
+        return streaming_response(Pipeline(numbers(n=int(request.query_params["n"]))))
+
+    async def sse(request: Request) -> PipelineResponse:
+        pipeline = numbers(n=3) | Pipeline(lambda xs: xs)
+        return streaming_response(pipeline, format="sse", id_of=lambda x: x["i"], retry=50)
+
+    async def forever(request: Request) -> PipelineResponse:
+        return streaming_response(Pipeline(endless()), serializer=str)
+
+    async def broken(request: Request) -> PipelineResponse:
+        fmt = request.query_params["format"]
+        return streaming_response(Pipeline(failing()), format=fmt)
+
+    return Starlette(
+        routes=[Route("/ndjson", ndjson), Route("/sse", sse), Route("/forever", forever), Route("/broken", broken)]
+    )
+
+
+@pytest.fixture(scope="module")
+def web() -> Iterator[AppServer]:
+    with AppServer(web_app()) as server:
+        yield server
+
+
+async def test_ndjson_response(web: AppServer) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(web.url("/ndjson?n=50"))
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    assert [json.loads(x) for x in response.text.splitlines()] == [{"i": i} for i in range(50)]
+
+
+async def test_sse_response_parses_back(web: AppServer) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(web.url("/sse"))
+    assert response.headers["content-type"].startswith("text/event-stream")
+    parser = SSEParser()
+    events = parser.feed(response.content)
+    assert [json.loads(e.data) for e in events] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert [e.id for e in events] == ["0", "1", "2"] and parser.retry == 50
+
+
+def test_sse_format_multiline() -> None:
+    assert sse_format("a\nb", event="x", id="7") == b"id: 7\nevent: x\ndata: a\ndata: b\n\n"
+    with pytest.raises(ValueError):
+        sse_format("a", id="bad\nid")
+
+
+async def test_pipeline_errors_are_visible_to_the_client(web: AppServer) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(web.url("/broken?format=sse"))
+        events = SSEParser().feed(response.content)
+        assert [e.event for e in events] == ["message", "error"]
+        assert "boom in the pipeline" in events[1].data
+        with pytest.raises(httpx.RemoteProtocolError):  # NDJSON: a broken body, never a silently short one
+            await client.get(web.url("/broken?format=ndjson"))
+
+
+async def test_backpressure_through_the_response_and_close_on_disconnect(web: AppServer) -> None:
+    PROBE.produced = 0
+    PROBE.closed.clear()
+    async with httpx.AsyncClient() as client:
+        async with client.stream("GET", web.url("/forever")) as response:
+            chunks = response.aiter_raw()
+            first = await chunks.__anext__()
+            assert first.startswith(b"p")
+            # the client stops reading: the server's send() must block, and the source with it
+            stalled_at = await settle(lambda: PROBE.produced)
+            assert stalled_at * 1025 < 48 << 20, f"the pipeline never blocked: {stalled_at} items"
+        # leaving the block closes the connection: the server sees the disconnect and closes the pipeline
+    with anyio.fail_after(5):
+        while not PROBE.closed.is_set():
+            await anyio.sleep(0.01)
+
+
