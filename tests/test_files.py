@@ -1,0 +1,218 @@
+"""File sources on real files: lines, chunks, JSON Lines, CSV; caps, decoding and error policies."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from talkpipe_async.sources import FileStats, RecordError, read_chunks, read_csv, read_jsonl, read_lines
+from talkpipe_async.sources.files import DROPPED, Splitter
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_lines_of_one_file(tmp_path: Path) -> None:
+    p = tmp_path / "a.txt"
+    p.write_bytes(b"one\ntwo\r\nthree")
+    stats = FileStats()
+    assert await read_lines(p, stats=stats).collect() == ["one", "two", "three"]
+    assert stats.lines == 3 and stats.files == 1 and stats.bytes == 14
+
+
+async def test_lines_of_a_glob_in_order_and_of_a_list(tmp_path: Path) -> None:
+    for name, body in [("b.log", b"b1\nb2\n"), ("a.log", b"a1\n"), ("c.txt", b"no\n")]:
+        (tmp_path / name).write_bytes(body)
+    assert await read_lines(str(tmp_path / "*.log")).collect() == ["a1", "b1", "b2"]
+    assert await read_lines([tmp_path / "c.txt", tmp_path / "a.log"]).collect() == ["no", "a1"]
+
+
+async def test_empty_glob_yields_nothing_and_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    assert await read_lines(str(tmp_path / "*.none")).collect() == []
+    assert "matched no files" in caplog.text
+
+
+async def test_missing_literal_path_raises(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        await read_lines(tmp_path / "nope.txt").collect()
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 64, 1 << 18])
+async def test_lines_split_across_chunks(tmp_path: Path, chunk_size: int) -> None:
+    lines = [f"line {i} " + "é" * (i % 5) for i in range(200)]
+    p = tmp_path / "x.txt"
+    p.write_text("\r\n".join(lines) + "\r\n", encoding="utf-8", newline="")
+    assert await read_lines(p, chunk_size=chunk_size).collect() == lines
+
+
+async def test_crlf_kept_when_asked(tmp_path: Path) -> None:
+    p = tmp_path / "x.txt"
+    p.write_bytes(b"a\r\nb\n")
+    assert await read_lines(p, strip_cr=False).collect() == ["a\r", "b"]
+
+
+async def test_invalid_utf8_replaced_and_counted(tmp_path: Path) -> None:
+    p = tmp_path / "x.txt"
+    p.write_bytes(b"ok\nbad\xff\nok2\n")
+    stats = FileStats()
+    assert await read_lines(p, stats=stats).collect() == ["ok", "bad\ufffd", "ok2"]
+    assert stats.decode_errors == 1
+
+
+async def test_invalid_utf8_strict_names_stage_file_and_line(tmp_path: Path) -> None:
+    p = tmp_path / "x.txt"
+    p.write_bytes(b"ok\nok\nbad\xff\n")
+    with pytest.raises(RecordError) as info:
+        await read_lines(p, errors="strict", name="logs").collect()
+    assert info.value.line == 3 and info.value.path == str(p) and info.value.stage == "logs"
+    assert "logs: invalid utf-8" in str(info.value)
+
+
+async def test_over_long_lines_dropped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    p = tmp_path / "x.txt"
+    p.write_bytes(b"short\n" + b"x" * 50 + b"\nmid\n" + b"y" * 30 + b"\nend")
+    stats = FileStats()
+    with caplog.at_level(logging.WARNING):
+        got = await read_lines(p, max_line_bytes=10, chunk_size=4, stats=stats).collect()
+    assert got == ["short", "mid", "end"]
+    assert stats.dropped_long == 2
+    assert stats.buffer_high_water <= 10
+    assert "dropped a line longer than 10 bytes" in caplog.text
+
+
+async def test_over_long_line_inside_one_big_chunk(tmp_path: Path) -> None:
+    p = tmp_path / "x.txt"
+    p.write_bytes(b"a\n" + b"x" * 50 + b"\nb\n")
+    stats = FileStats()
+    assert await read_lines(p, max_line_bytes=10, stats=stats).collect() == ["a", "b"]
+    assert stats.dropped_long == 1
+
+
+async def test_no_newline_for_megabytes_keeps_memory_bounded(tmp_path: Path) -> None:
+    """A "1 GB without a newline" input, scaled down: the held line never exceeds the cap."""
+    p = tmp_path / "x.txt"
+    with open(p, "wb") as f:
+        f.write(b"first\n")
+        for _ in range(16):
+            f.write(b"z" * (1 << 20))
+        f.write(b"\nafter\n")
+    stats = FileStats()
+    got = await read_lines(p, max_line_bytes=1 << 16, chunk_size=1 << 16, stats=stats).collect()
+    assert got == ["first", "after"]
+    assert stats.dropped_long == 1
+    assert stats.buffer_high_water <= 1 << 16
+
+
+def test_splitter_unit() -> None:
+    sp = Splitter(4)
+    assert sp.split(b"ab") == []
+    assert sp.split(b"c\nde") == [b"abc"]
+    assert sp.split(b"fgh") == []  # "defgh" is over the cap: now skipping
+    assert sp.dropping and sp.buf == b""
+    assert sp.split(b"ij\nk\n") == [DROPPED, b"k"]
+    assert sp.dropped == 1 and sp.high_water <= 4
+
+
+async def test_chunks(tmp_path: Path) -> None:
+    p = tmp_path / "x.bin"
+    p.write_bytes(bytes(range(256)) * 10)
+    chunks = await read_chunks(p, chunk_size=1000).collect()
+    assert [len(c) for c in chunks] == [1000, 1000, 560]
+    assert b"".join(chunks) == p.read_bytes()
+
+
+async def test_jsonl_records_blank_lines_and_unicode_separators(tmp_path: Path) -> None:
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"a": 1}\n\n  \n{"s": "x\u2028y"}\r\n[1, 2]\n', encoding="utf-8")
+    stats = FileStats()
+    assert await read_jsonl(p, stats=stats).collect() == [{"a": 1}, {"s": "x\u2028y"}, [1, 2]]
+    assert stats.blank_lines == 2
+
+
+async def test_jsonl_malformed_raises_with_line_number(tmp_path: Path) -> None:
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"a": 1}\n{"a": \n{"a": 3}\n', encoding="utf-8")
+    with pytest.raises(RecordError) as info:
+        await read_jsonl(p).collect()
+    err = info.value
+    assert err.line == 2 and err.stage == "read_jsonl" and "malformed JSON" in str(err)
+
+
+async def test_jsonl_skip_policy_counts(tmp_path: Path) -> None:
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b'{"a": 1}\nnot json\n{"b": \xff}\n' + b'"' + b"x" * 40 + b'"\n{"a": 2}\n')
+    stats = FileStats()
+    got = await read_jsonl(p, on_error="skip", max_line_bytes=32, stats=stats).collect()
+    assert got == [{"a": 1}, {"a": 2}]
+    assert stats.skipped_records == 2  # bad JSON, invalid UTF-8
+    assert stats.dropped_long == 1
+    assert stats.decode_errors == 1
+
+
+async def test_jsonl_line_numbers_survive_dropped_lines(tmp_path: Path) -> None:
+    p = tmp_path / "x.jsonl"
+    p.write_bytes(b"1\n" + b"9" * 50 + b"\n2\n{bad\n")
+    with pytest.raises(RecordError) as info:
+        await read_jsonl(p, max_line_bytes=10, chunk_size=5).collect()
+    assert info.value.line == 4
+
+
+async def test_csv_with_header_quoted_newlines(tmp_path: Path) -> None:
+    p = tmp_path / "x.csv"
+    p.write_text('name,note\nann,"two\nlines"\nbob,plain\n', encoding="utf-8", newline="")
+    assert await read_csv(p).collect() == [
+        {"name": "ann", "note": "two\nlines"},
+        {"name": "bob", "note": "plain"},
+    ]
+
+
+async def test_csv_lists_and_fieldnames_and_glob(tmp_path: Path) -> None:
+    (tmp_path / "1.csv").write_text("a;b\n", encoding="utf-8")
+    (tmp_path / "2.csv").write_text("c;d\n", encoding="utf-8")
+    pattern = str(tmp_path / "*.csv")
+    assert await read_csv(pattern, header=False, delimiter=";").collect() == [["a", "b"], ["c", "d"]]
+    got = await read_csv(pattern, fieldnames=["x", "y"], delimiter=";", batch=1).collect()
+    assert got == [{"x": "a", "y": "b"}, {"x": "c", "y": "d"}]
+
+
+async def test_csv_malformed_raise_and_skip(tmp_path: Path) -> None:
+    p = tmp_path / "x.csv"
+    p.write_text("a,b\n1,2\n3\n4,5\n", encoding="utf-8")
+    with pytest.raises(RecordError) as info:
+        await read_csv(p).collect()
+    assert info.value.line == 3 and "malformed CSV" in str(info.value)
+    stats = FileStats()
+    assert await read_csv(p, on_error="skip", stats=stats).collect() == [{"a": "1", "b": "2"}, {"a": "4", "b": "5"}]
+    assert stats.skipped_records == 1
+
+
+async def test_csv_rejected_by_the_csv_module_goes_to_the_policy(tmp_path: Path) -> None:
+    p = tmp_path / "x.csv"
+    p.write_text('a,b\n1,"x"y\n2,3\n', encoding="utf-8")
+    stats = FileStats()
+    got = await read_csv(p, on_error="skip", strict=True, stats=stats).collect()
+    assert got == [{"a": "2", "b": "3"}]
+    assert stats.skipped_records == 1
+
+
+async def test_early_exit_closes_the_file(tmp_path: Path, no_fd_leak: None) -> None:
+    p = tmp_path / "x.txt"
+    p.write_bytes(b"".join(b"%d\n" % i for i in range(100_000)))
+    async with read_lines(p).stream() as items:
+        async for line in items:
+            if line == "10":
+                break
+    async with read_csv(p, header=False).stream() as items:
+        async for _ in items:
+            break
+
+
+def test_bad_options() -> None:
+    with pytest.raises(ValueError, match="ASCII-compatible"):
+        read_lines("x", encoding="utf-16")
+    with pytest.raises(ValueError, match="on_error"):
+        read_jsonl("x", on_error="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="error policy"):
+        read_lines("x", errors="nonsense")
