@@ -290,3 +290,13 @@ async def test_one_gigabyte_without_newline_stays_bounded() -> None:
         with pytest.raises(SSEError, match="longer than"):
             await Pipeline(source).collect()
     assert sent < 64 << 20  # stopped long before a gigabyte
+
+
+async def test_live_demo_reconnects_and_shuts_down(capsys: pytest.CaptureFixture[str]) -> None:
+    from talkpipe_async._live_demo import run_live_demo
+
+    with anyio.fail_after(10):
+        await run_live_demo(6)
+    out = capsys.readouterr().out
+    assert out.count("event id=") == 6
+    assert "Last-Event-ID: 3" in out and "1 reconnect(s)" in out
