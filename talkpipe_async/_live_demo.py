@@ -102,8 +102,8 @@ async def run_live_demo(count: int) -> None:
     print(f"live demo: SSE feed on {url}; pipeline: sse_events | describe")
     async with listener, anyio.create_task_group() as tg:
         tg.start_soon(listener.serve, handle)
-        pipeline = Pipeline(sse_events(url, read_timeout=5.0, backoff=Backoff(initial=0.2, maximum=2.0), stats=stats))
-        pipeline = pipeline | _describe()
+        feed = sse_events(url, read_timeout=5.0, backoff=Backoff(initial=0.2, maximum=2.0), stats=stats)
+        pipeline: Pipeline[Any, str] = Pipeline(feed, _describe())
         shown = 0
         try:
             async with pipeline.stream() as lines:
