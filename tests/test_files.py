@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,11 @@ from talkpipe_async.sources import FileStats, RecordError, read_chunks, read_csv
 from talkpipe_async.sources.files import DROPPED, Splitter
 
 pytestmark = pytest.mark.anyio
+
+
+def open_fds() -> int:
+    """How many file descriptors this process holds."""
+    return len(os.listdir("/proc/self/fd"))
 
 
 async def test_lines_of_one_file(tmp_path: Path) -> None:
@@ -197,7 +203,8 @@ async def test_csv_rejected_by_the_csv_module_goes_to_the_policy(tmp_path: Path)
     assert stats.skipped_records == 1
 
 
-async def test_early_exit_closes_the_file(tmp_path: Path, no_fd_leak: None) -> None:
+async def test_early_exit_closes_the_file(tmp_path: Path) -> None:
+    fds = open_fds()
     p = tmp_path / "x.txt"
     p.write_bytes(b"".join(b"%d\n" % i for i in range(100_000)))
     async with read_lines(p).stream() as items:
@@ -207,6 +214,7 @@ async def test_early_exit_closes_the_file(tmp_path: Path, no_fd_leak: None) -> N
     async with read_csv(p, header=False).stream() as items:
         async for _ in items:
             break
+    assert open_fds() <= fds, "file descriptors leaked"
 
 
 def test_bad_options() -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO, Literal
@@ -57,6 +59,9 @@ class _Writer:
         self.f: BinaryIO | None = None
         self.ident = (0, 0)
         self.unflushed = 0
+        self.dirty_since = 0.0  # monotonic time of the first unflushed write
+        self.closed = False
+        self.lock = threading.Lock()
 
     def _open(self) -> BinaryIO:
         f = open(self.path, "ab")
@@ -83,16 +88,18 @@ class _Writer:
         return f
 
     def write(self, items: list[Any]) -> None:
-        encode = self.sink.encode_batch
-        data = encode(items)
-        f = self._file()
-        f.write(data)
-        self.stats.items += len(items)
-        self.stats.bytes += len(data)
-        self.unflushed += len(items)
-        every = self.sink.flush_every
-        if every is not None and self.unflushed >= every:
-            self.flush()
+        data = self.sink.encode_batch(items)
+        with self.lock:
+            f = self._file()
+            f.write(data)
+            self.stats.items += len(items)
+            self.stats.bytes += len(data)
+            if not self.unflushed:
+                self.dirty_since = time.monotonic()
+            self.unflushed += len(items)
+            every = self.sink.flush_every
+            if every is not None and self.unflushed >= every:
+                self._flush()
 
     def _flush_file(self, f: BinaryIO) -> None:
         f.flush()
@@ -101,20 +108,39 @@ class _Writer:
             os.fsync(f.fileno())
             self.stats.fsyncs += 1
 
-    def flush(self) -> None:
+    def _flush(self) -> None:
         if self.f is not None and self.unflushed:
             self._flush_file(self.f)
         self.unflushed = 0
 
+    def flush(self) -> None:
+        with self.lock:
+            self._flush()
+
+    def flush_if_due(self, interval: float) -> None:
+        with self.lock:
+            if self.unflushed and time.monotonic() - self.dirty_since >= interval:
+                self._flush()
+
     def close(self) -> None:
-        f, self.f = self.f, None
-        if f is not None:
-            try:
-                if self.unflushed:
-                    self._flush_file(f)
-            finally:
-                self.unflushed = 0
-                f.close()
+        with self.lock:
+            self.closed = True
+            f, self.f = self.f, None
+            if f is not None:
+                try:
+                    if self.unflushed:
+                        self._flush_file(f)
+                finally:
+                    self.unflushed = 0
+                    f.close()
+
+
+async def _flush_timer(writer: _Writer, interval: float) -> None:
+    """Flush data older than *interval* even while the sink is suspended (a slow consumer)."""
+    while not writer.closed:
+        await anyio.sleep(interval / 2)
+        if writer.unflushed and not writer.closed:
+            await anyio.to_thread.run_sync(writer.flush_if_due, interval)
 
 
 async def _feed(items: AsyncIterator[Any], channel: Channel) -> None:
@@ -181,6 +207,8 @@ class _FileSink(AbstractSegment[Any, Any]):
         writer = _Writer(self)
         run_sync = anyio.to_thread.run_sync
         interval = self.flush_interval
+        if interval is not None:
+            run.start_soon(_flush_timer, writer, interval, name=f"{self.label} flush timer")
         hold = self.emit == "flushed"
         out: list[Any] = []  # written items (and metadata after them) not passed on yet
         deadline = float("inf")  # when unflushed data must be flushed
