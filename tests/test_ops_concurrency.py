@@ -188,7 +188,7 @@ async def test_early_break_cancels_workers_and_leaves_no_tasks() -> None:
             assert x == 0
             await until(lambda: started >= 5)
             break
-    assert task_count() == before
+    assert task_count() == before, [t.name for t in anyio.get_running_tasks()]
     assert finished == 1
 
 

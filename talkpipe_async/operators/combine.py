@@ -16,11 +16,13 @@ import copy as _copy
 import logging
 import reprlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
+import anyio.lowlevel
 
 from .._core._channel import Channel, ChannelClosed
 from .._core._metadata import Metadata
@@ -142,7 +144,7 @@ class FanIn:
         finally:
             self._data = None
 
-    async def fair(self) -> AsyncIterator[Any]:
+    async def fair(self) -> AsyncGenerator[Any, None]:
         """Items from every lane, one per non-empty lane per round, until all end."""
         lanes = self.lanes
         active = list(range(len(lanes)))
@@ -203,13 +205,14 @@ def _start_pumps(fan: FanIn, tasks: TaskScopes, label: str, upstream: _Upstream,
         tasks.start(_pump_pipeline, fan, k + offset, pipeline, name=f"talkpipe producer {k} of {label}")
 
 
-async def _merged(label: str, capacity: int, upstream: _Upstream, pipes: list[Any]) -> AsyncIterator[Any]:
+async def _merged(label: str, capacity: int, upstream: _Upstream, pipes: list[Any]) -> AsyncGenerator[Any, None]:
     fan = FanIn(len(pipes) + (upstream is not None), capacity)
     tasks = TaskScopes()
     _start_pumps(fan, tasks, label, upstream, pipes)
     try:
-        async for item in fan.fair():
-            yield item
+        async with aclosing(fan.fair()) as steps:
+            async for item in steps:
+                yield item
     finally:
         fan.abort()
         tasks.cancel()
@@ -239,8 +242,9 @@ class merge(AbstractSource[Any]):
 
     async def generate(self) -> AsyncIterator[Any]:
         """Yield the items of every input, interleaved fairly."""
-        async for item in _merged(self.label, self.capacity, None, self.sources):
-            yield item
+        async with aclosing(_merged(self.label, self.capacity, None, self.sources)) as steps:
+            async for item in steps:
+                yield item
 
 
 class merge_with(AbstractSegment[Any, Any]):
@@ -262,11 +266,12 @@ class merge_with(AbstractSegment[Any, Any]):
 
     async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """Yield the upstream's items and the others', interleaved fairly."""
-        async for item in _merged(self.label, self.capacity, items, self.others):
-            yield item
+        async with aclosing(_merged(self.label, self.capacity, items, self.others)) as steps:
+            async for item in steps:
+                yield item
 
 
-async def _zipped(label: str, capacity: int, upstream: _Upstream, pipes: list[Any]) -> AsyncIterator[Any]:
+async def _zipped(label: str, capacity: int, upstream: _Upstream, pipes: list[Any]) -> AsyncGenerator[Any, None]:
     fan = FanIn(len(pipes) + (upstream is not None), capacity)
     tasks = TaskScopes()
     _start_pumps(fan, tasks, label, upstream, pipes)
@@ -316,8 +321,9 @@ class zip_streams(AbstractSource[tuple[Any, ...]]):
 
     async def generate(self) -> AsyncIterator[tuple[Any, ...]]:
         """Yield one tuple per position."""
-        async for item in _zipped(self.label, self.capacity, None, self.sources):
-            yield item
+        async with aclosing(_zipped(self.label, self.capacity, None, self.sources)) as steps:
+            async for item in steps:
+                yield item
 
 
 class zip_with(AbstractSegment[Any, tuple[Any, ...]]):
@@ -336,8 +342,9 @@ class zip_with(AbstractSegment[Any, tuple[Any, ...]]):
 
     async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[tuple[Any, ...]]:
         """Yield tuples of the upstream item and the others' items."""
-        async for item in _zipped(self.label, self.capacity, items, self.others):
-            yield item
+        async with aclosing(_zipped(self.label, self.capacity, items, self.others)) as steps:
+            async for item in steps:
+                yield item
 
 
 async def _sequence(channel: Channel, upstream: AsyncIterator[Any] | None, pipes: list[Pipeline[Any, Any]]) -> None:
@@ -361,7 +368,7 @@ async def _sequence(channel: Channel, upstream: AsyncIterator[Any] | None, pipes
     channel.close()
 
 
-async def _chained(label: str, capacity: int, upstream: _Upstream, pipes: list[Any]) -> AsyncIterator[Any]:
+async def _chained(label: str, capacity: int, upstream: _Upstream, pipes: list[Any]) -> AsyncGenerator[Any, None]:
     channel = Channel(capacity)
     tasks = TaskScopes()
     tasks.start(_sequence, channel, upstream, pipes, name=f"talkpipe producer of {label}")
@@ -400,8 +407,9 @@ class chain(AbstractSource[Any]):
 
     async def generate(self) -> AsyncIterator[Any]:
         """Yield every input's items in turn."""
-        async for item in _chained(self.label, self.capacity, None, self.sources):
-            yield item
+        async with aclosing(_chained(self.label, self.capacity, None, self.sources)) as steps:
+            async for item in steps:
+                yield item
 
 
 concat = chain
@@ -423,8 +431,9 @@ class chain_with(AbstractSegment[Any, Any]):
 
     async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """Yield the upstream's items, then each other input's items."""
-        async for item in _chained(self.label, self.capacity, items, self.others):
-            yield item
+        async with aclosing(_chained(self.label, self.capacity, items, self.others)) as steps:
+            async for item in steps:
+                yield item
 
 
 # --------------------------------------------------------------------- fork
@@ -461,6 +470,8 @@ class _BranchInput:
     async def put(self, item: Any) -> None:
         """Queue *item* for the branch, applying the slow-branch policy."""
         items = self.items
+        if self.drop_oldest and len(items) >= self.capacity:
+            await anyio.lowlevel.checkpoint()  # one chance for the branch to catch up before a drop
         while len(items) >= self.capacity and not self.gone:
             if self.drop_oldest and not isinstance(item, Metadata) and self._drop():
                 break
@@ -546,8 +557,9 @@ class fork(AbstractSegment[Any, Any]):
     branch's output lane at most ``buffer`` items.  When a branch's input is
     full, ``policy="block"`` makes the feeder wait (the slowest branch sets
     the pace); ``policy="drop_oldest"`` discards that branch's oldest queued
-    data item instead, counts it in ``ForkStats.dropped`` and logs a warning
-    the first time.  Metadata is never dropped.
+    data item instead (after letting the branch run once), counts it in
+    ``ForkStats.dropped`` and logs a warning the first time.  Metadata is
+    never dropped.
 
     Copies: with ``copy="shallow"`` (default) or ``"deep"``, the first branch
     that takes an item gets the object itself and every other branch a
@@ -613,15 +625,16 @@ class fork(AbstractSegment[Any, Any]):
         for i, branch in enumerate(self.branches):
             tasks.start(_run_branch, branch, inputs[i], fan, i, name=f"talkpipe branch {i} of {self.label}")
         try:
-            async for item in fan.fair():
-                if isinstance(item, Metadata):
-                    entry = pending.get(id(item))
-                    if entry is not None and entry[0] is item:
-                        entry[1] -= 1
-                        if entry[1] > 0:
-                            continue
-                        del pending[id(item)]
-                yield item
+            async with aclosing(fan.fair()) as steps:
+                async for item in steps:
+                    if isinstance(item, Metadata):
+                        entry = pending.get(id(item))
+                        if entry is not None and entry[0] is item:
+                            entry[1] -= 1
+                            if entry[1] > 0:
+                                continue
+                            del pending[id(item)]
+                    yield item
             if upstream_error:
                 raise upstream_error[0]
         finally:

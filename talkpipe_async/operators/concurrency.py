@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import reprlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any, Generic, TypeVar
 
 import anyio
@@ -203,7 +204,7 @@ class _MapRun:
             self.idle.append(event)
             await event.wait()
 
-    async def results(self) -> AsyncIterator[Any]:
+    async def results(self) -> AsyncGenerator[Any, None]:
         """The consumer side, in the stage's own generator."""
         out = self.out
         while True:
@@ -283,8 +284,9 @@ class concurrent_map(AbstractSegment[T, U], Generic[T, U]):
         state = _MapRun(self._function(), self.limit, self.window, self.ordered, self.label)
         state.tasks.start(state.feed, items, name=f"talkpipe feeder for {self.label}")
         try:
-            async for value in state.results():
-                yield value
+            async with aclosing(state.results()) as steps:
+                async for value in steps:
+                    yield value
         finally:
             state.tasks.cancel()
 

@@ -15,7 +15,8 @@ import inspect
 import logging
 import reprlib
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from contextlib import aclosing
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
@@ -74,7 +75,7 @@ class FeedClosed(Exception):
     """``push`` on a :class:`Feed` that was closed, or whose pipeline has stopped."""
 
 
-async def _drain_receive(stream: MemoryObjectReceiveStream[Any]) -> AsyncIterator[Any]:
+async def _drain_receive(stream: MemoryObjectReceiveStream[Any]) -> AsyncGenerator[Any, None]:
     receive_nowait = stream.receive_nowait
     while True:
         try:
@@ -122,8 +123,9 @@ class from_stream(AbstractSource[T], Generic[T]):
     async def generate(self) -> AsyncIterator[T]:
         """Yield the received items until the stream ends."""
         try:
-            async for item in _drain_receive(self.receive):
-                yield item
+            async with aclosing(_drain_receive(self.receive)) as steps:
+                async for item in steps:
+                    yield item
         finally:
             if self.close_stream:
                 self.receive.close()
@@ -249,10 +251,11 @@ class Feed(AbstractSource[T], Generic[T]):
             raise RuntimeError(f"{self.label} serves one run only")
         self._used = True
         try:
-            async for item in _drain_receive(self._receive):
-                if type(item) is _Failure:
-                    raise item.error
-                yield item
+            async with aclosing(_drain_receive(self._receive)) as steps:
+                async for item in steps:
+                    if type(item) is _Failure:
+                        raise item.error
+                    yield item
         finally:
             self._receive.close()
 

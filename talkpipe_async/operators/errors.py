@@ -20,7 +20,8 @@ import inspect
 import logging
 import random
 import reprlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -216,8 +217,9 @@ class on_error(AbstractSegment[T, U], Generic[T, U]):
         stats = self.stats if self.stats is not None else ErrorStats()
         self.last_stats = stats
         if isinstance(self.inner, AbstractSegment):
-            async for out in self._segment(items, stats):
-                yield out
+            async with aclosing(self._segment(items, stats)) as steps:
+                async for out in steps:
+                    yield out
             return
         fn = self.inner
         is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
@@ -231,7 +233,7 @@ class on_error(AbstractSegment[T, U], Generic[T, U]):
                 continue
             yield result
 
-    async def _segment(self, items: AsyncIterator[Any], stats: ErrorStats) -> AsyncIterator[Any]:
+    async def _segment(self, items: AsyncIterator[Any], stats: ErrorStats) -> AsyncGenerator[Any, None]:
         assert isinstance(self.inner, AbstractSegment)
         recorder = _Recorder(items)
         errors = self.errors

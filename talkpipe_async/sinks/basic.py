@@ -20,8 +20,9 @@ from __future__ import annotations
 import inspect
 import logging
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
-from typing import IO, Any, Generic, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import aclosing
+from typing import IO, Any, Generic, TypeVar, cast
 
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -208,8 +209,9 @@ class to_stream(_Sink[T], Generic[T]):
     async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
         """Send every item; close the stream at the end if asked."""
         try:
-            async for item in super().transform(items):
-                yield item
+            async with aclosing(cast("AsyncGenerator[T, None]", super().transform(items))) as steps:
+                async for item in steps:
+                    yield item
         finally:
             if self.close_stream:
                 self.send_stream.close()
@@ -241,8 +243,9 @@ class to_queue(_Sink[T], Generic[T]):
     async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
         """Put every item, then the end marker."""
         require_asyncio("to_queue", "to_stream")
-        async for item in super().transform(items):
-            yield item
+        async with aclosing(cast("AsyncGenerator[T, None]", super().transform(items))) as steps:
+            async for item in steps:
+                yield item
 
     async def finish(self) -> None:
         """Put the end marker."""
