@@ -121,4 +121,5 @@ def run(quick: bool) -> list[Result]:
 
 if __name__ == "__main__":
     for r in run(quick=False):
-        print(f"{r.scenario}: {r.subject_s:.3f}s vs {r.baseline}: {r.baseline_s:.3f}s ratio {r.ratio:.3f} target {r.target} met={r.met}")
+        print(f"{r.scenario}: {r.subject_s:.3f}s vs {r.baseline}: {r.baseline_s:.3f}s")
+        print(f"    ratio {r.ratio:.3f}, target {r.target}, met={r.met}")

@@ -17,7 +17,11 @@ except ImportError:  # pragma: no cover - uvloop is in the test extra
 
 BACKENDS = [
     pytest.param(("asyncio", {}), id="asyncio"),
-    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop", marks=pytest.mark.skipif(not HAVE_UVLOOP, reason="no uvloop")),
+    pytest.param(
+        ("asyncio", {"use_uvloop": True}),
+        id="uvloop",
+        marks=pytest.mark.skipif(not HAVE_UVLOOP, reason="no uvloop"),
+    ),
     pytest.param(("trio", {}), id="trio"),
 ]
 

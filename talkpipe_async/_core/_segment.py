@@ -105,10 +105,11 @@ class AbstractSource(_Node, Generic[U]):
     """
 
     def __init__(
-        self, *, process_metadata: bool = False, blocking: bool = False, emits_metadata: bool = True
+        self, *, process_metadata: bool = False, blocking: bool = False, emits_metadata: bool | None = None
     ) -> None:
         self._init_options(process_metadata, blocking)
-        self.emits_metadata = emits_metadata
+        if emits_metadata is not None:  # else the class attribute (True unless a subclass says otherwise)
+            self.emits_metadata = emits_metadata
 
     @abstractmethod
     def generate(self) -> AsyncIterator[U] | Iterator[U]:
@@ -195,7 +196,8 @@ def _make_class(
             process_metadata=options.get("process_metadata", False),
             blocking=options.get("blocking", False),
         )
-        self.emits_metadata = options.get("emits_metadata", True)
+        if "emits_metadata" in options:
+            self.emits_metadata = options["emits_metadata"]
         self.name = options.get("name") or func.__name__
         self._args = args
         self._kwargs = merged

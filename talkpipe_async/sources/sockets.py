@@ -267,6 +267,7 @@ class _StreamClient(AbstractSource[Any]):
     """Shared body of the TCP and Unix client sources."""
 
     lines_mode = True
+    emits_metadata = False  # only data: no metadata plumbing after it
 
     def __init__(
         self,
