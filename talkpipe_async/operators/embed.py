@@ -377,10 +377,9 @@ class BackgroundRun:
             self.stopping = True
             for gate in self._gates:
                 gate.close()
-            if grace is not None:
-                with anyio.move_on_after(grace):
-                    await self.done.wait()
-        if not drain or not self.done.is_set():
+            with anyio.move_on_after(float("inf") if grace is None else grace):
+                await self.done.wait()
+        if not self.done.is_set():
             self.cancel()
         await self.done.wait()
         self._raise()

@@ -1,0 +1,229 @@
+"""Embedding: from_stream, from_queue, Feed, background (asyncio, uvloop, trio)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from talkpipe_async import segment, source
+from talkpipe_async.operators import (
+    QUEUE_END,
+    Feed,
+    FeedClosed,
+    background,
+    batch,
+    concurrent_map,
+    from_queue,
+    from_stream,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@segment
+async def double(items: AsyncIterator[int]) -> AsyncIterator[int]:
+    """2x."""
+    async for x in items:
+        yield 2 * x
+
+
+async def until(cond: Callable[[], bool], rounds: int = 5000) -> None:
+    """Let other tasks run until *cond* holds (bounded)."""
+    for _ in range(rounds):
+        if cond():
+            return
+        await anyio.lowlevel.checkpoint()
+    raise AssertionError("condition not reached")
+
+
+def task_count() -> int:
+    """Running tasks, minus trio's system task that appears lazily on first use of a token."""
+    return len([t for t in anyio.get_running_tasks() if "TrioToken" not in (t.name or "")])
+
+
+async def test_from_stream_reads_until_senders_close() -> None:
+    send, receive = anyio.create_memory_object_stream[int](4)
+    got: list[int] = []
+    async with anyio.create_task_group() as tg:
+
+        async def produce() -> None:
+            async with send:
+                for i in range(20):
+                    await send.send(i)
+
+        tg.start_soon(produce)
+        got = await (from_stream(receive) | double()).collect()
+    assert got == [2 * i for i in range(20)]
+
+
+async def test_from_stream_early_stop_closes_the_receiver() -> None:
+    send, receive = anyio.create_memory_object_stream[int](1)
+    send.send_nowait(1)
+    async with from_stream(receive).stream() as items:
+        async for _ in items:
+            break
+    with pytest.raises(anyio.BrokenResourceError):
+        await send.send(2)  # a sender is told, instead of waiting forever
+    send.close()
+
+
+async def test_from_queue_asyncio_only(anyio_backend: Any) -> None:
+    if anyio_backend[0] == "trio":
+        with pytest.raises(RuntimeError, match="asyncio"):
+            await from_queue(object()).collect()
+        return
+    queue: asyncio.Queue[Any] = asyncio.Queue(3)
+    async with anyio.create_task_group() as tg:
+
+        async def produce() -> None:
+            for x in [1, None, 3]:  # None is an ordinary item
+                await queue.put(x)
+            await queue.put(QUEUE_END)
+
+        tg.start_soon(produce)
+        assert await from_queue(queue).collect() == [1, None, 3]
+    with pytest.raises(ValueError):
+        from_queue(queue, end=None)
+
+
+async def test_feed_push_waits_while_the_pipeline_is_behind() -> None:
+    feed: Feed[int] = Feed(maxsize=2)
+    feed.push_nowait(1)
+    feed.push_nowait(2)
+    with pytest.raises(anyio.WouldBlock):
+        feed.push_nowait(3)  # bounded: never dropped, refused
+    assert feed.queued == 2
+    pushed = anyio.Event()
+    async with anyio.create_task_group() as tg:
+
+        async def push_third() -> None:
+            await feed.push(3)  # waits until the pipeline takes an item
+            pushed.set()
+            feed.close()
+
+        tg.start_soon(push_third)
+        for _ in range(50):
+            await anyio.lowlevel.checkpoint()
+        assert not pushed.is_set()
+        assert await (feed | double()).collect() == [2, 4, 6]
+
+
+async def test_feed_fail_and_closed() -> None:
+    feed: Feed[int] = Feed(maxsize=5)
+    await feed.push(1)
+    await feed.fail(KeyError("upstream app"))
+    got: list[int] = []
+    with pytest.raises(KeyError):
+        async with feed.stream() as items:
+            async for x in items:
+                got.append(x)
+    assert got == [1]
+    with pytest.raises(FeedClosed):
+        await feed.push(2)
+    with pytest.raises(RuntimeError, match="one run"):
+        await feed.collect()
+
+
+async def test_feed_push_after_pipeline_stopped_raises() -> None:
+    feed: Feed[int] = Feed(maxsize=1)
+    await feed.push(1)
+    async with feed.stream() as items:
+        async for _ in items:
+            break
+    with pytest.raises(FeedClosed):
+        await feed.push(2)
+
+
+async def test_background_drain_finishes_in_flight_work() -> None:
+    feed: Feed[int] = Feed(maxsize=10)
+    done: list[Any] = []
+
+    async def slow(x: int) -> int:
+        for _ in range(5):
+            await anyio.lowlevel.checkpoint()
+        return x
+
+    pipeline = feed | concurrent_map(slow, 4) | batch(3)
+    before = task_count()
+    async with background(pipeline, on_item=done.append) as run:
+        for i in range(10):
+            await feed.push(i)
+        await until(lambda: feed.queued == 0)
+        await run.stop(drain=True)
+        assert run.done.is_set()
+    assert [x for b in done for x in b] == list(range(10))  # the partial last batch is flushed too
+    assert run.count == len(done) and run.not_delivered == 0
+    assert task_count() == before
+
+
+async def test_background_stop_without_drain_cancels() -> None:
+    @source
+    async def endless() -> AsyncIterator[int]:
+        i = 0
+        while True:
+            await anyio.lowlevel.checkpoint()
+            yield i
+            i += 1
+
+    before = task_count()
+    async with background(endless() | double()) as run:
+        await until(lambda: run.count > 10)
+        await run.stop(drain=False)
+    assert run.error is None
+    assert task_count() == before
+
+
+async def test_background_drain_of_an_idle_source() -> None:
+    @source
+    async def idle() -> AsyncIterator[int]:
+        yield 1
+        await anyio.sleep_forever()
+        yield 2  # pragma: no cover
+
+    out: list[int] = []
+    async with background(idle(), on_item=out.append) as run:
+        await until(lambda: out == [1])
+        with anyio.fail_after(5):
+            await run.stop(drain=True)  # the gate ends the stream although the source waits
+    assert out == [1]
+
+
+async def test_background_error_raised_by_wait_and_exit() -> None:
+    @source
+    async def broken() -> AsyncIterator[int]:
+        yield 1
+        raise ConnectionAbortedError("lost")
+
+    async with background(broken()) as run:
+        with pytest.raises(ConnectionAbortedError):
+            await run.wait()
+    with pytest.raises(ConnectionAbortedError):
+        async with background(broken(), on_exit="wait"):
+            pass
+
+
+async def test_background_body_error_cancels_the_run() -> None:
+    feed: Feed[int] = Feed()
+    before = task_count()
+    with pytest.raises(LookupError):
+        async with background(feed | double()):
+            raise LookupError("app failed")
+    assert task_count() == before
+
+
+async def test_background_async_on_item_and_exit_modes() -> None:
+    feed: Feed[int] = Feed()
+    seen: list[int] = []
+
+    async def record(x: int) -> None:
+        await anyio.lowlevel.checkpoint()
+        seen.append(x)
+
+    async with background(feed | double(), on_item=record, on_exit="drain"):
+        await feed.push_many([1, 2, 3])
+        await until(lambda: feed.queued == 0)
+    assert seen == [2, 4, 6]
