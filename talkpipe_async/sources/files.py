@@ -21,12 +21,17 @@ import glob
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
+from contextlib import aclosing
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, BinaryIO, Literal
 
+import anyio
 import anyio.to_thread
 
+from .._core._channel import Channel, ChannelClosed
+from .._core._run import current_run
 from .._core._segment import AbstractSource
 
 __all__ = [
@@ -40,10 +45,10 @@ __all__ = [
 
 log = logging.getLogger("talkpipe_async.sources.files")
 
-DEFAULT_CHUNK = 256 * 1024
+DEFAULT_CHUNK = 128 * 1024
 DEFAULT_MAX_LINE = 1024 * 1024
-#: At most this many chunks are read in one thread hop while no line completes.
-_CHUNKS_PER_HOP = 16
+#: Bytes read per thread hop (in reads of ``chunk_size``).
+HOP_BYTES = 1024 * 1024
 _GLOB_MAGIC = frozenset("*?[")
 
 OnError = Literal["raise", "skip"]
@@ -355,23 +360,90 @@ class _LineFile:
         return lines
 
     def batch(self, keep_places: bool = False) -> list[Any]:
-        """Read up to a few chunks and return the lines they complete; sets ``eof`` at the end."""
+        """Read up to ``HOP_BYTES`` in ``chunk_size`` reads; return the lines completed; set ``eof`` at the end.
+
+        Small reads keep the split and decode in the CPU cache; many of them
+        per thread hop amortise the hop.
+        """
         read = self.f.read
-        for _ in range(_CHUNKS_PER_HOP):
-            chunk = read(self.chunk_size)
+        size = self.chunk_size
+        out: list[Any] = []
+        for _ in range(max(1, HOP_BYTES // size)):
+            chunk = read(size)
             if not chunk:
                 self.eof = True
                 rest = self.splitter.partial
                 self.splitter.reset()
-                if not rest:
-                    return []
-                self.line_no += 1
-                return [self.decoder.decode(rest, self.line_no)]
+                if rest:
+                    self.line_no += 1
+                    out.append(self.decoder.decode(rest, self.line_no))
+                return out
             self.stats.bytes += len(chunk)
             lines = self._lines(chunk, keep_places)
-            if lines:
-                return lines
-        return []
+            if out:
+                out += lines
+            else:
+                out = lines
+        return out
+
+
+#: Batches read ahead of the consumer by the reading task.
+READ_AHEAD = 2
+
+Read = Callable[[], "tuple[list[Any], bool]"]
+
+
+async def _produce(read: Read, channel: Channel, done: anyio.Event) -> None:
+    try:
+        more = True
+        while more:
+            batch, more = await anyio.to_thread.run_sync(read)
+            if batch:
+                await channel.put(batch)
+    except ChannelClosed:
+        pass
+    except anyio.get_cancelled_exc_class():
+        raise
+    except BaseException as exc:  # handed to the consumer, in order
+        channel.close(exc)
+    else:
+        channel.close()
+    finally:
+        done.set()
+
+
+async def read_ahead(read: Read, depth: int = READ_AHEAD) -> AsyncGenerator[list[Any], None]:
+    """Batches from ``read() -> (batch, more)`` run in worker threads, *depth* batches ahead.
+
+    Inside a pipeline run the reads happen in a task of the run, so the
+    thread hop of the next read overlaps the consumer's work on this batch;
+    outside a run, one read per batch, in turn.  Leaving early waits for the
+    read in flight before returning, so the caller may close the file at once.
+    """
+    try:
+        run = current_run()
+    except RuntimeError:
+        more = True
+        while more:
+            batch, more = await anyio.to_thread.run_sync(read)
+            if batch:
+                yield batch
+        return
+    channel = Channel(depth)
+    done = anyio.Event()
+    run.start_soon(_produce, read, channel, done, name="file read-ahead")
+    try:
+        while True:
+            try:
+                batches = await channel.get_batch(depth)
+            except anyio.EndOfStream:
+                return
+            for batch in batches:
+                yield batch
+    finally:
+        channel.abort()
+        with anyio.CancelScope(shield=True):
+            await done.wait()
 
 
 def _expand_sync(paths: Any) -> list[str]:
@@ -502,15 +574,14 @@ class read_lines(_LineSource):
 
     async def generate(self) -> AsyncIterator[str]:
         """Yield the lines of every file in order."""
-        run_sync = anyio.to_thread.run_sync
         stats = self.stats
         async for path, f in self._files():
             reader = self._reader(path, f)
-            while not reader.eof:
-                lines = await run_sync(reader.batch)
-                stats.lines += len(lines)
-                for line in lines:
-                    yield line
+            async with aclosing(read_ahead(partial(_line_batch, reader))) as batches:
+                async for lines in batches:
+                    stats.lines += len(lines)
+                    for line in lines:
+                        yield line
 
 
 class read_chunks(_FileSource):
@@ -528,14 +599,15 @@ class read_chunks(_FileSource):
 
     async def generate(self) -> AsyncIterator[bytes]:
         """Yield each file's chunks in order (one thread hop per chunk)."""
+        size = self.chunk_size
+        stats = self.stats
+
         async for _path, f in self._files():
-            while True:
-                chunk = await anyio.to_thread.run_sync(f.read, self.chunk_size)
-                if not chunk:
-                    break
-                self.stats.bytes += len(chunk)
-                self.stats.lines += 1
-                yield chunk
+            async with aclosing(read_ahead(partial(_chunk, f, size))) as batches:
+                async for [chunk] in batches:
+                    stats.bytes += len(chunk)
+                    stats.lines += 1
+                    yield chunk
 
 
 class _Policy:
@@ -597,7 +669,7 @@ class read_jsonl(_LineSource):
         self.loads = loads
         _Policy(self.label, on_error, self.stats)  # validates
 
-    def _parse_batch(self, reader: _LineFile, policy: _Policy) -> list[Any]:
+    def _parse_batch(self, reader: _LineFile, policy: _Policy) -> tuple[list[Any], bool]:
         lines = reader.batch(keep_places=True)
         first = reader.line_no - len(lines) + 1
         loads = self.loads
@@ -616,18 +688,19 @@ class read_jsonl(_LineSource):
                     self.stats.blank_lines += 1
                     continue
                 policy.bad(reader.path, first + i, f"malformed JSON ({exc})", line, exc)
-        return out
+        return out, not reader.eof
 
     async def generate(self) -> AsyncIterator[Any]:
         """Yield the parsed records of every file in order."""
         policy = _Policy(self.label, self.on_error, self.stats)
+        stats = self.stats
         async for path, f in self._files():
             reader = self._reader(path, f, mark_bad=True)
-            while not reader.eof:
-                records = await anyio.to_thread.run_sync(self._parse_batch, reader, policy)
-                self.stats.lines += len(records)
-                for record in records:
-                    yield record
+            async with aclosing(read_ahead(partial(self._parse_batch, reader, policy))) as batches:
+                async for records in batches:
+                    stats.lines += len(records)
+                    for record in records:
+                        yield record
 
 
 class read_csv(_FileSource):
@@ -707,26 +780,34 @@ class read_csv(_FileSource):
         """Yield the records of every file in order."""
         policy = _Policy(self.label, self.on_error, self.stats)
         n = self.batch
+        stats = self.stats
         for path in await expand_paths(self.paths):
             rows = iter(self._rows(path, policy))
             try:
-                while True:
-                    records = await anyio.to_thread.run_sync(_take, rows, n)
-                    if not records:
-                        break
-                    self.stats.lines += len(records)
-                    for record in records:
-                        yield record
+                async with aclosing(read_ahead(partial(_take, rows, n))) as batches:
+                    async for records in batches:
+                        stats.lines += len(records)
+                        for record in records:
+                            yield record
             finally:
                 close = getattr(rows, "close", None)
                 if close is not None:
                     close()
 
 
-def _take(rows: Any, n: int) -> list[Any]:
+def _line_batch(reader: _LineFile) -> tuple[list[Any], bool]:
+    return reader.batch(), not reader.eof
+
+
+def _chunk(f: BinaryIO, size: int) -> tuple[list[Any], bool]:
+    chunk = f.read(size)
+    return ([chunk], True) if chunk else ([], False)
+
+
+def _take(rows: Any, n: int) -> tuple[list[Any], bool]:
     out = []
     for row in rows:
         out.append(row)
         if len(out) >= n:
-            break
-    return out
+            return out, True
+    return out, False
