@@ -327,6 +327,20 @@ async def test_truncation_discards_and_counts_a_partial_line(tmp_path: Path) -> 
     assert stats.partial_discarded == 1
 
 
+async def test_idle_polls_back_off(tmp_path: Path) -> None:
+    """While idle, the poll interval doubles up to poll_max: few polls, not one per poll_min."""
+    log = tmp_path / "app.log"
+    log.write_bytes(b"")
+    stats = FileStats()
+    async with follow(tail_file(log, poll_min=0.001, poll_max=0.05, stats=stats)):
+        start = anyio.current_time()
+        await wait_until(lambda: anyio.current_time() - start >= 0.4)  # the workload: 0.4 s of idleness
+        polls = stats.polls
+    # Without backoff ~400 polls; with it about log2(50) + 0.4 / 0.05 = 14 (generous bound for a busy machine).
+    assert polls < 40
+    assert polls >= 3
+
+
 async def test_checkpoint_restart_repeats_only_unacknowledged_lines(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
     ckpt = tmp_path / "app.ckpt"

@@ -90,6 +90,8 @@ class FileStats:
     """Tail: unterminated last lines emitted when their file was rotated away or deleted."""
     checkpoints: int = 0
     """Tail: checkpoint files written."""
+    polls: int = 0
+    """Tail: polls of the file (one thread hop each)."""
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict."""

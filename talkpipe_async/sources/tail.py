@@ -383,6 +383,7 @@ class _Tailer:
         """One poll: returns the new items (lines and events) and whether more data is waiting."""
         src = self.src
         out: list[Any] = []
+        self.stats.polls += 1
         if self.checkpoint is not None and self.acked is not None and self.acked[2] > self.written_seq:
             if time.monotonic() - self.last_write >= src.checkpoint_interval:
                 self.write_checkpoint()
