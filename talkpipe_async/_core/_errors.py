@@ -17,7 +17,7 @@ from functools import lru_cache
 from types import CodeType, FrameType
 from typing import Any
 
-__all__ = ["ErrorContext", "annotate", "error_context"]
+__all__ = ["ErrorContext", "annotate", "attach_context", "error_context"]
 
 _MISSING = object()
 _repr = reprlib.Repr()
@@ -69,17 +69,39 @@ def _loop_variable(code: CodeType) -> str | None:
     return None
 
 
+def _safe_repr(value: Any) -> str:
+    try:
+        return _repr.repr(value)
+    except Exception:  # a broken __repr__ must not hide the real error
+        return f"<{type(value).__name__} object>"
+
+
 def _item_repr(frame: FrameType) -> str | None:
     name = _loop_variable(frame.f_code)
     if name is None:
         return None
     value = frame.f_locals.get(name, _MISSING)
-    if value is _MISSING:
-        return None
+    return None if value is _MISSING else _safe_repr(value)
+
+
+def attach_context(exc: BaseException, segment: str, item: Any = _MISSING) -> None:
+    """Record on *exc* that *segment* failed (on *item*, if given), once.
+
+    For operators that run user code away from the stage's own frame (in a
+    worker task or thread), where the runner cannot find the item from the
+    traceback.  Adds the same PEP 678 note and ``talkpipe_context`` as the
+    runner does.
+    """
+    if error_context(exc) is None:
+        _attach(exc, ErrorContext(segment=segment, item=None if item is _MISSING else _safe_repr(item)))
+
+
+def _attach(exc: BaseException, ctx: ErrorContext) -> None:
     try:
-        return _repr.repr(value)
-    except Exception:  # a broken __repr__ must not hide the real error
-        return f"<{type(value).__name__} object>"
+        exc.talkpipe_context = ctx  # type: ignore[attr-defined]
+    except AttributeError:
+        return
+    _add_note(exc, ctx.describe())
 
 
 def annotate(exc: BaseException, frames: dict[FrameType, str]) -> None:
@@ -95,12 +117,7 @@ def annotate(exc: BaseException, frames: dict[FrameType, str]) -> None:
         tb = tb.tb_next
     if found is None:
         return
-    ctx = ErrorContext(segment=found[1], item=_item_repr(found[0]))
-    try:
-        exc.talkpipe_context = ctx  # type: ignore[attr-defined]
-    except AttributeError:
-        return
-    _add_note(exc, ctx.describe())
+    _attach(exc, ErrorContext(segment=found[1], item=_item_repr(found[0])))
 
 
 def _add_note(exc: BaseException, note: str) -> None:

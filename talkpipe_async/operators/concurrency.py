@@ -13,7 +13,6 @@ themselves (see each class for where metadata goes).
 
 from __future__ import annotations
 
-import reprlib
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -23,7 +22,7 @@ import anyio
 import anyio.to_thread
 
 from .._core._channel import Channel, ChannelClosed
-from .._core._errors import ErrorContext, error_context
+from .._core._errors import attach_context
 from .._core._metadata import Metadata
 from .._core._run import current_run
 from .._core._segment import AbstractSegment
@@ -33,31 +32,11 @@ __all__ = ["buffer", "concurrent_map", "thread_map"]
 T = TypeVar("T")
 U = TypeVar("U")
 
-_repr = reprlib.Repr()
-_repr.maxstring = 120
-_repr.maxother = 120
 
 
 def blame(exc: BaseException, stage: str, item: Any) -> None:
-    """Record on *exc* that stage *stage* failed on *item* (once, PEP 678 note too).
-
-    Used by operators that run user code away from the stage's own frame (in a
-    worker task), where the runner cannot find the item from the traceback.
-    """
-    if error_context(exc) is not None:
-        return
-    try:
-        text = _repr.repr(item)
-    except Exception:  # a broken __repr__ must not hide the real error
-        text = f"<{type(item).__name__} object>"
-    ctx = ErrorContext(segment=stage, item=text)
-    try:
-        exc.talkpipe_context = ctx  # type: ignore[attr-defined]
-    except AttributeError:
-        return
-    add = getattr(exc, "add_note", None)
-    if add is not None:
-        add(ctx.describe())
+    """Record on *exc* that stage *stage* failed on *item* (see ``attach_context``)."""
+    attach_context(exc, stage, item)
 
 
 class TaskScopes:
