@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -16,7 +16,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 from ._errors import annotate
 from ._plumbing import Intercept, MetaCounter, release_sync, strip_async, strip_sync, sync_to_async
 from ._run import RunContext, _current
-from ._segment import AbstractSource, _Node, wrap_callable
+from ._segment import AbstractSegment, AbstractSource, _Node, wrap_callable
 from ._threads import ThreadStage
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 U = TypeVar("U")
+V = TypeVar("V")
 
 __all__ = ["Pipeline", "PipelineRun"]
 
@@ -65,7 +66,14 @@ class Pipeline(Generic[T, U]):
             raise ValueError("a pipeline needs at least one stage")
         self.stages: tuple[_Node, ...] = tuple(stages)
 
+    @overload
+    def __or__(self, other: AbstractSegment[U, V]) -> Pipeline[T, V]: ...
+    @overload
+    def __or__(self, other: Pipeline[U, V]) -> Pipeline[T, V]: ...
+    @overload
+    def __or__(self, other: Any) -> Pipeline[T, Any]: ...
     def __or__(self, other: Any) -> Pipeline[T, Any]:
+        """Chain another stage or pipeline after this one: a new :class:`Pipeline`."""
         return Pipeline(self, other)
 
     def __ror__(self, other: Any) -> Pipeline[Any, U]:

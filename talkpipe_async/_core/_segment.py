@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 U = TypeVar("U")
+V = TypeVar("V")
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = [
@@ -115,6 +116,16 @@ class AbstractSource(_Node, Generic[U]):
     def generate(self) -> AsyncIterator[U] | Iterator[U]:
         """Yield the items of the stream."""
 
+    @overload
+    def __or__(self, other: AbstractSegment[U, V]) -> Pipeline[Any, V]: ...
+    @overload
+    def __or__(self, other: Pipeline[U, V]) -> Pipeline[Any, V]: ...
+    @overload
+    def __or__(self, other: Any) -> Pipeline[Any, Any]: ...
+    def __or__(self, other: Any) -> Pipeline[Any, Any]:
+        """Chain this source with a segment or pipeline: a new :class:`Pipeline`."""
+        return _Node.__or__(self, other)
+
     def _entry(self) -> Callable[..., Any]:
         return type(self).generate
 
@@ -134,6 +145,16 @@ class AbstractSegment(_Node, Generic[T, U]):
     @abstractmethod
     def transform(self, items: Any) -> AsyncIterator[U] | Iterator[U]:
         """Read *items* and yield the output items."""
+
+    @overload
+    def __or__(self, other: AbstractSegment[U, V]) -> Pipeline[T, V]: ...
+    @overload
+    def __or__(self, other: Pipeline[U, V]) -> Pipeline[T, V]: ...
+    @overload
+    def __or__(self, other: Any) -> Pipeline[T, Any]: ...
+    def __or__(self, other: Any) -> Pipeline[Any, Any]:
+        """Chain this segment with the next stage: a new :class:`Pipeline`."""
+        return _Node.__or__(self, other)
 
     def _entry(self) -> Callable[..., Any]:
         return type(self).transform
