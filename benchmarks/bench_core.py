@@ -80,6 +80,24 @@ def run(quick: bool) -> list[Result]:
         targets={"hand-chained async generators": ("<= 1.10", lambda r: r <= 1.10)},
     )
 
+    async def subject_stats() -> None:
+        async with chain5.stream(range(n), stats=True) as items:
+            async for _ in items:
+                pass
+
+    async def subject_timed() -> None:
+        async with chain5.stream(range(n), stats="timed") as items:
+            async for _ in items:
+                pass
+
+    results += compare(
+        "5 @segment async generators, statistics on (stats=True; stats='timed')",
+        ("talkpipe_async stats=True", measure_async(subject_stats)),
+        [("talkpipe_async stats off", measure_async(subject)), ("stats='timed'", measure_async(subject_timed))],
+        repeat=repeat,
+        targets={"talkpipe_async stats off": ("<= 1.05", lambda r: r <= 1.05)},
+    )
+
     flushed = _with_flush_list(n, 1000)
     chain_meta = inc() | inc() | inc() | inc() | inc()
 

@@ -35,6 +35,7 @@ from ._core._segment import (
     source,
     wrap_callable,
 )
+from ._core._stats import RunStats, StageSnapshot
 
 __version__ = "0.1.0"
 
@@ -50,6 +51,8 @@ __all__ = [
     "Metadata",
     "Pipeline",
     "PipelineRun",
+    "RunStats",
+    "StageSnapshot",
     "assign_field",
     "create_metadata",
     "error_context",

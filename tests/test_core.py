@@ -557,3 +557,64 @@ async def test_async_field_function_and_class() -> None:
 
     assert await slow_square().collect([{"n": 3}]) == [9]
     assert await Neg(field="n", set_as="m").collect([{"n": 1}]) == [{"n": 1, "m": -1}]
+
+
+# --- statistics --------------------------------------------------------------------
+
+
+async def test_stats_count_items_and_time_per_stage() -> None:
+    p = count_up() | add(n=1) | drop_odd() | take3()
+    run = p.stream(stats="timed")
+    async with run as items:
+        got = [x async for x in items]
+    assert got == [2, 4, 6]
+    snap = run.stats()
+    names = [s.name for s in snap.stages]
+    assert names == ["count_up", "add", "drop_odd", "take3"]
+    by = {s.name: s for s in snap.stages}
+    assert by["add"].items_in == by["count_up"].items_out
+    assert by["drop_odd"].items_out == 3 and by["take3"].items_out == 3
+    assert by["drop_odd"].items_in >= 5
+    assert all(s.time_s >= 0 for s in snap.stages) and not snap.running
+    assert sum(s.time_s for s in snap.stages) > 0
+    with pytest.raises(ValueError, match="stats must be"):
+        p.stream(stats="yes")
+    assert "drop_odd" in snap.format()
+
+
+async def test_stats_off_by_default_and_errors_counted() -> None:
+    run = (count_up() | explode_on(bad=2, name="boom")).stream(stats=True)
+    with pytest.raises(ValueError):
+        async with run as items:
+            async for _ in items:
+                pass
+    assert {s.name: s.errors for s in run.stats().stages}["boom"] == 1
+    plain = (count_up() | take3()).stream()
+    async with plain as items:
+        assert [x async for x in items] == [0, 1, 2]
+    assert plain.stats().stages == ()
+
+
+async def test_stats_reporter_and_thread_buffer() -> None:
+    seen: list[Any] = []
+    p = count_up() | sync_double(blocking=True) | take3()
+    async with p.stream(on_stats=seen.append, stats_every=0.01) as items:
+        assert [x async for x in items] == [0, 2, 4]
+    assert seen and not seen[-1].running
+    stage = {s.name: s for s in seen[-1].stages}["sync_double"]
+    assert stage.buffer_capacity is not None and stage.buffer_capacity > 0
+
+
+def test_stats_on_sync_prefix_in_loop() -> None:
+    @source
+    def numbers() -> Iterator[int]:
+        yield from range(4)
+
+    async def main() -> Any:
+        run = (numbers() | sync_double() | add(n=0)).stream(stats=True)
+        async with run as items:
+            assert [x async for x in items] == [0, 2, 4, 6]
+        return run.stats()
+
+    snap = anyio.run(main)
+    assert [(s.name, s.items_out) for s in snap.stages] == [("numbers", 4), ("sync_double", 4), ("add", 4)]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
@@ -13,10 +15,11 @@ import anyio.abc
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-from ._errors import annotate
+from ._errors import annotate, error_context
 from ._plumbing import Intercept, MetaCounter, release_sync, strip_async, strip_sync, sync_to_async
 from ._run import RunContext, _current
 from ._segment import AbstractSegment, AbstractSource, _Node, wrap_callable
+from ._stats import RunStats, StageStats, count_async, count_sync, observe_async, observe_sync, snapshot
 from ._threads import ThreadStage
 
 if TYPE_CHECKING:
@@ -29,6 +32,7 @@ V = TypeVar("V")
 __all__ = ["Pipeline", "PipelineRun"]
 
 CLEANUP_TIMEOUT = 10.0
+_stats_log = logging.getLogger("talkpipe_async.stats")
 
 # Inputs of these types cannot hold Metadata: no plumbing is installed after them.
 _PLAIN_INPUTS = (range, str, bytes, bytearray, memoryview)
@@ -92,15 +96,33 @@ class Pipeline(Generic[T, U]):
         """True when every stage is a plain (sync) generator: see :meth:`iter_sync`."""
         return all(stage.is_sync for stage in self.stages)
 
-    def stream(self, input: Iterable[Any] | AsyncIterable[Any] | None = None, *, metadata: bool = False) -> PipelineRun:
+    def stream(
+        self,
+        input: Iterable[Any] | AsyncIterable[Any] | None = None,
+        *,
+        metadata: bool = False,
+        stats: bool | str = False,
+        stats_every: float | None = None,
+        on_stats: Callable[[RunStats], Any] | None = None,
+    ) -> PipelineRun:
         """Run the pipeline: ``async with pipeline.stream() as items: async for x in items``.
 
         Leaving the block (normally, by ``break``, by an exception or by
         cancellation) closes every stage, downstream first, and stops every
         task and thread of the run before the next statement.  With
         ``metadata=True`` the consumer receives :class:`Metadata` items too.
+
+        ``stats=True`` counts items per stage (see :meth:`PipelineRun.stats`;
+        about 0.1 us per item per stage); ``stats="timed"`` also measures the
+        time spent in each stage (about 0.3 us per item per stage).
+        ``stats_every`` seconds, ``on_stats(snapshot)`` is called (default: the
+        snapshot is logged at INFO on the ``talkpipe_async.stats`` logger), and
+        once more when the run ends.  Either turns statistics on.
         """
-        return PipelineRun(self, input, metadata)
+        if stats not in (False, True, "timed"):
+            raise ValueError(f"stats must be False, True or 'timed', not {stats!r}")
+        observe: bool | str = stats or stats_every is not None or on_stats is not None
+        return PipelineRun(self, input, metadata, observe, stats_every, on_stats)
 
     async def collect(
         self, input: Iterable[Any] | AsyncIterable[Any] | None = None, *, metadata: bool = False
@@ -258,6 +280,8 @@ class _Build:
         self.closers: list[Any] = []
         self.threads: list[ThreadStage] = []
         self.counter = MetaCounter()
+        self.stats: list[StageStats] | None = None
+        self.timed = False
         n = len(self.stages)
         wants = [False] * (n + 1)
         wants[n] = outlet_metadata
@@ -276,6 +300,18 @@ class _Build:
         self.closers.append(gen)
         return gen
 
+    def observe(self, gen: Any, label: str, node: Any = None, sync: bool = False) -> Any:
+        """With statistics on, count what *gen* yields (a step closed with the run)."""
+        if self.stats is None:
+            return gen
+        stats = StageStats(label, node)
+        self.stats.append(stats)
+        if sync:
+            self.closers.append(observe_sync(gen, stats) if self.timed else count_sync(gen, stats))
+        else:
+            self.closers.append(observe_async(gen, stats) if self.timed else count_async(gen, stats))
+        return self.closers[-1]
+
     def sync_chain(self, it: Iterable[Any], start: int, stop: int, meta: bool) -> tuple[Iterator[Any], bool]:
         """Chain sync stages ``start..stop`` over *it*; return it and whether metadata may flow."""
         chain: Iterable[Any] = it
@@ -283,11 +319,13 @@ class _Build:
             stage = self.stages[i]
             if stage.process_metadata or not meta:
                 chain = self.record(stage.transform(chain), stage.label)  # type: ignore[attr-defined]
+                chain = self.observe(chain, stage.label, stage, sync=True)
                 meta = meta or stage.process_metadata
                 continue
             pending: list[Any] | None = [] if self.receiver_after(i) else None
             out = self.record(stage.transform(strip_sync(chain, pending, self.counter)), stage.label)  # type: ignore[attr-defined]
             chain = release_sync(out, pending) if pending is not None else out
+            chain = self.observe(chain, stage.label, stage, sync=True)
             meta = pending is not None
         return iter(chain), meta
 
@@ -306,10 +344,24 @@ class _Build:
 class PipelineRun:
     """One run of a pipeline; an async context manager that yields the items."""
 
-    def __init__(self, pipeline: Pipeline[Any, Any], input: Any, metadata: bool) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline[Any, Any],
+        input: Any,
+        metadata: bool,
+        observe: bool | str = False,
+        stats_every: float | None = None,
+        on_stats: Callable[[RunStats], Any] | None = None,
+    ) -> None:
         self._pipeline = pipeline
         self._input = input
         self._metadata = metadata
+        self._observe = observe
+        self._stats_every = stats_every
+        self._on_stats = on_stats
+        self._errors: dict[str, int] = {}
+        self._started = 0.0
+        self._running = False
         self._build: _Build | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._run: RunContext | None = None
@@ -321,8 +373,34 @@ class PipelineRun:
         """Metadata items dropped because no stage downstream takes metadata."""
         return self._build.counter.dropped if self._build else 0
 
+    def stats(self) -> RunStats:
+        """A snapshot of the run's per-stage figures (zeros unless started with ``stats=True``).
+
+        Available while the run is going (from any task of the loop) and after it.
+        """
+        build = self._build
+        stages = build.stats if build is not None and build.stats is not None else []
+        return snapshot(stages, self._errors, self._started, self.metadata_dropped, self._running)
+
+    async def _report(self, every: float) -> None:
+        while True:
+            await anyio.sleep(every)
+            self._emit_stats()
+
+    def _emit_stats(self) -> None:
+        snap = self.stats()
+        if self._on_stats is not None:
+            self._on_stats(snap)
+        else:
+            _stats_log.info("pipeline %s\n%s", self._pipeline, snap.format())
+
     async def __aenter__(self) -> AsyncIterator[Any]:
         build = self._build = _Build(self._pipeline, self._metadata)
+        if self._observe:
+            build.stats = []
+            build.timed = self._observe == "timed"
+        self._started = time.monotonic()
+        self._running = True
         tg = self._tg = anyio.create_task_group()
         await tg.__aenter__()
         self._run = RunContext(tg)
@@ -331,6 +409,8 @@ class PipelineRun:
             items = self._compile(build)
             for stage in build.threads:
                 stage.start(tg)
+            if self._stats_every is not None:
+                tg.start_soon(self._report, self._stats_every, name="talkpipe stats reporter")
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -341,8 +421,10 @@ class PipelineRun:
     ) -> bool | None:
         build = self._build
         assert build is not None
+        self._running = False
         if exc is not None:
             annotate(exc, build.frames)
+            self._count_error(exc)
         close_error: BaseException | None = None
         busy: list[Any] = []
         with anyio.CancelScope(shield=True) as scope:
@@ -365,8 +447,17 @@ class PipelineRun:
                     close_error = close_error or error
         if close_error is not None and exc is None:
             annotate(close_error, build.frames)
+            self._count_error(close_error)
+        if self._observe and (self._stats_every is not None or self._on_stats is not None):
+            self._emit_stats()
+        if close_error is not None and exc is None:
             raise close_error
         return None
+
+    def _count_error(self, exc: BaseException) -> None:
+        ctx = error_context(exc)
+        if ctx is not None:
+            self._errors[ctx.segment] = self._errors.get(ctx.segment, 0) + 1
 
     async def _close_all(self, build: _Build, busy: list[Any]) -> BaseException | None:
         """Close every stage, downstream first; *busy* gets those a task is running."""
@@ -402,17 +493,17 @@ class PipelineRun:
             if self._input is not None:
                 raise TypeError("this pipeline starts with a source and takes no input")
             if first.is_sync and not first.blocking:
-                sync_head = build.record(first.generate(), first.label)
+                sync_head = build.observe(build.record(first.generate(), first.label), first.label, first, sync=True)
             elif first.is_sync:
                 cur = self._thread(build, 0, None)
             else:
-                cur = build.record(first.generate(), first.label)
+                cur = build.observe(build.record(first.generate(), first.label), first.label, first)
         elif self._input is None:
             raise TypeError(f"this pipeline starts with segment {first.label!r}: give stream() an input")
         elif hasattr(self._input, "__aiter__"):
-            cur = self._input.__aiter__()
+            cur = build.observe(self._input.__aiter__(), "input")
         else:
-            sync_head = self._input
+            sync_head = build.observe(iter(self._input), "input", sync=True)
         i = start
         if sync_head is not None:
             stop = i
@@ -450,6 +541,7 @@ class PipelineRun:
                 bypass_open = bypass_open or bypass
                 meta = False
             cur = build.record(stage.transform(cur), stage.label)  # type: ignore[attr-defined]
+            cur = build.observe(cur, stage.label, stage)
         if self._metadata:
             if bypass_open:
                 cur = self._intercept(cur)
@@ -475,6 +567,8 @@ class PipelineRun:
             on_frame=build.on_thread_frame(stage.label),
         )
         build.threads.append(thread)
-        output: AsyncIterator[Any] = build.record(thread.output(), None)
+        output: AsyncIterator[Any] = build.observe(build.record(thread.output(), None), stage.label, stage)
+        if build.stats is not None:
+            build.stats[-1].buffer = thread.buffer_fill
         return output
 

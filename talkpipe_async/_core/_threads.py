@@ -99,6 +99,12 @@ class ThreadStage:
             tg.start_soon(self._feed, name=f"talkpipe feeder for {self.label}")
         tg.start_soon(self._run_worker, name=f"talkpipe worker for {self.label}")
 
+    def buffer_fill(self) -> tuple[int, int]:
+        """Items held between the upstream and the consumer, and the bound on them."""
+        inbox = len(self.inbox) if self.inbox is not None else 0
+        capacity = (self.inbox.capacity if self.inbox is not None else 0) + self.outbox.capacity
+        return inbox + len(self.outbox), capacity
+
     def abort(self) -> None:
         """Wake and stop the feeder and the worker (the run is closing)."""
         if self.inbox is not None:

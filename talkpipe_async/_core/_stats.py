@@ -1,0 +1,138 @@
+"""Per-stage statistics of a run: ``stream(stats=True)`` and ``PipelineRun.stats()``.
+
+With statistics on, the runner puts one counting step after each stage (and
+after the input): it counts the items the stage hands on and, with
+``stats="timed"``, the time spent waiting for them (inclusive of the stages
+upstream; a stage's own time is its figure minus the one before it).
+Statistics are off by default, and then nothing is added per item.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RunStats", "StageSnapshot", "StageStats", "count_async", "count_sync", "observe_async", "observe_sync"]
+
+
+class StageStats:
+    """Live counters of one stage (updated by the counting step)."""
+
+    __slots__ = ("buffer", "items_out", "label", "node", "time_s")
+
+    def __init__(self, label: str, node: Any = None) -> None:
+        self.label = label
+        self.node = node
+        self.items_out = 0
+        self.time_s = 0.0
+        self.buffer: Callable[[], tuple[int, int]] | None = None
+
+
+@dataclass(frozen=True)
+class StageSnapshot:
+    """One stage's figures at the time of the snapshot."""
+
+    name: str
+    items_in: int
+    items_out: int
+    errors: int
+    skipped: int | None
+    time_s: float
+    buffer_fill: int | None
+    buffer_capacity: int | None
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """A snapshot of a run: one :class:`StageSnapshot` per stage, input first."""
+
+    stages: tuple[StageSnapshot, ...]
+    elapsed_s: float
+    metadata_dropped: int
+    running: bool
+
+    def format(self) -> str:
+        """A plain-text table, one line per stage."""
+        lines = [f"{'stage':<24} {'in':>10} {'out':>10} {'errors':>6} {'time s':>9} {'buffer':>11}"]
+        for s in self.stages:
+            buffer = "" if s.buffer_fill is None else f"{s.buffer_fill}/{s.buffer_capacity}"
+            lines.append(
+                f"{s.name[:24]:<24} {s.items_in:>10} {s.items_out:>10} {s.errors:>6} {s.time_s:>9.3f} {buffer:>11}"
+            )
+        lines.append(f"elapsed {self.elapsed_s:.3f} s, metadata dropped {self.metadata_dropped}")
+        return "\n".join(lines)
+
+
+async def count_async(items: AsyncIterator[Any], stats: StageStats) -> AsyncIterator[Any]:
+    """Count what *items* yields."""
+    async for item in items:
+        stats.items_out += 1
+        yield item
+
+
+def count_sync(items: Iterator[Any], stats: StageStats) -> Iterator[Any]:
+    """Sync twin of :func:`count_async`."""
+    for item in items:
+        stats.items_out += 1
+        yield item
+
+
+async def observe_async(items: AsyncIterator[Any], stats: StageStats) -> AsyncIterator[Any]:
+    """Count what *items* yields and the time spent waiting for it."""
+    clock = time.perf_counter
+    step = items.__anext__
+    while True:
+        start = clock()
+        try:
+            item = await step()
+        except StopAsyncIteration:
+            stats.time_s += clock() - start
+            return
+        stats.time_s += clock() - start
+        stats.items_out += 1
+        yield item
+
+
+def observe_sync(items: Iterator[Any], stats: StageStats) -> Iterator[Any]:
+    """Sync twin of :func:`observe_async`."""
+    clock = time.perf_counter
+    step = items.__next__
+    while True:
+        start = clock()
+        try:
+            item = step()
+        except StopIteration:
+            stats.time_s += clock() - start
+            return
+        stats.time_s += clock() - start
+        stats.items_out += 1
+        yield item
+
+
+def snapshot(
+    stages: list[StageStats], errors: dict[str, int], started: float, dropped: int, running: bool
+) -> RunStats:
+    """Turn live counters into a :class:`RunStats` (own times, items in from the stage before)."""
+    out = []
+    before_items, before_time = 0, 0.0
+    for i, st in enumerate(stages):
+        fill = capacity = None
+        if st.buffer is not None:
+            fill, capacity = st.buffer()
+        skipped = getattr(st.node, "skipped", None)
+        out.append(
+            StageSnapshot(
+                name=st.label,
+                items_in=before_items if i else 0,
+                items_out=st.items_out,
+                errors=errors.get(st.label, 0),
+                skipped=skipped if isinstance(skipped, int) else None,
+                time_s=max(0.0, st.time_s - before_time),
+                buffer_fill=fill,
+                buffer_capacity=capacity,
+            )
+        )
+        before_items, before_time = st.items_out, st.time_s
+    return RunStats(tuple(out), time.monotonic() - started, dropped, running)
