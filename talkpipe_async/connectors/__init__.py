@@ -1,0 +1,65 @@
+"""Scale-out connectors: run N instances of a pipeline on one shared feed, at least once.
+
+* :class:`RedisStreamSource` / :class:`RedisStreamSink`: Redis Streams
+  consumer groups (``pip install "talkpipe-async[redis]"``).
+* :class:`JetStreamSource` / :class:`JetStreamSink`: NATS JetStream durable
+  pull consumers (``pip install "talkpipe-async[nats]"``).
+
+Sources yield :class:`Message` items (``.data`` plus an acknowledgement
+token); end the pipeline with :func:`ack` (or run it with :func:`consume`)
+so each message is acknowledged after it has been fully handled.  The client
+libraries are imported only when a stage runs, with a clear error when
+missing.  They are asyncio libraries: these stages run on asyncio or uvloop,
+not on trio (:class:`BackendNotSupported`).  See ``docs/scale-out.md``.
+"""
+
+from ._base import (
+    Ack,
+    AckToken,
+    BackendNotSupported,
+    BatchWriter,
+    BrokerSession,
+    BrokerSink,
+    BrokerSource,
+    BrokerUnavailable,
+    ConnectorStats,
+    FilterData,
+    MapData,
+    Message,
+    MissingClient,
+    ack,
+    consume,
+    filter_data,
+    map_data,
+    messages_in,
+)
+from .nats import JetStreamSink, JetStreamSource, connect_nats
+from .redis import RedisStreamSink, RedisStreamSource, connect_redis, ensure_group
+
+__all__ = [
+    "Ack",
+    "AckToken",
+    "BackendNotSupported",
+    "BatchWriter",
+    "BrokerSession",
+    "BrokerSink",
+    "BrokerSource",
+    "BrokerUnavailable",
+    "ConnectorStats",
+    "FilterData",
+    "JetStreamSink",
+    "JetStreamSource",
+    "MapData",
+    "Message",
+    "MissingClient",
+    "RedisStreamSink",
+    "RedisStreamSource",
+    "ack",
+    "connect_nats",
+    "connect_redis",
+    "consume",
+    "ensure_group",
+    "filter_data",
+    "map_data",
+    "messages_in",
+]

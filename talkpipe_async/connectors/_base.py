@@ -1,0 +1,547 @@
+"""The broker-neutral interface of the scale-out connectors.
+
+A broker source yields :class:`Message` items: the decoded payload
+(``.data``) together with an acknowledgement token (``.token``).  Handling
+downstream keeps the ``Message`` as the item (``map_data`` replaces the
+payload and keeps the token); the ``ack()`` segment at the end of the
+pipeline, or :func:`consume`, acknowledges each message after every stage
+before it has finished with it.  A message never acknowledged stays pending
+at the broker and is delivered again (to this instance or another): the
+guarantee is *at least once*.
+
+A broker adapter (Redis Streams, NATS JetStream, later Kafka) provides:
+
+* an :class:`AckToken` subclass (``ack``/``nak``/``term``/``touch`` for one
+  delivery),
+* a :class:`BrokerSession` subclass (``read(n)`` returns the next batch of
+  messages; ``background()`` runs for the whole run; ``aclose()`` flushes
+  and disconnects),
+* a :class:`BrokerSource` subclass whose ``_open()`` connects and returns
+  the session, and a :class:`BrokerSink` subclass whose ``_open_writer()``
+  returns a :class:`BatchWriter`.
+
+The redis and nats clients are asyncio libraries: these stages need the
+asyncio event loop (plain or uvloop) and raise :class:`BackendNotSupported`
+on trio.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any, Generic, Literal, TypeVar
+
+import anyio
+
+from .._core._channel import Channel, ChannelClosed
+from .._core._run import current_run
+from .._core._segment import AbstractSegment, AbstractSource
+
+__all__ = [
+    "Ack",
+    "AckToken",
+    "BackendNotSupported",
+    "BatchWriter",
+    "BrokerSession",
+    "BrokerSink",
+    "BrokerSource",
+    "BrokerUnavailable",
+    "ConnectorStats",
+    "FilterData",
+    "MapData",
+    "Message",
+    "MissingClient",
+    "ack",
+    "consume",
+    "filter_data",
+    "map_data",
+    "messages_in",
+    "require_asyncio",
+]
+
+T = TypeVar("T")
+logger = logging.getLogger("talkpipe_async.connectors")
+
+CLOSE_TIMEOUT = 5.0
+
+
+class BrokerUnavailable(ConnectionError):
+    """The broker could not be reached after the configured, bounded retries."""
+
+
+class MissingClient(ImportError):
+    """The optional client library of a connector is not installed."""
+
+
+class BackendNotSupported(RuntimeError):
+    """The connector's client library cannot run on the current event loop (trio)."""
+
+
+def require_asyncio(label: str) -> None:
+    """Raise :class:`BackendNotSupported` unless the running loop is asyncio (or uvloop)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise BackendNotSupported(
+            f"{label}: the redis and nats clients are asyncio libraries; run this pipeline on the asyncio "
+            "backend (plain or uvloop), not on trio"
+        ) from None
+
+
+def import_client(module: str, extra: str) -> Any:
+    """Import an optional client library, with a clear error naming the extra to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingClient(
+            f"the {extra} connector needs the {module!r} package: pip install \"talkpipe-async[{extra}]\""
+        ) from err
+
+
+@dataclass
+class ConnectorStats:
+    """Counters of one stage instance, cumulative over all its runs."""
+
+    delivered: int = 0
+    """Messages yielded by the source (fresh and redelivered)."""
+    redelivered: int = 0
+    """Messages yielded that had been delivered before (reclaimed or redelivered)."""
+    acked: int = 0
+    """Acknowledgements issued."""
+    naked: int = 0
+    """Negative acknowledgements (redeliver later)."""
+    dead_lettered: int = 0
+    """Messages moved to the dead-letter stream/subject (poison, malformed or terminated)."""
+    malformed: int = 0
+    """Payloads the decoder rejected (also counted in ``dead_lettered``)."""
+    reads: int = 0
+    """Read requests sent to the broker (XREADGROUP / fetch)."""
+    claims: int = 0
+    """Reclaim requests (XAUTOCLAIM) sent to the broker."""
+    written: int = 0
+    """Items written by a sink (acknowledged by the broker)."""
+    write_batches: int = 0
+    """Write round trips of a sink."""
+
+    def as_dict(self) -> dict[str, int]:
+        """The counters as a plain dict."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class AckToken(ABC):
+    """The acknowledgement handle of one delivery of one message.
+
+    Settling is idempotent: the first of ``ack``/``nak``/``term`` wins and
+    the others do nothing (so copies made with :meth:`Message.with_data`
+    cannot acknowledge twice).
+    """
+
+    __slots__ = ("deliveries", "id", "settled")
+
+    def __init__(self, id: str, deliveries: int) -> None:
+        self.id = id
+        self.deliveries = deliveries
+        self.settled = False
+
+    @abstractmethod
+    async def ack(self) -> None:
+        """The message is fully handled: the broker may forget it."""
+
+    @abstractmethod
+    async def nak(self, delay: float | None = None) -> None:
+        """Handling failed: deliver the message again (after about *delay* seconds)."""
+
+    @abstractmethod
+    async def term(self, reason: str) -> None:
+        """Never deliver again: move the message to the dead-letter stream, with *reason*."""
+
+    @abstractmethod
+    async def touch(self) -> None:
+        """Still working on it: postpone redelivery (reset the idle / ack-wait clock)."""
+
+
+class Message(Generic[T]):
+    """A payload from a broker and the token that acknowledges it.
+
+    ``data`` is the decoded payload; ``id`` the broker's message id;
+    ``deliveries`` how many times the broker has delivered it (1 the first
+    time).  ``with_data(x)`` returns a message with another payload and the
+    same token.
+    """
+
+    __slots__ = ("data", "token")
+
+    def __init__(self, data: T, token: AckToken) -> None:
+        self.data = data
+        self.token = token
+
+    @property
+    def id(self) -> str:
+        """The broker's id for this message."""
+        return self.token.id
+
+    @property
+    def deliveries(self) -> int:
+        """How many times this message has been delivered (1 the first time)."""
+        return self.token.deliveries
+
+    @property
+    def settled(self) -> bool:
+        """True once the message was acked, naked or terminated."""
+        return self.token.settled
+
+    def with_data(self, data: Any) -> Message[Any]:
+        """The same message (same token) carrying *data* instead."""
+        return Message(data, self.token)
+
+    async def ack(self) -> None:
+        """Acknowledge: the message has been fully handled."""
+        await self.token.ack()
+
+    async def nak(self, delay: float | None = None) -> None:
+        """Ask for redelivery (after about *delay* seconds)."""
+        await self.token.nak(delay)
+
+    async def term(self, reason: str) -> None:
+        """Dead-letter the message with *reason*; it is never delivered again."""
+        await self.token.term(reason)
+
+    async def touch(self) -> None:
+        """Postpone redelivery while handling takes long."""
+        await self.token.touch()
+
+    def __repr__(self) -> str:
+        return f"Message(id={self.id!r}, deliveries={self.deliveries}, data={self.data!r})"
+
+
+def messages_in(item: Any) -> Iterator[Message[Any]]:
+    """The messages an item carries: a :class:`Message`, or a list/tuple of them (a batch)."""
+    if isinstance(item, Message):
+        yield item
+    elif isinstance(item, (list, tuple)):
+        for part in item:
+            yield from messages_in(part)
+
+
+class Ack(AbstractSegment[Any, Any]):
+    """Acknowledge every message carried by each item, then pass the item on.
+
+    Place it at the end of the pipeline (after the sink): when ``Ack``
+    receives an item, every stage before it has finished with it.  An item
+    may be a :class:`Message` or a list/tuple of messages (a batch).  An item
+    carrying no message is an error (``TypeError`` naming the item) unless
+    ``missing="pass"``: a transformation that lost the token would otherwise
+    cause silent redeliveries.  ``unwrap=True`` yields ``message.data``
+    instead of the message.
+    """
+
+    def __init__(self, *, unwrap: bool = False, missing: Literal["error", "pass"] = "error",
+                 name: str = "ack") -> None:
+        super().__init__()
+        self.unwrap = unwrap
+        self.missing = missing
+        self.name = name
+        self.passed_without_token = 0
+
+    async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Acknowledge and yield each item."""
+        unwrap = self.unwrap
+        async for item in items:
+            if isinstance(item, Message):
+                await item.token.ack()
+                yield item.data if unwrap else item
+                continue
+            found = False
+            for message in messages_in(item):
+                found = True
+                await message.token.ack()
+            if not found:
+                if self.missing == "error":
+                    raise TypeError(f"{self.label}: item carries no Message to acknowledge: {item!r}")
+                self.passed_without_token += 1
+            if unwrap and found:
+                yield [m.data for m in messages_in(item)]
+            else:
+                yield item
+
+
+def ack(*, unwrap: bool = False, missing: Literal["error", "pass"] = "error") -> Ack:
+    """An :class:`Ack` segment (acknowledge at the end of the pipeline)."""
+    return Ack(unwrap=unwrap, missing=missing)
+
+
+OnError = Literal["raise", "dead_letter", "nak"]
+
+
+class MapData(AbstractSegment[Any, Any]):
+    """Replace each message's payload by ``func(payload)``; the token stays with it.
+
+    ``func`` may be sync or ``async``.  ``on_error`` is the error policy when
+    ``func`` raises: ``"raise"`` ends the run (the message stays pending and
+    is redelivered later, up to the source's ``max_deliveries``),
+    ``"dead_letter"`` terminates the message with the error as reason and
+    goes on, ``"nak"`` asks for redelivery and goes on.  Errors handled by a
+    policy are counted in ``errors``.
+    """
+
+    def __init__(self, func: Callable[[Any], Any], *, on_error: OnError = "raise", name: str | None = None) -> None:
+        super().__init__()
+        self.func = func
+        self.on_error = on_error
+        self.name = name or str(getattr(func, "__name__", "map_data"))
+        self.errors = 0
+
+    async def transform(self, items: AsyncIterator[Message[Any]]) -> AsyncIterator[Message[Any]]:
+        """Yield each message with its new payload."""
+        func = self.func
+        is_async = inspect.iscoroutinefunction(func)
+        policy = self.on_error
+        async for message in items:
+            try:
+                result = await func(message.data) if is_async else func(message.data)
+            except Exception as exc:
+                if policy == "raise":
+                    raise
+                self.errors += 1
+                if policy == "dead_letter":
+                    await message.term(f"{self.label}: {type(exc).__name__}: {exc}")
+                else:
+                    await message.nak()
+                continue
+            yield Message(result, message.token)
+
+
+def map_data(func: Callable[[Any], Any], *, on_error: OnError = "raise") -> MapData:
+    """A :class:`MapData` segment."""
+    return MapData(func, on_error=on_error)
+
+
+class FilterData(AbstractSegment[Any, Any]):
+    """Keep messages whose payload passes ``predicate``; acknowledge the others.
+
+    A message filtered out is fully handled, so it is acknowledged here
+    (counted in ``dropped``), never left pending.
+    """
+
+    def __init__(self, predicate: Callable[[Any], Any], *, name: str | None = None) -> None:
+        super().__init__()
+        self.predicate = predicate
+        self.name = name or str(getattr(predicate, "__name__", "filter_data"))
+        self.dropped = 0
+
+    async def transform(self, items: AsyncIterator[Message[Any]]) -> AsyncIterator[Message[Any]]:
+        """Yield the messages that pass; ack the rest."""
+        predicate = self.predicate
+        is_async = inspect.iscoroutinefunction(predicate)
+        async for message in items:
+            keep = await predicate(message.data) if is_async else predicate(message.data)
+            if keep:
+                yield message
+            else:
+                self.dropped += 1
+                await message.ack()
+
+
+def filter_data(predicate: Callable[[Any], Any]) -> FilterData:
+    """A :class:`FilterData` segment."""
+    return FilterData(predicate)
+
+
+async def consume(
+    pipeline: Any,
+    handler: Callable[[Any], Awaitable[Any] | Any] | None = None,
+    *,
+    limit: int | None = None,
+) -> int:
+    """Run *pipeline* to its end, acknowledging each output item's messages.
+
+    Each output item is first passed to ``handler`` (sync or async; its
+    payload when the item is a single message), then every message it
+    carries is acknowledged.  If the handler raises, the run ends with that
+    error and the message stays unacknowledged (it will be delivered again).
+    ``limit`` stops after that many items.  Returns how many items were
+    handled.
+    """
+    is_async = handler is not None and inspect.iscoroutinefunction(handler)
+    count = 0
+    async with pipeline.stream() as items:
+        async for item in items:
+            if handler is not None:
+                arg = item.data if isinstance(item, Message) else item
+                result = handler(arg)
+                if is_async:
+                    await result
+            for message in messages_in(item):
+                await message.token.ack()
+            count += 1
+            if limit is not None and count >= limit:
+                break
+    return count
+
+
+class BrokerSession(ABC):
+    """One connection of a source for one run: reads batches, settles tokens."""
+
+    @abstractmethod
+    async def read(self, count: int, wait: float) -> list[Message[Any]]:
+        """Return up to *count* messages, waiting at most about *wait* seconds ([] if none)."""
+
+    async def background(self) -> None:
+        """Work that runs for the whole run (e.g. flushing acknowledgements); default: none."""
+        await anyio.sleep_forever()
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Flush pending acknowledgements and disconnect."""
+
+
+async def _close_shielded(closer: Callable[[], Awaitable[None]]) -> None:
+    with anyio.CancelScope(shield=True) as scope:
+        scope.deadline = anyio.current_time() + CLOSE_TIMEOUT
+        await closer()
+
+
+async def _keep_session(session: BrokerSession) -> None:
+    """Run the session's background work; close it when the run ends (after every stage closed)."""
+    try:
+        await session.background()
+    finally:
+        await _close_shielded(session.aclose)
+
+
+class BrokerSource(AbstractSource[Message[Any]]):
+    """The shared read loop of the broker sources.
+
+    Each read asks the broker for at most ``batch`` messages (the pipeline's
+    own pull drives it: the next read starts only when downstream asks for
+    the item after the last of the batch).  ``idle_exit``: end the stream
+    after that many seconds without a message (None: never end).  The
+    connection lives until the run ends, so acknowledgements issued by any
+    later stage, even after the source has finished, still reach the broker.
+    """
+
+    def __init__(self, *, batch: int, idle_exit: float | None, wait: float, name: str) -> None:
+        super().__init__(emits_metadata=False)
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self.batch = batch
+        self.idle_exit = idle_exit
+        self.wait = wait
+        self.name = name
+        self.stats = ConnectorStats()
+
+    @abstractmethod
+    async def _open(self) -> BrokerSession:
+        """Connect (bounded retries) and return a session for one run."""
+
+    async def generate(self) -> AsyncIterator[Message[Any]]:
+        """Yield messages as the pipeline pulls them."""
+        require_asyncio(self.label)
+        session = await self._open()
+        try:
+            run = current_run()
+        except RuntimeError:
+            run = None
+        if run is not None:
+            run.start_soon(_keep_session, session, name=f"{self.label} session")
+        try:
+            idle_exit = self.idle_exit
+            last = anyio.current_time()
+            batch = self.batch
+            while True:
+                wait = self.wait
+                if idle_exit is not None:
+                    remaining = idle_exit - (anyio.current_time() - last)
+                    if remaining <= 0:
+                        return
+                    wait = min(wait, remaining)
+                messages = await session.read(batch, wait)
+                if not messages:
+                    continue
+                last = anyio.current_time()
+                for message in messages:
+                    yield message
+        finally:
+            if run is None:
+                await _close_shielded(session.aclose)
+
+
+class BatchWriter(ABC):
+    """The write side of a sink: one batch per round trip."""
+
+    @abstractmethod
+    async def write(self, payloads: list[Any]) -> None:
+        """Write the payloads; return once the broker has acknowledged all of them."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Disconnect."""
+
+
+async def _feed(items: AsyncIterator[Any], channel: Channel) -> None:
+    try:
+        async for item in items:
+            await channel.put(item)
+    except ChannelClosed:
+        return
+    except anyio.get_cancelled_exc_class():
+        raise
+    except BaseException as exc:  # handed to the consumer, in order
+        channel.close(exc)
+        return
+    channel.close()
+
+
+class BrokerSink(AbstractSegment[Any, Any]):
+    """Write each item (a message's payload, or the item itself) to the broker, in batches.
+
+    A feeder task reads ahead up to ``batch`` items into a bounded channel;
+    every round trip writes what is there (1..``batch`` items, never waiting
+    for a batch to fill), waits for the broker's acknowledgement, then yields
+    the written items in order, so an ``ack()`` placed after the sink
+    acknowledges only what is durably written.
+    """
+
+    def __init__(self, *, batch: int, encode: Callable[[Any], Any], name: str) -> None:
+        super().__init__()
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        self.batch = batch
+        self.encode = encode
+        self.name = name
+        self.stats = ConnectorStats()
+
+    @abstractmethod
+    async def _open_writer(self) -> BatchWriter:
+        """Connect (bounded retries) and return the writer for one run."""
+
+    async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Write the items in batches and yield them once written."""
+        require_asyncio(self.label)
+        writer = await self._open_writer()
+        channel = Channel(self.batch)
+        try:
+            current_run().start_soon(_feed, items, channel, name=f"{self.label} feeder")
+            encode = self.encode
+            stats = self.stats
+            while True:
+                try:
+                    batch = await channel.get_batch(self.batch)
+                except anyio.EndOfStream:
+                    return
+                payloads = [encode(x.data if isinstance(x, Message) else x) for x in batch]
+                await writer.write(payloads)
+                stats.written += len(batch)
+                stats.write_batches += 1
+                for item in batch:
+                    yield item
+        finally:
+            channel.abort()
+            await _close_shielded(writer.aclose)
