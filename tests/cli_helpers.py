@@ -172,6 +172,10 @@ def serve_tcp(handler: Callable[[socket.socket], None]) -> Iterator[int]:
         yield srv.getsockname()[1]
     finally:
         stop.set()
+        try:
+            srv.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
         srv.close()
         acceptor.join(5)
         for t in workers:

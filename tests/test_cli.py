@@ -15,6 +15,7 @@ from talkpipe_async.cli import Condition, ConditionError, parse_condition
 from talkpipe_async.cli.conditions import MAX_DEPTH, MAX_LENGTH
 
 from .cli_helpers import SIGINT, SIGTERM, cli, run_cli, serve_http, serve_tcp, wait_for
+from .servers import nats_binary, nats_server, redis_binary, redis_server
 
 QUICK = ["--retries", "2", "--retry-delay", "0.05"]
 
@@ -114,6 +115,14 @@ def test_read_filters_formats_and_file_sink(tmp_path: Path) -> None:
     assert "not JSON" in _one_error_line(done.stderr) and "'not json at all'" in done.stderr
 
 
+def test_dropped_lines_are_reported(tmp_path: Path) -> None:
+    src = tmp_path / "long.txt"
+    src.write_bytes(b"short\n" + b"x" * (1_100_000) + b"\nafter\n")
+    done = run_cli("read", str(src))
+    assert done.returncode == 0 and done.stdout.splitlines() == ["short", "after"]
+    assert "talkpipe-async: read_lines: 1 over-long line(s) dropped" in done.stderr
+
+
 def test_tail_follows_appended_lines(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
     _append(log, '{"level":"error","n":0}')
@@ -130,11 +139,12 @@ def test_tail_follows_appended_lines(tmp_path: Path) -> None:
         assert "skipped 1 line(s)" in "\n".join(c.drain_stderr())
 
 
-def test_sigint_flushes_and_checkpoint_resumes_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+def test_sigint_flushes_and_checkpoint_resumes_exactly(tmp_path: Path, backend: str) -> None:
     log = tmp_path / "feed.log"
     ck = tmp_path / "feed.ck"
     _append(log, *(f"line {i}" for i in range(5)))
-    with cli("tail", str(log), "--from-start", "--checkpoint", str(ck)) as c:
+    with cli("tail", str(log), "--from-start", "--checkpoint", str(ck), "--backend", backend) as c:
         assert c.lines(5) == [f"line {i}" for i in range(5)]
         _append(log, "line 5", "line 6")
         assert c.lines(2) == ["line 5", "line 6"]
@@ -145,7 +155,7 @@ def test_sigint_flushes_and_checkpoint_resumes_exactly(tmp_path: Path) -> None:
     assert state["offset"] == log.stat().st_size  # every printed line is acknowledged, nothing more
     # Lines written while the command was down are not lost; acknowledged ones are not repeated.
     _append(log, "line 7", "line 8")
-    with cli("tail", str(log), "--checkpoint", str(ck), "--limit", "2") as c:
+    with cli("tail", str(log), "--checkpoint", str(ck), "--limit", "2", "--backend", backend) as c:
         assert c.lines(2) == ["line 7", "line 8"]
         assert c.wait() == 0
     assert json.loads(ck.read_text())["offset"] == log.stat().st_size
@@ -168,10 +178,11 @@ def test_sigterm_stops_cleanly(tmp_path: Path) -> None:
 def _sse(request: str, body: bytes, conn: socket.socket) -> None:
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
     for i in range(5):
-        conn.sendall(f"id: {i}\nevent: tick\ndata: {{\"n\": {i}, \"kind\": \"{'odd' if i % 2 else 'even'}\"}}\n\n".encode())
+        data = json.dumps({"n": i, "kind": "odd" if i % 2 else "even"})
+        conn.sendall(f"id: {i}\nevent: tick\ndata: {data}\n\n".encode())
     conn.sendall(b": keep-alive comment\n\n")
-    stop = threading.Event()
-    stop.wait(5)  # keep the stream open: the command ends by --limit
+    conn.settimeout(10)
+    conn.recv(1)  # keep the stream open until the command (ended by --limit) disconnects
 
 
 def test_http_sse_source_with_where_and_limit() -> None:
@@ -337,6 +348,62 @@ def test_checkpoint_file_appears(tmp_path: Path) -> None:
         assert wait_for(lambda: ck.exists() and json.loads(ck.read_text())["offset"] == 2)
         c.signal(SIGINT)
         assert c.wait() == 130
+
+
+# ---------------------------------------------------------------------------------------------- brokers
+
+
+@pytest.mark.skipif(redis_binary() is None, reason="redis-server is not installed")
+def test_redis_stream_destination(tmp_path: Path) -> None:
+    import redis
+
+    src = tmp_path / "r.jsonl"
+    _append(src, '{"a": 1}', '{"a": 2}', "plain")
+    with redis_server() as url:
+        done = run_cli("read", str(src), "--json", "--to", "redis:events", "--redis-url", url)
+        assert done.returncode == 0, done.stderr
+        client = redis.Redis.from_url(url)
+        try:
+            entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange("events")  # type: ignore[assignment]
+        finally:
+            client.close()
+    assert [json.loads(fields[b"data"]) for _, fields in entries] == [{"a": 1}, {"a": 2}]
+    assert "skipped 1 line(s)" in done.stderr
+    done = run_cli("read", str(src), "--to", "redis:events", "--redis-url", url, "--retries", "1")
+    assert done.returncode == 3  # the server is gone now
+    assert _one_error_line(done.stderr).startswith("talkpipe-async: unreachable: BrokerUnavailable")
+
+
+@pytest.mark.skipif(nats_binary() is None, reason="nats-server is not installed")
+def test_nats_subject_destination(tmp_path: Path) -> None:
+    import asyncio
+
+    import nats
+
+    src = tmp_path / "n.txt"
+    _append(src, "one", "two")
+
+    async def setup(url: str) -> None:
+        nc = await nats.connect(url)
+        try:
+            await nc.jetstream().add_stream(name="CLI", subjects=["cli.>"])
+        finally:
+            await nc.close()
+
+    async def fetch(url: str) -> list[bytes]:
+        nc = await nats.connect(url)
+        try:
+            sub = await nc.jetstream().pull_subscribe("cli.out", durable="check")
+            msgs = await sub.fetch(2, timeout=5)
+            return [m.data for m in msgs]
+        finally:
+            await nc.close()
+
+    with nats_server() as url:
+        asyncio.run(setup(url))
+        done = run_cli("read", str(src), "--to", "nats:cli.out", "--nats-url", url)
+        assert done.returncode == 0, done.stderr
+        assert [json.loads(d) for d in asyncio.run(fetch(url))] == ["one", "two"]
 
 
 # ---------------------------------------------------------------------------------------------- the grammar

@@ -45,7 +45,7 @@ from ..sinks.net import DeliveryFailed, http_post_batches, stdout_sink, tcp_sink
 from ..sources.files import read_lines
 from ..sources.http import http_lines, http_ndjson
 from ..sources.process import process_lines, stdin_lines
-from ..sources.sockets import Backoff, ConnectionLost, tcp_lines, tcp_server_lines
+from ..sources.sockets import Backoff, ConnectionLost, NetStats, tcp_lines, tcp_server_lines
 from ..sources.sse import SSEError, SSEEvent, sse_events
 from ..sources.tail import Line, tail_file
 from .args import (
@@ -327,7 +327,26 @@ async def _resolve(obj: Any, target: str) -> Pipeline[Any, Any]:
     return pipeline
 
 
+_DROP_COUNTERS = {
+    "dropped_long": "over-long line(s) dropped",
+    "decode_errors": "line(s) with invalid text replaced",
+    "partial_discarded": "partial line(s) discarded by a truncation",
+    "dropped_lines": "over-long line(s) dropped",
+    "partial_dropped": "partial line(s) dropped by a disconnect",
+    "malformed": "malformed record(s) skipped",
+    "rejected": "connection(s) refused (--max-connections)",
+    "idle_closed": "idle connection(s) closed",
+}
+
+
 def _source(args: argparse.Namespace, state: CliState) -> Any:
+    """The source stage for the sub-command (its counters are reported at exit)."""
+    src = _make_source(args)
+    state.sources.append(src)
+    return src
+
+
+def _make_source(args: argparse.Namespace) -> Any:
     cmd = args.command
     if cmd == "tail":
         return tail_file(
@@ -344,16 +363,17 @@ def _source(args: argparse.Namespace, state: CliState) -> Any:
         headers = _headers(args)
         if args.mode == "sse":
             return sse_events(args.url, headers=headers, read_timeout=args.read_timeout, connect_timeout=5.0,
-                              backoff=_backoff(args))
+                              backoff=_backoff(args), stats=NetStats())
         kind = http_ndjson if args.mode == "ndjson" else http_lines
-        inner = kind(args.url, headers=headers, read_timeout=args.read_timeout, connect_timeout=5.0)
+        inner = kind(args.url, headers=headers, read_timeout=args.read_timeout, connect_timeout=5.0,
+                     stats=NetStats())
         return _ConnectRetry(inner, args.retries, args.retry_delay)
     if cmd == "tcp":
         host, port = args.address
         if args.reconnect:
             return tcp_lines(host, port, reconnect=True, backoff=_backoff(args), connect_timeout=5.0,
-                             name=f"tcp {host}:{port}")
-        inner_tcp = tcp_lines(host, port, connect_timeout=5.0, name=f"tcp {host}:{port}")
+                             name=f"tcp {host}:{port}", stats=NetStats())
+        inner_tcp = tcp_lines(host, port, connect_timeout=5.0, name=f"tcp {host}:{port}", stats=NetStats())
         return _ConnectRetry(inner_tcp, args.retries, args.retry_delay)
     if cmd == "listen":
         host, port = args.address
@@ -362,10 +382,10 @@ def _source(args: argparse.Namespace, state: CliState) -> Any:
             print(f"{PROG}: listening on {address[0]}:{address[1]}", file=sys.stderr, flush=True)
 
         return tcp_server_lines(host, port, max_connections=args.max_connections, idle_timeout=args.idle_timeout,
-                                on_listening=listening)
+                                on_listening=listening, stats=NetStats())
     if cmd == "exec":
         command: Any = args.argv[0] if args.shell else list(args.argv)
-        return process_lines(command, shell=args.shell, check=not args.no_check)
+        return process_lines(command, shell=args.shell, check=not args.no_check, stats=NetStats())
     raise AssertionError(f"unknown command {cmd!r}")  # pragma: no cover
 
 
@@ -563,6 +583,14 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _report(state: CliState) -> None:
+    for src in state.sources:
+        stats = getattr(src, "stats", None)
+        if stats is None:
+            stats = getattr(getattr(src, "inner", None), "stats", None)
+        for name, what in _DROP_COUNTERS.items():
+            count = getattr(stats, name, 0)
+            if isinstance(count, int) and count:
+                print(f"{PROG}: {src.label}: {count} {what}", file=sys.stderr, flush=True)
     if state.bad_json:
         print(f"{PROG}: skipped {state.bad_json} line(s) that were not valid JSON", file=sys.stderr, flush=True)
 
