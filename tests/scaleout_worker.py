@@ -1,0 +1,75 @@
+"""One worker process of the scale-out tests (run as ``python -m tests.scaleout_worker``).
+
+It consumes a shared feed through a consumer group (Redis) or a durable
+pull consumer (NATS JetStream), records every handled message as a result
+``{"i": payload index, "mid": message id, "w": worker name}`` written by the
+matching sink, and acknowledges each message after its result is written.
+It exits after ``--idle-exit`` seconds without a message and prints
+``handled=<n>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+
+from talkpipe_async import segment
+from talkpipe_async.connectors import (
+    JetStreamSink,
+    JetStreamSource,
+    Message,
+    RedisStreamSink,
+    RedisStreamSource,
+    consume,
+)
+
+
+def make_record(name: str) -> Any:
+    """A segment that replaces each payload by the result record (the token stays)."""
+
+    @segment
+    async def record(items: AsyncIterator[Message[Any]]) -> AsyncIterator[Message[Any]]:
+        async for message in items:
+            yield message.with_data({"i": message.data["i"], "mid": message.id, "w": name})
+
+    return record()
+
+
+async def main(args: argparse.Namespace) -> None:
+    """Run the worker pipeline until the feed stays idle."""
+    if args.broker == "redis":
+        src: Any = RedisStreamSource(
+            args.stream, args.group, url=args.url, consumer=args.name, batch=args.batch, block=0.1,
+            claim_idle=args.claim_idle, idle_exit=args.idle_exit,
+        )
+        sink: Any = RedisStreamSink(args.results, url=args.url, batch=args.batch)
+    else:
+        src = JetStreamSource(
+            args.stream, args.group, servers=args.url, batch=args.batch, fetch_wait=0.1, ack_wait=args.claim_idle,
+            max_ack_pending=args.batch * 4, idle_exit=args.idle_exit,
+        )
+        sink = JetStreamSink(args.results, servers=args.url, batch=args.batch)
+    handled = await consume(src | make_record(args.name) | sink)
+    print(f"handled={handled}", flush=True)
+
+
+def parse() -> argparse.Namespace:
+    """Command-line arguments."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--broker", choices=["redis", "nats"], default="redis")
+    p.add_argument("--url", required=True)
+    p.add_argument("--stream", required=True)
+    p.add_argument("--group", required=True)
+    p.add_argument("--results", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--batch", type=int, default=50)
+    p.add_argument("--claim-idle", type=float, default=30.0)
+    p.add_argument("--idle-exit", type=float, default=1.0)
+    return p.parse_args()
+
+
+if __name__ == "__main__":
+    anyio.run(main, parse())
