@@ -268,6 +268,20 @@ def test_unreachable_exits_3_quickly() -> None:
         assert _one_error_line(done.stderr).startswith("talkpipe-async: unreachable:")
 
 
+def test_http_status_error_is_exit_1_without_retries() -> None:
+    requests: list[str] = []
+
+    def respond(request: str, body: bytes, conn: socket.socket) -> None:
+        requests.append(request)
+        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+    with serve_http(respond) as port:
+        done = run_cli("http", f"http://127.0.0.1:{port}/missing", *QUICK)
+    assert done.returncode == 1
+    assert "404" in _one_error_line(done.stderr)
+    assert len(requests) == 1  # a status error is not a connection problem: no retry
+
+
 # ---------------------------------------------------------------------------------------------- processes, run
 
 
