@@ -60,8 +60,11 @@ class Cli:
 
     @staticmethod
     def _pump(stream: IO[str], q: queue.Queue[str | None]) -> None:
-        for line in stream:
-            q.put(line.rstrip("\n"))
+        try:
+            for line in stream:
+                q.put(line.rstrip("\n"))
+        except (ValueError, OSError):  # the test closed the pipe on purpose
+            pass
         q.put(None)  # end of the stream (a test-local queue marker, never a pipeline item)
 
     def _next(self, q: queue.Queue[str | None], sink: list[str], timeout: float) -> str:

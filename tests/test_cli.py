@@ -115,6 +115,17 @@ def test_read_filters_formats_and_file_sink(tmp_path: Path) -> None:
     assert "not JSON" in _one_error_line(done.stderr) and "'not json at all'" in done.stderr
 
 
+def test_reader_closing_stdout_stops_quietly(tmp_path: Path) -> None:
+    src = tmp_path / "many.txt"
+    src.write_text("".join(f"{i}\n" for i in range(200_000)))
+    with cli("read", str(src)) as c:
+        assert c.line() == "0"
+        assert c.proc.stdout is not None
+        c.proc.stdout.close()  # like `| head -1`
+        assert c.wait() == 141
+        assert c.drain_stderr() == []
+
+
 def test_dropped_lines_are_reported(tmp_path: Path) -> None:
     src = tmp_path / "long.txt"
     src.write_bytes(b"short\n" + b"x" * (1_100_000) + b"\nafter\n")

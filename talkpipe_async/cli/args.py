@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from .conditions import Condition, ConditionError
 
-__all__ = ["EXIT_BAD_ARGS", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED", "EXIT_UNREACHABLE",
-           "SinkSpec", "build_parser", "parse_args"]
+__all__ = ["EXIT_BAD_ARGS", "EXIT_BROKEN_PIPE", "EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TERMINATED",
+           "EXIT_UNREACHABLE", "SinkSpec", "build_parser", "parse_args"]
 
 EXIT_OK = 0
 """Success: the source ended (or ``--limit`` was reached) and every item was written."""
@@ -24,10 +24,13 @@ EXIT_INTERRUPTED = 130
 """Stopped by Ctrl-C (SIGINT) after a clean shutdown."""
 EXIT_TERMINATED = 143
 """Stopped by SIGTERM after a clean shutdown."""
+EXIT_BROKEN_PIPE = 141
+"""Standard output was closed by its reader (``| head``): stopped quietly, as a shell tool killed by SIGPIPE."""
 
 EPILOG = """\
 exit codes: 0 success, 1 pipeline error, 2 bad arguments, 3 source or sink unreachable
-after retries, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).  See docs/cli.md."""
+after retries, 130 interrupted (Ctrl-C), 141 stdout closed by its reader, 143 terminated
+(SIGTERM).  See docs/cli.md."""
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from ..sources.sse import SSEError, SSEEvent, sse_events
 from ..sources.tail import Line, tail_file
 from .args import (
     EXIT_BAD_ARGS,
+    EXIT_BROKEN_PIPE,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -188,6 +189,7 @@ def _json_parser(state: CliState, policy: str) -> Callable[[Record], bool]:
             return False
         return True
 
+    parse.__name__ = parse.__qualname__ = "--json"
     return parse
 
 
@@ -205,7 +207,11 @@ def _grep(patterns: list[str], ignore_case: bool, keep: bool) -> Callable[[Recor
 
 
 def _where(cond: Condition) -> Callable[[Record], bool]:
-    return lambda rec: cond(rec.value)
+    def where(rec: Record) -> bool:
+        return cond(rec.value)
+
+    where.__name__ = where.__qualname__ = f"--where {cond.text}"
+    return where
 
 
 class _ConnectRetry(AbstractSource[Any]):
@@ -558,10 +564,10 @@ def run_command(args: argparse.Namespace) -> int:
         anyio.run(_run, args, state, backend=backend, backend_options=options)
     except KeyboardInterrupt:
         state.signal = signal.SIGINT
-    except BrokenPipeError:  # the reader of our stdout went away (e.g. `| head`)
-        _quiet_stdout()
-        return EXIT_OK
     except Exception as exc:  # BaseExceptionGroup of Exceptions included
+        if _stdout_broken(exc):
+            _quiet_stdout()  # the reader of our stdout went away (e.g. `| head`): quiet, like other tools
+            return EXIT_BROKEN_PIPE
         code = exit_code_for(exc)
         if args.debug:
             traceback.print_exception(exc)
@@ -593,6 +599,15 @@ def _report(state: CliState) -> None:
                 print(f"{PROG}: {src.label}: {count} {what}", file=sys.stderr, flush=True)
     if state.bad_json:
         print(f"{PROG}: skipped {state.bad_json} line(s) that were not valid JSON", file=sys.stderr, flush=True)
+
+
+def _stdout_broken(exc: BaseException) -> bool:
+    """True when *exc* is the stdout destination's broken pipe."""
+    leaf = _leaf(exc)
+    if not isinstance(leaf, BrokenPipeError):
+        return False
+    ctx = error_context(leaf) or error_context(exc)
+    return ctx is not None and ctx.segment == "stdout"
 
 
 def _quiet_stdout() -> None:
