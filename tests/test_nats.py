@@ -94,6 +94,7 @@ async def env(nats_url: str) -> AsyncIterator[Env]:
 
 def source(nats_url: str, env: Env, **kw: Any) -> JetStreamSource:
     kw.setdefault("fetch_wait", 0.1)
+    kw.setdefault("idle_exit", 5.0)  # a bound: a test waiting for messages that never come ends instead of hanging
     kw.setdefault("dead_letter", env.dead)
     return JetStreamSource(env.stream, env.durable, servers=nats_url, **kw)
 

@@ -82,6 +82,7 @@ async def pending(client: Any, stream: str, group: str) -> int:
 
 def source(redis_url: str, names: dict[str, str], **kw: Any) -> RedisStreamSource:
     kw.setdefault("block", 0.05)
+    kw.setdefault("idle_exit", 5.0)  # a bound: a test waiting for messages that never come ends instead of hanging
     return RedisStreamSource(names["stream"], names["group"], url=redis_url, **kw)
 
 
