@@ -20,6 +20,7 @@ pipeline is consumed, and items flow one at a time::
             print(x)
 """
 
+from ._backoff import Backoff
 from ._blocking import BlockingStream, EventLoopRunningError
 from ._core._errors import ErrorContext, error_context
 from ._core._fields import assign_field, extract_field
@@ -43,6 +44,7 @@ __all__ = [
     "AbstractFieldSegment",
     "AbstractSegment",
     "AbstractSource",
+    "Backoff",
     "BlockingStream",
     "EventLoopRunningError",
     "CallableSegment",

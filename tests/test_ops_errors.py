@@ -26,7 +26,7 @@ from talkpipe_async.operators import (
 
 pytestmark = pytest.mark.anyio
 
-FAST = Backoff(attempts=4, base=0.0005, factor=2.0, max_delay=0.002)
+FAST = Backoff(initial=0.0005, multiplier=2.0, maximum=0.002, max_attempts=4)
 
 
 @source
@@ -144,17 +144,20 @@ async def test_on_error_argument_checks() -> None:
 
 
 def test_backoff_schedule() -> None:
-    plain = Backoff(attempts=6, base=0.1, factor=2, max_delay=1.0, jitter="none")
+    plain = Backoff(initial=0.1, multiplier=2, maximum=1.0, jitter="none", max_attempts=6)
     assert list(plain.delays()) == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0])
-    full = Backoff(attempts=6, base=0.1, factor=2, max_delay=1.0, jitter="full")
+    full = Backoff(initial=0.1, multiplier=2, maximum=1.0, jitter="full", max_attempts=6)
     for wait, cap in zip(full.delays(random.Random(1)), [0.1, 0.2, 0.4, 0.8, 1.0], strict=True):
         assert 0 <= wait <= cap
-    equal = Backoff(attempts=6, base=0.1, factor=2, max_delay=1.0, jitter="equal")
+    equal = Backoff(initial=0.1, multiplier=2, maximum=1.0, jitter="equal", max_attempts=6)
     for wait, cap in zip(equal.delays(random.Random(2)), [0.1, 0.2, 0.4, 0.8, 1.0], strict=True):
         assert cap / 2 <= wait <= cap
     assert list(full.delays(random.Random(3))) == list(full.delays(random.Random(3)))
     with pytest.raises(ValueError):
-        Backoff(attempts=0)
+        Backoff(max_attempts=0)
+    exact = Backoff(initial=0.3, exact_first=True)
+    assert exact.delay(0) == 0.3 and exact.delay(0, base=1.5) == 1.5
+    assert Backoff(jitter=False).mode == "none" and Backoff(jitter=True).mode == "full"
 
 
 async def test_retry_call_succeeds_after_failures() -> None:
@@ -182,7 +185,7 @@ async def test_retry_gives_up_with_type_and_note() -> None:
 
     with pytest.raises(TimeoutError) as info:
         await (from_list([5]) | retry(never, FAST)).collect()
-    assert calls == FAST.attempts
+    assert calls == FAST.max_attempts
     assert any("gave up after 4 attempts" in n for n in info.value.__notes__)
 
 
@@ -247,7 +250,7 @@ async def test_retry_source_gives_up_after_consecutive_failures() -> None:
     retries: list[int] = []
     with pytest.raises(ConnectionRefusedError):
         await retry_source(factory, FAST, on_retry=lambda n, e, d: retries.append(n)).collect()
-    assert opened == FAST.attempts and retries == [1, 2, 3]
+    assert opened == FAST.max_attempts and retries == [1, 2, 3]
 
 
 async def test_retry_source_counts_reset_after_items() -> None:
@@ -261,5 +264,5 @@ async def test_retry_source_counts_reset_after_items() -> None:
             yield opened
             raise ConnectionResetError("again")
 
-    out = await retry_source(one_then_fail(), Backoff(attempts=2, base=0.0001, max_delay=0.0001)).collect()
+    out = await retry_source(one_then_fail(), Backoff(initial=0.0001, maximum=0.0001, max_attempts=2)).collect()
     assert out == [1, 2, 3, 4, 5, 6]  # six failures in all, but never two in a row without an item

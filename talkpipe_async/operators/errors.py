@@ -20,7 +20,7 @@ import inspect
 import logging
 import random
 import reprlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
@@ -28,6 +28,7 @@ from typing import Any, Generic, Literal, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from .._backoff import Backoff
 from .._core._channel import Channel, ChannelClosed
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
@@ -260,48 +261,13 @@ class on_error(AbstractSegment[T, U], Generic[T, U]):
 # --------------------------------------------------------------------- retry
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with jitter.
-
-    ``attempts`` is the total number of tries (the first included).  The
-    wait after failure ``k`` (1-based) is ``min(max_delay, base * factor**(k-1))``
-    then jittered: ``"full"`` draws uniformly from ``[0, d]``, ``"equal"``
-    from ``[d/2, d]``, ``"none"`` keeps ``d``.
-    """
-
-    attempts: int = 5
-    base: float = 0.1
-    factor: float = 2.0
-    max_delay: float = 10.0
-    jitter: Literal["full", "equal", "none"] = "full"
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ValueError("attempts must be at least 1")
-        if self.jitter not in ("full", "equal", "none"):
-            raise ValueError(f"unknown jitter {self.jitter!r}")
-
-    def delay(self, failure: int, rng: random.Random | None = None) -> float:
-        """Seconds to wait after the *failure*-th consecutive failure."""
-        d = min(self.max_delay, self.base * self.factor ** (failure - 1))
-        r = rng or random
-        if self.jitter == "full":
-            return r.uniform(0.0, d)
-        if self.jitter == "equal":
-            return d / 2 + r.uniform(0.0, d / 2)
-        return d
-
-    def delays(self, rng: random.Random | None = None) -> Iterator[float]:
-        """The ``attempts - 1`` waits between tries."""
-        for failure in range(1, self.attempts):
-            yield self.delay(failure, rng)
+RETRY = Backoff(initial=0.1, maximum=10.0, max_attempts=5)
 
 
 async def retry_call(
     fn: Callable[..., Awaitable[U]],
     *args: Any,
-    backoff: Backoff = Backoff(),
+    backoff: Backoff = RETRY,
     retry_on: ExcTypes = Exception,
     rng: random.Random | None = None,
     on_retry: Callable[[int, BaseException, float], Any] | None = None,
@@ -318,12 +284,12 @@ async def retry_call(
             return await fn(*args)
         except retry_on as exc:
             failure += 1
-            if failure >= backoff.attempts:
+            if backoff.exhausted(failure):
                 add = getattr(exc, "add_note", None)
                 if add is not None:
                     add(f"talkpipe_async: gave up after {failure} attempts")
                 raise
-            wait = backoff.delay(failure, rng)
+            wait = backoff.delay(failure - 1, rng=rng)
             if on_retry is not None:
                 on_retry(failure, exc, wait)
             logger.debug("retry %d of %s after %r; waiting %.3fs", failure, getattr(fn, "__name__", fn), exc, wait)
@@ -332,7 +298,7 @@ async def retry_call(
 
 def retrying(
     fn: Callable[[T], Awaitable[U]],
-    backoff: Backoff = Backoff(),
+    backoff: Backoff = RETRY,
     *,
     retry_on: ExcTypes = Exception,
     rng: random.Random | None = None,
@@ -341,7 +307,7 @@ def retrying(
 
     ::
 
-        pipeline = urls() | concurrent_map(retrying(fetch, Backoff(attempts=4)), limit=20)
+        pipeline = urls() | concurrent_map(retrying(fetch, Backoff(initial=0.1, max_attempts=4)), limit=20)
     """
 
     async def call(item: T) -> U:
@@ -356,18 +322,18 @@ class retry(AbstractSegment[T, U], Generic[T, U]):
 
     ::
 
-        pipeline = ids() | retry(fetch_record, Backoff(attempts=5, base=0.2))
+        pipeline = ids() | retry(fetch_record, Backoff(initial=0.2, max_attempts=5))
 
     One call at a time (for concurrency use
     ``concurrent_map(retrying(fn, backoff), limit)``).  When an item still
-    fails after ``backoff.attempts`` tries the last exception is raised (wrap
+    fails after ``backoff.max_attempts`` tries the last exception is raised (wrap
     in :class:`on_error` to skip or dead-letter it instead).
     """
 
     def __init__(
         self,
         fn: Callable[[T], Awaitable[U]],
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = RETRY,
         *,
         retry_on: ExcTypes = Exception,
         rng: random.Random | None = None,
@@ -393,16 +359,16 @@ class retry(AbstractSegment[T, U], Generic[T, U]):
 
 
 class retry_source(AbstractSource[Any]):
-    """Re-open a source after it fails, with backoff, up to ``backoff.attempts`` times.
+    """Re-open a source after it fails, with backoff, up to ``backoff.max_attempts`` times.
 
     ::
 
-        pipeline = retry_source(tail_socket("127.0.0.1", 9000), Backoff(attempts=10)) | parse()
+        pipeline = retry_source(tail_socket("127.0.0.1", 9000), Backoff(initial=0.5, max_attempts=10)) | parse()
 
     ``source`` is a source, a pipeline that starts with one, or a callable
     returning either (called for each attempt).  Each attempt runs with its
     own ``stream()`` in one producer task; items reach the consumer through a
-    bounded channel (``capacity`` items).  ``attempts`` counts consecutive
+    bounded channel (``capacity`` items).  ``backoff.max_attempts`` bounds consecutive
     failures: when an attempt delivered at least one item, the count starts
     again.  Items already delivered are not taken back: where a re-opened
     source resumes is up to the source (a checkpoint, an offset, an event
@@ -414,7 +380,7 @@ class retry_source(AbstractSource[Any]):
     def __init__(
         self,
         source: Any,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = RETRY,
         *,
         retry_on: ExcTypes = Exception,
         capacity: int = 64,
@@ -454,12 +420,12 @@ class retry_source(AbstractSource[Any]):
                     if isinstance(exc, ChannelClosed):
                         raise
                     failure = 1 if delivered else failure + 1
-                    if failure >= self.backoff.attempts:
+                    if self.backoff.exhausted(failure):
                         add = getattr(exc, "add_note", None)
                         if add is not None:
                             add(f"talkpipe_async: {self.label} gave up after {failure} consecutive failures")
                         raise
-                    wait = self.backoff.delay(failure, self.rng)
+                    wait = self.backoff.delay(failure - 1, rng=self.rng)
                     logger.warning("%s: source failed (%r); re-opening in %.3fs", self.label, exc, wait)
                     if self.on_retry is not None:
                         self.on_retry(failure, exc, wait)

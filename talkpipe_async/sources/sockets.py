@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import ssl
 from collections import deque
@@ -23,6 +22,7 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.abc import SocketAttribute
 
+from .._backoff import Backoff
 from .._core._channel import Channel, ChannelClosed
 from .._core._run import current_run
 from .._core._segment import AbstractSource
@@ -82,35 +82,6 @@ class NetStats:
     errors: int = 0
     high_water: int = 0
     last_error: str = ""
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Capped exponential backoff with full jitter.
-
-    ``delay(0)`` is exactly ``base`` (``initial``, or the server's ``retry``
-    when given); ``delay(n)`` for n >= 1 is uniform in
-    ``[0, min(maximum, base * multiplier**n)]`` (no jitter: the upper bound).
-    ``max_attempts`` (None: unlimited) bounds consecutive failed attempts.
-    """
-
-    initial: float = 0.5
-    maximum: float = 30.0
-    multiplier: float = 2.0
-    jitter: bool = True
-    max_attempts: int | None = None
-
-    def delay(self, attempt: int, base: float | None = None) -> float:
-        """Seconds to wait before attempt number *attempt* (0-based) after a failure."""
-        start = self.initial if base is None else base
-        ceiling = min(self.maximum, start * self.multiplier ** min(attempt, 64))
-        if attempt == 0 or not self.jitter:
-            return ceiling
-        return random.uniform(0.0, ceiling)
-
-    def exhausted(self, attempt: int) -> bool:
-        """True when *attempt* consecutive failures reach ``max_attempts``."""
-        return self.max_attempts is not None and attempt >= self.max_attempts
 
 
 class LineFramer:

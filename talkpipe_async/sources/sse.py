@@ -173,7 +173,7 @@ class sse_events(AbstractSource[SSEEvent]):
         self.last_event_id = last_event_id
         self.read_timeout = read_timeout
         self.connect_timeout = connect_timeout
-        self.backoff = backoff or Backoff(initial=3.0)
+        self.backoff = backoff or Backoff(initial=3.0, exact_first=True)
         self.max_line_chars = max_line_chars
         self.stats = stats
         if name:
