@@ -355,6 +355,23 @@ async def test_branch_that_ends_early_does_not_block_others() -> None:
     assert sorted(x for x in out if x < 0) == [-2, -1]
 
 
+async def test_metadata_owed_by_a_branch_that_ended_still_leaves_the_fork() -> None:
+    @segment
+    async def first_two(items: AsyncIterator[int]) -> AsyncIterator[int]:
+        n = 0
+        async for x in items:
+            yield -x
+            n += 1
+            if n == 2:
+                return
+
+    feed: list[Any] = [1, 2, 3, Flush(n=1), 4, 5, Flush(n=2), 6]
+    with anyio.fail_after(5):
+        out = await (from_list(feed) | fork(scale(k=1), first_two(), buffer=4)).collect(metadata=True)
+    assert [x for x in out if isinstance(x, Flush)] == [Flush(n=1), Flush(n=2)]
+    assert sorted(x for x in out if not isinstance(x, Flush) and x > 0) == [1, 2, 3, 4, 5, 6]
+
+
 async def test_fork_early_break_leaves_no_tasks() -> None:
     before = task_count()
     async with (naturals() | fork(scale(k=1), scale(k=1), buffer=2)).stream() as items:

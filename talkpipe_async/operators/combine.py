@@ -462,6 +462,7 @@ class _BranchInput:
         self.stats = stats
         self.label = label
         self.items: deque[Any] = deque()
+        self.owed: list[Any] = []  # metadata handed to the branch and not yet passed on by it
         self.ended = False
         self.gone = False  # the branch stopped reading
         self.data: anyio.Event | None = None
@@ -483,6 +484,20 @@ class _BranchInput:
         self.stats.delivered[self.index] += 1
         if self.data is not None:
             self.data.set()
+
+    def put_metadata(self, item: Any) -> None:
+        """Queue metadata at once (it never waits for room nor is dropped) and owe it downstream."""
+        self.items.append(item)
+        self.owed.append(item)
+        if self.data is not None:
+            self.data.set()
+
+    def settle(self, item: Any) -> None:
+        """The branch passed metadata *item* on: it is no longer owed."""
+        for k, owed in enumerate(self.owed):
+            if owed is item:
+                del self.owed[k]
+                return
 
     def _drop(self) -> bool:
         for k, old in enumerate(self.items):
@@ -567,10 +582,12 @@ class fork(AbstractSegment[Any, Any]):
     cannot change what another branch sees.  ``copy="none"`` hands every
     branch the same object: only for immutable items or read-only branches.
 
-    Metadata goes to every branch (uncopied); an upstream metadata item leaves
+    Metadata goes to every branch (uncopied, queued at once: it does not count
+    against ``buffer`` and is never dropped); an upstream metadata item leaves
     the fork once every branch that received it has passed it on (so a
-    downstream Flush comes after the branches' own flushed output).  Metadata
-    a branch creates passes through.
+    downstream Flush comes after the branches' own flushed output).  A branch
+    that ends before passing on metadata it received releases it when it
+    ends.  Metadata a branch creates passes through.
 
     Errors: a branch's error is raised downstream (with its type) and ends
     the fork; an upstream error is raised after every branch has finished the
@@ -668,8 +685,8 @@ class fork(AbstractSegment[Any, Any]):
                     break
                 if isinstance(item, Metadata):
                     pending[id(item)] = [item, len(live)]
-                    for q in live:
-                        await q.put(item)
+                    for q in live:  # no await in this loop: no branch can leave half-way
+                        q.put_metadata(item)
                 elif broadcast:
                     first = True
                     for q in live:
@@ -695,7 +712,13 @@ async def _run_branch(branch: Pipeline[Any, Any], inbox: _BranchInput, fan: FanI
     try:
         async with branch.stream(inbox, metadata=True) as outputs:
             async for item in outputs:
+                if isinstance(item, Metadata):
+                    inbox.settle(item)
                 await fan.put(i, item)
+        inbox.leave()
+        for item in list(inbox.owed):  # metadata the branch received but never passed on
+            inbox.settle(item)
+            await fan.put(i, item)
     except ChannelClosed:
         return
     except anyio.get_cancelled_exc_class():
