@@ -6,6 +6,11 @@ Conventions (documented in docs/index.md, "Examples in these pages"):
   names defined by an earlier block of the same page.
 - The line ``<!-- no-run -->`` (optionally ``<!-- no-run: reason -->``) just before the fence opts a block out.
   Use it only for fragments and for code that needs a service that cannot run locally.
+- The line ``<!-- requires: asyncio, redis-server -->`` just before the fence runs the block only where each
+  requirement holds: ``asyncio`` (skipped on trio: for asyncio-only client libraries), ``redis-server`` or
+  ``nats-server`` (the test starts that server on 127.0.0.1 for the page and sets ``REDIS_URL`` / ``NATS_URL``; the
+  block is skipped when the binary is not installed).  Examples read the URL with
+  ``os.environ.get("REDIS_URL", "redis://localhost:6379/0")``.
 - Top-level ``await`` is not Python: write ``async def main(): ...`` and ``anyio.run(main)``.  The test runs every
   page once per backend (asyncio, trio) by giving ``anyio.run`` that backend as its default.
 - A block must ``assert`` or ``print`` something, unless it only defines things (imports, functions, classes,
@@ -23,6 +28,12 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 _FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)\s*(?P<info>[^\s`]*)")
 _NO_RUN = re.compile(r"^\s*<!--\s*no-run\b.*-->\s*$")
+_REQUIRES = re.compile(r"^\s*<!--\s*requires:\s*(?P<names>[^>]*?)\s*-->\s*$")
+
+#: the servers a block may require, and the environment variable that receives the server's URL
+SERVERS = {"redis-server": "REDIS_URL", "nats-server": "NATS_URL"}
+#: requirements that are not servers
+BACKEND_REQUIREMENTS = {"asyncio"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,7 @@ class Block:
     language: str
     code: str
     no_run: bool
+    requires: tuple[str, ...] = ()
 
     @property
     def test_id(self) -> str:
@@ -60,11 +72,22 @@ def blocks_of(path: Path) -> list[Block]:
             body.append(line[len(indent):] if line.startswith(indent) else line.lstrip())
             i += 1
         i += 1  # the closing fence
+        no_run = False
+        requires: tuple[str, ...] = ()
         prev = start - 1
         while prev >= 0 and not lines[prev].strip():
             prev -= 1
-        no_run = prev >= 0 and bool(_NO_RUN.match(lines[prev]))
-        blocks.append(Block(path.name, start + 1, info, "\n".join(body) + "\n", no_run))
+        while prev >= 0 and lines[prev].lstrip().startswith("<!--"):  # markers, one a line, any order
+            marker = lines[prev]
+            no_run = no_run or bool(_NO_RUN.match(marker))
+            m_req = _REQUIRES.match(marker)
+            if m_req:
+                requires += tuple(n.strip() for n in m_req.group("names").split(",") if n.strip())
+            prev -= 1
+        unknown = set(requires) - set(SERVERS) - BACKEND_REQUIREMENTS
+        if unknown:
+            raise ValueError(f"{path.name}:{start + 1}: unknown requirement(s) {sorted(unknown)}")
+        blocks.append(Block(path.name, start + 1, info, "\n".join(body) + "\n", no_run, requires))
     return blocks
 
 

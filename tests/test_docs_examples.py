@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import os
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from typing import Any
 import anyio
 import pytest
 
-from .docs_helpers import DOCS, Block, blocks_of, pages, python_blocks, shows_something
+from .docs_helpers import DOCS, SERVERS, Block, blocks_of, pages, python_blocks, shows_something
+from .servers import nats_binary, nats_server, redis_binary, redis_server
 
 BACKENDS = ["asyncio", "trio"]
 
@@ -65,6 +67,37 @@ def backend_default(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
     return use
 
 
+_SERVER_STARTERS: dict[str, tuple[Callable[[], str | None], Callable[[], Any]]] = {
+    "redis-server": (redis_binary, redis_server),
+    "nats-server": (nats_binary, nats_server),
+}
+
+
+@pytest.fixture(scope="module")
+def server_urls() -> Iterator[Callable[[str], str | None]]:
+    """Start each server a block requires once for the module; None when it is not installed."""
+    urls: dict[str, str | None] = {}
+    with ExitStack() as stack:
+
+        def get(name: str) -> str | None:
+            if name not in urls:
+                binary, start = _SERVER_STARTERS[name]
+                urls[name] = stack.enter_context(start()) if binary() else None
+            return urls[name]
+
+        yield get
+
+
+def _unmet(block: Block, backend: str, server_urls: Callable[[str], str | None]) -> str | None:
+    """Why the block cannot run here, or None."""
+    for need in block.requires:
+        if need == "asyncio" and backend != "asyncio":
+            return f"{block.test_id} runs on asyncio only"
+        if need in SERVERS and server_urls(need) is None:
+            return f"{block.test_id} needs {need}, which is not installed"
+    return None
+
+
 @pytest.fixture
 def in_dir() -> Iterator[Callable[[Path], None]]:
     old = Path.cwd()
@@ -90,17 +123,25 @@ def test_docs_example(
     page_state: Callable[..., _PageState],
     backend_default: Callable[[str], None],
     in_dir: Callable[[Path], None],
+    server_urls: Callable[[str], str | None],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     state = page_state(block.page, backend)
     index = state.blocks.index(block)
     backend_default(backend)
     in_dir(state.workdir)
+    for need in {n for b in state.blocks for n in b.requires if n in SERVERS}:
+        url = server_urls(need)
+        if url is not None:
+            monkeypatch.setenv(SERVERS[need], url)
     # Run the earlier blocks of the page first when this test runs on its own (pytest -k).
     while state.done < index:
         if state.failed:
             pytest.skip(f"an earlier block of {block.page} failed: {state.failed}")
         earlier = state.blocks[state.done]
         state.done += 1
+        if _unmet(earlier, backend, server_urls):
+            continue
         try:
             _run(earlier, state.namespace)
         except BaseException:
@@ -109,6 +150,9 @@ def test_docs_example(
     if state.failed:
         pytest.skip(f"an earlier block of {block.page} failed: {state.failed}")
     state.done = index + 1
+    reason = _unmet(block, backend, server_urls)
+    if reason:
+        pytest.skip(reason)
     try:
         _run(block, state.namespace)
     except BaseException:
@@ -140,6 +184,7 @@ def test_collector_finds_blocks(tmp_path: Path) -> None:
     page.write_text(
         "# t\n\n```python\nx = 1\n```\n\n<!-- no-run: needs a server -->\n```python\nawait f()\n```\n\n"
         "- item\n\n    ```python\n    assert x == 1\n    ```\n\n```sh\nls\n```\n"
+        "\n<!-- requires: asyncio, redis-server -->\n```python\nprint(1)\n```\n"
     )
     blocks = blocks_of(page)
     assert [(b.line, b.language, b.no_run) for b in blocks] == [
@@ -147,8 +192,10 @@ def test_collector_finds_blocks(tmp_path: Path) -> None:
         (8, "python", True),
         (14, "python", False),
         (18, "sh", False),
+        (23, "python", False),
     ]
+    assert blocks[4].requires == ("asyncio", "redis-server")
     assert blocks[2].code == "assert x == 1\n"
-    assert [b.line for b in python_blocks(page)] == [3, 14]
+    assert [b.line for b in python_blocks(page)] == [3, 14, 23]
     assert shows_something("import anyio\ndef f(): pass\nx = 1\n")
     assert not shows_something("f()\n")
