@@ -63,7 +63,7 @@ __all__ = [
     "shutdown",
 ]
 
-BACKENDS = ("asyncio", "trio")
+BACKENDS = ("asyncio", "uvloop", "trio")
 DEFAULT_BATCH = 512
 DEFAULT_BUFFER = 2048
 DEFAULT_LATENCY = 0.005
@@ -105,7 +105,10 @@ class _LoopThread:
 
     def __init__(self, backend: str) -> None:
         self.backend = backend
-        self._cm = anyio.from_thread.start_blocking_portal(backend, name=f"{LOOP_THREAD_PREFIX}[{backend}]")
+        anyio_backend, options = ("asyncio", {"use_uvloop": True}) if backend == "uvloop" else (backend, {})
+        self._cm = anyio.from_thread.start_blocking_portal(
+            anyio_backend, options, name=f"{LOOP_THREAD_PREFIX}[{backend}]"
+        )
         self.portal = self._cm.__enter__()
         self.call_soon, self.thread = self.portal.call(_loop_hooks, backend)
 

@@ -25,7 +25,14 @@ from talkpipe_async._blocking import LOOP_THREAD_PREFIX, EventLoopRunningError, 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(params=["asyncio", "trio"])
+def _run_on(main: Any, backend: str) -> Any:
+    """anyio.run on the event loop the ``backend`` parameter names (uvloop: asyncio with uvloop)."""
+    if backend == "uvloop":
+        return anyio.run(main, backend="asyncio", backend_options={"use_uvloop": True})
+    return anyio.run(main, backend=backend)
+
+
+@pytest.fixture(params=["asyncio", "uvloop", "trio"])
 def backend(request: pytest.FixtureRequest) -> str:
     """The event loop the shared loop thread runs."""
     return request.param  # type: ignore[no-any-return]
@@ -118,7 +125,7 @@ def _await_condition(predicate: Any, timeout: float = 3.0) -> None:
 
 def test_run_blocking_matches_collect(backend: str) -> None:
     pipeline = numbers(n=1000) | inc() | inc()
-    expected = anyio.run(pipeline.collect, backend=backend)
+    expected = _run_on(pipeline.collect, backend)
     assert pipeline.run_blocking(backend=backend) == expected == list(range(2, 1002))
 
 
@@ -422,7 +429,7 @@ def test_clear_error_inside_a_running_loop(backend: str) -> None:
             pipeline.iter_blocking(backend="trio").__enter__()
         assert await pipeline.collect() == [1, 2, 3]
 
-    anyio.run(main, backend=backend)
+    _run_on(main, backend)
 
 
 def test_nested_blocking_call_from_an_inline_stage_fails_instead_of_deadlocking(backend: str) -> None:

@@ -90,6 +90,18 @@ class _Node:
         """This stage as an async callable; see :meth:`Pipeline.as_function`."""
         return self.pipeline().as_function(single_in=single_in, single_out=single_out)
 
+    def run_blocking(self, input: Any = None, **options: Any) -> list[Any]:
+        """Run this stage alone from sync code; see :meth:`Pipeline.run_blocking`."""
+        return self.pipeline().run_blocking(input, **options)
+
+    def iter_blocking(self, input: Any = None, **options: Any) -> Any:
+        """Stream this stage alone into sync code; see :meth:`Pipeline.iter_blocking`."""
+        return self.pipeline().iter_blocking(input, **options)
+
+    def as_function_blocking(self, **options: Any) -> Callable[..., Any]:
+        """This stage as a blocking callable; see :meth:`Pipeline.as_function_blocking`."""
+        return self.pipeline().as_function_blocking(**options)
+
 
 def _is_async_callable(fn: Callable[..., Any]) -> bool:
     return inspect.isasyncgenfunction(fn)
