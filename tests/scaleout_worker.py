@@ -5,7 +5,7 @@ pull consumer (NATS JetStream), records every handled message as a result
 ``{"i": payload index, "mid": message id, "w": worker name}`` written by the
 matching sink, and acknowledges each message after its result is written.
 It exits after ``--idle-exit`` seconds without a message and prints
-``handled=<n>``.
+``handled=<n> redelivered=<n>``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ async def main(args: argparse.Namespace) -> None:
         )
         sink = JetStreamSink(args.results, servers=args.url, batch=args.batch)
     handled = await consume(src | make_record(args.name) | sink)
-    print(f"handled={handled}", flush=True)
+    print(f"handled={handled} redelivered={src.stats.redelivered}", flush=True)
 
 
 def parse() -> argparse.Namespace:

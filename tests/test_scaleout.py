@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,6 +70,13 @@ def wait_all(procs: list[subprocess.Popen[str]], deadline: float) -> list[tuple[
     return out
 
 
+def counter(stdout: str, name: str) -> int:
+    """A ``name=<n>`` counter printed by a worker."""
+    match = re.search(rf"{name}=(\d+)", stdout)
+    assert match, f"worker printed no {name}: {stdout!r}"
+    return int(match.group(1))
+
+
 def fill_redis(client: Any, stream: str, group: str) -> None:
     client.xgroup_create(stream, group, id="0", mkstream=True)
     for start in range(0, N, 2000):
@@ -96,7 +104,7 @@ def test_redis_three_workers_exactly_once(redis_url: str) -> None:
     assert set(counts) == set(range(N))
     assert max(counts.values()) == 1, "a message was handled twice although no worker died"
     per_worker = Counter(r["w"] for r in records)
-    handled = sum(int(out.split("handled=")[1]) for _, out, _ in outcomes)
+    handled = sum(counter(out, "handled") for _, out, _ in outcomes)
     assert handled == N and sum(per_worker.values()) == N
     assert int(client.xpending(stream, group)["pending"]) == 0
     client.close()
@@ -136,7 +144,9 @@ def test_redis_kill_one_worker_mid_stream(redis_url: str) -> None:
     # in flight per worker: the source's batch + the sink's channel and the batch it is writing + unsent acks
     assert n_dup <= len(in_flight) <= 4 * BATCH
     assert int(client.xpending(stream, group)["pending"]) == 0
-    print(f"kill -9: in flight at the victim {len(in_flight)}, duplicates {n_dup}")
+    redelivered = sum(counter(out, "redelivered") for _, out, _ in outcomes)
+    assert redelivered >= len(in_flight), "the survivors did not reclaim what the victim held"
+    print(f"kill -9: in flight at the victim {len(in_flight)}, reclaimed {redelivered}, duplicates {n_dup}")
     client.close()
 
 
@@ -167,7 +177,7 @@ async def _nats_setup(url: str, tag: str) -> None:
     await nc.close()
 
 
-async def _nats_results(url: str, tag: str) -> tuple[list[dict[str, Any]], int]:
+async def _nats_results(url: str, tag: str) -> tuple[list[dict[str, Any]], int, int]:
     import nats
 
     nc = await nats.connect(url)
@@ -181,7 +191,7 @@ async def _nats_results(url: str, tag: str) -> tuple[list[dict[str, Any]], int]:
             await m.ack()
     consumer = await js.consumer_info(f"FEED{tag}", "workers")
     await nc.close()
-    return out, consumer.num_ack_pending
+    return out, consumer.num_ack_pending, consumer.num_redelivered
 
 
 def test_nats_kill_one_worker_mid_stream(nats_url: str) -> None:
@@ -212,7 +222,7 @@ def test_nats_kill_one_worker_mid_stream(nats_url: str) -> None:
     victim.wait(timeout=5)
     outcomes = wait_all(procs[1:], deadline)
     assert all(code == 0 for code, _, _ in outcomes), [err[-2000:] for _, _, err in outcomes]
-    records, ack_pending = anyio.run(_nats_results, nats_url, tag)
+    records, ack_pending, _ = anyio.run(_nats_results, nats_url, tag)
     counts = Counter(r["i"] for r in records)
     assert set(counts) == set(range(N)), f"lost {N - len(counts)} messages"
     n_dup = sum(c - 1 for c in counts.values())
@@ -222,4 +232,6 @@ def test_nats_kill_one_worker_mid_stream(nats_url: str) -> None:
     duplicated_by_victim = {r["i"] for r in records if r["w"] == "w0" and counts[r["i"]] > 1}
     assert sum(counts[i] - 1 for i in duplicated_by_victim) == n_dup, "only the victim's messages may repeat"
     assert ack_pending == 0
-    print(f"kill -9 (nats): duplicates {n_dup}")
+    redelivered_to_survivors = sum(counter(out, "redelivered") for _, out, _ in outcomes)
+    assert redelivered_to_survivors >= n_dup
+    print(f"kill -9 (nats): redelivered to survivors {redelivered_to_survivors}, duplicates {n_dup}")

@@ -118,7 +118,6 @@ class _JetStreamSession(BrokerSession):
         self.js = js
         self.sub = sub
         self.stats: ConnectorStats = source.stats
-        self.timeout_error = import_client("nats", "nats").errors.TimeoutError
 
     async def dead_letter(self, msg: Any, reason: str, deliveries: int) -> None:
         src = self.src
@@ -137,7 +136,7 @@ class _JetStreamSession(BrokerSession):
         self.stats.reads += 1
         try:
             raw = await self.sub.fetch(count, timeout=max(wait, 0.01))
-        except self.timeout_error:
+        except asyncio.TimeoutError:  # nats.errors.TimeoutError is a subclass; fetch raises either
             return []
         out: list[Message[Any]] = []
         src = self.src
