@@ -8,7 +8,10 @@ directory of their own, once per backend: ``anyio.run`` inside the blocks gets t
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -199,3 +202,16 @@ def test_collector_finds_blocks(tmp_path: Path) -> None:
     assert [b.line for b in python_blocks(page)] == [3, 14, 23]
     assert shows_something("import anyio\ndef f(): pass\nx = 1\n")
     assert not shows_something("f()\n")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (the dev extra)")
+def test_site_builds_strict(tmp_path: Path) -> None:
+    """``mkdocs build --strict``: no warning (broken links or anchors, a page missing from the nav, ...)."""
+    root = DOCS.parent
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "site" / "index.html").exists()
