@@ -12,7 +12,7 @@ Conventions (documented in docs/index.md, "Examples in these pages"):
   block is skipped when the binary is not installed).  Examples read the URL with
   ``os.environ.get("REDIS_URL", "redis://localhost:6379/0")``.
 - Top-level ``await`` is not Python: write ``async def main(): ...`` and ``anyio.run(main)``.  The test runs every
-  page once per backend (asyncio, trio) by giving ``anyio.run`` that backend as its default.
+  page once per backend (asyncio, uvloop, trio) by giving ``anyio.run`` that backend as its default.
 - A block must ``assert`` or ``print`` something, unless it only defines things (imports, functions, classes,
   assignments) that a later block uses.
 """

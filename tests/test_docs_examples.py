@@ -1,7 +1,8 @@
 """Run every ```python block of docs/*.md, one test per block, named ``page.md:L<line>``.
 
 A page's blocks run in order in one namespace (a block may build on the blocks before it), in a temporary working
-directory of their own, once per backend: ``anyio.run`` inside the blocks gets the backend as its default.  The line
+directory of their own, once per backend (asyncio, uvloop, trio): ``anyio.run`` inside the blocks gets the backend
+as its default.  The line
 ``<!-- no-run -->`` just before a fence opts the block out; such blocks must still compile.  See tests/docs_helpers.py.
 """
 
@@ -24,7 +25,12 @@ import pytest
 from .docs_helpers import DOCS, SERVERS, Block, blocks_of, pages, python_blocks, shows_something
 from .servers import nats_binary, nats_server, redis_binary, redis_server
 
-BACKENDS = ["asyncio", "trio"]
+BACKENDS = ["asyncio", "uvloop", "trio"]
+_BACKEND_ARGS: dict[str, tuple[str, dict[str, Any] | None]] = {
+    "asyncio": ("asyncio", None),
+    "uvloop": ("asyncio", {"use_uvloop": True}),
+    "trio": ("trio", None),
+}
 
 _ALL_BLOCKS: list[Block] = [b for page in pages() for b in python_blocks(page)]
 
@@ -61,8 +67,12 @@ def backend_default(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
     """Make ``anyio.run`` default to the given backend while a block runs."""
     original = anyio.run
 
-    def use(backend: str) -> None:
-        def run(func: Any, *args: Any, backend: str = backend, backend_options: Any = None) -> Any:
+    def use(name: str) -> None:
+        default_backend, default_options = _BACKEND_ARGS[name]
+
+        def run(func: Any, *args: Any, backend: str | None = None, backend_options: Any = None) -> Any:
+            if backend is None:
+                backend, backend_options = default_backend, backend_options or default_options
             return original(func, *args, backend=backend, backend_options=backend_options)
 
         monkeypatch.setattr(anyio, "run", run)
@@ -94,7 +104,7 @@ def server_urls() -> Iterator[Callable[[str], str | None]]:
 def _unmet(block: Block, backend: str, server_urls: Callable[[str], str | None]) -> str | None:
     """Why the block cannot run here, or None."""
     for need in block.requires:
-        if need == "asyncio" and backend != "asyncio":
+        if need == "asyncio" and _BACKEND_ARGS[backend][0] != "asyncio":
             return f"{block.test_id} runs on asyncio only"
         if need in SERVERS and server_urls(need) is None:
             return f"{block.test_id} needs {need}, which is not installed"
