@@ -74,9 +74,9 @@ class _Node:
 
         return Pipeline(self)
 
-    def stream(self, input: Any = None, *, metadata: bool = False) -> Any:
-        """Run this stage alone; see :meth:`Pipeline.stream`."""
-        return self.pipeline().stream(input, metadata=metadata)
+    def stream(self, input: Any = None, **options: Any) -> Any:
+        """Run this stage alone; see :meth:`Pipeline.stream` (same options)."""
+        return self.pipeline().stream(input, **options)
 
     async def collect(self, input: Any = None, *, metadata: bool = False) -> list[Any]:
         """Run this stage alone and return a list; see :meth:`Pipeline.collect`."""
