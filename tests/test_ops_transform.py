@@ -246,3 +246,16 @@ async def test_early_break_closes_upstream() -> None:
         async for _x in items:
             break
     assert closed.is_set()
+
+
+async def test_error_in_fused_stage_names_the_item() -> None:
+    from talkpipe_async import error_context
+    from talkpipe_async.operators import filter as keep
+    from talkpipe_async.operators import map as apply
+
+    with pytest.raises(ZeroDivisionError) as info:
+        await (apply(lambda x: x - 3, name="shift") | keep(lambda x: x != 1) | apply(lambda x: 1 / x)).collect(
+            [4, 5, 3, 6]
+        )
+    ctx = error_context(info.value)
+    assert ctx is not None and ctx.item == "0"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import inspect
+import linecache
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterable, Sequence
@@ -95,7 +96,10 @@ def _generate(kinds: tuple[str, ...]) -> tuple[Callable[..., Any], CodeType, dic
     lines.append(f"{indent}yield x")
     lines += ["    except Exception as exc:", "        _where(exc)", "        raise"]
     source = "\n".join(lines) + "\n"
-    code = builtins.compile(source, f"<talkpipe_async fused {'+'.join(kinds)}>", "exec")
+    filename = f"<talkpipe_async fused {'+'.join(kinds)}>"
+    # Registered so that tracebacks show the generated lines and error context finds the item.
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    code = builtins.compile(source, filename, "exec")
     namespace: dict[str, Any] = {}
     exec(code, namespace)
     func = namespace["_fused"]
