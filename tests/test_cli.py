@@ -529,3 +529,33 @@ def test_condition_errors_point_at_the_column() -> None:
         parse_condition('level = "error"')
     with pytest.raises(ConditionError, match="expected a value"):
         parse_condition("level == error")
+
+
+def test_progress_line_on_a_terminal_only(tmp_path: Path) -> None:
+    import os
+    import pty
+    import subprocess
+
+    data = tmp_path / "in.txt"
+    data.write_text("".join(f"{i}\n" for i in range(500)))
+    out = tmp_path / "o"
+    command = [sys.executable, "-m", "talkpipe_async", "read", str(data), "--progress", "--to", f"file:{out}"]
+    leader, follower = pty.openpty()
+    try:
+        done = subprocess.run(command, stderr=follower, stdout=subprocess.DEVNULL, timeout=30, check=False)
+        os.close(follower)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(leader)
+    assert done.returncode == 0
+    assert b"500 items" in seen, seen
+    piped = subprocess.run(command, capture_output=True, timeout=30, check=False)
+    assert piped.returncode == 0 and b"items," not in piped.stderr

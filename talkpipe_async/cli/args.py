@@ -146,6 +146,11 @@ def _common(debug_only: bool = False) -> argparse.ArgumentParser:
     general = p.add_argument_group("general")
     general.add_argument("--debug", action="store_true", help="print full tracebacks on errors")
     general.add_argument(
+        "--progress",
+        action="store_true",
+        help="show a live status line on stderr (items, rate, errors; only when stderr is a terminal)",
+    )
+    general.add_argument(
         "--backend",
         choices=["asyncio", "uvloop", "trio"],
         default="asyncio",

@@ -35,6 +35,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 from .._core._errors import error_context
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
+from ..observe import progress
 from ..operators.batch import batch as batch_op
 from ..operators.select import take
 from ..operators.time import throttle
@@ -525,8 +526,11 @@ def describe_error(exc: BaseException) -> str:
     return message
 
 
-async def _drain(pipeline: Pipeline[Any, Any]) -> None:
-    async with pipeline.stream() as items:
+async def _drain(pipeline: Pipeline[Any, Any], show_progress: bool = False) -> None:
+    options: dict[str, Any] = {}
+    if show_progress and sys.stderr.isatty():
+        options = {"stats_every": 0.5, "on_stats": progress(sys.stderr)}
+    async with pipeline.stream(**options) as items:
         async for _ in items:
             pass
 
@@ -546,7 +550,7 @@ async def _run(args: argparse.Namespace, state: CliState) -> None:
                     return
 
             tg.start_soon(watch)
-            await _drain(pipeline)
+            await _drain(pipeline, getattr(args, "progress", False))
             tg.cancel_scope.cancel()
 
 
