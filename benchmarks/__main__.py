@@ -48,6 +48,11 @@ def _machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {system}"
 
 
+def _cell(text: str) -> str:
+    """Text for a markdown table cell: a ``|`` would end the cell."""
+    return text.replace("|", "\\|")
+
+
 def _table(results: list[dict[str, Any]]) -> str:
     rows = [
         "| scenario | subject | baseline | subject s | baseline s | ratio | target | met |",
@@ -55,8 +60,10 @@ def _table(results: list[dict[str, Any]]) -> str:
     ]
     for r in results:
         met = {True: "yes", False: "**no**", None: "-"}[r["met"]]
+        cells = [_cell(r["scenario"]), _cell(r["subject"]), _cell(r["baseline"])]
+        note = f" ({_cell(r['note'])})" if r.get("note") else ""
         rows.append(
-            f"| {r['scenario']} | {r['subject']} | {r['baseline']} | {r['subject_s']:.4f} | {r['baseline_s']:.4f} "
+            f"| {cells[0]}{note} | {cells[1]} | {cells[2]} | {r['subject_s']:.4f} | {r['baseline_s']:.4f} "
             f"| {r['ratio']:.3f} | {r['target'] or '-'} | {met} |"
         )
     return "\n".join(rows)
