@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from typing import Any
 
 from talkpipe_async import Flush, segment
@@ -54,16 +54,20 @@ def _with_flush_list(n: int, every: int) -> list[Any]:
     return out
 
 
-def run(quick: bool) -> list[Result]:
-    """Run the core scenarios; 1,000,000 ints in full mode."""
-    n = 100_000 if quick else 1_000_000
-    repeat = 3 if quick else 5
+def chain_subject(n: int, **options: Any) -> Callable[[], Coroutine[Any, Any, None]]:
+    """Five ``@segment`` stages over ``range(n)``, consumed with ``stream(**options)``."""
     chain5 = inc() | inc() | inc() | inc() | inc()
 
     async def subject() -> None:
-        async with chain5.stream(range(n)) as items:
+        async with chain5.stream(range(n), **options) as items:
             async for _ in items:
                 pass
+
+    return subject
+
+
+def chain_hand(n: int) -> Callable[[], Coroutine[Any, Any, None]]:
+    """The same five generators chained by hand (the floor)."""
 
     async def hand() -> None:
         g: AsyncIterator[int] = _numbers(n)
@@ -71,6 +75,39 @@ def run(quick: bool) -> list[Result]:
             g = _inc(g)
         async for _ in g:
             pass
+
+    return hand
+
+
+def sync_subject(n: int) -> Callable[[], None]:
+    """Five sync ``@segment`` stages through ``iter_sync()`` (no event loop)."""
+    sync5 = inc_sync() | inc_sync() | inc_sync() | inc_sync() | inc_sync()
+
+    def subject() -> None:
+        for _ in sync5.iter_sync(range(n)):
+            pass
+
+    return subject
+
+
+def sync_plain(n: int) -> Callable[[], None]:
+    """The same five plain generators chained by hand."""
+
+    def plain() -> None:
+        g: Iterable[int] = range(n)
+        for _ in range(5):
+            g = _inc_sync(g)
+        for _ in g:
+            pass
+
+    return plain
+
+
+def run(quick: bool) -> list[Result]:
+    """Run the core scenarios; 1,000,000 ints in full mode."""
+    n = 100_000 if quick else 1_000_000
+    repeat = 3 if quick else 5
+    subject, hand = chain_subject(n), chain_hand(n)
 
     results = compare(
         "5 @segment async generators, no metadata",
@@ -80,15 +117,7 @@ def run(quick: bool) -> list[Result]:
         targets={"hand-chained async generators": ("<= 1.10", lambda r: r <= 1.10)},
     )
 
-    async def subject_stats() -> None:
-        async with chain5.stream(range(n), stats=True) as items:
-            async for _ in items:
-                pass
-
-    async def subject_timed() -> None:
-        async with chain5.stream(range(n), stats="timed") as items:
-            async for _ in items:
-                pass
+    subject_stats, subject_timed = chain_subject(n, stats=True), chain_subject(n, stats="timed")
 
     results += compare(
         "5 @segment async generators, statistics on (stats=True; stats='timed')",
@@ -114,23 +143,10 @@ def run(quick: bool) -> list[Result]:
         targets={"hand-chained async generators": ("<= 2.0", lambda r: r <= 2.0)},
     )
 
-    sync5 = inc_sync() | inc_sync() | inc_sync() | inc_sync() | inc_sync()
-
-    def subject_sync() -> None:
-        for _ in sync5.iter_sync(range(n)):
-            pass
-
-    def plain_sync() -> None:
-        g: Iterable[int] = range(n)
-        for _ in range(5):
-            g = _inc_sync(g)
-        for _ in g:
-            pass
-
     results += compare(
         "5 sync segments, no-loop path",
-        ("talkpipe_async iter_sync", subject_sync),
-        [("plain chained generators", plain_sync)],
+        ("talkpipe_async iter_sync", sync_subject(n)),
+        [("plain chained generators", sync_plain(n))],
         repeat=repeat,
         targets={"plain chained generators": ("<= 1.15", lambda r: r <= 1.15)},
     )

@@ -10,39 +10,17 @@ install is heavy).
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ._harness import Result, compare, measure_async
-from .bench_core import _inc, _inc_sync, _numbers, inc, inc_sync
+from .bench_core import _numbers, chain_hand, chain_subject, sync_plain, sync_subject
 
 __all__ = ["run"]
 
 
 def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
-
-
-def _chain_runner(n: int) -> Any:
-    chain5 = inc() | inc() | inc() | inc() | inc()
-
-    async def subject() -> None:
-        async with chain5.stream(range(n)) as items:
-            async for _ in items:
-                pass
-
-    return subject
-
-
-def _hand_runner(n: int) -> Any:
-    async def hand() -> None:
-        g: AsyncIterator[int] = _numbers(n)
-        for _ in range(5):
-            g = _inc(g)
-        async for _ in g:
-            pass
-
-    return hand
 
 
 def _backends() -> list[tuple[str, str, dict[str, Any]]]:
@@ -93,8 +71,8 @@ def run(quick: bool) -> list[Result]:
     for label, backend, options in _backends():
         results += compare(
             f"5-stage chain on {label}",
-            ("talkpipe_async", measure_async(_chain_runner(n), backend, **options)),
-            [(f"hand-written async generators ({label})", measure_async(_hand_runner(n), backend, **options))],
+            ("talkpipe_async", measure_async(chain_subject(n), backend, **options)),
+            [(f"hand-written async generators ({label})", measure_async(chain_hand(n), backend, **options))],
             repeat=repeat,
             targets={f"hand-written async generators ({label})": ("<= 1.10", lambda r: r <= 1.10)},
         )
@@ -102,16 +80,10 @@ def run(quick: bool) -> list[Result]:
     if peers:
         results += compare(
             "5-stage chain against the async peers (asyncio)",
-            ("talkpipe_async", measure_async(_chain_runner(n))),
+            ("talkpipe_async", measure_async(chain_subject(n))),
             peers,
             repeat=repeat,
         )
-    sync5 = inc_sync() | inc_sync() | inc_sync() | inc_sync() | inc_sync()
-
-    def subject_sync() -> None:
-        for _ in sync5.iter_sync(range(n)):
-            pass
-
     baselines: list[tuple[str, Any]] = []
     if _has("talkpipe"):
         from talkpipe.pipe.core import segment as tp_segment
@@ -131,17 +103,10 @@ def run(quick: bool) -> list[Result]:
     else:
         print("   TalkPipe not installed: skipping the TalkPipe 1.2 baseline (pip install talkpipe to include it)")
 
-    def plain() -> None:
-        g: Iterable[int] = range(n)
-        for _ in range(5):
-            g = _inc_sync(g)
-        for _ in g:
-            pass
-
     results += compare(
         "5-stage sync chain, no-loop path",
-        ("talkpipe_async iter_sync", subject_sync),
-        [("plain generators", plain), *baselines],
+        ("talkpipe_async iter_sync", sync_subject(n)),
+        [("plain generators", sync_plain(n)), *baselines],
         repeat=repeat,
         targets={"plain generators": ("<= 1.15", lambda r: r <= 1.15)},
     )
