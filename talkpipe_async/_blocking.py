@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 import anyio.from_thread
 
+from ._core._pipeline import BLOCKING_BATCH, BLOCKING_BUFFER, BLOCKING_LATENCY
+
 if TYPE_CHECKING:
     from ._core._pipeline import Pipeline
 
@@ -64,9 +66,9 @@ __all__ = [
 ]
 
 BACKENDS = ("asyncio", "uvloop", "trio")
-DEFAULT_BATCH = 512
-DEFAULT_BUFFER = 2048
-DEFAULT_LATENCY = 0.005
+DEFAULT_BATCH = BLOCKING_BATCH
+DEFAULT_BUFFER = BLOCKING_BUFFER
+DEFAULT_LATENCY = BLOCKING_LATENCY
 # The pump looks at the clock once per this many items of a filling batch (a power of 2).
 TIME_CHECK_EVERY = 32
 # How long a second Ctrl-C during closing still waits for the run to end.

@@ -32,6 +32,10 @@ V = TypeVar("V")
 __all__ = ["Pipeline", "PipelineRun"]
 
 CLEANUP_TIMEOUT = 10.0
+# Hand-over bounds of the blocking wrapper (talkpipe_async._blocking uses these too).
+BLOCKING_BATCH = 512
+BLOCKING_BUFFER = 2048
+BLOCKING_LATENCY = 0.005
 _stats_log = logging.getLogger("talkpipe_async.stats")
 
 # Inputs of these types cannot hold Metadata: no plumbing is installed after them.
@@ -195,13 +199,13 @@ class Pipeline(Generic[T, U]):
         *,
         metadata: bool = False,
         backend: str = "asyncio",
-        batch: int = 512,
-        buffer: int = 2048,
-        latency: float = 0.005,
+        batch: int = BLOCKING_BATCH,
+        buffer: int = BLOCKING_BUFFER,
+        latency: float = BLOCKING_LATENCY,
     ) -> BlockingStream[U]:
         """Stream the items into sync code: ``with p.iter_blocking() as items: for x in items``.
 
-        ``backend``: "asyncio" or "trio"; ``batch``, ``buffer``, ``latency``:
+        ``backend``: "asyncio", "uvloop" or "trio"; ``batch``, ``buffer``, ``latency``:
         the hand-over bounds (see ``docs/blocking.md``).
         """
         from .._blocking import iter_blocking
