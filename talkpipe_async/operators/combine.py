@@ -28,6 +28,7 @@ from .._core._channel import Channel, ChannelClosed
 from .._core._metadata import Metadata
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
+from ._shared import produce_into
 from .concurrency import TaskScopes
 
 __all__ = [
@@ -349,29 +350,19 @@ class zip_with(AbstractSegment[Any, tuple[Any, ...]]):
 
 async def _sequence(channel: Channel, upstream: AsyncIterator[Any] | None, pipes: list[Pipeline[Any, Any]]) -> None:
     """Producer task of :class:`chain`: one input after the other into *channel*."""
-    try:
-        if upstream is not None:
-            async for item in upstream:
+    if upstream is not None:
+        async for item in upstream:
+            await channel.put(item)
+    for pipeline in pipes:
+        async with pipeline.stream(metadata=True) as items:
+            async for item in items:
                 await channel.put(item)
-        for pipeline in pipes:
-            async with pipeline.stream(metadata=True) as items:
-                async for item in items:
-                    await channel.put(item)
-    except ChannelClosed:
-        return
-    except anyio.get_cancelled_exc_class():
-        channel.close()
-        raise
-    except BaseException as exc:
-        channel.close(exc)
-        return
-    channel.close()
 
 
 async def _chained(label: str, capacity: int, upstream: _Upstream, pipes: list[Any]) -> AsyncGenerator[Any, None]:
     channel = Channel(capacity)
     tasks = TaskScopes()
-    tasks.start(_sequence, channel, upstream, pipes, name=f"talkpipe producer of {label}")
+    tasks.start(produce_into, channel, _sequence, upstream, pipes, name=f"talkpipe producer of {label}")
     try:
         while True:
             try:

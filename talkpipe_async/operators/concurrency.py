@@ -21,11 +21,12 @@ from typing import Any, Generic, TypeVar
 import anyio
 import anyio.to_thread
 
-from .._core._channel import Channel, ChannelClosed
+from .._core._channel import Channel
 from .._core._errors import attach_context
 from .._core._metadata import Metadata
 from .._core._run import current_run
 from .._core._segment import AbstractSegment
+from ._shared import produce_into
 
 __all__ = ["buffer", "concurrent_map", "thread_map"]
 
@@ -348,7 +349,7 @@ class buffer(AbstractSegment[T, T], Generic[T]):
         channel = Channel(self.n + 1)
         credit = _Credit(self.n)
         tasks = TaskScopes()
-        tasks.start(credit.feed, items, channel, name=f"talkpipe feeder for {self.label}")
+        tasks.start(produce_into, channel, credit.feed, items, name=f"talkpipe feeder for {self.label}")
         local: deque[Any] = deque()
         try:
             while True:
@@ -377,26 +378,16 @@ class _Credit:
         if self.waiting is not None:
             self.waiting.set()
 
-    async def feed(self, items: AsyncIterator[Any], channel: Channel) -> None:
-        try:
-            iterator = items.__aiter__()
-            while True:
-                while self.pulled >= self.allowed:
-                    self.waiting = anyio.Event()
-                    await self.waiting.wait()
-                    self.waiting = None
-                try:
-                    item = await iterator.__anext__()
-                except StopAsyncIteration:
-                    break
-                self.pulled += 1
-                await channel.put(item)
-        except ChannelClosed:
-            return
-        except anyio.get_cancelled_exc_class():
-            channel.close()
-            raise
-        except BaseException as exc:  # delivered in order
-            channel.close(exc)
-            return
-        channel.close()
+    async def feed(self, channel: Channel, items: AsyncIterator[Any]) -> None:
+        iterator = items.__aiter__()
+        while True:
+            while self.pulled >= self.allowed:
+                self.waiting = anyio.Event()
+                await self.waiting.wait()
+                self.waiting = None
+            try:
+                item = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+            self.pulled += 1
+            await channel.put(item)

@@ -32,6 +32,7 @@ from .._backoff import Backoff
 from .._core._channel import Channel, ChannelClosed
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
+from ._shared import produce_into
 from .combine import as_source_pipeline
 from .concurrency import TaskScopes, blame
 
@@ -407,44 +408,34 @@ class retry_source(AbstractSource[Any]):
 
     async def _produce(self, channel: Channel) -> None:
         failure = 0
-        try:
-            while True:
-                delivered = 0
-                try:
-                    async with self._open().stream(metadata=True) as items:
-                        async for item in items:
-                            await channel.put(item)
-                            delivered += 1
-                    break
-                except self.retry_on as exc:
-                    if isinstance(exc, ChannelClosed):
-                        raise
-                    failure = 1 if delivered else failure + 1
-                    if self.backoff.exhausted(failure):
-                        add = getattr(exc, "add_note", None)
-                        if add is not None:
-                            add(f"talkpipe_async: {self.label} gave up after {failure} consecutive failures")
-                        raise
-                    wait = self.backoff.delay(failure - 1, rng=self.rng)
-                    logger.warning("%s: source failed (%r); re-opening in %.3fs", self.label, exc, wait)
-                    if self.on_retry is not None:
-                        self.on_retry(failure, exc, wait)
-                    await anyio.sleep(wait)
-        except ChannelClosed:
-            return
-        except anyio.get_cancelled_exc_class():
-            channel.close()
-            raise
-        except BaseException as exc:
-            channel.close(exc)
-            return
-        channel.close()
+        while True:
+            delivered = 0
+            try:
+                async with self._open().stream(metadata=True) as items:
+                    async for item in items:
+                        await channel.put(item)
+                        delivered += 1
+                break
+            except self.retry_on as exc:
+                if isinstance(exc, ChannelClosed):
+                    raise
+                failure = 1 if delivered else failure + 1
+                if self.backoff.exhausted(failure):
+                    add = getattr(exc, "add_note", None)
+                    if add is not None:
+                        add(f"talkpipe_async: {self.label} gave up after {failure} consecutive failures")
+                    raise
+                wait = self.backoff.delay(failure - 1, rng=self.rng)
+                logger.warning("%s: source failed (%r); re-opening in %.3fs", self.label, exc, wait)
+                if self.on_retry is not None:
+                    self.on_retry(failure, exc, wait)
+                await anyio.sleep(wait)
 
     async def generate(self) -> AsyncIterator[Any]:
         """Yield the source's items across re-openings."""
         channel = Channel(self.capacity)
         tasks = TaskScopes()
-        tasks.start(self._produce, channel, name=f"talkpipe producer of {self.label}")
+        tasks.start(produce_into, channel, self._produce, name=f"talkpipe producer of {self.label}")
         try:
             while True:
                 try:
