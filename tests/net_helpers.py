@@ -205,6 +205,27 @@ def chunk(data: bytes) -> bytes:
 LAST_CHUNK = b"0\r\n\r\n"
 
 
+class EndlessLine:
+    """A :func:`raw_server` handler that answers with one line that never ends.
+
+    It sends a chunked head of ``content_type`` and then 64 KiB chunks of
+    ``x`` until 1 GiB or the client goes away; ``sent`` counts the bytes, so a
+    test can show that the client stopped reading long before that.
+    """
+
+    def __init__(self, content_type: str) -> None:
+        self.content_type = content_type
+        self.sent = 0
+
+    async def __call__(self, stream: anyio.abc.SocketStream) -> None:
+        await read_request(stream)
+        await stream.send(chunked_head(self.content_type))
+        block = chunk(b"x" * 65536)
+        while self.sent < 1 << 30:
+            await stream.send(block)
+            self.sent += 65536
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     """Poll a condition (thread-side) with a bound; True if it became true."""
     deadline = time.monotonic() + timeout

@@ -14,7 +14,17 @@ from talkpipe_async import Pipeline
 from talkpipe_async.sources.http import MalformedRecord, http_bytes, http_lines, http_ndjson, http_poll
 from talkpipe_async.sources.sockets import Backoff, ConnectionLost, LineTooLong, NetStats
 
-from .net_helpers import LAST_CHUNK, AppServer, AppState, chunk, chunked_head, make_app, raw_server, read_request
+from .net_helpers import (
+    LAST_CHUNK,
+    AppServer,
+    AppState,
+    EndlessLine,
+    chunk,
+    chunked_head,
+    make_app,
+    raw_server,
+    read_request,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -183,21 +193,11 @@ async def test_stall_read_timeout_per_chunk() -> None:
 
 
 async def test_huge_line_without_newline_is_bounded() -> None:
-    sent = 0
-
-    async def handler(stream: anyio.abc.SocketStream) -> None:
-        nonlocal sent
-        await read_request(stream)
-        await stream.send(chunked_head("application/x-ndjson"))
-        block = chunk(b"x" * 65536)
-        while sent < 1 << 30:
-            await stream.send(block)
-            sent += 65536
-
+    handler = EndlessLine("application/x-ndjson")
     async with raw_server(handler) as port:
         with pytest.raises(LineTooLong):
             await Pipeline(http_ndjson(f"http://127.0.0.1:{port}/", max_line_bytes=1 << 20)).collect()
-    assert sent < 64 << 20
+    assert handler.sent < 64 << 20
 
 
 async def test_overlong_lines_skipped_and_counted() -> None:

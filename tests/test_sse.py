@@ -14,7 +14,17 @@ from talkpipe_async import Pipeline
 from talkpipe_async.sources.sockets import Backoff, NetStats
 from talkpipe_async.sources.sse import SSEError, SSEEvent, SSEParser, sse_events
 
-from .net_helpers import LAST_CHUNK, AppServer, AppState, chunk, chunked_head, make_app, raw_server, read_request
+from .net_helpers import (
+    LAST_CHUNK,
+    AppServer,
+    AppState,
+    EndlessLine,
+    chunk,
+    chunked_head,
+    make_app,
+    raw_server,
+    read_request,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -274,22 +284,12 @@ async def test_backoff_resets_after_productive_connection() -> None:
 
 
 async def test_one_gigabyte_without_newline_stays_bounded() -> None:
-    sent = 0
-
-    async def handler(stream: anyio.abc.SocketStream) -> None:
-        nonlocal sent
-        await read_request(stream)
-        await stream.send(chunked_head("text/event-stream"))
-        block = chunk(b"x" * 65536)
-        while sent < 1 << 30:
-            await stream.send(block)
-            sent += 65536
-
+    handler = EndlessLine("text/event-stream")
     async with raw_server(handler) as port:
         source = sse_events(f"http://127.0.0.1:{port}/", max_line_chars=1 << 20, backoff=FAST)
         with pytest.raises(SSEError, match="longer than"):
             await Pipeline(source).collect()
-    assert sent < 64 << 20  # stopped long before a gigabyte
+    assert handler.sent < 64 << 20  # stopped long before a gigabyte
 
 
 async def test_live_demo_reconnects_and_shuts_down(capsys: pytest.CaptureFixture[str]) -> None:
