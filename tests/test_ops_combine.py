@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -26,6 +26,7 @@ from talkpipe_async.operators import (
     zip_streams,
     zip_with,
 )
+from tests.ops_helpers import task_count, until
 
 pytestmark = pytest.mark.anyio
 
@@ -59,20 +60,6 @@ async def scale(items: AsyncIterator[int], k: int = 2) -> AsyncIterator[int]:
     """Multiply by k."""
     async for x in items:
         yield x * k
-
-
-async def until(cond: Callable[[], bool], rounds: int = 2000) -> None:
-    """Let other tasks run until *cond* holds (bounded)."""
-    for _ in range(rounds):
-        if cond():
-            return
-        await anyio.lowlevel.checkpoint()
-    raise AssertionError("condition not reached")
-
-
-def task_count() -> int:
-    """Running tasks, minus trio's system task that appears lazily on first use of a token."""
-    return len([t for t in anyio.get_running_tasks() if "TrioToken" not in (t.name or "")])
 
 
 @PROPS

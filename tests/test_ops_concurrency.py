@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from talkpipe_async import Flush, Pipeline, source
 from talkpipe_async.operators import buffer, concurrent_map, thread_map
+from tests.ops_helpers import task_count, until
 
 pytestmark = pytest.mark.anyio
 
@@ -35,20 +36,6 @@ async def jittery(x: int) -> int:
     for _ in range((x * 7) % 5):
         await anyio.lowlevel.checkpoint()
     return x * 3
-
-
-async def until(cond: Callable[[], bool], rounds: int = 2000) -> None:
-    """Let other tasks run until *cond* holds (bounded, no time-based sleeps)."""
-    for _ in range(rounds):
-        if cond():
-            return
-        await anyio.lowlevel.checkpoint()
-    raise AssertionError("condition not reached")
-
-
-def task_count() -> int:
-    """Running tasks, minus trio's system task that appears lazily on first use of a token."""
-    return len([t for t in anyio.get_running_tasks() if "TrioToken" not in (t.name or "")])
 
 
 @PROPS

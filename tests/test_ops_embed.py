@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import anyio
@@ -20,6 +21,8 @@ from talkpipe_async.operators import (
     from_queue,
     from_stream,
 )
+from tests.ops_helpers import task_count
+from tests.ops_helpers import until as _until
 
 pytestmark = pytest.mark.anyio
 
@@ -31,18 +34,7 @@ async def double(items: AsyncIterator[int]) -> AsyncIterator[int]:
         yield 2 * x
 
 
-async def until(cond: Callable[[], bool], rounds: int = 5000) -> None:
-    """Let other tasks run until *cond* holds (bounded)."""
-    for _ in range(rounds):
-        if cond():
-            return
-        await anyio.lowlevel.checkpoint()
-    raise AssertionError("condition not reached")
-
-
-def task_count() -> int:
-    """Running tasks, minus trio's system task that appears lazily on first use of a token."""
-    return len([t for t in anyio.get_running_tasks() if "TrioToken" not in (t.name or "")])
+until = partial(_until, rounds=5000)  # the embedding tests allow more rounds
 
 
 async def test_from_stream_reads_until_senders_close() -> None:
