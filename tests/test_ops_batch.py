@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -10,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from talkpipe_async import Flush, Metadata, segment, source
+from talkpipe_async import Flush, Metadata, segment
 from talkpipe_async.operators import batch, flush_n, flush_t, flushN, flushT, makeLists, time_window, window
-from tests.ops_a_helpers import LOOPS, Gate, items_of, run_collect
+from tests.ops_a_helpers import LOOPS, Gate, items_of, on_mock_clock, run_collect, timed
 
 pytestmark = pytest.mark.anyio
 
@@ -178,33 +177,6 @@ def test_validation() -> None:
 
 
 # ----------------------------------------------------------------- exact timing under trio's MockClock
-
-
-@source
-async def timed(schedule: list[tuple[float, Any]]) -> AsyncIterator[Any]:
-    """Yield each item at its (virtual) time after the start."""
-    start = anyio.current_time()
-    for at, x in schedule:
-        await anyio.sleep_until(start + at)
-        yield x
-
-
-def on_mock_clock(pipeline: Any, *, metadata: bool = False) -> list[tuple[float, Any]]:
-    """Run *pipeline* on trio with an autojumping MockClock; return (time, item) pairs."""
-    from trio.testing import MockClock
-
-    async def main() -> list[tuple[float, Any]]:
-        start = anyio.current_time()
-        out = []
-        async with pipeline.stream(metadata=metadata) as items:
-            async for x in items:
-                out.append((round(anyio.current_time() - start, 6), x))
-        return out
-
-    result: list[tuple[float, Any]] = anyio.run(
-        main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)}
-    )
-    return result
 
 
 def test_mock_batch_timeout_exact() -> None:

@@ -28,7 +28,7 @@ from talkpipe_async.operators import (
     timeout,
     timer,
 )
-from tests.ops_a_helpers import LOOPS, Gate, items_of, run_collect
+from tests.ops_a_helpers import LOOPS, Gate, items_of, on_mock_clock, run_collect, timed
 
 pytestmark = pytest.mark.anyio
 
@@ -160,33 +160,6 @@ def test_validation() -> None:
 # ----------------------------------------------------------------- exact timing under trio's MockClock
 # The operators read anyio.current_time() and sleep with anyio, so on trio a
 # MockClock with autojump runs them in virtual time: exact, instant, never flaky.
-
-
-@source
-async def timed(schedule: list[tuple[float, Any]]) -> AsyncIterator[Any]:
-    """Yield each item at its (virtual) time after the start."""
-    start = anyio.current_time()
-    for at, x in schedule:
-        await anyio.sleep_until(start + at)
-        yield x
-
-
-def on_mock_clock(pipeline: Any, *, metadata: bool = False) -> list[tuple[float, Any]]:
-    """Run *pipeline* on trio with an autojumping MockClock; return (time, item) pairs."""
-    from trio.testing import MockClock
-
-    async def main() -> list[tuple[float, Any]]:
-        start = anyio.current_time()
-        out = []
-        async with pipeline.stream(metadata=metadata) as items:
-            async for x in items:
-                out.append((round(anyio.current_time() - start, 6), x))
-        return out
-
-    result: list[tuple[float, Any]] = anyio.run(
-        main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)}
-    )
-    return result
 
 
 def test_mock_throttle_exact() -> None:
