@@ -487,47 +487,57 @@ class PipelineRun:
         return ic
 
     def _compile(self, build: _Build) -> AsyncIterator[Any]:
-        stages = build.stages
-        first = stages[0]
-        start = 1 if isinstance(first, AbstractSource) else 0
-        sync_head: Iterable[Any] | None = None
-        cur: AsyncIterator[Any] | None = None
-        meta = _may_carry_metadata(first if start else self._input)
+        """Build this run's chain: head, fused sync prefix, async stages, outlet."""
+        start = 1 if isinstance(build.stages[0], AbstractSource) else 0
+        sync_head, cur = self._head(build)
+        meta = _may_carry_metadata(build.stages[0] if start else self._input)
+        bypass_open = False
+        if sync_head is not None:
+            start, cur, meta, bypass_open = self._sync_prefix(build, sync_head, start, meta)
+        assert cur is not None
+        return self._async_stages(build, cur, start, meta, bypass_open)
+
+    def _head(self, build: _Build) -> tuple[Iterable[Any] | None, AsyncIterator[Any] | None]:
+        """The first stage's output: a sync iterable (fused inline) or an async iterator."""
+        first = build.stages[0]
         if isinstance(first, AbstractSource):
             if self._input is not None:
                 raise TypeError("this pipeline starts with a source and takes no input")
             if first.is_sync and not first.blocking:
-                sync_head = build.observe(build.record(first.generate(), first.label), first.label, first, sync=True)
-            elif first.is_sync:
-                cur = self._thread(build, 0, None)
-            else:
-                cur = build.observe(build.record(first.generate(), first.label), first.label, first)
-        elif self._input is None:
+                return build.observe(build.record(first.generate(), first.label), first.label, first, sync=True), None
+            if first.is_sync:
+                return None, self._thread(build, 0, None)
+            return None, build.observe(build.record(first.generate(), first.label), first.label, first)
+        if self._input is None:
             raise TypeError(f"this pipeline starts with segment {first.label!r}: give stream() an input")
-        elif hasattr(self._input, "__aiter__"):
-            cur = build.observe(self._input.__aiter__(), "input")
-        else:
-            sync_head = build.observe(iter(self._input), "input", sync=True)
-        i = start
-        if sync_head is not None:
-            stop = i
-            while stop < len(stages) and stages[stop].is_sync and not stages[stop].blocking:
-                stop += 1
-            chain, meta = build.sync_chain(sync_head, i, stop, meta)
-            i = stop
-            if i == len(stages):
-                strip, bypass = meta and not self._metadata, False
-            else:
-                nxt = stages[i]
-                strip = meta and not nxt.process_metadata and not nxt.is_sync
-                bypass = strip and build.receiver_after(i)
-            cur = build.record(sync_to_async(chain, strip, bypass, build.counter), None)
-            bypass_open = bypass
-            meta = meta and not strip
-        else:
-            bypass_open = False
-        assert cur is not None
-        for j in range(i, len(stages)):
+        if hasattr(self._input, "__aiter__"):
+            return None, build.observe(self._input.__aiter__(), "input")
+        return build.observe(iter(self._input), "input", sync=True), None
+
+    def _sync_prefix(
+        self, build: _Build, head: Iterable[Any], start: int, meta: bool
+    ) -> tuple[int, AsyncIterator[Any], bool, bool]:
+        """Fuse the inline sync stages after *head*; return where the async part starts."""
+        stages = build.stages
+        stop = start
+        while stop < len(stages) and stages[stop].is_sync and not stages[stop].blocking:
+            stop += 1
+        chain, meta = build.sync_chain(head, start, stop, meta)
+        if stop == len(stages):
+            strip, bypass = meta and not self._metadata, False
+        else:  # metadata is stripped here, in the adapter, when the next stage does not take it
+            nxt = stages[stop]
+            strip = meta and not nxt.process_metadata and not nxt.is_sync
+            bypass = strip and build.receiver_after(stop)
+        cur = build.record(sync_to_async(chain, strip, bypass, build.counter), None)
+        return stop, cur, meta and not strip, bypass
+
+    def _async_stages(
+        self, build: _Build, cur: AsyncIterator[Any], start: int, meta: bool, bypass_open: bool
+    ) -> AsyncIterator[Any]:
+        """Chain the remaining stages, with metadata plumbing only where metadata can flow."""
+        stages = build.stages
+        for j in range(start, len(stages)):
             stage = stages[j]
             if stage.is_sync:
                 if bypass_open:
