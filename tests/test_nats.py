@@ -8,18 +8,14 @@ BackendNotSupported, which ``test_trio_is_refused_clearly`` checks.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import anyio
 import nats
 import pytest
 
 from talkpipe_async.connectors import (
-    BackendNotSupported,
-    BrokerUnavailable,
     JetStreamSink,
     JetStreamSource,
     Message,
@@ -28,6 +24,7 @@ from talkpipe_async.connectors import (
     map_data,
 )
 from tests import servers
+from tests.broker_helpers import ASYNCIO_LOOPS, check_refused_on_trio, check_unreachable
 
 pytestmark = [
     pytest.mark.anyio,
@@ -35,8 +32,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(params=[pytest.param(("asyncio", {}), id="asyncio"),
-                        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")])
+@pytest.fixture(params=ASYNCIO_LOOPS)
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     """nats-py needs asyncio: run on asyncio and uvloop (trio: see test_trio_is_refused_clearly)."""
     return request.param
@@ -211,18 +207,12 @@ async def test_sink_raises_when_no_stream_stores_the_subject(nats_url: str) -> N
 
 
 async def test_unreachable_server_fails_clearly_after_bounded_retries() -> None:
-    url = f"nats://127.0.0.1:{servers.unused_port()}"
-    start = time.monotonic()
-    with pytest.raises(BrokerUnavailable, match=r"unreachable after 3 attempts"):
-        await JetStreamSource("S", "d", servers=url, retries=2, timeout=0.5).collect()
-    with pytest.raises(BrokerUnavailable, match=url):
-        await JetStreamSink("x", servers=url, retries=1, timeout=0.5).collect([1])
-    assert time.monotonic() - start < 10
+    await check_unreachable(
+        f"nats://127.0.0.1:{servers.unused_port()}",
+        lambda u: JetStreamSource("S", "d", servers=u, retries=2, timeout=0.5),
+        lambda u: JetStreamSink("x", servers=u, retries=1, timeout=0.5),
+    )
 
 
 def test_trio_is_refused_clearly() -> None:
-    async def main() -> None:
-        await JetStreamSource("S", "d", servers="nats://127.0.0.1:1").collect()
-
-    with pytest.raises(BackendNotSupported, match="asyncio"):
-        anyio.run(main, backend="trio")
+    check_refused_on_trio(lambda: JetStreamSource("S", "d", servers="nats://127.0.0.1:1"))

@@ -9,19 +9,15 @@ checks.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import anyio
 import pytest
 import redis.asyncio as aioredis
 
 from talkpipe_async import segment
 from talkpipe_async.connectors import (
-    BackendNotSupported,
-    BrokerUnavailable,
     Message,
     RedisStreamSink,
     RedisStreamSource,
@@ -31,6 +27,7 @@ from talkpipe_async.connectors import (
     map_data,
 )
 from tests import servers
+from tests.broker_helpers import ASYNCIO_LOOPS, check_refused_on_trio, check_unreachable
 
 pytestmark = [
     pytest.mark.anyio,
@@ -38,8 +35,7 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(params=[pytest.param(("asyncio", {}), id="asyncio"),
-                        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")])
+@pytest.fixture(params=ASYNCIO_LOOPS)
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     """redis.asyncio needs asyncio: run on asyncio and uvloop (trio: see test_trio_is_refused_clearly)."""
     return request.param
@@ -249,18 +245,12 @@ async def _strip(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 
 async def test_unreachable_server_fails_clearly_after_bounded_retries() -> None:
-    url = f"redis://127.0.0.1:{servers.unused_port()}/0"
-    start = time.monotonic()
-    with pytest.raises(BrokerUnavailable, match=r"unreachable after 3 attempts"):
-        await RedisStreamSource("s", "g", url=url, retries=2, timeout=0.5).collect()
-    with pytest.raises(BrokerUnavailable, match=url):
-        await RedisStreamSink("s", url=url, retries=1, timeout=0.5).collect([1])
-    assert time.monotonic() - start < 10
+    await check_unreachable(
+        f"redis://127.0.0.1:{servers.unused_port()}/0",
+        lambda u: RedisStreamSource("s", "g", url=u, retries=2, timeout=0.5),
+        lambda u: RedisStreamSink("s", url=u, retries=1, timeout=0.5),
+    )
 
 
 def test_trio_is_refused_clearly() -> None:
-    async def main() -> None:
-        await RedisStreamSource("s", "g", url="redis://127.0.0.1:1/0").collect()
-
-    with pytest.raises(BackendNotSupported, match="asyncio"):
-        anyio.run(main, backend="trio")
+    check_refused_on_trio(lambda: RedisStreamSource("s", "g", url="redis://127.0.0.1:1/0"))
