@@ -327,31 +327,24 @@ async def test_upstream_error_after_branches_finish() -> None:
     assert sorted(got) == [-2, -1, 1, 2]
 
 
-async def test_branch_that_ends_early_does_not_block_others() -> None:
-    @segment
-    async def first_two(items: AsyncIterator[int]) -> AsyncIterator[int]:
-        n = 0
-        async for x in items:
-            yield -x
-            n += 1
-            if n == 2:
-                return
+@segment
+async def first_two(items: AsyncIterator[int]) -> AsyncIterator[int]:
+    """Negate the first two items, then end (a branch that leaves early)."""
+    n = 0
+    async for x in items:
+        yield -x
+        n += 1
+        if n == 2:
+            return
 
+
+async def test_branch_that_ends_early_does_not_block_others() -> None:
     out = await (from_list(list(range(1, 51))) | fork(scale(k=1), first_two(), buffer=1)).collect()
     assert sorted(x for x in out if x > 0) == list(range(1, 51))
     assert sorted(x for x in out if x < 0) == [-2, -1]
 
 
 async def test_metadata_owed_by_a_branch_that_ended_still_leaves_the_fork() -> None:
-    @segment
-    async def first_two(items: AsyncIterator[int]) -> AsyncIterator[int]:
-        n = 0
-        async for x in items:
-            yield -x
-            n += 1
-            if n == 2:
-                return
-
     feed: list[Any] = [1, 2, 3, Flush(n=1), 4, 5, Flush(n=2), 6]
     with anyio.fail_after(5):
         out = await (from_list(feed) | fork(scale(k=1), first_two(), buffer=4)).collect(metadata=True)
