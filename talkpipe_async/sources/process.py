@@ -11,8 +11,7 @@ from typing import Any
 import anyio
 
 from .._core._run import current_run
-from .._core._segment import AbstractSource
-from .sockets import DEFAULT_MAX_LINE, READ_SIZE, LineFramer, NetStats, Overlong
+from .sockets import DEFAULT_MAX_LINE, READ_SIZE, NetStats, Overlong, _FramedSource
 
 __all__ = ["ProcessFailed", "process_lines", "stdin_lines"]
 
@@ -31,7 +30,7 @@ class ProcessFailed(subprocess.CalledProcessError):
         return text
 
 
-class process_lines(AbstractSource[str]):
+class process_lines(_FramedSource[str]):
     """The lines (str) a subprocess writes to stdout.
 
     ``command`` is an argument list (no shell) or, with ``shell=True``, a
@@ -60,7 +59,7 @@ class process_lines(AbstractSource[str]):
         stats: NetStats | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(max_line_bytes, on_overlong, encoding, errors, stats, name)
         if shell and not isinstance(command, str):
             raise TypeError("shell=True needs the command as one string")
         if not shell and isinstance(command, str):
@@ -71,13 +70,6 @@ class process_lines(AbstractSource[str]):
         self.env = env
         self.check = check
         self.stderr_bytes = stderr_bytes
-        self.max_line_bytes = max_line_bytes
-        self.on_overlong = on_overlong
-        self.encoding = encoding
-        self.errors = errors
-        self.stats = stats
-        if name:
-            self.name = name
 
     async def generate(self) -> AsyncIterator[str]:
         """Start the process, yield its stdout lines, check its exit status."""
@@ -104,7 +96,7 @@ class process_lines(AbstractSource[str]):
         try:
             current_run().start_soon(drain_stderr)
             assert process.stdout is not None
-            framer = LineFramer(self.max_line_bytes, overlong=self.on_overlong, label=self.label, stats=stats)
+            framer = self._framer(self.label, stats)
             while True:
                 try:
                     data = await process.stdout.receive(READ_SIZE)
@@ -140,7 +132,7 @@ class process_lines(AbstractSource[str]):
                 await process.aclose()
 
 
-class stdin_lines(AbstractSource[str]):
+class stdin_lines(_FramedSource[str]):
     """Lines of standard input (or of any readable file descriptor ``fd``).
 
     Reads 64 KiB per worker-thread call and splits lines in Python (one
@@ -160,21 +152,14 @@ class stdin_lines(AbstractSource[str]):
         stats: NetStats | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(max_line_bytes, on_overlong, encoding, errors, stats, name)
         self.fd = fd
-        self.max_line_bytes = max_line_bytes
-        self.on_overlong = on_overlong
-        self.encoding = encoding
-        self.errors = errors
-        self.stats = stats
-        if name:
-            self.name = name
 
     async def generate(self) -> AsyncIterator[str]:
         """Yield each line until end of input."""
         stats = self.stats if self.stats is not None else NetStats()
         fd = self.fd if self.fd is not None else sys.stdin.fileno()
-        framer = LineFramer(self.max_line_bytes, overlong=self.on_overlong, label=self.label, stats=stats)
+        framer = self._framer(self.label, stats)
         while True:
             data = await anyio.to_thread.run_sync(os.read, fd, READ_SIZE, abandon_on_cancel=True)
             if not data:

@@ -15,7 +15,7 @@ import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
 import anyio.abc
@@ -49,6 +49,8 @@ DEFAULT_MAX_LINE = 1 << 20
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, one of them the terminating NUL
 
 Overlong = Literal["raise", "skip"]
+
+ItemT = TypeVar("ItemT")
 
 
 class LineTooLong(ValueError):
@@ -234,7 +236,33 @@ async def _connect_tcp(
     return await anyio.connect_tcp(host, port, ssl_context=ssl_context, tls_hostname=tls_hostname or host)
 
 
-class _StreamClient(AbstractSource[Any]):
+class _FramedSource(AbstractSource[ItemT]):
+    """Shared options of the sources that split a byte stream with a :class:`LineFramer`."""
+
+    def __init__(
+        self,
+        max_line_bytes: int,
+        on_overlong: Overlong,
+        encoding: str,
+        errors: str,
+        stats: NetStats | None,
+        name: str | None,
+        /,
+    ) -> None:
+        super().__init__()
+        self.max_line_bytes = max_line_bytes
+        self.on_overlong = on_overlong
+        self.encoding = encoding
+        self.errors = errors
+        self.stats = stats
+        if name:
+            self.name = name
+
+    def _framer(self, label: str, stats: NetStats) -> LineFramer:
+        return LineFramer(self.max_line_bytes, overlong=self.on_overlong, label=label, stats=stats)
+
+
+class _StreamClient(_FramedSource[Any]):
     """Shared body of the TCP and Unix client sources."""
 
     lines_mode = True
@@ -255,19 +283,12 @@ class _StreamClient(AbstractSource[Any]):
         stats: NetStats | None,
         name: str | None,
     ) -> None:
-        super().__init__()
+        super().__init__(max_line_bytes, on_overlong, encoding, errors, stats, name)
         self.reconnect = reconnect
         self.backoff = backoff or Backoff()
-        self.max_line_bytes = max_line_bytes
-        self.on_overlong = on_overlong
-        self.encoding = encoding
-        self.errors = errors
         self.read_size = read_size
         self.read_timeout = read_timeout
         self.connect_timeout = connect_timeout
-        self.stats = stats
-        if name:
-            self.name = name
 
     async def _connect(self) -> anyio.abc.ByteStream:
         raise NotImplementedError
@@ -302,7 +323,7 @@ class _StreamClient(AbstractSource[Any]):
                 attempt += 1
                 continue
             stats.connections += 1
-            framer = LineFramer(self.max_line_bytes, overlong=self.on_overlong, label=label, stats=stats)
+            framer = self._framer(label, stats)
             productive = False
             lost: BaseException | None = None
             try:
@@ -466,7 +487,7 @@ class unix_bytes(unix_lines):
     lines_mode = False
 
 
-class _ServerSource(AbstractSource[str]):
+class _ServerSource(_FramedSource[str]):
     """Shared body of the TCP and Unix server sources."""
 
     def __init__(
@@ -483,20 +504,13 @@ class _ServerSource(AbstractSource[str]):
         stats: NetStats | None,
         name: str | None,
     ) -> None:
-        super().__init__()
+        super().__init__(max_line_bytes, on_overlong, encoding, errors, stats, name)
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.buffer = buffer
-        self.max_line_bytes = max_line_bytes
-        self.on_overlong = on_overlong
-        self.encoding = encoding
-        self.errors = errors
         self.on_listening = on_listening
-        self.stats = stats
-        if name:
-            self.name = name
 
     async def _listen(self) -> tuple[anyio.abc.Listener[Any], Any]:
         raise NotImplementedError
@@ -539,7 +553,7 @@ class _ServerSource(AbstractSource[str]):
                 return
             active += 1
             stats.connections += 1
-            framer = LineFramer(self.max_line_bytes, overlong=self.on_overlong, label=label, stats=stats)
+            framer = self._framer(label, stats)
             try:
                 while True:
                     try:
