@@ -16,7 +16,7 @@ import copy as _copy
 import logging
 import reprlib
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -359,10 +359,17 @@ async def _sequence(channel: Channel, upstream: AsyncIterator[Any] | None, pipes
                 await channel.put(item)
 
 
-async def _chained(label: str, capacity: int, upstream: _Upstream, pipes: list[Any]) -> AsyncGenerator[Any, None]:
+async def produced(
+    label: str, capacity: int, produce: Callable[..., Awaitable[None]], *args: Any
+) -> AsyncGenerator[Any, None]:
+    """Yield what ``produce(channel, *args)`` puts into a channel of *capacity*, run as a producer task.
+
+    The channel ends as :func:`produce_into` says; closing this generator
+    aborts the channel and cancels the producer.  Use it under ``aclosing``.
+    """
     channel = Channel(capacity)
     tasks = TaskScopes()
-    tasks.start(produce_into, channel, _sequence, upstream, pipes, name=f"talkpipe producer of {label}")
+    tasks.start(produce_into, channel, produce, *args, name=f"talkpipe producer of {label}")
     try:
         while True:
             try:
@@ -398,7 +405,7 @@ class chain(AbstractSource[Any]):
 
     async def generate(self) -> AsyncIterator[Any]:
         """Yield every input's items in turn."""
-        async with aclosing(_chained(self.label, self.capacity, None, self.sources)) as steps:
+        async with aclosing(produced(self.label, self.capacity, _sequence, None, self.sources)) as steps:
             async for item in steps:
                 yield item
 
@@ -422,7 +429,7 @@ class chain_with(AbstractSegment[Any, Any]):
 
     async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """Yield the upstream's items, then each other input's items."""
-        async with aclosing(_chained(self.label, self.capacity, items, self.others)) as steps:
+        async with aclosing(produced(self.label, self.capacity, _sequence, items, self.others)) as steps:
             async for item in steps:
                 yield item
 

@@ -32,9 +32,8 @@ from .._backoff import Backoff
 from .._core._channel import Channel, ChannelClosed
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
-from ._shared import produce_into
-from .combine import as_source_pipeline
-from .concurrency import TaskScopes, blame
+from .combine import as_source_pipeline, produced
+from .concurrency import blame
 
 __all__ = [
     "Backoff",
@@ -433,17 +432,6 @@ class retry_source(AbstractSource[Any]):
 
     async def generate(self) -> AsyncIterator[Any]:
         """Yield the source's items across re-openings."""
-        channel = Channel(self.capacity)
-        tasks = TaskScopes()
-        tasks.start(produce_into, channel, self._produce, name=f"talkpipe producer of {self.label}")
-        try:
-            while True:
-                try:
-                    batch = await channel.get_batch(self.capacity)
-                except anyio.EndOfStream:
-                    return
-                for item in batch:
-                    yield item
-        finally:
-            channel.abort()
-            tasks.cancel()
+        async with aclosing(produced(self.label, self.capacity, self._produce)) as steps:
+            async for item in steps:
+                yield item
