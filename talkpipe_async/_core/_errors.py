@@ -17,7 +17,7 @@ from functools import lru_cache
 from types import CodeType, FrameType
 from typing import Any
 
-__all__ = ["ErrorContext", "annotate", "attach_context", "error_context"]
+__all__ = ["ErrorContext", "add_note", "annotate", "attach_context", "error_context"]
 
 _MISSING = object()
 _repr = reprlib.Repr()
@@ -101,7 +101,7 @@ def _attach(exc: BaseException, ctx: ErrorContext) -> None:
         exc.talkpipe_context = ctx  # type: ignore[attr-defined]
     except AttributeError:
         return
-    _add_note(exc, ctx.describe())
+    add_note(exc, ctx.describe())
 
 
 def annotate(exc: BaseException, frames: dict[FrameType, str]) -> None:
@@ -120,7 +120,8 @@ def annotate(exc: BaseException, frames: dict[FrameType, str]) -> None:
     _attach(exc, ErrorContext(segment=found[1], item=_item_repr(found[0])))
 
 
-def _add_note(exc: BaseException, note: str) -> None:
+def add_note(exc: BaseException, note: str) -> None:
+    """Add a PEP 678 note to *exc* (on Python 3.10 too, through ``__notes__``)."""
     add = getattr(exc, "add_note", None)
     if add is not None:
         add(note)

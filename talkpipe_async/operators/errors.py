@@ -30,6 +30,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from .._backoff import Backoff
 from .._core._channel import Channel, ChannelClosed
+from .._core._errors import add_note
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
 from .combine import as_source_pipeline, produced
@@ -285,9 +286,7 @@ async def retry_call(
         except retry_on as exc:
             failure += 1
             if backoff.exhausted(failure):
-                add = getattr(exc, "add_note", None)
-                if add is not None:
-                    add(f"talkpipe_async: gave up after {failure} attempts")
+                add_note(exc, f"talkpipe_async: gave up after {failure} attempts")
                 raise
             wait = backoff.delay(failure - 1, rng=rng)
             if on_retry is not None:
@@ -420,9 +419,7 @@ class retry_source(AbstractSource[Any]):
                     raise
                 failure = 1 if delivered else failure + 1
                 if self.backoff.exhausted(failure):
-                    add = getattr(exc, "add_note", None)
-                    if add is not None:
-                        add(f"talkpipe_async: {self.label} gave up after {failure} consecutive failures")
+                    add_note(exc, f"talkpipe_async: {self.label} gave up after {failure} consecutive failures")
                     raise
                 wait = self.backoff.delay(failure - 1, rng=self.rng)
                 logger.warning("%s: source failed (%r); re-opening in %.3fs", self.label, exc, wait)

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterab
 from types import CodeType, TracebackType
 from typing import Any, Generic, Literal, TypeVar, overload
 
+from .._core._errors import add_note
 from .._core._fields import assign_field, extract_field
 from .._core._segment import AbstractSegment
 
@@ -158,8 +159,8 @@ class _Fusable(AbstractSegment[T, U]):
                     line = tb.tb_lineno
                 tb = tb.tb_next
             index = where.get(line) if line is not None else None
-            if index is not None and len(steps) > 1 and hasattr(exc, "add_note"):
-                exc.add_note(f"in step {steps[index][2]} of fused stage {self.label!r}")
+            if index is not None and len(steps) > 1:
+                add_note(exc, f"in step {steps[index][2]} of fused stage {self.label!r}")
 
         result: AsyncIterator[U] = func(items, locate, *(fn for _, fn, _ in steps))
         return result
