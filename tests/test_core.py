@@ -618,3 +618,25 @@ def test_stats_on_sync_prefix_in_loop() -> None:
 
     snap = anyio.run(main)
     assert [(s.name, s.items_out) for s in snap.stages] == [("numbers", 4), ("sync_double", 4), ("add", 4)]
+
+
+async def test_metadata_passes_a_sync_filter_that_drops_everything() -> None:
+    @source
+    def forever() -> Iterator[Any]:
+        i = 0
+        while True:
+            if i % 5 == 0:
+                yield Flush(n=i)
+            yield i
+            i += 1
+
+    @segment
+    def drop_everything(items: Iterable[Any]) -> Iterator[Any]:
+        for _ in items:
+            if False:
+                yield _
+
+    log: list[Any] = []
+    with anyio.fail_after(5):
+        await (forever() | sync_double() | drop_everything() | flush_recorder(log=log, stop=3)).collect()
+    assert [e for e in log if e[0] == "got"] == [("got", "flush0"), ("got", "flush5"), ("got", "flush10")]

@@ -517,10 +517,23 @@ class PipelineRun:
     def _sync_prefix(
         self, build: _Build, head: Iterable[Any], start: int, meta: bool
     ) -> tuple[int, AsyncIterator[Any], bool, bool]:
-        """Fuse the inline sync stages after *head*; return where the async part starts."""
+        """Fuse the inline sync stages after *head*; return where the async part starts.
+
+        A sync segment that metadata must go past on its way to a stage that
+        wants it is not fused: a plain generator cannot be suspended while it
+        reads its input, so it runs in a worker thread, where metadata goes
+        past it as soon as it asks for the next input.
+        """
         stages = build.stages
-        stop = start
+        stop, may_carry = start, meta
         while stop < len(stages) and stages[stop].is_sync and not stages[stop].blocking:
+            stage = stages[stop]
+            if stage.process_metadata:
+                may_carry = True
+            elif may_carry and build.receiver_after(stop):
+                break
+            else:
+                may_carry = False
             stop += 1
         chain, meta = build.sync_chain(head, start, stop, meta)
         if stop == len(stages):
