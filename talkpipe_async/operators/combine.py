@@ -166,12 +166,15 @@ class FanIn:
                 await self.wait()
 
 
-async def _pump_pipeline(fan: FanIn, i: int, pipeline: Pipeline[Any, Any]) -> None:
-    """Producer task: run *pipeline* and put its items (metadata too) into lane *i*."""
+async def _into_lane(fan: FanIn, i: int, fill: Callable[[], Awaitable[None]]) -> None:
+    """Run ``fill()``, which puts items into lane *i*, then end the lane.
+
+    An error ends the lane with that error (raised after the lane's items);
+    ``ChannelClosed`` (the consumer is gone) just returns; cancellation
+    propagates.
+    """
     try:
-        async with pipeline.stream(metadata=True) as items:
-            async for item in items:
-                await fan.put(i, item)
+        await fill()
     except ChannelClosed:
         return
     except anyio.get_cancelled_exc_class():
@@ -182,19 +185,25 @@ async def _pump_pipeline(fan: FanIn, i: int, pipeline: Pipeline[Any, Any]) -> No
     fan.close(i)
 
 
+async def _pump_pipeline(fan: FanIn, i: int, pipeline: Pipeline[Any, Any]) -> None:
+    """Producer task: run *pipeline* and put its items (metadata too) into lane *i*."""
+
+    async def fill() -> None:
+        async with pipeline.stream(metadata=True) as items:
+            async for item in items:
+                await fan.put(i, item)
+
+    await _into_lane(fan, i, fill)
+
+
 async def _pump_upstream(fan: FanIn, i: int, items: AsyncIterator[Any]) -> None:
     """Feeder task: read a segment's upstream into lane *i*."""
-    try:
+
+    async def fill() -> None:
         async for item in items:
             await fan.put(i, item)
-    except ChannelClosed:
-        return
-    except anyio.get_cancelled_exc_class():
-        raise
-    except BaseException as exc:
-        fan.close(i, exc)
-        return
-    fan.close(i)
+
+    await _into_lane(fan, i, fill)
 
 
 def _start_pumps(fan: FanIn, tasks: TaskScopes, label: str, upstream: _Upstream, pipes: list[Any]) -> None:
