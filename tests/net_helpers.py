@@ -20,6 +20,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from talkpipe_async import Backoff
+
+#: A quick reconnect policy for tests: 10 ms first wait, 50 ms cap, 5 attempts.
+FAST = Backoff(initial=0.01, maximum=0.05, max_attempts=5)
+
 
 class AppServer:
     """Serve an ASGI app with uvicorn on 127.0.0.1 (ephemeral port) in its own thread and loop.

@@ -12,9 +12,10 @@ import pytest
 
 from talkpipe_async import Pipeline
 from talkpipe_async.sources.http import MalformedRecord, http_bytes, http_lines, http_ndjson, http_poll
-from talkpipe_async.sources.sockets import Backoff, ConnectionLost, LineTooLong, NetStats
+from talkpipe_async.sources.sockets import ConnectionLost, LineTooLong, NetStats
 
 from .net_helpers import (
+    FAST,
     LAST_CHUNK,
     AppServer,
     AppState,
@@ -28,7 +29,6 @@ from .net_helpers import (
 
 pytestmark = pytest.mark.anyio
 
-FAST = Backoff(initial=0.01, maximum=0.05, max_attempts=5)
 
 
 @pytest.fixture(scope="module")

@@ -33,11 +33,10 @@ from talkpipe_async.sources.sockets import (
     unix_server_lines,
 )
 
-from .net_helpers import raw_server, settle
+from .net_helpers import FAST, raw_server, settle
 
 pytestmark = pytest.mark.anyio
 
-FAST = Backoff(initial=0.01, maximum=0.05, max_attempts=5)
 
 
 @segment

@@ -15,6 +15,7 @@ from talkpipe_async.sources.sockets import Backoff, NetStats
 from talkpipe_async.sources.sse import SSEError, SSEEvent, SSEParser, sse_events
 
 from .net_helpers import (
+    FAST,
     LAST_CHUNK,
     AppServer,
     AppState,
@@ -28,7 +29,6 @@ from .net_helpers import (
 
 pytestmark = pytest.mark.anyio
 
-FAST = Backoff(initial=0.01, maximum=0.05, max_attempts=5)
 
 
 def parse(*chunks: bytes) -> tuple[list[SSEEvent], SSEParser]:
