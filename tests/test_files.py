@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
+from talkpipe_async._core import _items
 from talkpipe_async.sources import FileStats, RecordError, read_chunks, read_csv, read_jsonl, read_lines
+from talkpipe_async.sources import files as files_module
 from talkpipe_async.sources.files import DROPPED, Splitter
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True, params=["inline", "threads"])
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Every test twice: reads from the page cache in the loop (C item step), and worker-thread reads
+    (pure-Python item step), so both code paths see every case."""
+    if request.param == "threads":
+        monkeypatch.setattr(files_module, "NOWAIT", False)
+        monkeypatch.setattr(_items, "SPEEDUPS", False)
+    elif not files_module.NOWAIT:
+        pytest.skip("no RWF_NOWAIT reads on this platform")
+    yield request.param
 
 
 def open_fds() -> int:
@@ -224,3 +240,96 @@ def test_bad_options() -> None:
         read_jsonl("x", on_error="ignore")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="error policy"):
         read_lines("x", errors="nonsense")
+
+
+def _evict(path: Path) -> bool:
+    """Drop *path* from the page cache; True if a non-blocking read now reports it uncached."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:  # probe the last byte (a miss may start read-ahead there, so evict again after)
+            os.preadv(fd, [bytearray(1)], os.fstat(fd).st_size - 1, os.RWF_NOWAIT)
+        except BlockingIOError:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
+async def test_cached_file_is_read_in_the_loop_without_thread_hops(tmp_path: Path, read_path: str) -> None:
+    p = tmp_path / "x.txt"
+    lines = [f"{i:06d} é" for i in range(50_000)]
+    p.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    stats = FileStats()
+    assert await read_lines(p, stats=stats).collect() == lines
+    if read_path == "inline":
+        assert stats.cached_reads == -(-stats.bytes // files_module.INLINE_CHUNK) + 1  # and the read at the end
+    else:
+        assert stats.cached_reads == 0
+
+
+async def test_uncached_file_is_read_in_worker_threads(tmp_path: Path, read_path: str) -> None:
+    p = tmp_path / "cold.jsonl"
+    p.write_bytes(b"".join(b'{"n": %d}\n' % i for i in range(20_000)))
+    if read_path == "inline" and not _evict(p):
+        pytest.skip("cannot evict a file from the page cache here")
+    stats = FileStats()
+    records = await read_jsonl(p, stats=stats).collect()
+    assert [r["n"] for r in records] == list(range(20_000))
+    assert stats.cached_reads == 0
+
+
+async def test_fifo_is_read_in_worker_threads(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with open(fifo, "wb") as f:
+            f.write(b"".join(b"%d\n" % i for i in range(10_000)))
+
+    stats = FileStats()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.to_thread.run_sync, write)
+        got = await read_lines(fifo, stats=stats).collect()
+    assert got == [str(i) for i in range(10_000)]
+    assert stats.cached_reads == 0
+
+
+async def test_reading_in_the_loop_lets_other_tasks_run(tmp_path: Path) -> None:
+    p = tmp_path / "big.txt"
+    p.write_bytes(b"".join(b"%08d the quick brown fox\n" % i for i in range(400_000)))  # about 13 MB
+    turns = 0
+    done = anyio.Event()
+
+    async def other_task() -> None:
+        nonlocal turns
+        while not done.is_set():
+            turns += 1
+            await anyio.lowlevel.checkpoint()
+
+    stats = FileStats()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(other_task)
+        await anyio.lowlevel.checkpoint()
+        start = turns
+        n = 0
+        async with read_lines(p, stats=stats).stream() as items:
+            async for _ in items:
+                n += 1
+        during = turns - start
+        done.set()
+    assert n == 400_000
+    # Reading 13 MB takes tens of milliseconds; the loop gets a turn at least every INLINE_SLICE.
+    assert during >= 3, f"the other task ran {during} times while the file was read"
+
+
+async def test_errors_from_the_batch_step_name_the_source(tmp_path: Path) -> None:
+    p = tmp_path / "bad.txt"
+    p.write_bytes(b"ok\n\xff\n")
+    with pytest.raises(RecordError) as info:
+        async with read_lines(p, errors="strict", name="logs").stream() as items:
+            async for _ in items:
+                pass
+    assert "logs" in "\n".join(getattr(info.value, "__notes__", []))

@@ -1,13 +1,19 @@
 """File sources: lines, chunks, JSON Lines and CSV records of a file or a glob of files.
 
-All file I/O goes through ``anyio.to_thread.run_sync`` on plain (unbuffered)
-file objects, so these sources work the same on asyncio, uvloop and trio.
-(aiofiles is not used: it is asyncio-only and hops a thread per call.)
+Blocking file I/O goes through ``anyio.to_thread.run_sync`` on plain
+(unbuffered) file objects, so these sources work the same on asyncio, uvloop
+and trio.  (aiofiles is not used: it is asyncio-only and hops a thread per
+call.)  Where the OS can say so (Linux: ``preadv`` with ``RWF_NOWAIT``), the
+line readers first read a regular file straight from the page cache in the
+event loop, one ``chunk_size`` at a time, since such a read cannot block; at
+the first chunk that is not cached they switch to worker threads for the rest
+of the file.
 
-Each thread hop reads one big chunk (``chunk_size``, 256 KiB by default) and
-splits it into lines in Python (``bytes.split`` / ``str.split``), decodes it
-and, for JSON Lines, parses the records, so the event loop only yields ready
-items.  The line being assembled across chunks is capped at
+Each thread hop reads about 1 MiB in ``chunk_size`` reads (128 KiB by
+default) and splits it into lines in Python (``bytes.split`` /
+``str.split``), decodes it and, for JSON Lines, parses the records.  The
+lines reach the consumer through :func:`~talkpipe_async._core._items.batch_items`
+(a C step per item when the extension is built).  The line being assembled across chunks is capped at
 ``max_line_bytes``: a longer line is dropped up to its next newline and
 counted, so memory stays bounded whatever the input (even gigabytes without a
 newline).
@@ -17,10 +23,13 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import glob
 import json
 import logging
 import os
+import stat
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
@@ -28,11 +37,12 @@ from functools import partial
 from typing import Any, BinaryIO, Literal
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from .._core._channel import Channel, ChannelClosed
+from .._core._items import BatchSource
 from .._core._run import current_run
-from .._core._segment import AbstractSource
 
 __all__ = [
     "FileStats",
@@ -49,6 +59,12 @@ DEFAULT_CHUNK = 128 * 1024
 DEFAULT_MAX_LINE = 1024 * 1024
 #: Bytes read per thread hop (in reads of ``chunk_size``).
 HOP_BYTES = 1024 * 1024
+#: Size of the inline reads from the page cache: small enough that a chunk's lines stay in the CPU cache.
+INLINE_CHUNK = 64 * 1024
+#: Longest stretch of event-loop time spent reading cached chunks inline before a checkpoint.
+INLINE_SLICE = 0.002
+#: Whether reads from the page cache can be tried without blocking (Linux ``RWF_NOWAIT``).
+NOWAIT = hasattr(os, "preadv") and hasattr(os, "RWF_NOWAIT")
 _GLOB_MAGIC = frozenset("*?[")
 
 OnError = Literal["raise", "skip"]
@@ -92,6 +108,8 @@ class FileStats:
     """Tail: checkpoint files written."""
     polls: int = 0
     """Tail: polls of the file (one thread hop each)."""
+    cached_reads: int = 0
+    """Chunks read straight from the page cache in the event loop, without a thread hop (Linux)."""
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict."""
@@ -295,6 +313,11 @@ class _LineFile:
         mark_bad: bool = False,
     ) -> None:
         self.f = f
+        self.fd = f.fileno()
+        regular = stat.S_ISREG(os.fstat(self.fd).st_mode)
+        self.offset: int | None = f.tell() if regular else None  # pread offset of a regular file
+        self.nowait = NOWAIT and regular
+        self._cache_buf: bytearray | None = None
         self.path = path
         self.chunk_size = chunk_size
         self.splitter = Splitter(max_line)
@@ -367,26 +390,61 @@ class _LineFile:
         Small reads keep the split and decode in the CPU cache; many of them
         per thread hop amortise the hop.
         """
-        read = self.f.read
         size = self.chunk_size
         out: list[Any] = []
         for _ in range(max(1, HOP_BYTES // size)):
-            chunk = read(size)
-            if not chunk:
-                self.eof = True
-                rest = self.splitter.partial
-                self.splitter.reset()
-                if rest:
-                    self.line_no += 1
-                    out.append(self.decoder.decode(rest, self.line_no))
-                return out
-            self.stats.bytes += len(chunk)
-            lines = self._lines(chunk, keep_places)
+            lines = self._take(self._read(size), keep_places)
             if out:
                 out += lines
             else:
                 out = lines
+            if self.eof:
+                break
         return out
+
+    def cached_batch(self, keep_places: bool = False) -> list[Any] | None:
+        """The lines of the next chunk if the page cache holds it (never blocks), else ``None``.
+
+        ``None`` also when the file system cannot tell (then ``nowait`` turns
+        off for this file).
+        """
+        assert self.offset is not None
+        buf = self._cache_buf
+        if buf is None:
+            buf = self._cache_buf = bytearray(min(self.chunk_size, INLINE_CHUNK))
+        try:
+            n = os.preadv(self.fd, [buf], self.offset, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                self.nowait = False
+                return None
+            raise
+        self.offset += n
+        self.stats.cached_reads += 1
+        return self._take(bytes(buf) if n == len(buf) else bytes(memoryview(buf)[:n]), keep_places)
+
+    def _read(self, size: int) -> bytes:
+        """Read up to *size* bytes (blocking: call in a worker thread)."""
+        if self.offset is None:
+            return self.f.read(size)
+        chunk = os.pread(self.fd, size, self.offset)
+        self.offset += len(chunk)
+        return chunk
+
+    def _take(self, chunk: bytes, keep_places: bool) -> list[Any]:
+        """The lines *chunk* completes; an empty chunk is the end of the file (its partial line is emitted)."""
+        if not chunk:
+            self.eof = True
+            rest = self.splitter.partial
+            self.splitter.reset()
+            if not rest:
+                return []
+            self.line_no += 1
+            return [self.decoder.decode(rest, self.line_no)]
+        self.stats.bytes += len(chunk)
+        return self._lines(chunk, keep_places)
 
 
 #: Batches read ahead of the consumer by the reading task.
@@ -448,6 +506,45 @@ async def read_ahead(read: Read, depth: int = READ_AHEAD) -> AsyncGenerator[list
             await done.wait()
 
 
+Parse = Callable[[list[Any]], list[Any]]
+
+
+def _keep(lines: list[Any]) -> list[Any]:
+    return lines
+
+
+async def file_batches(
+    reader: _LineFile, parse: Parse = _keep, keep_places: bool = False
+) -> AsyncGenerator[list[Any], None]:
+    """``parse(lines)`` of every chunk of *reader*: inline while the page cache holds it, then in threads.
+
+    Inline reads never block (``RWF_NOWAIT``); the loop gets a checkpoint at
+    least every :data:`INLINE_SLICE` seconds.  At the first chunk that is not
+    cached, the rest of the file is read ahead in worker threads.
+    """
+    clock = time.monotonic
+    since = clock()
+    while reader.nowait and not reader.eof:
+        lines = reader.cached_batch(keep_places)
+        if lines is None:
+            break
+        out = parse(lines)
+        if out:
+            yield out
+        if clock() - since >= INLINE_SLICE:
+            await anyio.lowlevel.checkpoint()
+            since = clock()
+    if reader.eof:
+        return
+
+    def hop() -> tuple[list[Any], bool]:
+        return parse(reader.batch(keep_places)), not reader.eof
+
+    async with aclosing(read_ahead(hop)) as batches:
+        async for batch in batches:
+            yield batch
+
+
 def _expand_sync(paths: Any) -> list[str]:
     items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     out: list[str] = []
@@ -471,7 +568,7 @@ def _open_binary(path: str) -> BinaryIO:
     return open(path, "rb", buffering=0)
 
 
-class _FileSource(AbstractSource[Any]):
+class _FileSource(BatchSource[Any]):
     """Shared options of the file sources."""
 
     def __init__(
@@ -574,16 +671,14 @@ class read_lines(_LineSource):
             stats=stats,
         )
 
-    async def generate(self) -> AsyncIterator[str]:
-        """Yield the lines of every file in order."""
+    async def batches(self) -> AsyncIterator[list[str]]:
+        """Yield the lines of every file in order, a chunk's worth at a time."""
         stats = self.stats
         async for path, f in self._files():
-            reader = self._reader(path, f)
-            async with aclosing(read_ahead(partial(_line_batch, reader))) as batches:
+            async with aclosing(file_batches(self._reader(path, f))) as batches:
                 async for lines in batches:
                     stats.lines += len(lines)
-                    for line in lines:
-                        yield line
+                    yield lines
 
 
 class read_chunks(_FileSource):
@@ -599,17 +694,17 @@ class read_chunks(_FileSource):
     ) -> None:
         super().__init__(paths, chunk_size=chunk_size, name=name, stats=stats)
 
-    async def generate(self) -> AsyncIterator[bytes]:
+    async def batches(self) -> AsyncIterator[list[bytes]]:
         """Yield each file's chunks in order (one thread hop per chunk)."""
         size = self.chunk_size
         stats = self.stats
 
         async for _path, f in self._files():
             async with aclosing(read_ahead(partial(_chunk, f, size))) as batches:
-                async for [chunk] in batches:
-                    stats.bytes += len(chunk)
+                async for batch in batches:
+                    stats.bytes += len(batch[0])
                     stats.lines += 1
-                    yield chunk
+                    yield batch
 
 
 class _Policy:
@@ -671,8 +766,8 @@ class read_jsonl(_LineSource):
         self.loads = loads
         _Policy(self.label, on_error, self.stats)  # validates
 
-    def _parse_batch(self, reader: _LineFile, policy: _Policy) -> tuple[list[Any], bool]:
-        lines = reader.batch(keep_places=True)
+    def _parse(self, reader: _LineFile, policy: _Policy, lines: list[Any]) -> list[Any]:
+        """The records of *lines*, the last lines *reader* completed (with ``DROPPED`` in place)."""
         first = reader.line_no - len(lines) + 1
         loads = self.loads
         out: list[Any] = []
@@ -690,19 +785,19 @@ class read_jsonl(_LineSource):
                     self.stats.blank_lines += 1
                     continue
                 policy.bad(reader.path, first + i, f"malformed JSON ({exc})", line, exc)
-        return out, not reader.eof
+        return out
 
-    async def generate(self) -> AsyncIterator[Any]:
-        """Yield the parsed records of every file in order."""
+    async def batches(self) -> AsyncIterator[list[Any]]:
+        """Yield the parsed records of every file in order, a chunk's worth at a time."""
         policy = _Policy(self.label, self.on_error, self.stats)
         stats = self.stats
         async for path, f in self._files():
             reader = self._reader(path, f, mark_bad=True)
-            async with aclosing(read_ahead(partial(self._parse_batch, reader, policy))) as batches:
+            parse = partial(self._parse, reader, policy)
+            async with aclosing(file_batches(reader, parse, keep_places=True)) as batches:
                 async for records in batches:
                     stats.lines += len(records)
-                    for record in records:
-                        yield record
+                    yield records
 
 
 class read_csv(_FileSource):
@@ -778,8 +873,8 @@ class read_csv(_FileSource):
                 else:
                     yield dict(zip(names, row, strict=True))
 
-    async def generate(self) -> AsyncIterator[Any]:
-        """Yield the records of every file in order."""
+    async def batches(self) -> AsyncIterator[list[Any]]:
+        """Yield the records of every file in order, ``batch`` at a time."""
         policy = _Policy(self.label, self.on_error, self.stats)
         n = self.batch
         stats = self.stats
@@ -789,16 +884,11 @@ class read_csv(_FileSource):
                 async with aclosing(read_ahead(partial(_take, rows, n))) as batches:
                     async for records in batches:
                         stats.lines += len(records)
-                        for record in records:
-                            yield record
+                        yield records
             finally:
                 close = getattr(rows, "close", None)
                 if close is not None:
                     close()
-
-
-def _line_batch(reader: _LineFile) -> tuple[list[Any], bool]:
-    return reader.batch(), not reader.eof
 
 
 def _chunk(f: BinaryIO, size: int) -> tuple[list[Any], bool]:

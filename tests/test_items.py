@@ -1,0 +1,202 @@
+"""batch_items / BatchSource: the per-item step of batch-fed sources, in C and in its Python twin."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from talkpipe_async import segment
+from talkpipe_async._core import _items
+from talkpipe_async._core._items import BatchSource, batch_items
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["c", "python"])
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Run with the C step (when built) and with the pure-Python twin."""
+    if request.param == "c" and _items._speedups is None:
+        pytest.skip("C extension not built")
+    monkeypatch.setattr(_items, "SPEEDUPS", request.param == "c")
+    yield request.param
+
+
+class Log:
+    def __init__(self) -> None:
+        self.closed = 0
+        self.batches = 0
+
+
+async def batches_of(data: list[Any], log: Log) -> AsyncIterator[Any]:
+    try:
+        for b in data:
+            log.batches += 1
+            yield b
+    finally:
+        log.closed += 1
+
+
+class Numbers(BatchSource[int]):
+    """0..n-1 in lists of *size*."""
+
+    def __init__(self, n: int, size: int, log: Log) -> None:
+        super().__init__()
+        self.n, self.size, self.log = n, size, log
+
+    async def batches(self) -> AsyncIterator[list[int]]:
+        try:
+            for start in range(0, self.n, self.size):
+                self.log.batches += 1
+                yield list(range(start, min(self.n, start + self.size)))
+        finally:
+            self.log.closed += 1
+
+
+async def test_items_in_order_empty_batches_skipped(mode: str) -> None:
+    log = Log()
+    data: list[Any] = [[1, 2], [], (3,), [(4, 5), None, ValueError("an item")], []]
+    got = [x async for x in batch_items(batches_of(data, log))]
+    assert got[:5] == [1, 2, 3, (4, 5), None] and isinstance(got[5], ValueError)
+    assert log.closed == 1
+
+
+async def test_a_source_of_batches_in_a_pipeline(mode: str) -> None:
+    log = Log()
+
+    @segment
+    async def double(items: AsyncIterator[int]) -> AsyncIterator[int]:
+        async for x in items:
+            yield 2 * x
+
+    assert await (Numbers(10_000, 333, log) | double()).collect() == [2 * i for i in range(10_000)]
+    assert not Numbers(1, 1, log).is_sync
+    async with Numbers(1000, 10, log).stream(stats=True) as items:
+        assert [x async for x in items] == list(range(1000))
+
+
+async def test_break_closes_the_batch_generator_before_the_next_statement(mode: str) -> None:
+    log = Log()
+    async with Numbers(10**9, 100, log).stream() as items:
+        async for x in items:
+            if x == 250:
+                break
+    assert log.closed == 1 and log.batches == 3
+
+
+async def test_errors_pass_through_unchanged_then_the_items_end(mode: str) -> None:
+    class Boom(Exception):
+        pass
+
+    async def failing() -> AsyncIterator[list[int]]:
+        yield [1, 2]
+        raise Boom("batch 2")
+
+    it = batch_items(failing())
+    assert [await it.__anext__(), await it.__anext__()] == [1, 2]
+    with pytest.raises(Boom, match="batch 2"):
+        await it.__anext__()
+    with pytest.raises(StopAsyncIteration):
+        await it.__anext__()
+
+
+async def test_two_pending_steps_lose_and_repeat_nothing(mode: str) -> None:
+    log = Log()
+    it = batch_items(batches_of([[1, 2, 3]], log))
+    first = await it.__anext__()  # the first item of a batch comes through the fetch
+    a = it.__anext__()
+    b = it.__anext__()
+    # C binds an item to each step when it is taken; an async generator when it is awaited.
+    assert first == 1 and sorted([await b, await a]) == [2, 3]
+    assert await anext(it, "end") == "end"
+
+
+def test_ready_awaitable_protocol() -> None:
+    if _items._speedups is None:
+        pytest.skip("C extension not built")
+
+    async def one() -> AsyncIterator[list[Any]]:
+        yield [0, (1, 2), "x", "y"]
+
+    it: Any = _items._FastItems(one())
+    with pytest.raises(StopIteration):  # the first item comes through the Python fetch coroutine
+        it.__anext__().send(None)
+    ready = it.__anext__()
+    with pytest.raises(StopIteration) as stop:
+        ready.send(None)
+    assert stop.value.value == (1, 2)  # a tuple stays one value
+    ready = it.__anext__()
+    assert ready.__await__() is ready
+    with pytest.raises(KeyError):
+        ready.throw(KeyError("k"))
+    ready = it.__anext__()
+    ready.close()
+    with pytest.raises(StopIteration) as stop:
+        next(ready)
+    assert stop.value.value is None
+    assert it.pending() == 0
+
+
+async def test_no_reference_leaks_and_the_iterator_is_collected(mode: str) -> None:
+    marker = object()
+    before = sys.getrefcount(marker)
+    log = Log()
+    it = batch_items(batches_of([[marker] * 1000, [marker]], log))
+    n = 0
+    async for x in it:
+        n += x is marker
+    del x
+    assert n == 1001
+    assert sys.getrefcount(marker) == before
+    ref = weakref.ref(it)
+    del it
+    gc.collect()
+    assert ref() is None
+
+
+async def test_cancelled_while_fetching_closes_the_batches(mode: str, anyio_backend: Any) -> None:
+    waiting = anyio.Event()
+    closed = anyio.Event()
+
+    async def slow() -> AsyncIterator[list[int]]:
+        try:
+            yield [1]
+            waiting.set()
+            await anyio.sleep_forever()
+            yield [2]
+        finally:
+            closed.set()
+
+    class Slow(BatchSource[int]):
+        async def batches(self) -> AsyncIterator[list[int]]:
+            async for batch in slow():
+                yield batch
+
+    got = []
+    async with anyio.create_task_group() as tg:
+
+        async def consume() -> None:
+            async with Slow().stream() as items:
+                async for x in items:
+                    got.append(x)
+
+        tg.start_soon(consume)
+        await waiting.wait()
+        tg.cancel_scope.cancel()
+    assert got == [1] and closed.is_set()
+
+
+def test_the_python_twin_is_chosen_when_the_extension_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_items, "SPEEDUPS", False)
+
+    async def none() -> AsyncIterator[list[int]]:
+        yield []
+
+    gen = batch_items(none())
+    assert hasattr(gen, "ag_frame") and type(gen).__name__ == "async_generator"
+    anyio.run(gen.aclose)  # type: ignore[attr-defined]
