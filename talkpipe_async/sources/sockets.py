@@ -24,6 +24,7 @@ from anyio.abc import SocketAttribute
 
 from .._backoff import Backoff
 from .._core._channel import Channel, ChannelClosed
+from .._core._items import BatchSource
 from .._core._run import current_run
 from .._core._segment import AbstractSource
 
@@ -262,7 +263,7 @@ class _FramedSource(AbstractSource[ItemT]):
         return LineFramer(self.max_line_bytes, overlong=self.on_overlong, label=label, stats=stats)
 
 
-class _StreamClient(_FramedSource[Any]):
+class _StreamClient(_FramedSource[Any], BatchSource[Any]):
     """Shared body of the TCP and Unix client sources."""
 
     lines_mode = True
@@ -306,8 +307,8 @@ class _StreamClient(_FramedSource[Any]):
         with anyio.fail_after(self.read_timeout):
             return await stream.receive(self.read_size)
 
-    async def generate(self) -> AsyncIterator[Any]:
-        """Connect, read 64 KiB at a time, yield lines (or chunks); reconnect if asked."""
+    async def batches(self) -> AsyncIterator[list[Any]]:
+        """Connect, read 64 KiB at a time, yield each read's lines (or the chunk); reconnect if asked."""
         stats = self.stats if self.stats is not None else NetStats()
         label = f"{self.label} ({self._where()})"
         attempt = 0
@@ -335,7 +336,7 @@ class _StreamClient(_FramedSource[Any]):
                             tail = framer.finish()
                             if tail is not None:
                                 stats.items += 1
-                                yield tail.decode(self.encoding, self.errors)
+                                yield [tail.decode(self.encoding, self.errors)]
                         break
                     except (anyio.BrokenResourceError, OSError, TimeoutError, ssl.SSLError) as err:
                         framer.drop_partial()
@@ -345,14 +346,13 @@ class _StreamClient(_FramedSource[Any]):
                     if not self.lines_mode:
                         productive = True
                         stats.items += 1
-                        yield data
+                        yield [data]
                         continue
                     lines = framer.feed_text(data, self.encoding, self.errors)
                     if lines:
                         productive = True
                         stats.items += len(lines)
-                        for line in lines:
-                            yield line
+                        yield lines
             finally:
                 await anyio.aclose_forcefully(stream)
             if lost is not None:
