@@ -1,14 +1,21 @@
-"""Observability hooks: progress line and Prometheus gauges (issue 8)."""
+"""Observability hooks: the live progress display (rich, tqdm, plain line) and Prometheus gauges (issue 8)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import AsyncIterator
+import os
+import re
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
 
+import anyio
 import pytest
 
-from talkpipe_async import segment, source
-from talkpipe_async.observe import combine, progress, prometheus
+from talkpipe_async import RunStats, segment, source
+from talkpipe_async.observe import ProgressDisplay, combine, progress, prometheus
 
 pytestmark = pytest.mark.anyio
 
@@ -28,7 +35,7 @@ async def evens(items: AsyncIterator[int]) -> AsyncIterator[int]:
 
 async def test_progress_line_only_on_terminal() -> None:
     quiet, forced = io.StringIO(), io.StringIO()
-    hook = combine(progress(quiet), progress(forced, force=True))
+    hook = combine(progress(quiet), progress(forced, force=True, backend="plain"))
     async with (numbers(n=100) | evens()).stream(on_stats=hook) as items:
         assert len([x async for x in items]) == 50
     assert quiet.getvalue() == ""
@@ -44,3 +51,190 @@ async def test_prometheus_gauges() -> None:
     value = registry.get_sample_value("talkpipe_items_out", {"pipeline": "demo", "stage": "evens"})
     assert value == 5
     assert registry.get_sample_value("talkpipe_items_in", {"pipeline": "demo", "stage": "evens"}) == 10
+
+
+# --- the live display: rich, tqdm, plain ---------------------------------------------------------------
+
+BACKENDS = ["rich", "tqdm", "plain"]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+@source
+async def halted(n: int, gate: Any) -> AsyncIterator[int]:
+    """Yields n items; halfway it waits for *gate* (an event set once the display has drawn a running run)."""
+    for i in range(n):
+        if i == n // 2:
+            await gate.wait()
+        yield i
+
+
+@segment
+def doubled(items: Iterator[int]) -> Iterator[int]:
+    """A sync stage after async ones: it runs in a worker thread, with a buffer the display shows."""
+    for x in items:
+        yield 2 * x
+
+
+@segment
+async def fails_at(items: AsyncIterator[int], bad: int) -> AsyncIterator[int]:
+    async for x in items:
+        if x == bad:
+            raise ValueError(f"cannot take {x}")
+        yield x
+
+
+def running_snapshots(k: int) -> tuple[Callable[[RunStats], None], anyio.Event]:
+    """A hook that sets the event once it has seen *k* snapshots of a running run."""
+    seen = anyio.Event()
+    count = 0
+
+    def hook(snap: RunStats) -> None:
+        nonlocal count
+        count += snap.running
+        if count >= k:
+            seen.set()
+
+    return hook, seen
+
+
+def final_table(raw: str) -> dict[str, list[str]]:
+    """The last table rich drew, as {stage: [in, out, /s, errors, buffer...]}; its caption under ''."""
+    text = ANSI.sub("", raw)
+    lines = text[text.rindex(" stage ") :].splitlines()
+    assert lines[0].split() == ["stage", "in", "out", "/s", "errors", "buffer"], lines
+    rows = {line.split()[0]: line.split()[1:] for line in lines[2:-1] if line.strip()}
+    rows[""] = [lines[-1].strip()]
+    return rows
+
+
+def last_line(raw: str) -> str:
+    return ANSI.sub("", raw).rstrip("\n").split("\r")[-1].strip()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_each_backend_draws_the_figures_and_closes_at_the_end(backend: str) -> None:
+    screen = io.StringIO()
+    ready = anyio.Event()
+    ready.set()
+    pipeline = halted(n=200, gate=ready) | evens() | doubled()
+    assert len(await pipeline.collect()) == 100  # the worker thread of the pool exists before we count threads
+    before = set(threading.enumerate())
+    display = progress(screen, force=True, backend=backend)  # type: ignore[arg-type]  # a str from parametrize
+    waiter, seen = running_snapshots(3)
+    pipeline = halted(n=200, gate=seen) | evens() | doubled()
+    async with pipeline.stream(stats_every=0.01, on_stats=combine(display, waiter)) as items:
+        assert len([x async for x in items]) == 100
+    assert set(threading.enumerate()) == before  # no refresh or monitor thread left behind
+    assert display.backend == backend
+    raw = screen.getvalue()
+    if backend == "rich":
+        rows = final_table(raw)
+        assert rows["halted"][:2] == ["0", "200"]
+        assert rows["evens"][:2] == ["200", "100"] and rows["evens"][3] == "0"
+        assert rows["doubled"][:2] == ["100", "100"] and rows["doubled"][4].endswith("/768")
+        assert rows[""][0].endswith(" s, done")
+        assert " s, running" in ANSI.sub("", raw)  # drawn while the run was going
+        assert "\x1b[?25l" in raw and raw.endswith("\x1b[?25h")  # the cursor is hidden while drawing, then back
+    else:
+        final = last_line(raw)
+        assert final.startswith("100 items, ") and ", 0 errors, buffer " in final and final.endswith("/768"), final
+        assert re.search(r", [\d,]+/s, [\d.]+ s, ", final), final
+        assert raw.count("\r") >= 2 and raw.endswith("\n")  # redrawn in place, then ended with a newline
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_run_ending_with_an_error_closes_the_display(backend: str) -> None:
+    screen = io.StringIO()
+    before = set(threading.enumerate())
+    display = progress(screen, force=True, backend=backend)  # type: ignore[arg-type]  # a str from parametrize
+    waiter, seen = running_snapshots(2)
+    with pytest.raises(ValueError, match="cannot take 150"):
+        async with (halted(n=200, gate=seen) | fails_at(bad=150)).stream(
+            stats_every=0.01, on_stats=combine(display, waiter)
+        ) as items:
+            async for _ in items:
+                pass
+    assert set(threading.enumerate()) == before
+    raw = screen.getvalue()
+    if backend == "rich":
+        rows = final_table(raw)
+        assert rows["fails_at"][:4] == ["151", "150", rows["fails_at"][2], "1"], rows
+        assert rows[""][0].endswith(" s, done") and raw.endswith("\x1b[?25h")
+    else:
+        assert last_line(raw).startswith("150 items, ") and ", 1 errors" in last_line(raw), raw
+        assert raw.endswith("\n")
+
+
+async def test_close_ends_a_display_whose_run_was_cancelled_from_outside() -> None:
+    # A run cancelled by a scope around it may end without its final snapshot: close() (or `with`) still ends
+    # the display and gives the terminal its cursor back.
+    screen = io.StringIO()
+    before = set(threading.enumerate())
+    with progress(screen, force=True, backend="rich") as display:
+        waiter, seen = running_snapshots(2)
+        with anyio.CancelScope() as scope:
+            async with halted(n=200, gate=seen).stream(stats_every=0.01, on_stats=combine(display, waiter)) as items:
+                async for x in items:
+                    if x == 150:
+                        scope.cancel()
+    assert scope.cancelled_caught
+    assert set(threading.enumerate()) == before
+    raw = screen.getvalue()
+    assert raw.endswith("\x1b[?25h")
+    assert final_table(raw)[""][0].endswith((" s, stopped", " s, done"))
+    display.close()  # again: nothing more
+    assert screen.getvalue() == raw
+
+
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+async def test_not_a_terminal_nothing_is_written(backend: str) -> None:
+    screen = io.StringIO()
+    display = progress(screen, backend=backend)  # type: ignore[arg-type]  # a str from parametrize
+    assert display.backend is None
+    async with (numbers(n=100) | evens()).stream(stats_every=0.01, on_stats=display) as items:
+        assert len([x async for x in items]) == 50
+    assert screen.getvalue() == ""
+
+
+def test_auto_takes_rich_then_tqdm_then_the_plain_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("rich")
+    pytest.importorskip("tqdm")
+
+    def chosen() -> str | None:
+        display = progress(io.StringIO(), force=True)
+        assert isinstance(display, ProgressDisplay)
+        return display.backend
+
+    assert chosen() == "rich"
+    # A package that is not installed: None in sys.modules makes its import fail, as for a missing package.
+    monkeypatch.setitem(sys.modules, "rich", None)
+    assert chosen() == "tqdm"
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    assert chosen() == "plain"
+
+
+def test_a_backend_asked_for_and_not_installed_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "rich", None)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    with pytest.raises(ImportError, match=re.escape('pip install "talkpipe-async[progress]"')):
+        progress(io.StringIO(), force=True, backend="rich")
+    with pytest.raises(ImportError, match="pip install tqdm"):
+        progress(io.StringIO(), backend="tqdm")  # even when nothing would be drawn: the mistake shows at once
+    assert progress(io.StringIO(), force=True, backend="plain").backend == "plain"
+    with pytest.raises(ValueError, match="backend must be"):
+        progress(io.StringIO(), backend="curses")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_terminal_that_goes_away_turns_the_display_off_not_the_run(backend: str) -> None:
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads any more: every write fails with BrokenPipeError, as on a hung-up terminal
+    gone = os.fdopen(writer, "w")
+    try:
+        display = progress(gone, force=True, backend=backend)  # type: ignore[arg-type]  # a str from parametrize
+        async with (numbers(n=100) | evens()).stream(stats_every=0.01, on_stats=display) as items:
+            assert len([x async for x in items]) == 50
+        assert display.backend is None
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            gone.close()

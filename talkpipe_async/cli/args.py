@@ -148,7 +148,8 @@ def _common(debug_only: bool = False) -> argparse.ArgumentParser:
     general.add_argument(
         "--progress",
         action="store_true",
-        help="show a live status line on stderr (items, rate, errors; only when stderr is a terminal)",
+        help="show live progress on stderr: items, rate, errors, buffer fill (a table of the stages when rich is "
+        "installed); only when stderr is a terminal",
     )
     general.add_argument(
         "--backend",

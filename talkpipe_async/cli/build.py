@@ -528,11 +528,17 @@ def describe_error(exc: BaseException) -> str:
 
 async def _drain(pipeline: Pipeline[Any, Any], show_progress: bool = False) -> None:
     options: dict[str, Any] = {}
-    if show_progress and sys.stderr.isatty():
-        options = {"stats_every": 0.5, "on_stats": progress(sys.stderr)}
-    async with pipeline.stream(**options) as items:
-        async for _ in items:
-            pass
+    # The best display installed (rich, tqdm, a plain line); nothing, and no statistics, when stderr is no terminal.
+    display = progress(sys.stderr) if show_progress else None
+    if display is not None and display.backend is not None:
+        options = {"stats_every": 0.5, "on_stats": display}
+    try:
+        async with pipeline.stream(**options) as items:
+            async for _ in items:
+                pass
+    finally:
+        if display is not None:
+            display.close()  # a run stopped by a signal is cancelled from outside and sends no final snapshot
 
 
 async def _run(args: argparse.Namespace, state: CliState) -> None:
