@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from talkpipe_async._core import _items
 from talkpipe_async.sinks import write_lines
 from talkpipe_async.sources import read_lines, tail_file
 
@@ -44,6 +45,16 @@ def _lines_scenarios(tmp: Path, quick: bool) -> list[Result]:
         async with source.stream() as items:
             async for _ in items:
                 pass
+
+    async def twin() -> None:
+        # The same source with the pure-Python item step (what runs without the C extension).
+        saved, _items.SPEEDUPS = _items.SPEEDUPS, False
+        try:
+            async with source.stream() as items:
+                async for _ in items:
+                    pass
+        finally:
+            _items.SPEEDUPS = saved
 
     async def hand_lines() -> AsyncIterator[str]:
         # The best hand-written async reader: 1 MiB of readlines() per thread hop.
@@ -78,6 +89,7 @@ def _lines_scenarios(tmp: Path, quick: bool) -> list[Result]:
             ("plain open() iteration", plain),
             ("hand-written to_thread readlines() generator", measure_async(hand)),
             ("async-for floor: async generator over in-memory lines", measure_async(floor)),
+            ("read_lines with the pure-Python item step (no C extension)", measure_async(twin)),
         ],
         repeat=repeat,
         targets={"plain open() iteration": ("<= 2.0", lambda r: r <= 2.0)},

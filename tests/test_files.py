@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -333,3 +335,41 @@ async def test_errors_from_the_batch_step_name_the_source(tmp_path: Path) -> Non
             async for _ in items:
                 pass
     assert "logs" in "\n".join(getattr(info.value, "__notes__", []))
+
+
+@pytest.mark.parametrize("anyio_backend", [pytest.param(("asyncio", {}), id="asyncio")])
+def test_inline_and_thread_reads_agree_on_any_bytes(
+    tmp_path_factory: pytest.TempPathFactory, read_path: str, anyio_backend: Any
+) -> None:
+    """Whatever the bytes, chunk size and cap: reading from the page cache and in threads give the same lines
+    and the same counters (the reference is the thread path, checked against a plain split above)."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    if read_path != "inline":
+        pytest.skip("compares the two paths itself")
+    folder = tmp_path_factory.mktemp("agree")
+    pieces = st.sampled_from([b"a", b"bc", b"\n", b"\r\n", "é".encode(), "€".encode()[:2], b"\xff", b"x" * 20])
+
+    async def read(path: Path, nowait: bool, **options: Any) -> tuple[list[str], dict[str, int]]:
+        saved, files_module.NOWAIT = files_module.NOWAIT, nowait
+        try:
+            stats = FileStats()
+            lines = await read_lines(path, stats=stats, **options).collect()
+        finally:
+            files_module.NOWAIT = saved
+        counters = stats.as_dict()
+        counters.pop("cached_reads")
+        return lines, counters
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(pieces, max_size=80), st.integers(1, 40), st.integers(3, 30), st.booleans())
+    def check(parts: list[bytes], chunk_size: int, cap: int, strip_cr: bool) -> None:
+        path = folder / "f.txt"
+        path.write_bytes(b"".join(parts))
+        options = {"chunk_size": chunk_size, "max_line_bytes": cap, "strip_cr": strip_cr}
+        inline = anyio.run(partial(read, path, True, **options))
+        threads = anyio.run(partial(read, path, False, **options))
+        assert inline == threads
+
+    check()

@@ -364,16 +364,20 @@ class _LineFile:
             lines = self._slow(raws, keep_places)
             self.line_no += len(raws)
             return lines
-        # Fast path: no line in this chunk can be over the cap; decode the whole run at once.
         complete = bytes(sp.buf) + chunk[: nl + 1] if sp.buf else chunk[: nl + 1]
+        return self._complete(complete, chunk[nl + 1 :], keep_places)
+
+    def _complete(self, complete: bytes | memoryview, rest: bytes, keep_places: bool) -> list[Any]:
+        """Fast path: *complete* ends with a newline and holds no line over the cap: decode it at once; hold *rest*."""
+        sp = self.splitter
         sp.buf = bytearray()
         before = sp.dropped
-        sp._hold(chunk[nl + 1 :])
+        sp._hold(rest)
         self._note_drops(before)
         try:
-            text = complete.decode(self.decoder.encoding)
+            text = str(complete, self.decoder.encoding)
         except UnicodeDecodeError:
-            raws = complete.split(b"\n")
+            raws = bytes(complete).split(b"\n")
             raws.pop()
             lines = self._slow(raws, keep_places)
         else:
@@ -409,11 +413,15 @@ class _LineFile:
         off for this file).
         """
         assert self.offset is not None
+        sp = self.splitter
+        size = min(self.chunk_size, INLINE_CHUNK)
+        head = len(sp.buf)  # the partial line goes in front: no copy of the chunk
         buf = self._cache_buf
-        if buf is None:
-            buf = self._cache_buf = bytearray(min(self.chunk_size, INLINE_CHUNK))
+        if buf is None or len(buf) < head + size:
+            buf = self._cache_buf = bytearray(head + size)
+        view = memoryview(buf)
         try:
-            n = os.preadv(self.fd, [buf], self.offset, os.RWF_NOWAIT)
+            n = os.preadv(self.fd, [view[head : head + size]], self.offset, os.RWF_NOWAIT)
         except BlockingIOError:
             return None
         except OSError as exc:
@@ -423,7 +431,14 @@ class _LineFile:
             raise
         self.offset += n
         self.stats.cached_reads += 1
-        return self._take(bytes(buf) if n == len(buf) else bytes(memoryview(buf)[:n]), keep_places)
+        end = head + n
+        nl = buf.rfind(b"\n", head, end)
+        if n == 0 or sp.dropping or nl < 0 or nl >= sp.max_line:
+            return self._take(bytes(view[head:end]), keep_places)
+        self.stats.bytes += n
+        if head:
+            view[:head] = sp.buf
+        return self._complete(view[: nl + 1], bytes(view[nl + 1 : end]), keep_places)
 
     def _read(self, size: int) -> bytes:
         """Read up to *size* bytes (blocking: call in a worker thread)."""
