@@ -605,6 +605,47 @@ async def test_stats_reporter_and_thread_buffer() -> None:
     assert stage.buffer_capacity is not None and stage.buffer_capacity > 0
 
 
+@source
+async def ticking(started: Any = None) -> AsyncIterator[int]:
+    """0, 1, 2 ... with a checkpoint per item; after 100 items, sets *started* and waits forever."""
+    for i in range(100):
+        await anyio.lowlevel.checkpoint()
+        yield i
+    if started is not None:
+        started.set()
+    await anyio.sleep_forever()
+
+
+async def test_final_snapshot_and_no_error_when_cancelled_inside_the_loop() -> None:
+    seen: list[Any] = []
+    with anyio.CancelScope() as scope:
+        async with (ticking() | add(n=0)).stream(on_stats=seen.append) as items:
+            async for x in items:
+                if x == 10:
+                    scope.cancel()
+    assert scope.cancelled_caught
+    assert seen and not seen[-1].running
+    assert all(s.errors == 0 for s in seen[-1].stages), seen[-1].format()
+
+
+async def test_final_snapshot_and_no_error_when_cancelled_from_outside() -> None:
+    seen: list[Any] = []
+    started = anyio.Event()
+
+    async def consume() -> None:
+        async with (ticking(started=started) | add(n=0)).stream(on_stats=seen.append) as items:
+            async for _ in items:
+                pass
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(consume)
+        await started.wait()
+        tg.cancel_scope.cancel()
+    assert seen and not seen[-1].running
+    assert [s.items_out for s in seen[-1].stages] == [100, 100]
+    assert all(s.errors == 0 for s in seen[-1].stages), seen[-1].format()
+
+
 def test_stats_on_sync_prefix_in_loop() -> None:
     @source
     def numbers() -> Iterator[int]:

@@ -428,8 +428,10 @@ class PipelineRun:
         self._running = False
         if exc is not None:
             annotate(exc, build.frames)
-            self._count_error(exc)
+            if isinstance(exc, Exception):  # cancellation and interrupts are not a stage's errors
+                self._count_error(exc)
         close_error: BaseException | None = None
+        outer: BaseException | None = None  # a cancellation from outside, raised after the final snapshot
         busy: list[Any] = []
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
@@ -442,6 +444,8 @@ class PipelineRun:
             await tg.__aexit__(None, None, None)
         except BaseExceptionGroup as group:
             close_error = close_error or _unwrap(group)
+        except BaseException as err:
+            outer = err
         finally:
             _current.reset(self._token)
             with anyio.CancelScope(shield=True) as scope:
@@ -453,10 +457,26 @@ class PipelineRun:
             annotate(close_error, build.frames)
             self._count_error(close_error)
         if self._observe and (self._stats_every is not None or self._on_stats is not None):
-            self._emit_stats()
+            self._final_stats(outer)
+        if outer is not None:
+            if close_error is not None and exc is None:  # the cancellation goes on; the error is not lost
+                _stats_log.getChild("cleanup").error(
+                    "a stage failed while the run was cancelled", exc_info=close_error
+                )
+            raise outer
         if close_error is not None and exc is None:
             raise close_error
         return None
+
+    def _final_stats(self, outer: BaseException | None) -> None:
+        """Emit the last snapshot; while a cancellation is on its way out, a failing hook is logged, not raised."""
+        if outer is None:
+            self._emit_stats()
+            return
+        try:
+            self._emit_stats()
+        except Exception:
+            _stats_log.exception("the on_stats hook failed on the final snapshot of a cancelled run")
 
     def _count_error(self, exc: BaseException) -> None:
         ctx = error_context(exc)
