@@ -6,3 +6,4 @@
 from .basic import *  # noqa: F403
 from .files import *  # noqa: F403
 from .net import *  # noqa: F403
+from .websocket import *  # noqa: F403

@@ -6,3 +6,4 @@ from .process import *  # noqa: F403
 from .sockets import *  # noqa: F403
 from .sse import *  # noqa: F403
 from .tail import *  # noqa: F403
+from .websocket import *  # noqa: F403

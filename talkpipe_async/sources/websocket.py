@@ -1,0 +1,589 @@
+"""WebSocket client source through httpx-ws (the ``[ws]`` extra): messages, pulled one at a time.
+
+The handshake goes through ``httpx_ws.aconnect_ws`` and so through an
+``httpx.AsyncClient`` (yours, with its proxies, TLS settings and
+transports, or a private one per run), on asyncio, uvloop and trio.
+
+httpx-ws's own session reads in a background task, queues what it reads and
+reassembles fragmented messages without a size limit; a pipeline stage can
+hold neither a task group across its ``yield`` nor unbounded memory.  So
+httpx-ws is handed a session class that starts nothing, and the connection
+it opened is driven by :class:`PullSession`: it reads from the socket only
+when the stage asks for the next message, parses frames with wsproto one at
+a time, answers pings while it reads, and caps every message at
+``max_message_bytes`` as its fragments arrive.  What it holds beyond the
+message being delivered is the unparsed rest of one read (``read_size``
+bytes at most); a slow pipeline leaves the rest in the kernel, and TCP flow
+control makes the server wait.
+
+httpx-ws, wsproto and httpcore are imported at the first connection, so
+importing :mod:`talkpipe_async.sources` costs nothing more without them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+import httpx
+
+from .._core._segment import AbstractSource
+from .http import MalformedRecord, _client_for
+from .sockets import READ_SIZE, Backoff, ConnectionLost, NetStats, Overlong
+
+if TYPE_CHECKING:  # imported for real by _load(), at the first connection
+    import httpcore
+    import wsproto.events as ws_events
+    from httpx_ws import AsyncWebSocketSession, WebSocketUpgradeError, aconnect_ws
+    from wsproto.connection import Connection, ConnectionState
+
+__all__ = [
+    "MalformedMessage",
+    "MessageTooLarge",
+    "PullSession",
+    "WebSocketClosed",
+    "WebSocketRejected",
+    "WebSocketStats",
+    "websocket_messages",
+]
+
+log = logging.getLogger("talkpipe_async.net")
+
+Mode = Literal["text", "bytes", "json"]
+OnError = Literal["raise", "skip"] | Callable[["MalformedMessage"], Any]
+
+DEFAULT_MAX_MESSAGE = 1 << 20
+#: close codes that end the stream cleanly when ``reconnect`` is off: normal closure, and a close frame without a code
+NORMAL_CLOSE = frozenset({1000, 1005})
+#: handshake answers retried (with ``reconnect=True``) instead of raised at once
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+CLOSE_TIMEOUT = 5.0
+
+
+def require_httpx_ws() -> None:
+    """Raise a clear ``ImportError`` when httpx-ws is not installed (checked without importing it)."""
+    if importlib.util.find_spec("httpx_ws") is None:
+        raise ImportError("WebSocket stages need httpx-ws>=0.9: pip install 'talkpipe-async[ws]'")
+
+
+_quiet_session: type[AsyncWebSocketSession] | None = None
+#: what a broken or closed transport raises (httpcore's errors once loaded; anyio's for in-process transports)
+_TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, anyio.EndOfStream, anyio.ClosedResourceError)
+#: the same, plus wsproto's refusal to send on a closed connection
+_SEND_ERRORS: tuple[type[BaseException], ...] = _TRANSPORT_ERRORS
+
+
+def _load() -> type[AsyncWebSocketSession]:
+    """Import httpx-ws, wsproto and httpcore; return the session class that starts no background task."""
+    global httpcore, ws_events, AsyncWebSocketSession, WebSocketUpgradeError, aconnect_ws
+    global Connection, ConnectionState, _quiet_session, _TRANSPORT_ERRORS, _SEND_ERRORS
+    if _quiet_session is not None:
+        return _quiet_session
+    require_httpx_ws()
+    import httpcore
+    import wsproto.events as ws_events
+    from httpx_ws import AsyncWebSocketSession, WebSocketUpgradeError, aconnect_ws
+    from wsproto.connection import Connection, ConnectionState
+    from wsproto.utilities import LocalProtocolError
+
+    if not hasattr(AsyncWebSocketSession, "__asynccontextmanager__"):
+        raise ImportError("WebSocket stages need httpx-ws>=0.9: pip install -U 'talkpipe-async[ws]'")
+
+    class QuietSession(AsyncWebSocketSession):
+        """httpx-ws's session minus its background tasks: the handshake's result, for :class:`PullSession`."""
+
+        @asynccontextmanager
+        async def __asynccontextmanager__(self) -> AsyncIterator[QuietSession]:
+            yield self
+
+    _TRANSPORT_ERRORS = (
+        httpcore.NetworkError,
+        httpcore.TimeoutException,
+        OSError,
+        anyio.EndOfStream,
+        anyio.ClosedResourceError,
+        anyio.BrokenResourceError,
+    )
+    _SEND_ERRORS = (LocalProtocolError, *_TRANSPORT_ERRORS)
+    _quiet_session = QuietSession
+    return QuietSession
+
+
+def http_url(url: str) -> str:
+    """``ws://`` and ``wss://`` URLs as the ``http://`` / ``https://`` URLs httpx requests."""
+    if url.startswith("ws://"):
+        return "http://" + url[5:]
+    if url.startswith("wss://"):
+        return "https://" + url[6:]
+    return url
+
+
+class MessageTooLarge(ValueError):
+    """A message exceeded ``max_message_bytes`` (raised with ``on_oversize="raise"``)."""
+
+
+class WebSocketClosed(ConnectionLost):
+    """The connection ended other than by a normal close, and reconnecting is off.
+
+    ``code`` is the close code (1006 when the connection dropped without a
+    close frame), ``reason`` the peer's reason text.
+    """
+
+    def __init__(self, message: str, *, code: int, reason: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+class WebSocketRejected(ConnectionError):
+    """The server refused the WebSocket handshake; ``status_code`` is its HTTP answer."""
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class MalformedMessage(MalformedRecord):
+    """A message that is not valid JSON (``mode="json"``).
+
+    ``message_number`` counts the data messages of the run from 1 (across
+    reconnections); ``data`` holds the message's first 200 bytes.  As a
+    :class:`MalformedRecord` it also carries ``line_number`` (the same number)
+    and ``line`` (the same bytes), so one ``on_error`` hook serves both.
+    """
+
+    def __init__(self, message: str, *, source: str, message_number: int, data: bytes) -> None:
+        ValueError.__init__(self, f"{source}: message {message_number}: {message}")
+        self.source = source
+        self.line_number = self.message_number = message_number
+        self.line = self.data = data[:200]
+
+
+@dataclass
+class WebSocketStats(NetStats):
+    """:class:`NetStats` plus the WebSocket counters; pass one in as ``stats=``.
+
+    ``dropped_messages`` (oversized, skipped; their bytes in
+    ``dropped_bytes``), ``ignored_messages`` (messages a server sent to
+    :func:`websocket_send`, read and discarded), ``pings`` (pings answered),
+    ``close_code`` / ``close_reason`` (how the last connection ended).
+    """
+
+    dropped_messages: int = 0
+    ignored_messages: int = 0
+    pings: int = 0
+    close_code: int | None = None
+    close_reason: str = ""
+
+
+def payload_size(data: str | bytes) -> int:
+    """The payload size in bytes (UTF-8 for text; O(1) for ASCII strings)."""
+    if isinstance(data, str) and not data.isascii():
+        return len(data.encode())
+    return len(data)
+
+
+class PullSession:
+    """Drives an open WebSocket connection from its caller's task: nothing is read ahead.
+
+    ``stream`` is the upgraded connection (an httpcore network stream),
+    ``connection`` its wsproto state machine (both from httpx-ws's
+    handshake).  :meth:`receive_message` reads and parses frames until one
+    whole data message is there, answering pings and replying to a close on
+    the way; :meth:`send_message` sends one; :meth:`finish` sends a close
+    frame with ``exit_code`` (1000 unless a policy set another) and closes the
+    socket, shielded, within 5 seconds.  :func:`connect` builds one.
+    """
+
+    def __init__(
+        self,
+        stream: httpcore.AsyncNetworkStream,
+        connection: Connection,
+        *,
+        stats: WebSocketStats,
+        label: str,
+        read_size: int = READ_SIZE,
+        read_timeout: float | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+        on_oversize: Overlong = "raise",
+    ) -> None:
+        self.stream = stream
+        self.connection = connection
+        self.stats = stats
+        self.label = label
+        self.read_size = read_size
+        self.read_timeout = read_timeout
+        self.max_message_bytes = max_message_bytes
+        self.on_oversize = on_oversize
+        self.exit_code = 1000
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.lost: BaseException | None = None
+        self._events: Iterator[ws_events.Event] = iter(())
+        self._write_lock = anyio.Lock()
+
+    @property
+    def open(self) -> bool:
+        """True while messages can still be sent and received."""
+        return bool(self.connection.state is ConnectionState.OPEN)
+
+    async def _write(self, event: ws_events.Event) -> None:
+        async with self._write_lock:
+            await self.stream.write(self.connection.send(event))
+
+    async def send_message(self, data: str | bytes) -> None:
+        """Send one text (``str``) or binary message; raise :class:`WebSocketClosed` if the connection is gone."""
+        event: ws_events.Event
+        if isinstance(data, str):
+            event = ws_events.TextMessage(data=data)
+        else:
+            event = ws_events.BytesMessage(data=data)
+        try:
+            await self._write(event)
+        except _SEND_ERRORS as err:
+            code = self.close_code if self.close_code is not None else 1006
+            detail = f": {self.close_reason}" if self.close_reason else ""
+            raise WebSocketClosed(
+                f"{self.label}: cannot send, the connection is closed (code {code}{detail})",
+                code=code,
+                reason=self.close_reason,
+            ) from err
+
+    async def _read(self) -> bytes:
+        try:
+            return await self.stream.read(self.read_size, timeout=self.read_timeout)
+        except _TRANSPORT_ERRORS as err:  # a reset, a read timeout, a closed stream
+            self.lost = err
+            return b""
+
+    def _too_large(self, size: int) -> None:
+        if self.on_oversize == "raise":
+            self.exit_code = 1009  # "message too big"
+            raise MessageTooLarge(
+                f"{self.label}: message larger than max_message_bytes={self.max_message_bytes} (at least {size} bytes)"
+            )
+        self.stats.dropped_messages += 1
+        if self.stats.dropped_messages == 1:
+            log.warning(
+                "%s: dropping messages larger than %d bytes (counted in stats)", self.label, self.max_message_bytes
+            )
+
+    async def receive_message(self) -> str | bytes | None:
+        """The next whole data message (``str`` for text, ``bytes`` for binary), or None once the connection closed.
+
+        After None, ``close_code`` / ``close_reason`` tell how (1006: dropped
+        without a close frame; ``lost`` then holds the transport error).
+        """
+        parts: list[Any] = []
+        size = 0
+        dropping = False
+        cap = self.max_message_bytes
+        stats = self.stats
+        while True:
+            for event in self._events:
+                if isinstance(event, ws_events.Message):
+                    data = event.data
+                    size += payload_size(data)
+                    if dropping:
+                        pass
+                    elif size > cap:
+                        self._too_large(size)
+                        dropping = True
+                        parts = []
+                    else:
+                        parts.append(data)
+                    if not event.message_finished:
+                        continue
+                    if dropping:
+                        stats.dropped_bytes += size
+                        size, dropping = 0, False
+                        continue
+                    if len(parts) == 1:
+                        whole: str | bytes = parts[0]
+                        return whole
+                    return "".join(parts) if isinstance(data, str) else b"".join(parts)
+                if isinstance(event, ws_events.Ping):
+                    stats.pings += 1
+                    try:
+                        await self._write(event.response())
+                    except _SEND_ERRORS as err:
+                        self.lost = err
+                elif isinstance(event, ws_events.CloseConnection):
+                    self.close_code, self.close_reason = event.code, event.reason or ""
+                    stats.close_code, stats.close_reason = self.close_code, self.close_reason
+                    if self.connection.state is ConnectionState.REMOTE_CLOSING:  # reply: the closing handshake
+                        try:
+                            await self._write(event.response())
+                        except _SEND_ERRORS:
+                            pass
+                    elif self.connection.state is ConnectionState.OPEN:  # a protocol error found by the parser
+                        self.exit_code = event.code
+                    return None
+            data = await self._read()
+            if data:
+                stats.bytes_received += len(data)
+                self.connection.receive_data(data)
+            else:
+                self.connection.receive_data(None)  # yields CloseConnection(1006)
+            self._events = self.connection.events()
+
+    async def drain(self) -> None:
+        """Read (and count, and discard) what the peer sends until the connection closes; answer its pings.
+
+        Meant to run as a task beside a sender: it never raises (an error
+        ends the reading and is kept in ``lost``; the next send reports it).
+        """
+        try:
+            while await self.receive_message() is not None:
+                self.stats.ignored_messages += 1
+        except Exception as err:  # the sender reports a broken connection
+            self.lost = err
+            self.stats.last_error = repr(err)
+
+    async def finish(self) -> None:
+        """Send a close frame (``exit_code``) if the connection is open, then close the socket; shielded, 5 s."""
+        with anyio.CancelScope(shield=True) as scope:
+            scope.deadline = anyio.current_time() + CLOSE_TIMEOUT
+            if self.connection.state is ConnectionState.OPEN:
+                try:
+                    await self._write(ws_events.CloseConnection(code=self.exit_code))
+                except _SEND_ERRORS:
+                    pass
+            try:
+                await self.stream.aclose()
+            except _TRANSPORT_ERRORS:
+                pass
+
+
+@asynccontextmanager
+async def connect(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    stats: WebSocketStats,
+    label: str,
+    headers: Mapping[str, str] | None = None,
+    subprotocols: Sequence[str] | None = None,
+    connect_timeout: float = 10.0,
+    **limits: Any,
+) -> AsyncIterator[PullSession]:
+    """Open a :class:`PullSession` to *url* with httpx-ws's handshake, through *client*.
+
+    A refused handshake raises :class:`WebSocketRejected`; transport errors
+    (``httpx.ConnectError``, ...) pass through.  ``limits`` go to
+    :class:`PullSession`.  Leaving the block closes the connection.
+    """
+    session_class = _load()
+    async with AsyncExitStack() as stack:
+        try:
+            raw = await stack.enter_async_context(
+                aconnect_ws(
+                    http_url(url),
+                    client,
+                    subprotocols=list(subprotocols) if subprotocols else None,
+                    session_class=session_class,
+                    keepalive_ping_interval_seconds=None,
+                    headers=dict(headers or {}),  # aconnect_ws adds the handshake headers to this dict
+                    timeout=httpx.Timeout(connect_timeout),
+                )
+            )
+        except WebSocketUpgradeError as err:
+            status = err.response.status_code
+            raise WebSocketRejected(f"{label}: handshake refused: HTTP {status}", status_code=status) from None
+        session = PullSession(raw.stream, raw.connection, stats=stats, label=label, **limits)
+        try:
+            yield session
+        finally:
+            await session.finish()
+
+
+class websocket_messages(AbstractSource[Any]):
+    """The messages a WebSocket server sends, one item per message.
+
+    ``mode``: ``"text"`` yields ``str`` (binary messages decoded as UTF-8
+    with ``encoding_errors``), ``"bytes"`` yields ``bytes`` (text messages
+    encoded as UTF-8), ``"json"`` yields each message parsed as JSON.
+
+    Pull-based: a message is read from the socket only when the pipeline asks
+    for the next item, so a slow pipeline makes TCP push back on the server;
+    held beyond the delivered message is at most one read (``read_size``).
+    The cost: while the pipeline is busy nobody answers the server's pings, so
+    a consumer stalled longer than the server's ping timeout loses the
+    connection (and, with ``reconnect=True``, reconnects).
+
+    A message larger than ``max_message_bytes`` raises
+    :class:`MessageTooLarge` (closing with code 1009) or, with
+    ``on_oversize="skip"``, is dropped as its fragments arrive and counted
+    (``stats.dropped_messages``, ``stats.dropped_bytes``): memory stays
+    bounded whatever the server sends.  In ``mode="json"`` a message that is
+    not valid JSON becomes a :class:`MalformedMessage` naming the stage, the
+    URL and the message number, and goes to ``on_error``: ``"raise"``,
+    ``"skip"`` (counted in ``stats.malformed``) or a callable (dead letters).
+
+    Without ``reconnect`` a normal close (1000, or a close frame without a
+    code) ends the stream; any other close or a dropped connection raises
+    :class:`WebSocketClosed` (with its ``code``), and a failed connection
+    :class:`ConnectionLost`.  With ``reconnect=True`` every end of a
+    connection (normal closes included) and every failed attempt is followed
+    by a new connection after ``backoff``; the attempt count resets after a
+    connection that delivered a message, and ``backoff.max_attempts``
+    consecutive failures raise :class:`ConnectionLost`.  A refused handshake
+    raises :class:`WebSocketRejected` at once, unless its status is 408, 429
+    or 5xx and ``reconnect`` is on.
+
+    ``client``: a shared ``httpx.AsyncClient`` (left open; ``http(s)://`` and
+    ``ws(s)://`` URLs both work); by default each run makes and closes its
+    own.  ``headers`` and ``subprotocols`` go into the handshake;
+    ``read_timeout`` bounds each read (a silent connection then counts as
+    dropped).  Leaving the pipeline (end, ``break``, error, cancellation)
+    sends a close frame and closes the socket before the run ends.
+    """
+
+    emits_metadata = False
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client: httpx.AsyncClient | None = None,
+        mode: Mode = "text",
+        reconnect: bool = False,
+        backoff: Backoff | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+        on_oversize: Overlong = "raise",
+        on_error: OnError = "raise",
+        headers: Mapping[str, str] | None = None,
+        subprotocols: Sequence[str] | None = None,
+        encoding_errors: str = "replace",
+        read_size: int = READ_SIZE,
+        read_timeout: float | None = None,
+        connect_timeout: float = 10.0,
+        stats: WebSocketStats | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        require_httpx_ws()
+        if mode not in ("text", "bytes", "json"):
+            raise ValueError(f"mode must be 'text', 'bytes' or 'json', not {mode!r}")
+        if on_oversize not in ("raise", "skip"):
+            raise ValueError(f"on_oversize must be 'raise' or 'skip', not {on_oversize!r}")
+        if not callable(on_error) and on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise', 'skip' or a callable, not {on_error!r}")
+        if max_message_bytes < 1 or read_size < 1:
+            raise ValueError("max_message_bytes and read_size must be at least 1")
+        self.url = url
+        self.client = client
+        self.mode = mode
+        self.reconnect = reconnect
+        self.backoff = backoff or Backoff()
+        self.max_message_bytes = max_message_bytes
+        self.on_oversize = on_oversize
+        self.on_error = on_error
+        self.headers = dict(headers or {})
+        self.subprotocols = list(subprotocols) if subprotocols else None
+        self.encoding_errors = encoding_errors
+        self.read_size = read_size
+        self.read_timeout = read_timeout
+        self.connect_timeout = connect_timeout
+        self.stats = stats
+        if name:
+            self.name = name
+
+    async def generate(self) -> AsyncIterator[Any]:
+        """Connect, yield each message, reconnect if asked; close the socket when the run leaves."""
+        stats = self.stats if self.stats is not None else WebSocketStats()
+        where = f"{self.label} ({self.url})"
+        mode, errors = self.mode, self.encoding_errors
+        loads = json.loads
+        attempt = 0
+        number = 0
+        async with _client_for(self.client) as client:
+            while True:
+                problem: BaseException | None = None
+                connected = productive = False
+                code: int | None = None
+                reason = ""
+                try:
+                    async with connect(
+                        client,
+                        self.url,
+                        stats=stats,
+                        label=where,
+                        headers=self.headers,
+                        subprotocols=self.subprotocols,
+                        connect_timeout=self.connect_timeout,
+                        read_size=self.read_size,
+                        read_timeout=self.read_timeout,
+                        max_message_bytes=self.max_message_bytes,
+                        on_oversize=self.on_oversize,
+                    ) as session:
+                        connected = True
+                        stats.connections += 1
+                        while True:
+                            message = await session.receive_message()
+                            if message is None:
+                                break
+                            number += 1
+                            productive = True
+                            if mode == "text":
+                                item: Any = message if isinstance(message, str) else message.decode("utf-8", errors)
+                            elif mode == "bytes":
+                                item = message.encode() if isinstance(message, str) else message
+                            else:
+                                try:
+                                    item = loads(message)
+                                except ValueError as err:
+                                    raw = message.encode() if isinstance(message, str) else message
+                                    bad = MalformedMessage(
+                                        f"not valid JSON: {err}", source=where, message_number=number, data=raw
+                                    )
+                                    self._malformed(bad, stats)
+                                    continue
+                            stats.items += 1
+                            yield item
+                        code, reason, problem = session.close_code, session.close_reason, session.lost
+                except WebSocketRejected as err:
+                    if not self.reconnect or err.status_code not in RETRY_STATUSES:
+                        raise
+                    problem = err
+                except httpx.TransportError as err:  # ConnectError, ConnectTimeout, a broken handshake
+                    problem = err
+                clean = problem is None and code in NORMAL_CLOSE
+                if not clean:
+                    stats.errors += 1
+                    stats.last_error = repr(problem) if problem is not None else f"close code {code} {reason}".strip()
+                if not self.reconnect:
+                    if clean:
+                        return
+                    if not connected:
+                        raise ConnectionLost(f"{where}: cannot connect: {problem!r}") from problem
+                    code = 1006 if code is None else code
+                    detail = f": {reason}" if reason else (f": {problem!r}" if problem is not None else "")
+                    raise WebSocketClosed(
+                        f"{where}: connection closed abnormally (code {code}{detail})", code=code, reason=reason
+                    ) from problem
+                if productive:
+                    attempt = 0
+                if self.backoff.exhausted(attempt + 1):
+                    last = repr(problem) if problem is not None else f"close code {code}"
+                    raise ConnectionLost(f"{where}: gave up after {attempt + 1} attempts: {last}") from problem
+                await anyio.sleep(self.backoff.delay(attempt))
+                attempt += 1
+                stats.reconnects += 1
+
+    def _malformed(self, error: MalformedMessage, stats: NetStats) -> None:
+        stats.malformed += 1
+        if self.on_error == "raise":
+            raise error
+        if self.on_error == "skip":
+            if stats.malformed == 1:
+                log.warning("%s: skipping malformed messages (counted in stats): %s", self.label, error)
+            return
+        assert callable(self.on_error)
+        self.on_error(error)
