@@ -6,6 +6,7 @@ import gc
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -644,6 +645,103 @@ async def test_final_snapshot_and_no_error_when_cancelled_from_outside() -> None
     assert seen and not seen[-1].running
     assert [s.items_out for s in seen[-1].stages] == [100, 100]
     assert all(s.errors == 0 for s in seen[-1].stages), seen[-1].format()
+
+
+@pytest.fixture(params=["c", "python"])
+def counting(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Count with the C counters (when built) and with the counting generators."""
+    from talkpipe_async._core import _items
+
+    if request.param == "c" and _items._speedups is None:
+        pytest.skip("C extension not built")
+    monkeypatch.setattr(_items, "SPEEDUPS", request.param == "c")
+    return str(request.param)
+
+
+def outs(snap: Any) -> dict[str, tuple[int, int]]:
+    return {s.name: (s.items_in, s.items_out) for s in snap.stages}
+
+
+async def test_stats_exact_mid_run_with_an_item_in_flight(counting: str) -> None:
+    gate = anyio.Event()
+    waiting = anyio.Event()
+
+    @source
+    async def three_then_wait() -> AsyncIterator[int]:
+        yield 0
+        yield 1
+        yield 2
+        waiting.set()
+        await gate.wait()
+        yield 3
+
+    run = (three_then_wait() | add(n=0) | drop_odd() | add(n=0)).stream(stats=True)
+    got = []
+    async with anyio.create_task_group() as tg, run as items:
+
+        async def look() -> None:
+            await waiting.wait()  # every stage is now waiting on the source's 4th item
+            snap = run.stats()
+            assert outs(snap) == {
+                "three_then_wait": (0, 3),
+                "add": (2, 2),  # the second add's figures win the name; checked by position below
+                "drop_odd": (3, 2),
+            }
+            assert [s.items_out for s in snap.stages] == [3, 3, 2, 2]
+            gate.set()
+
+        tg.start_soon(look)
+        async for x in items:
+            got.append(x)
+    assert got == [0, 2]
+    assert [s.items_out for s in run.stats().stages] == [4, 4, 2, 2]
+
+
+async def test_stats_exact_when_a_stage_fails_or_stops_early(counting: str) -> None:
+    run = (count_up() | add(n=0) | explode_on(bad=5, name="boom") | add(n=0)).stream(stats=True)
+    with pytest.raises(ValueError):
+        async with run as items:
+            async for _ in items:
+                pass
+    assert [s.items_out for s in run.stats().stages] == [6, 6, 5, 5]
+
+    run = (count_up() | add(n=0) | take3() | add(n=0)).stream(stats=True)
+    async with run as items:
+        assert [x async for x in items] == [0, 1, 2]
+    assert [s.items_out for s in run.stats().stages] == [3, 3, 3, 3]
+
+    @segment
+    async def closes_its_input(items: AsyncIterator[int]) -> AsyncIterator[int]:
+        async with aclosing(items) as inp:  # type: ignore[type-var]
+            async for x in inp:
+                yield x
+                if x == 4:
+                    break
+        yield -1
+
+    run = (count_up() | add(n=0) | closes_its_input() | add(n=0)).stream(stats=True)
+    async with run as items:
+        assert [x async for x in items] == [0, 1, 2, 3, 4, -1]
+    assert [s.items_out for s in run.stats().stages] == [5, 5, 6, 6]
+
+    run = (count_up() | add(n=0)).stream(stats=True)
+    async with run as items:
+        async for x in items:
+            if x == 9:
+                break
+    assert [s.items_out for s in run.stats().stages] == [10, 10]
+
+
+async def test_stats_inputs_counted(counting: str) -> None:
+    async def agen() -> AsyncIterator[int]:
+        for i in range(7):
+            yield i
+
+    for data in (range(7), [0, 1, 2, 3, 4, 5, 6], (0, 1, 2, 3, 4, 5, 6), iter(range(7)), agen()):
+        run = add(n=0).stream(data, stats=True)
+        async with run as items:
+            assert [x async for x in items] == list(range(7))
+        assert [s.items_out for s in run.stats().stages] == [7, 7], data
 
 
 def test_stats_on_sync_prefix_in_loop() -> None:

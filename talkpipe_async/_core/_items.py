@@ -64,6 +64,11 @@ if _speedups is not None:
             await _close(self._batches)
 
         @property
+        def ag_running(self) -> bool:
+            """Whether the batch generator is running (the runner closes busy stages last)."""
+            return bool(getattr(self._batches, "ag_running", False))
+
+        @property
         def ag_frame(self) -> FrameType | None:
             """The batch generator's frame (errors raised in it name the source)."""
             return getattr(self._batches, "ag_frame", None)

@@ -19,7 +19,7 @@ from ._errors import annotate, error_context
 from ._plumbing import Intercept, MetaCounter, release_sync, strip_async, strip_sync, sync_to_async
 from ._run import RunContext, _current
 from ._segment import AbstractSegment, AbstractSource, _Node, wrap_callable
-from ._stats import RunStats, StageStats, count_async, count_sync, observe_async, observe_sync, snapshot
+from ._stats import RunStats, StageStats, counted_async, counted_sync, observe_async, observe_sync, snapshot
 from ._threads import ThreadStage
 
 if TYPE_CHECKING:
@@ -116,9 +116,10 @@ class Pipeline(Generic[T, U]):
         task and thread of the run before the next statement.  With
         ``metadata=True`` the consumer receives :class:`Metadata` items too.
 
-        ``stats=True`` counts items per stage (see :meth:`PipelineRun.stats`;
-        about 0.1 us per item per stage); ``stats="timed"`` also measures the
-        time spent in each stage (about 0.3 us per item per stage).
+        ``stats=True`` counts items per stage (see :meth:`PipelineRun.stats`; a
+        few ns per item per stage with the C extension, about 0.07 us without);
+        ``stats="timed"`` also measures the time spent in each stage (about
+        0.3 us per item per stage).
         ``stats_every`` seconds, ``on_stats(snapshot)`` is called (default: the
         snapshot is logged at INFO on the ``talkpipe_async.stats`` logger), and
         once more when the run ends.  Either turns statistics on.
@@ -311,9 +312,9 @@ class _Build:
         stats = StageStats(label, node)
         self.stats.append(stats)
         if sync:
-            self.closers.append(observe_sync(gen, stats) if self.timed else count_sync(gen, stats))
+            self.closers.append(observe_sync(gen, stats) if self.timed else counted_sync(gen, stats))
         else:
-            self.closers.append(observe_async(gen, stats) if self.timed else count_async(gen, stats))
+            self.closers.append(observe_async(gen, stats) if self.timed else counted_async(gen, stats))
         return self.closers[-1]
 
     def sync_chain(self, it: Iterable[Any], start: int, stop: int, meta: bool) -> tuple[Iterator[Any], bool]:

@@ -1,5 +1,6 @@
 /*
- * talkpipe_async._core._speedups: the per-item step of batch-fed sources, in C.
+ * talkpipe_async._core._speedups: the per-item step of batch-fed sources and the
+ * per-stage counters of the statistics, in C.
  *
  * Sources that read I/O in large chunks produce lists of items.  Handing the
  * items out through an async generator (`for item in batch: yield item`)
@@ -277,6 +278,197 @@ static PyTypeObject BatchItemsType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* ------------------------------------------------------------- Counter */
+
+/*
+ * Counter: counts the __anext__ calls made on an async iterator and returns
+ * the iterator's own awaitable (so cancellation, throw() and close() reach
+ * it untouched).  The Python subclass in _stats.py turns calls into items
+ * (a call still in flight, or the one that ended the stream, is not an item).
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *upstream;
+    unaryfunc anext;
+    Py_ssize_t calls;
+    PyObject *dict;
+} Counter;
+
+static int
+counter_init(Counter *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *upstream;
+    if (!PyArg_ParseTuple(args, "O:Counter", &upstream)) {
+        return -1;
+    }
+    PyAsyncMethods *am = Py_TYPE(upstream)->tp_as_async;
+    if (am == NULL || am->am_anext == NULL) {
+        PyErr_Format(PyExc_TypeError, "Counter needs an async iterator, not %.100s", Py_TYPE(upstream)->tp_name);
+        return -1;
+    }
+    Py_INCREF(upstream);
+    Py_XSETREF(self->upstream, upstream);
+    self->anext = am->am_anext;
+    self->calls = 0;
+    return 0;
+}
+
+static int
+counter_traverse(Counter *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->upstream);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+counter_clear(Counter *self)
+{
+    Py_CLEAR(self->upstream);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+counter_dealloc(Counter *self)
+{
+    PyObject_GC_UnTrack(self);
+    counter_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+counter_anext(Counter *self)
+{
+    if (self->upstream == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Counter has no upstream");
+        return NULL;
+    }
+    self->calls++;
+    return self->anext(self->upstream);
+}
+
+static PyObject *
+counter_get_calls(Counter *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->calls);
+}
+
+static PyObject *
+counter_get_upstream(Counter *self, void *Py_UNUSED(closure))
+{
+    PyObject *up = self->upstream ? self->upstream : Py_None;
+    Py_INCREF(up);
+    return up;
+}
+
+static PyGetSetDef counter_getset[] = {
+    {"calls", (getter)counter_get_calls, NULL, "__anext__ calls so far.", NULL},
+    {"upstream", (getter)counter_get_upstream, NULL, "The counted async iterator.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyAsyncMethods counter_as_async = {
+    .am_aiter = items_aiter,
+    .am_anext = (unaryfunc)counter_anext,
+};
+
+static PyTypeObject CounterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "talkpipe_async._core._speedups.Counter",
+    .tp_doc = "Counter(upstream): an async iterator that counts the __anext__ calls made on upstream.",
+    .tp_basicsize = sizeof(Counter),
+    .tp_dealloc = (destructor)counter_dealloc,
+    .tp_as_async = &counter_as_async,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)counter_traverse,
+    .tp_clear = (inquiry)counter_clear,
+    .tp_getset = counter_getset,
+    .tp_dictoffset = offsetof(Counter, dict),
+    .tp_init = (initproc)counter_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ----------------------------------------------------------- CountIter */
+
+/* CountIter(iterator): the same items, counted (the sync side of the statistics). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *upstream;
+    Py_ssize_t count;
+} CountIter;
+
+static PyObject *
+countiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *iterable;
+    if (!PyArg_ParseTuple(args, "O:CountIter", &iterable)) {
+        return NULL;
+    }
+    PyObject *it = PyObject_GetIter(iterable);
+    if (it == NULL) {
+        return NULL;
+    }
+    CountIter *self = (CountIter *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(it);
+        return NULL;
+    }
+    self->upstream = it;
+    self->count = 0;
+    return (PyObject *)self;
+}
+
+static int
+countiter_traverse(CountIter *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->upstream);
+    return 0;
+}
+
+static void
+countiter_dealloc(CountIter *self)
+{
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->upstream);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+countiter_next(CountIter *self)
+{
+    PyObject *item = Py_TYPE(self->upstream)->tp_iternext(self->upstream);
+    if (item != NULL) {
+        self->count++;
+    }
+    return item;
+}
+
+static PyObject *
+countiter_get_count(CountIter *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->count);
+}
+
+static PyGetSetDef countiter_getset[] = {
+    {"count", (getter)countiter_get_count, NULL, "Items handed on so far.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CountIterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "talkpipe_async._core._speedups.CountIter",
+    .tp_doc = "CountIter(iterable): its items, counted in .count.",
+    .tp_basicsize = sizeof(CountIter),
+    .tp_dealloc = (destructor)countiter_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)countiter_traverse,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)countiter_next,
+    .tp_getset = countiter_getset,
+    .tp_new = countiter_new,
+};
+
 /* --------------------------------------------------------------- module */
 
 static struct PyModuleDef speedups_module = {
@@ -289,18 +481,26 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&ReadyType) < 0 || PyType_Ready(&BatchItemsType) < 0) {
+    if (PyType_Ready(&ReadyType) < 0 || PyType_Ready(&BatchItemsType) < 0 || PyType_Ready(&CounterType) < 0
+        || PyType_Ready(&CountIterType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&speedups_module);
     if (m == NULL) {
         return NULL;
     }
-    Py_INCREF(&BatchItemsType);
-    if (PyModule_AddObject(m, "BatchItems", (PyObject *)&BatchItemsType) < 0) {
-        Py_DECREF(&BatchItemsType);
-        Py_DECREF(m);
-        return NULL;
+    struct { const char *name; PyTypeObject *type; } exported[] = {
+        {"BatchItems", &BatchItemsType},
+        {"Counter", &CounterType},
+        {"CountIter", &CountIterType},
+    };
+    for (size_t i = 0; i < sizeof(exported) / sizeof(exported[0]); i++) {
+        Py_INCREF(exported[i].type);
+        if (PyModule_AddObject(m, exported[i].name, (PyObject *)exported[i].type) < 0) {
+            Py_DECREF(exported[i].type);
+            Py_DECREF(m);
+            return NULL;
+        }
     }
     return m;
 }
