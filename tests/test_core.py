@@ -202,6 +202,18 @@ async def test_nested_pipelines_flatten() -> None:
 # --- metadata ----------------------------------------------------------------------
 
 
+@pytest.fixture(params=["c", "python"])
+def speedups(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run with the C steps (intercept, counters; when built) and with their pure-Python twins."""
+    from talkpipe_async._core import _items
+
+    if request.param == "c" and _items._speedups is None:
+        pytest.skip("C extension not built")
+    monkeypatch.setattr(_items, "SPEEDUPS", request.param == "c")
+    return str(request.param)
+
+
+
 @source
 async def flushing_source(log: list[Any], every: int = 5) -> AsyncIterator[Any]:
     i = 0
@@ -228,7 +240,7 @@ async def flush_recorder(items: AsyncIterator[Any], log: list[Any], stop: int) -
         yield x
 
 
-async def test_metadata_prompt_and_ordered_through_flat_chain_with_dropping_filter() -> None:
+async def test_metadata_prompt_and_ordered_through_flat_chain_with_dropping_filter(speedups: str) -> None:
     log: list[Any] = []
     chain = add(n=0) | add(n=0) | drop_all() | add(n=0) | add(n=0)
     p = flushing_source(log=log) | chain | flush_recorder(log=log, stop=4)
@@ -240,7 +252,7 @@ async def test_metadata_prompt_and_ordered_through_flat_chain_with_dropping_filt
             assert log[k + 1] == ("got", entry[1]), "metadata must arrive before the source produces again"
 
 
-async def test_metadata_in_nested_chains_and_reruns() -> None:
+async def test_metadata_in_nested_chains_and_reruns(speedups: str) -> None:
     log: list[Any] = []
     inner = add(n=0) | (drop_all() | add(n=0))
     p = Pipeline(flushing_source(log=log), inner, flush_recorder(log=log, stop=2))
@@ -251,14 +263,68 @@ async def test_metadata_in_nested_chains_and_reruns() -> None:
     assert [e for e in log if e[0] == "got"] == first == [("got", "flush0"), ("got", "flush5")]
 
 
-async def test_metadata_order_relative_to_data() -> None:
+@segment
+async def tick_each(items: AsyncIterator[Any], log: list[Any] | None = None) -> AsyncIterator[Any]:
+    """Pass items on, giving the event loop a turn before each."""
+    try:
+        async for x in items:
+            await anyio.lowlevel.checkpoint()
+            yield x
+    finally:
+        if log is not None:
+            log.append("tick_each closed")
+
+
+async def test_metadata_bypass_through_stages_that_await_the_loop(speedups: str) -> None:
+    items: list[Any] = [1, Flush(n=0), 2, 3, Flush(n=1), 4]
+    out = await (tick_each() | add(n=10) | tick_each()).collect(items, metadata=True)
+    assert out == [11, Flush(n=0), 12, 13, Flush(n=1), 14]
+
+
+async def test_cancelled_while_a_bypassed_chain_waits(speedups: str) -> None:
+    log: list[Any] = []
+    waiting = anyio.Event()
+
+    @source
+    async def flush_then_wait() -> AsyncIterator[Any]:
+        try:
+            yield 1
+            yield Flush(n=0)
+            waiting.set()
+            await anyio.sleep_forever()
+        finally:
+            log.append("source closed")
+
+    got: list[Any] = []
+    async with anyio.create_task_group() as tg:
+
+        async def consume() -> None:
+            async with (flush_then_wait() | tick_each(log=log) | add(n=0)).stream(metadata=True) as items:
+                async for x in items:
+                    got.append(x)
+
+        tg.start_soon(consume)
+        await waiting.wait()
+        tg.cancel_scope.cancel()
+    assert got == [1, Flush(n=0)]
+    assert sorted(log) == ["source closed", "tick_each closed"]  # the cancellation unwinds from the source up
+
+
+async def test_errors_after_a_bypass_keep_type_and_stage(speedups: str) -> None:
+    items: list[Any] = [1, Flush(n=0), 2, 7, 3]
+    with pytest.raises(ValueError) as info:
+        await (tick_each() | explode_on(bad=7, name="boom") | add(n=0)).collect(items, metadata=True)
+    assert "boom" in "\n".join(getattr(info.value, "__notes__", []))
+
+
+async def test_metadata_order_relative_to_data(speedups: str) -> None:
     items: list[Any] = [1, Flush(n=0), 2, 3, Flush(n=1), 4]
     out = await (add(n=10) | add(n=0)).collect(items, metadata=True)
     assert out == [11, Flush(n=0), 12, 13, Flush(n=1), 14]
     assert await (add(n=10)).collect(items) == [11, 12, 13, 14]
 
 
-async def test_segments_not_opting_in_never_see_metadata() -> None:
+async def test_segments_not_opting_in_never_see_metadata(speedups: str) -> None:
     seen: list[Any] = []
 
     @segment
@@ -271,14 +337,14 @@ async def test_segments_not_opting_in_never_see_metadata() -> None:
     assert not any(is_metadata(x) for x in seen)
 
 
-async def test_metadata_dropped_without_receiver_is_counted() -> None:
+async def test_metadata_dropped_without_receiver_is_counted(speedups: str) -> None:
     run = add().stream([Flush(), 1, Flush()])
     async with run as items:
         assert [x async for x in items] == [2]
     assert run.metadata_dropped == 2
 
 
-async def test_metadata_through_sync_segments() -> None:
+async def test_metadata_through_sync_segments(speedups: str) -> None:
     out = await (sync_double() | add(n=0)).collect([1, Flush(n=0), 2], metadata=True)
     assert out == [2, Flush(n=0), 4]
     blocking = sync_double(blocking=True) | add(n=0)
@@ -647,22 +713,11 @@ async def test_final_snapshot_and_no_error_when_cancelled_from_outside() -> None
     assert all(s.errors == 0 for s in seen[-1].stages), seen[-1].format()
 
 
-@pytest.fixture(params=["c", "python"])
-def counting(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Count with the C counters (when built) and with the counting generators."""
-    from talkpipe_async._core import _items
-
-    if request.param == "c" and _items._speedups is None:
-        pytest.skip("C extension not built")
-    monkeypatch.setattr(_items, "SPEEDUPS", request.param == "c")
-    return str(request.param)
-
-
 def outs(snap: Any) -> dict[str, tuple[int, int]]:
     return {s.name: (s.items_in, s.items_out) for s in snap.stages}
 
 
-async def test_stats_exact_mid_run_with_an_item_in_flight(counting: str) -> None:
+async def test_stats_exact_mid_run_with_an_item_in_flight(speedups: str) -> None:
     gate = anyio.Event()
     waiting = anyio.Event()
 
@@ -697,7 +752,7 @@ async def test_stats_exact_mid_run_with_an_item_in_flight(counting: str) -> None
     assert [s.items_out for s in run.stats().stages] == [4, 4, 2, 2]
 
 
-async def test_stats_exact_when_a_stage_fails_or_stops_early(counting: str) -> None:
+async def test_stats_exact_when_a_stage_fails_or_stops_early(speedups: str) -> None:
     run = (count_up() | add(n=0) | explode_on(bad=5, name="boom") | add(n=0)).stream(stats=True)
     with pytest.raises(ValueError):
         async with run as items:
@@ -732,7 +787,7 @@ async def test_stats_exact_when_a_stage_fails_or_stops_early(counting: str) -> N
     assert [s.items_out for s in run.stats().stages] == [10, 10]
 
 
-async def test_stats_inputs_counted(counting: str) -> None:
+async def test_stats_inputs_counted(speedups: str) -> None:
     async def agen() -> AsyncIterator[int]:
         for i in range(7):
             yield i

@@ -16,7 +16,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 from ._errors import annotate, error_context
-from ._plumbing import Intercept, MetaCounter, release_sync, strip_async, strip_sync, sync_to_async
+from ._plumbing import MetaCounter, make_intercept, release_sync, strip_async, strip_sync, sync_to_async
 from ._run import RunContext, _current
 from ._segment import AbstractSegment, AbstractSource, _Node, wrap_callable
 from ._stats import RunStats, StageStats, counted_async, counted_sync, observe_async, observe_sync, snapshot
@@ -371,7 +371,7 @@ class PipelineRun:
         self._tg: anyio.abc.TaskGroup | None = None
         self._run: RunContext | None = None
         self._token: Any = None
-        self._intercepts: list[Intercept] = []
+        self._intercepts: list[Any] = []
 
     @property
     def metadata_dropped(self) -> int:
@@ -502,8 +502,8 @@ class PipelineRun:
             first = first or error
         return first
 
-    def _intercept(self, items: AsyncIterator[Any]) -> Intercept:
-        ic = Intercept(items)
+    def _intercept(self, items: AsyncIterator[Any]) -> Any:
+        ic = make_intercept(items)
         self._intercepts.append(ic)
         return ic
 

@@ -19,9 +19,10 @@ import types
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from typing import Any
 
+from . import _items
 from ._metadata import Metadata
 
-__all__ = ["Intercept", "MetaCounter", "strip_async", "strip_sync", "sync_to_async"]
+__all__ = ["Intercept", "MetaCounter", "make_intercept", "strip_async", "strip_sync", "sync_to_async"]
 
 
 class MetaCounter:
@@ -159,6 +160,28 @@ class _Unwind(BaseException):
 
 
 Intercept.__anext__ = _step  # type: ignore[assignment,method-assign]
+
+
+if _items._speedups is not None:
+
+    class _FastIntercept(_items._speedups.Intercept):  # type: ignore[misc]
+        """:class:`Intercept` with its step in C (no generator and no ``StopIteration`` per item)."""
+
+        def __init__(self, items: AsyncIterator[Any]) -> None:
+            super().__init__(items, _Bypass)
+
+        async def aclose(self) -> None:
+            """Unwind a chain left suspended by a bypass (its ``finally`` blocks run)."""
+            coro = self._take_pending()
+            if coro is not None:
+                await _unwind(coro)
+
+
+def make_intercept(items: AsyncIterator[Any]) -> Any:
+    """An :class:`Intercept` over *items*: the C one when the extension is on."""
+    if _items.SPEEDUPS:
+        return _FastIntercept(items)
+    return Intercept(items)
 
 
 @types.coroutine

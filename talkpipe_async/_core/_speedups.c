@@ -469,6 +469,373 @@ static PyTypeObject CountIterType = {
     .tp_new = countiter_new,
 };
 
+/* ----------------------------------------------------------- Intercept */
+
+/* getattr that returns 0 and *out = NULL when the attribute is missing (PyObject_GetOptionalAttrString is 3.13+). */
+static int
+PyObject_GetOptionalAttrStringCompat(PyObject *obj, const char *name, PyObject **out)
+{
+    *out = PyObject_GetAttrString(obj, name);
+    if (*out != NULL) {
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+
+/*
+ * The C twin of _plumbing.Intercept: an async iterator over upstream whose
+ * awaitables (InterceptStep) drive upstream's awaitable with PyIter_Send.  A
+ * value the chain yields to the event loop goes up unchanged, except a
+ * _Bypass: then the step finishes at once with the bypassed item and keeps
+ * the suspended chain (pending) to resume at the next __anext__.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *upstream;
+    unaryfunc anext;
+    PyObject *pending;     /* awaitable iterator left suspended by a bypass */
+    PyObject *bypass_type; /* the _Bypass class */
+    PyObject *dict;
+} Intercept;
+
+typedef struct {
+    PyObject_HEAD
+    Intercept *owner;
+    PyObject *inner; /* NULL once finished */
+} InterceptStep;
+
+static PyTypeObject InterceptStepType;
+
+/* The iterator to drive for the awaitable aw (a new reference). */
+static PyObject *
+awaitable_iter(PyObject *aw)
+{
+    if (PyCoro_CheckExact(aw) || PyGen_CheckExact(aw)) {
+        Py_INCREF(aw);
+        return aw;
+    }
+    PyAsyncMethods *am = Py_TYPE(aw)->tp_as_async;
+    if (am == NULL || am->am_await == NULL) {
+        PyErr_Format(PyExc_TypeError, "__anext__ returned a non-awaitable %.100s", Py_TYPE(aw)->tp_name);
+        return NULL;
+    }
+    PyObject *it = am->am_await(aw);
+    if (it != NULL && !PyIter_Check(it)) {
+        PyErr_Format(PyExc_TypeError, "__await__ returned a non-iterator %.100s", Py_TYPE(it)->tp_name);
+        Py_CLEAR(it);
+    }
+    return it;
+}
+
+/* The value of a pending StopIteration (a new reference), or NULL with the error kept. */
+static PyObject *
+take_stop_value(void)
+{
+    if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+        return NULL;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *result = value ? PyObject_GetAttrString(value, "value") : NULL;
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    if (result == NULL && !PyErr_Occurred()) {
+        result = Py_None;
+        Py_INCREF(result);
+    }
+    return result;
+}
+
+/* Turn the inner iterator's outcome (r, res) into the step's outcome. */
+static PySendResult
+step_outcome(InterceptStep *s, PySendResult r, PyObject *res, PyObject **result)
+{
+    if (r == PYGEN_NEXT) {
+        if ((PyObject *)Py_TYPE(res) == s->owner->bypass_type) {
+            PyObject *item = PyObject_GetAttrString(res, "item");
+            Py_DECREF(res);
+            if (item == NULL) {
+                Py_CLEAR(s->inner);
+                *result = NULL;
+                return PYGEN_ERROR;
+            }
+            Py_XSETREF(s->owner->pending, s->inner); /* resumed by the next __anext__ */
+            s->inner = NULL;
+            *result = item;
+            return PYGEN_RETURN;
+        }
+        *result = res;
+        return PYGEN_NEXT;
+    }
+    Py_CLEAR(s->inner);
+    *result = res;
+    return r;
+}
+
+static PySendResult
+step_send(InterceptStep *s, PyObject *arg, PyObject **result)
+{
+    if (s->inner == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited intercept step");
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    PyObject *res;
+    PySendResult r = PyIter_Send(s->inner, arg, &res);
+    return step_outcome(s, r, res, result);
+}
+
+/* The Python iterator protocol over an outcome: yield, StopIteration(value), or the error. */
+static PyObject *
+as_python(PySendResult r, PyObject *res)
+{
+    if (r == PYGEN_NEXT) {
+        return res;
+    }
+    if (r == PYGEN_RETURN) {
+        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, res);
+        Py_DECREF(res);
+        if (stop != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, stop);
+            Py_DECREF(stop);
+        }
+    }
+    return NULL;
+}
+
+static PyObject *
+step_next(InterceptStep *s)
+{
+    PyObject *res;
+    PySendResult r = step_send(s, Py_None, &res);
+    return as_python(r, res);
+}
+
+static PyObject *
+step_send_method(InterceptStep *s, PyObject *arg)
+{
+    PyObject *res;
+    PySendResult r = step_send(s, arg, &res);
+    return as_python(r, res);
+}
+
+static PyObject *
+step_throw(InterceptStep *s, PyObject *args)
+{
+    PyObject *meth = NULL;
+    if (s->inner != NULL && PyObject_GetOptionalAttrStringCompat(s->inner, "throw", &meth) < 0) {
+        return NULL;
+    }
+    if (meth == NULL) { /* nothing to forward to: raise it here */
+        PyObject *typ, *val = NULL, *tb = NULL;
+        if (!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, &tb)) {
+            return NULL;
+        }
+        Py_CLEAR(s->inner);
+        if (PyExceptionInstance_Check(typ)) {
+            PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+        }
+        else {
+            PyErr_SetObject(typ, val);
+        }
+        return NULL;
+    }
+    PyObject *res = PyObject_CallObject(meth, args);
+    Py_DECREF(meth);
+    PySendResult r = PYGEN_NEXT;
+    if (res == NULL) {
+        res = take_stop_value();
+        r = res == NULL ? PYGEN_ERROR : PYGEN_RETURN;
+    }
+    PyObject *out;
+    r = step_outcome(s, r, res, &out);
+    return as_python(r, out);
+}
+
+static PyObject *
+step_close(InterceptStep *s, PyObject *Py_UNUSED(unused))
+{
+    PyObject *inner = s->inner;
+    s->inner = NULL;
+    if (inner == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *res = PyObject_CallMethod(inner, "close", NULL);
+    Py_DECREF(inner);
+    if (res == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return res;
+}
+
+static PyObject *
+step_await(PyObject *self)
+{
+    Py_INCREF(self);
+    return self;
+}
+
+static void
+step_dealloc(InterceptStep *s)
+{
+    Py_CLEAR(s->inner);
+    Py_CLEAR(s->owner);
+    PyObject_Free(s);
+}
+
+static PyMethodDef step_methods[] = {
+    {"send", (PyCFunction)step_send_method, METH_O, "Resume the chain with a value."},
+    {"throw", (PyCFunction)step_throw, METH_VARARGS, "Throw an exception into the chain."},
+    {"close", (PyCFunction)step_close, METH_NOARGS, "Close the chain's awaitable."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods step_as_async = {
+    .am_await = step_await,
+    .am_send = (sendfunc)step_send,
+};
+
+static PyTypeObject InterceptStepType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "talkpipe_async._core._speedups.InterceptStep",
+    .tp_doc = "The awaitable of one Intercept.__anext__.",
+    .tp_basicsize = sizeof(InterceptStep),
+    .tp_dealloc = (destructor)step_dealloc,
+    .tp_as_async = &step_as_async,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)step_next,
+    .tp_methods = step_methods,
+};
+
+static int
+intercept_init(Intercept *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *upstream, *bypass_type;
+    if (!PyArg_ParseTuple(args, "OO:Intercept", &upstream, &bypass_type)) {
+        return -1;
+    }
+    PyAsyncMethods *am = Py_TYPE(upstream)->tp_as_async;
+    if (am == NULL || am->am_anext == NULL) {
+        PyErr_Format(PyExc_TypeError, "Intercept needs an async iterator, not %.100s", Py_TYPE(upstream)->tp_name);
+        return -1;
+    }
+    if (!PyType_Check(bypass_type)) {
+        PyErr_SetString(PyExc_TypeError, "Intercept: bypass_type must be a class");
+        return -1;
+    }
+    Py_INCREF(upstream);
+    Py_XSETREF(self->upstream, upstream);
+    self->anext = am->am_anext;
+    Py_INCREF(bypass_type);
+    Py_XSETREF(self->bypass_type, bypass_type);
+    return 0;
+}
+
+static int
+intercept_traverse(Intercept *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->upstream);
+    Py_VISIT(self->pending);
+    Py_VISIT(self->bypass_type);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+intercept_clear(Intercept *self)
+{
+    Py_CLEAR(self->upstream);
+    Py_CLEAR(self->pending);
+    Py_CLEAR(self->bypass_type);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+intercept_dealloc(Intercept *self)
+{
+    PyObject_GC_UnTrack(self);
+    intercept_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+intercept_anext(Intercept *self)
+{
+    if (self->upstream == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Intercept has no upstream");
+        return NULL;
+    }
+    PyObject *inner = self->pending;
+    self->pending = NULL;
+    if (inner == NULL) {
+        PyObject *aw = self->anext(self->upstream);
+        if (aw == NULL) {
+            return NULL;
+        }
+        inner = awaitable_iter(aw);
+        Py_DECREF(aw);
+        if (inner == NULL) {
+            return NULL;
+        }
+    }
+    InterceptStep *s = PyObject_New(InterceptStep, &InterceptStepType);
+    if (s == NULL) {
+        Py_DECREF(inner);
+        return NULL;
+    }
+    s->inner = inner;
+    Py_INCREF(self);
+    s->owner = self;
+    return (PyObject *)s;
+}
+
+static PyObject *
+intercept_take_pending(Intercept *self, PyObject *Py_UNUSED(unused))
+{
+    PyObject *pending = self->pending;
+    self->pending = NULL;
+    if (pending == NULL) {
+        Py_RETURN_NONE;
+    }
+    return pending;
+}
+
+static PyMethodDef intercept_methods[] = {
+    {"_take_pending", (PyCFunction)intercept_take_pending, METH_NOARGS,
+     "The chain left suspended by a bypass (or None); the intercept forgets it."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods intercept_as_async = {
+    .am_aiter = items_aiter,
+    .am_anext = (unaryfunc)intercept_anext,
+};
+
+static PyTypeObject InterceptType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "talkpipe_async._core._speedups.Intercept",
+    .tp_doc = "Intercept(upstream, bypass_type): turns bypassed metadata back into stream items.",
+    .tp_basicsize = sizeof(Intercept),
+    .tp_dealloc = (destructor)intercept_dealloc,
+    .tp_as_async = &intercept_as_async,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)intercept_traverse,
+    .tp_clear = (inquiry)intercept_clear,
+    .tp_methods = intercept_methods,
+    .tp_dictoffset = offsetof(Intercept, dict),
+    .tp_init = (initproc)intercept_init,
+    .tp_new = PyType_GenericNew,
+};
+
 /* --------------------------------------------------------------- module */
 
 static struct PyModuleDef speedups_module = {
@@ -482,7 +849,8 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     if (PyType_Ready(&ReadyType) < 0 || PyType_Ready(&BatchItemsType) < 0 || PyType_Ready(&CounterType) < 0
-        || PyType_Ready(&CountIterType) < 0) {
+        || PyType_Ready(&CountIterType) < 0 || PyType_Ready(&InterceptType) < 0
+        || PyType_Ready(&InterceptStepType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&speedups_module);
@@ -493,6 +861,7 @@ PyInit__speedups(void)
         {"BatchItems", &BatchItemsType},
         {"Counter", &CounterType},
         {"CountIter", &CountIterType},
+        {"Intercept", &InterceptType},
     };
     for (size_t i = 0; i < sizeof(exported) / sizeof(exported[0]); i++) {
         Py_INCREF(exported[i].type);
