@@ -200,3 +200,34 @@ def test_the_python_twin_is_chosen_when_the_extension_is_off(monkeypatch: pytest
     gen = batch_items(none())
     assert hasattr(gen, "ag_frame") and type(gen).__name__ == "async_generator"
     anyio.run(gen.aclose)  # type: ignore[attr-defined]
+
+
+async def test_metadata_and_statistics_together_leak_nothing(mode: str) -> None:
+    from talkpipe_async import Flush
+
+    @segment
+    async def same(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for x in items:
+            yield x
+
+    marker = object()
+    before = sys.getrefcount(marker)
+    data: list[Any] = []
+    for i in range(3000):
+        data.append(marker)
+        if i % 100 == 0:
+            data.append(Flush(n=i))
+    run = (same() | same() | same()).stream(data, metadata=True, stats=True)
+    n = flushes = 0
+    async with run as items:
+        async for x in items:
+            if x is marker:
+                n += 1
+            else:
+                flushes += 1
+    del x
+    assert (n, flushes) == (3000, 30)
+    assert [s.items_out for s in run.stats().stages] == [3030, 3000, 3000, 3000]  # the input counts its Flushes
+    data.clear()
+    gc.collect()
+    assert sys.getrefcount(marker) == before
