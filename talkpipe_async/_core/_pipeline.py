@@ -457,6 +457,7 @@ class PipelineRun:
         if close_error is not None and exc is None:
             annotate(close_error, build.frames)
             self._count_error(close_error)
+        build.frames.clear()  # finished frames keep their last locals (the last items) alive
         if self._observe and (self._stats_every is not None or self._on_stats is not None):
             self._final_stats(outer)
         if outer is not None:
