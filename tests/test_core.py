@@ -799,6 +799,66 @@ async def test_stats_inputs_counted(speedups: str) -> None:
         assert [s.items_out for s in run.stats().stages] == [7, 7], data
 
 
+def test_sampler_adds_time_to_the_innermost_stage_frame() -> None:
+    import sys
+
+    from talkpipe_async._core._sampler import Sampler
+    from talkpipe_async._core._stats import StageStats
+
+    outer, inner = StageStats("outer"), StageStats("inner")
+    frames: dict[Any, StageStats] = {}
+    sampler = Sampler(frames)
+
+    def inner_gen() -> Iterator[None]:
+        sampler.sample(sys._current_frames(), 0.5)  # taken while both generators run, this one innermost
+        del frames[inner_gen_obj.gi_frame]
+        sampler.sample(sys._current_frames(), 0.25)
+        yield
+
+    def outer_gen() -> Iterator[None]:
+        yield from inner_gen_obj
+
+    inner_gen_obj = inner_gen()
+    outer_gen_obj = outer_gen()
+    frames.update({outer_gen_obj.gi_frame: outer, inner_gen_obj.gi_frame: inner})
+    next(outer_gen_obj)
+    assert (inner.sampled_s, outer.sampled_s) == (0.5, 0.25)
+
+
+def burn(seconds: float) -> None:
+    """Keep the CPU busy (real work for the sampler to see; not a wait)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def test_stats_sample_each_stages_own_running_time(speedups: str) -> None:
+    import threading
+
+    @segment
+    async def busy(items: AsyncIterator[int]) -> AsyncIterator[int]:
+        async for x in items:
+            burn(0.04)
+            yield x
+
+    @segment
+    def busy_in_thread(items: Iterable[int]) -> Iterator[int]:
+        for x in items:
+            burn(0.04)
+            yield x
+
+    run = (busy() | add(n=0) | busy_in_thread(blocking=True) | add(n=0)).stream(range(5), stats=True)
+    async with run as items:
+        assert [x async for x in items] == list(range(5))
+    snap = run.stats()
+    by = [s.time_s for s in snap.stages]
+    assert [s.name for s in snap.stages] == ["input", "busy", "add", "busy_in_thread", "add"]
+    # each busy stage ran about 0.2 s; the sampler (every 10 ms) sees most of it, the trivial stages next to nothing
+    assert by[1] > 0.1 and by[3] > 0.1, snap.format()
+    assert by[0] + by[2] + by[4] < 0.05, snap.format()
+    assert not [t for t in threading.enumerate() if t.name == "talkpipe stats sampler"], "stopped with the run"
+
+
 def test_stats_on_sync_prefix_in_loop() -> None:
     @source
     def numbers() -> Iterator[int]:

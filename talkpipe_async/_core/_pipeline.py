@@ -18,6 +18,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 from ._errors import annotate, error_context
 from ._plumbing import MetaCounter, make_intercept, release_sync, strip_async, strip_sync, sync_to_async
 from ._run import RunContext, _current
+from ._sampler import Sampler
 from ._segment import AbstractSegment, AbstractSource, _Node, wrap_callable
 from ._stats import RunStats, StageStats, counted_async, counted_sync, observe_async, observe_sync, snapshot
 from ._threads import ThreadStage
@@ -117,9 +118,10 @@ class Pipeline(Generic[T, U]):
         ``metadata=True`` the consumer receives :class:`Metadata` items too.
 
         ``stats=True`` counts items per stage (see :meth:`PipelineRun.stats`; a
-        few ns per item per stage with the C extension, about 0.07 us without);
-        ``stats="timed"`` also measures the time spent in each stage (about
-        0.3 us per item per stage).
+        few ns per item per stage with the C extension, about 0.07 us without)
+        and samples each stage's own running time every 10 ms from a thread;
+        ``stats="timed"`` measures the time exactly instead (about 0.3 us per
+        item per stage).
         ``stats_every`` seconds, ``on_stats(snapshot)`` is called (default: the
         snapshot is logged at INFO on the ``talkpipe_async.stats`` logger), and
         once more when the run ends.  Either turns statistics on.
@@ -286,6 +288,7 @@ class _Build:
         self.threads: list[ThreadStage] = []
         self.counter = MetaCounter()
         self.stats: list[StageStats] | None = None
+        self.frame_stats: dict[FrameType, StageStats] = {}  # for the sampled time of stats=True
         self.timed = False
         n = len(self.stages)
         wants = [False] * (n + 1)
@@ -311,6 +314,9 @@ class _Build:
             return gen
         stats = StageStats(label, node)
         self.stats.append(stats)
+        frame = _frame_of(gen)
+        if frame is not None:
+            self.frame_stats[frame] = stats
         if sync:
             self.closers.append(observe_sync(gen, stats) if self.timed else counted_sync(gen, stats))
         else:
@@ -337,11 +343,15 @@ class _Build:
     def final_strip_sync(self, chain: Iterator[Any]) -> Iterator[Any]:
         return strip_sync(chain, None, self.counter)
 
-    def on_thread_frame(self, label: str) -> Callable[[Any], None]:
+    def on_thread_frame(self, label: str, stats: list[StageStats]) -> Callable[[Any], None]:
+        """Record a worker thread's generator for errors (*label*) and sampled time (``stats[0]``, if any)."""
+
         def record(gen: Any) -> None:
             frame = _frame_of(gen)
             if frame is not None:
                 self.frames[frame] = label
+                if stats:
+                    self.frame_stats[frame] = stats[0]
 
         return record
 
@@ -362,6 +372,7 @@ class PipelineRun:
         self._input = input
         self._metadata = metadata
         self._observe = observe
+        self._sampler: Sampler | None = None
         self._stats_every = stats_every
         self._on_stats = on_stats
         self._errors: dict[str, int] = {}
@@ -385,7 +396,8 @@ class PipelineRun:
         """
         build = self._build
         stages = build.stats if build is not None and build.stats is not None else []
-        return snapshot(stages, self._errors, self._started, self.metadata_dropped, self._running)
+        timed = build is not None and build.timed
+        return snapshot(stages, self._errors, self._started, self.metadata_dropped, self._running, timed)
 
     async def _report(self, every: float) -> None:
         while True:
@@ -416,6 +428,9 @@ class PipelineRun:
                 stage.start(tg)
             if self._stats_every is not None:
                 tg.start_soon(self._report, self._stats_every, name="talkpipe stats reporter")
+            if build.stats is not None and not build.timed:
+                self._sampler = Sampler(build.frame_stats)
+                self._sampler.start()
         except BaseException as exc:
             await self.__aexit__(type(exc), exc, exc.__traceback__)
             raise
@@ -457,7 +472,10 @@ class PipelineRun:
         if close_error is not None and exc is None:
             annotate(close_error, build.frames)
             self._count_error(close_error)
+        if self._sampler is not None:
+            self._sampler.stop()
         build.frames.clear()  # finished frames keep their last locals (the last items) alive
+        build.frame_stats.clear()
         if self._observe and (self._stats_every is not None or self._on_stats is not None):
             self._final_stats(outer)
         if outer is not None:
@@ -606,6 +624,7 @@ class PipelineRun:
                 return iter(stage.generate())  # type: ignore[attr-defined]
             return iter(stage.transform(items))  # type: ignore[attr-defined]
 
+        thread_stats: list[StageStats] = []  # filled below, before the thread starts
         thread = ThreadStage(
             stage.label,
             make,
@@ -613,11 +632,12 @@ class PipelineRun:
             pass_metadata=stage.process_metadata or upstream is None,
             forward_metadata=build.receiver_after(j),
             counter=build.counter,
-            on_frame=build.on_thread_frame(stage.label),
+            on_frame=build.on_thread_frame(stage.label, thread_stats),
         )
         build.threads.append(thread)
         output: AsyncIterator[Any] = build.observe(build.record(thread.output(), None), stage.label, stage)
         if build.stats is not None:
             build.stats[-1].buffer = thread.buffer_fill
+            thread_stats.append(build.stats[-1])
         return output
 

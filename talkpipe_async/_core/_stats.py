@@ -41,13 +41,14 @@ __all__ = [
 class StageStats:
     """Live counters of one stage (updated by the counting step)."""
 
-    __slots__ = ("buffer", "counter", "items_out", "label", "node", "time_s")
+    __slots__ = ("buffer", "counter", "items_out", "label", "node", "sampled_s", "time_s")
 
     def __init__(self, label: str, node: Any = None) -> None:
         self.label = label
         self.node = node
         self.items_out = 0
-        self.time_s = 0.0
+        self.time_s = 0.0  # stats="timed": time waiting for this stage's items, stages upstream included
+        self.sampled_s = 0.0  # stats=True: this stage's own running time, sampled
         self.buffer: Callable[[], tuple[int, int]] | None = None
         self.counter: Callable[[], int] | None = None  # a C counter's item count, when one counts
 
@@ -194,7 +195,12 @@ def observe_sync(items: Iterator[Any], stats: StageStats) -> Iterator[Any]:
 
 
 def snapshot(
-    stages: list[StageStats], errors: dict[str, int], started: float, dropped: int, running: bool
+    stages: list[StageStats],
+    errors: dict[str, int],
+    started: float,
+    dropped: int,
+    running: bool,
+    timed: bool = False,
 ) -> RunStats:
     """Turn live counters into a :class:`RunStats` (own times, items in from the stage before)."""
     out = []
@@ -211,7 +217,7 @@ def snapshot(
                 items_out=st.out(),
                 errors=errors.get(st.label, 0),
                 skipped=skipped if isinstance(skipped, int) else None,
-                time_s=max(0.0, st.time_s - before_time),
+                time_s=max(0.0, st.time_s - before_time) if timed else st.sampled_s,
                 buffer_fill=fill,
                 buffer_capacity=capacity,
             )
