@@ -18,6 +18,49 @@
 #include <Python.h>
 #include <stddef.h>
 
+/* -------------------------------------------------------------- helpers */
+
+/* __await__ / __aiter__ of an object that is its own iterator. */
+static PyObject *
+return_self(PyObject *self)
+{
+    Py_INCREF(self);
+    return self;
+}
+
+/* Finish an iterator step with *value* (stolen): raise StopIteration(value), a tuple kept as one value. */
+static PyObject *
+raise_stop(PyObject *value)
+{
+    PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, value);
+    Py_DECREF(value);
+    if (stop != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+    }
+    return NULL;
+}
+
+/* Raise what throw(type[, value[, traceback]]) or throw(instance) was given. */
+static PyObject *
+raise_thrown(PyObject *args)
+{
+    PyObject *typ, *val = NULL, *tb = NULL;
+    if (!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, &tb)) {
+        return NULL;
+    }
+    if (PyExceptionInstance_Check(typ)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        PyErr_SetObject(typ, val);
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError, "throw() expects an exception");
+    }
+    return NULL;
+}
+
 /* ---------------------------------------------------------------- Ready */
 
 typedef struct {
@@ -32,13 +75,6 @@ ready_dealloc(Ready *self)
 {
     Py_CLEAR(self->value);
     PyObject_Free(self);
-}
-
-static PyObject *
-ready_await(PyObject *self)
-{
-    Py_INCREF(self);
-    return self;
 }
 
 /* Take the value out (a new reference; None if already delivered). */
@@ -65,14 +101,7 @@ ready_send(Ready *self, PyObject *Py_UNUSED(arg), PyObject **result)
 static PyObject *
 ready_next(Ready *self)
 {
-    PyObject *v = ready_take(self);
-    PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, v);
-    Py_DECREF(v);
-    if (stop != NULL) {
-        PyErr_SetObject(PyExc_StopIteration, stop);
-        Py_DECREF(stop);
-    }
-    return NULL;
+    return raise_stop(ready_take(self));
 }
 
 static PyObject *
@@ -84,21 +113,8 @@ ready_send_method(Ready *self, PyObject *Py_UNUSED(arg))
 static PyObject *
 ready_throw(Ready *self, PyObject *args)
 {
-    PyObject *typ, *val = NULL, *tb = NULL;
-    if (!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, &tb)) {
-        return NULL;
-    }
     Py_CLEAR(self->value);
-    if (PyExceptionInstance_Check(typ)) {
-        PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
-    }
-    else if (PyExceptionClass_Check(typ)) {
-        PyErr_SetObject(typ, val);
-    }
-    else {
-        PyErr_SetString(PyExc_TypeError, "throw() expects an exception");
-    }
-    return NULL;
+    return raise_thrown(args);
 }
 
 static PyObject *
@@ -116,7 +132,7 @@ static PyMethodDef ready_methods[] = {
 };
 
 static PyAsyncMethods ready_as_async = {
-    .am_await = ready_await,
+    .am_await = return_self,
     .am_send = (sendfunc)ready_send,
 };
 
@@ -213,13 +229,6 @@ items_anext(BatchItems *self)
 }
 
 static PyObject *
-items_aiter(PyObject *self)
-{
-    Py_INCREF(self);
-    return self;
-}
-
-static PyObject *
 items_load(BatchItems *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2 || !PyList_Check(args[0])) {
@@ -258,7 +267,7 @@ static PyMethodDef items_methods[] = {
 };
 
 static PyAsyncMethods items_as_async = {
-    .am_aiter = items_aiter,
+    .am_aiter = return_self,
     .am_anext = (unaryfunc)items_anext,
 };
 
@@ -369,7 +378,7 @@ static PyGetSetDef counter_getset[] = {
 };
 
 static PyAsyncMethods counter_as_async = {
-    .am_aiter = items_aiter,
+    .am_aiter = return_self,
     .am_anext = (unaryfunc)counter_anext,
 };
 
@@ -599,12 +608,7 @@ as_python(PySendResult r, PyObject *res)
         return res;
     }
     if (r == PYGEN_RETURN) {
-        PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, res);
-        Py_DECREF(res);
-        if (stop != NULL) {
-            PyErr_SetObject(PyExc_StopIteration, stop);
-            Py_DECREF(stop);
-        }
+        return raise_stop(res);
     }
     return NULL;
 }
@@ -633,18 +637,8 @@ step_throw(InterceptStep *s, PyObject *args)
         return NULL;
     }
     if (meth == NULL) { /* nothing to forward to: raise it here */
-        PyObject *typ, *val = NULL, *tb = NULL;
-        if (!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, &tb)) {
-            return NULL;
-        }
         Py_CLEAR(s->inner);
-        if (PyExceptionInstance_Check(typ)) {
-            PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
-        }
-        else {
-            PyErr_SetObject(typ, val);
-        }
-        return NULL;
+        return raise_thrown(args);
     }
     PyObject *res = PyObject_CallObject(meth, args);
     Py_DECREF(meth);
@@ -675,13 +669,6 @@ step_close(InterceptStep *s, PyObject *Py_UNUSED(unused))
     return res;
 }
 
-static PyObject *
-step_await(PyObject *self)
-{
-    Py_INCREF(self);
-    return self;
-}
-
 static void
 step_dealloc(InterceptStep *s)
 {
@@ -698,7 +685,7 @@ static PyMethodDef step_methods[] = {
 };
 
 static PyAsyncMethods step_as_async = {
-    .am_await = step_await,
+    .am_await = return_self,
     .am_send = (sendfunc)step_send,
 };
 
@@ -816,7 +803,7 @@ static PyMethodDef intercept_methods[] = {
 };
 
 static PyAsyncMethods intercept_as_async = {
-    .am_aiter = items_aiter,
+    .am_aiter = return_self,
     .am_anext = (unaryfunc)intercept_anext,
 };
 
