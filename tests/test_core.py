@@ -832,8 +832,12 @@ def burn(seconds: float) -> None:
         pass
 
 
-async def test_stats_sample_each_stages_own_running_time(speedups: str) -> None:
+async def test_stats_sample_each_stages_own_running_time(speedups: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
+
+    from talkpipe_async._core import _sampler
+
+    monkeypatch.setattr(_sampler, "INTERVAL", 0.005)  # many samples in a short test
 
     @segment
     async def busy(items: AsyncIterator[int]) -> AsyncIterator[int]:
@@ -853,7 +857,7 @@ async def test_stats_sample_each_stages_own_running_time(speedups: str) -> None:
     snap = run.stats()
     by = [s.time_s for s in snap.stages]
     assert [s.name for s in snap.stages] == ["input", "busy", "add", "busy_in_thread", "add"]
-    # each busy stage ran about 0.2 s; the sampler (every 10 ms) sees most of it, the trivial stages next to nothing
+    # each busy stage ran about 0.2 s; the sampler (every 5 ms here) sees most of it, the trivial stages next to nothing
     assert by[1] > 0.1 and by[3] > 0.1, snap.format()
     assert by[0] + by[2] + by[4] < 0.05, snap.format()
     assert not [t for t in threading.enumerate() if t.name == "talkpipe stats sampler"], "stopped with the run"

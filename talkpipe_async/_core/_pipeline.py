@@ -119,7 +119,7 @@ class Pipeline(Generic[T, U]):
 
         ``stats=True`` counts items per stage (see :meth:`PipelineRun.stats`; a
         few ns per item per stage with the C extension, about 0.07 us without)
-        and samples each stage's own running time every 10 ms from a thread;
+        and samples each stage's own running time every 50 ms from a thread;
         ``stats="timed"`` measures the time exactly instead (about 0.3 us per
         item per stage).
         ``stats_every`` seconds, ``on_stats(snapshot)`` is called (default: the
