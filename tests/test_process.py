@@ -80,6 +80,45 @@ async def test_stdin_lines_from_a_pipe_fd() -> None:
         os.close(r)
 
 
+async def test_stdin_lines_reads_a_pipe_without_worker_threads() -> None:
+    # A read abandoned in a worker thread would swallow the next input after the run ended (silent loss);
+    # a pipe is waited on in the event loop instead: with every worker-thread token taken, it still reads,
+    # and after a cancelled wait the next input stays in the pipe for the next reader.
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    saved = limiter.total_tokens
+    r, w = os.pipe()
+    try:
+        limiter.total_tokens = 1
+        await limiter.acquire()
+        try:
+            os.write(w, b"only\n")
+            waiting = anyio.Event()
+            got: list[str] = []
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+
+                    async def consume() -> None:
+                        async with Pipeline(stdin_lines(r)).stream() as items:
+                            async for line in items:
+                                got.append(line)
+                                waiting.set()
+
+                    tg.start_soon(consume)
+                    await waiting.wait()
+                    await anyio.wait_all_tasks_blocked()  # the source now waits for more input
+                    tg.cancel_scope.cancel()
+        finally:
+            limiter.release()
+        assert got == ["only"]
+        os.write(w, b"next\n")
+        os.set_blocking(r, False)
+        assert os.read(r, 100) == b"next\n"
+    finally:
+        limiter.total_tokens = saved
+        os.close(w)
+        os.close(r)
+
+
 async def test_stdin_lines_early_close_does_not_hang() -> None:
     r, w = os.pipe()
     try:
