@@ -13,7 +13,7 @@ from .._core._run import current_run
 from .._core._segment import AbstractSegment
 from ..sources.http import _client_for
 from ..sources.sockets import ConnectionLost
-from ..sources.websocket import Mode, WebSocketStats, connect, payload_size, require_httpx_ws
+from ..sources.websocket import Mode, WebSocketStats, check_mode, connect, payload_size, require_httpx_ws
 
 __all__ = ["websocket_send"]
 
@@ -57,8 +57,7 @@ class websocket_send(AbstractSegment[Any, Any]):
     ) -> None:
         super().__init__()
         require_httpx_ws()
-        if mode not in ("text", "bytes", "json"):
-            raise ValueError(f"mode must be 'text', 'bytes' or 'json', not {mode!r}")
+        check_mode(mode)
         self.url = url
         self.client = client
         self.mode = mode

@@ -72,6 +72,12 @@ def require_httpx_ws() -> None:
         raise ImportError("WebSocket stages need httpx-ws>=0.9: pip install 'talkpipe-async[ws]'")
 
 
+def check_mode(mode: str) -> None:
+    """``ValueError`` unless *mode* is a message mode of the WebSocket stages."""
+    if mode not in ("text", "bytes", "json"):
+        raise ValueError(f"mode must be 'text', 'bytes' or 'json', not {mode!r}")
+
+
 _quiet_session: type[AsyncWebSocketSession] | None = None
 #: what a broken or closed transport raises (httpcore's errors once loaded; anyio's for in-process transports)
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, anyio.EndOfStream, anyio.ClosedResourceError)
@@ -469,8 +475,7 @@ class websocket_messages(AbstractSource[Any]):
     ) -> None:
         super().__init__()
         require_httpx_ws()
-        if mode not in ("text", "bytes", "json"):
-            raise ValueError(f"mode must be 'text', 'bytes' or 'json', not {mode!r}")
+        check_mode(mode)
         if on_oversize not in ("raise", "skip"):
             raise ValueError(f"on_oversize must be 'raise' or 'skip', not {on_oversize!r}")
         if not callable(on_error) and on_error not in ("raise", "skip"):
