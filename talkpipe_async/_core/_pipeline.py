@@ -37,6 +37,7 @@ CLEANUP_TIMEOUT = 10.0
 BLOCKING_BATCH = 512
 BLOCKING_BUFFER = 2048
 BLOCKING_LATENCY = 0.005
+_log = logging.getLogger("talkpipe_async")
 _stats_log = logging.getLogger("talkpipe_async.stats")
 
 # Inputs of these types cannot hold Metadata: no plumbing is installed after them.
@@ -480,9 +481,7 @@ class PipelineRun:
             self._final_stats(outer)
         if outer is not None:
             if close_error is not None and exc is None:  # the cancellation goes on; the error is not lost
-                _stats_log.getChild("cleanup").error(
-                    "a stage failed while the run was cancelled", exc_info=close_error
-                )
+                _log.error("a stage failed while the run was cancelled", exc_info=close_error)
             raise outer
         if close_error is not None and exc is None:
             raise close_error
