@@ -19,10 +19,10 @@ from starlette.routing import Route
 from talkpipe_async import Flush, Pipeline, source
 from talkpipe_async.sinks.net import DeliveryFailed, http_post_batches, stdout_sink, tcp_sink, unix_sink
 from talkpipe_async.sinks.web import PipelineResponse, sse_format, streaming_response
-from talkpipe_async.sources.sockets import Backoff, NetStats, unix_server_lines
+from talkpipe_async.sources.sockets import Backoff, ConnectionLost, NetStats, unix_server_lines
 from talkpipe_async.sources.sse import SSEParser
 
-from .net_helpers import AppServer, AppState, make_app, raw_server, settle
+from .net_helpers import FAST, AppServer, AppState, make_app, raw_server, settle
 
 pytestmark = pytest.mark.anyio
 
@@ -55,6 +55,65 @@ async def test_tcp_sink_jsonl_groups_and_flush() -> None:
     assert out == items  # passed through, metadata in place
     assert [json.loads(x) for x in received.decode().splitlines()] == [{"n": i} for i in range(1, 7)]
     assert stats.bytes_sent == len(received) and stats.items == 6
+
+
+async def test_tcp_sink_reconnects_after_the_peer_resets_and_goes_on() -> None:
+    import socket
+    import struct
+
+    first_closed = anyio.Event()
+    done = anyio.Event()
+    seen: list[list[str]] = []
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        lines: list[str] = []
+        seen.append(lines)
+        buf = b""
+        try:
+            while True:
+                buf += await stream.receive()
+                *complete, buf = buf.split(b"\n")
+                lines.extend(x.decode() for x in complete)
+                if len(seen) == 1 and lines:  # the first connection: reset it after its first line
+                    sock = stream.extra(anyio.abc.SocketAttribute.raw_socket)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    await anyio.aclose_forcefully(stream)
+                    first_closed.set()
+                    return
+        except anyio.EndOfStream:
+            done.set()
+
+    @source
+    async def numbers() -> AsyncIterator[str]:
+        yield "0"
+        await first_closed.wait()
+        for i in range(1, 100):
+            yield str(i)
+
+    stats = NetStats()
+    async with raw_server(handler) as port:
+        sink = tcp_sink("127.0.0.1", port, reconnect=True, backoff=FAST, stats=stats)
+        with anyio.fail_after(10):
+            out = await (numbers() | sink).collect()
+            await done.wait()
+    assert out == [str(i) for i in range(100)]
+    assert stats.reconnects >= 1 and stats.errors >= 1
+    assert seen[0] == ["0"]
+    tail = [int(x) for x in seen[-1]]
+    assert tail == list(range(tail[0], 100)) and tail[0] <= 2, tail  # in order; what a reset socket took is lost
+
+
+async def test_tcp_sink_without_reconnect_raises_and_with_it_gives_up_in_the_end() -> None:
+    with anyio.fail_after(10):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        await listener.aclose()  # nothing listens there now
+        with pytest.raises(OSError):
+            await Pipeline(tcp_sink("127.0.0.1", port)).collect(["a"])
+        stats = NetStats()
+        with pytest.raises(ConnectionLost, match="gave up after 5 attempts"):
+            await Pipeline(tcp_sink("127.0.0.1", port, reconnect=True, backoff=FAST, stats=stats)).collect(["a"])
+        assert stats.errors == 5
 
 
 async def test_unix_sink_to_a_unix_server_source() -> None:

@@ -24,7 +24,7 @@ import httpx
 from .._core._metadata import Flush, is_metadata
 from .._core._segment import AbstractSegment
 from ..sources.http import _client_for
-from ..sources.sockets import Backoff, NetStats, _check_unix_path, _connect_tcp, _connect_unix
+from ..sources.sockets import Backoff, ConnectionLost, NetStats, _check_unix_path, _connect_tcp, _connect_unix
 
 __all__ = ["DeliveryFailed", "http_post_batches", "stdout_sink", "tcp_sink", "unix_sink"]
 
@@ -90,7 +90,7 @@ class _ByteSink(AbstractSegment[Any, Any]):
     async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """Write each item, yield it on."""
         stats = self.stats if self.stats is not None else NetStats()
-        target = await self._open()
+        target = await self._connect(stats)
         encode = self.encode
         pending: list[bytes] = []
         every = self.flush_every
@@ -98,34 +98,91 @@ class _ByteSink(AbstractSegment[Any, Any]):
             async for item in items:
                 if is_metadata(item):
                     if isinstance(item, Flush) and pending:
-                        await self._send(target, pending, stats)
+                        target = await self._send(target, pending, stats)
                     yield item
                     continue
                 pending.append(encode(item))
                 if len(pending) >= every:
-                    await self._send(target, pending, stats)
+                    target = await self._send(target, pending, stats)
                 stats.items += 1
                 yield item
             if pending:
-                await self._send(target, pending, stats)
+                target = await self._send(target, pending, stats)
         finally:
             await self._close(target)
 
-    async def _send(self, target: Any, pending: list[bytes], stats: NetStats) -> None:
+    async def _connect(self, stats: NetStats) -> Any:
+        """Open the target (subclasses that reconnect retry here)."""
+        return await self._open()
+
+    async def _send(self, target: Any, pending: list[bytes], stats: NetStats) -> Any:
+        """Write *pending* as one block; return the target to use from now on."""
         data = b"".join(pending)
         pending.clear()
         await self._write(target, data)
         stats.bytes_sent += len(data)
+        return target
+
+
+#: What a broken or refused socket raises.
+_SOCKET_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError, ssl.SSLError)
 
 
 class _SocketSink(_ByteSink):
+    """A socket sink; with ``reconnect=True`` a broken connection is reopened with ``backoff``."""
+
+    reconnect = False
+    backoff: Backoff
+
+    def _where(self) -> str:
+        raise NotImplementedError
+
     async def _write(self, target: Any, data: bytes) -> None:
         await target.send(data)
 
     async def _close(self, target: Any) -> None:
+        if target is None:
+            return
         with anyio.CancelScope(shield=True) as scope:
             scope.deadline = anyio.current_time() + 5.0
             await target.aclose()
+
+    def _failed(self, err: BaseException, attempt: int, stats: NetStats) -> None:
+        """Count a failure; raise unless another attempt is allowed."""
+        stats.errors += 1
+        stats.last_error = repr(err)
+        if not self.reconnect:
+            raise err
+        if self.backoff.exhausted(attempt + 1):
+            where = f"{self.label} ({self._where()})"
+            raise ConnectionLost(f"{where}: gave up after {attempt + 1} attempts: {err!r}") from err
+
+    async def _connect(self, stats: NetStats) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await self._open()
+            except _SOCKET_ERRORS as err:
+                self._failed(err, attempt, stats)
+            await anyio.sleep(self.backoff.delay(attempt))
+            attempt += 1
+
+    async def _send(self, target: Any, pending: list[bytes], stats: NetStats) -> Any:
+        data = b"".join(pending)
+        pending.clear()
+        attempt = 0
+        while True:
+            try:
+                await self._write(target, data)
+                stats.bytes_sent += len(data)
+                return target
+            except _SOCKET_ERRORS as err:
+                self._failed(err, attempt, stats)
+            await anyio.aclose_forcefully(target)
+            await anyio.sleep(self.backoff.delay(attempt))
+            attempt += 1
+            target = await self._connect(stats)
+            stats.reconnects += 1
 
 
 class tcp_sink(_SocketSink):
@@ -133,7 +190,14 @@ class tcp_sink(_SocketSink):
 
     One connection per run, opened before the first item; ``tls=True`` or an
     ``ssl_context`` wraps it in TLS.  ``send`` waits for the kernel, so a
-    slow receiver blocks the pipeline.  A broken connection raises.
+    slow receiver blocks the pipeline.  A broken or refused connection raises,
+    unless ``reconnect=True``: then it is opened again with ``backoff`` (the
+    shared :class:`Backoff`; :class:`ConnectionLost` once its
+    ``max_attempts`` are used up) and the write that failed is sent again.
+    TCP acknowledges nothing to the sender: what the kernel had accepted
+    just before a connection broke may be lost without an error (counted in
+    no counter, because nobody can know).  Use :class:`http_post_batches` or
+    the Redis/NATS connectors where every item must arrive.
     """
 
     def __init__(
@@ -148,10 +212,14 @@ class tcp_sink(_SocketSink):
         ssl_context: ssl.SSLContext | None = None,
         tls_hostname: str | None = None,
         connect_timeout: float = 10.0,
+        reconnect: bool = False,
+        backoff: Backoff | None = None,
         stats: NetStats | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(format=format, serializer=serializer, flush_every=flush_every, stats=stats, name=name)
+        self.reconnect = reconnect
+        self.backoff = backoff or Backoff()
         self.host = host
         self.port = port
         self.tls = tls or ssl_context is not None
@@ -159,13 +227,17 @@ class tcp_sink(_SocketSink):
         self.tls_hostname = tls_hostname
         self.connect_timeout = connect_timeout
 
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}"
+
     async def _open(self) -> Any:
         with anyio.fail_after(self.connect_timeout):
             return await _connect_tcp(self.host, self.port, self.tls, self.ssl_context, self.tls_hostname)
 
 
 class unix_sink(_SocketSink):
-    """Write items as lines or JSON Lines to a Unix stream socket, then pass them on (as :class:`tcp_sink`)."""
+    """Write items as lines or JSON Lines to a Unix stream socket, then pass them on (as :class:`tcp_sink`,
+    ``reconnect`` included)."""
 
     def __init__(
         self,
@@ -174,11 +246,18 @@ class unix_sink(_SocketSink):
         format: Format = "lines",
         serializer: Callable[[Any], str] | None = None,
         flush_every: int = 1,
+        reconnect: bool = False,
+        backoff: Backoff | None = None,
         stats: NetStats | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(format=format, serializer=serializer, flush_every=flush_every, stats=stats, name=name)
+        self.reconnect = reconnect
+        self.backoff = backoff or Backoff()
         self.path = _check_unix_path(path)
+
+    def _where(self) -> str:
+        return str(self.path)
 
     async def _open(self) -> Any:
         return await _connect_unix(self.path)
