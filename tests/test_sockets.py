@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -247,6 +248,52 @@ async def _until(condition: Callable[[], bool]) -> None:
     with anyio.fail_after(5):
         while not condition():
             await anyio.sleep(0.005)
+
+
+async def test_tls_server_source_with_trustme_and_a_plaintext_client_counted() -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    listening = anyio.Event()
+    address: list[Any] = []
+
+    def on_listening(addr: Any) -> None:
+        address.append(addr)
+        listening.set()
+
+    stats = NetStats()
+    source = tcp_server_lines(port=0, ssl_context=server_ctx, on_listening=on_listening, stats=stats)
+    got: list[str] = []
+    with anyio.fail_after(10):
+        async with Pipeline(source).stream() as items:
+            async with anyio.create_task_group() as tg:
+
+                async def clients() -> None:
+                    await listening.wait()
+                    port = address[0][1]
+                    plain = await anyio.connect_tcp("127.0.0.1", port)  # not TLS: its handshake fails
+                    await plain.send(b"GET / HTTP/1.0\r\n\r\n")
+                    with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                        await plain.receive()  # the server hangs up
+                    await plain.aclose()
+                    secure = await anyio.connect_tcp(
+                        "127.0.0.1", port, ssl_context=client_ctx, tls_hostname="localhost"
+                    )
+                    try:
+                        await secure.send(b"secret 1\nsecret 2\n")
+                    finally:
+                        await anyio.aclose_forcefully(secure)  # the server may hang up first: no close_notify
+
+                tg.start_soon(clients)
+                async for line in items:
+                    got.append(line)
+                    if len(got) == 2:
+                        break
+    assert got == ["secret 1", "secret 2"]
+    assert stats.tls_failures == 1 and stats.connections == 1
 
 
 async def test_tcp_server_merges_connections_caps_and_times_out_idle() -> None:

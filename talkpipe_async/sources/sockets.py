@@ -21,6 +21,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 from anyio.abc import SocketAttribute
+from anyio.streams.tls import TLSListener
 
 from .._backoff import Backoff
 from .._core._channel import Channel, ChannelClosed
@@ -85,6 +86,7 @@ class NetStats:
     errors: int = 0
     high_water: int = 0
     last_error: str = ""
+    tls_failures: int = 0
 
 
 class LineFramer:
@@ -512,13 +514,13 @@ class _ServerSource(_FramedSource[str]):
         self.buffer = buffer
         self.on_listening = on_listening
 
-    async def _listen(self) -> tuple[anyio.abc.Listener[Any], Any]:
+    async def _listen(self, stats: NetStats) -> tuple[anyio.abc.Listener[Any], Any]:
         raise NotImplementedError
 
     async def generate(self) -> AsyncIterator[str]:
         """Listen, merge the lines of every connection into one bounded channel, yield them."""
         stats = self.stats if self.stats is not None else NetStats()
-        listener, address = await self._listen()
+        listener, address = await self._listen(stats)
         channel = Channel(self.buffer)
         try:
             current_run().start_soon(self._serve, listener, channel, stats)
@@ -605,7 +607,10 @@ class tcp_server_lines(_ServerSource):
     ``on_listening(address)`` is called with the bound ``(host, port)``
     (use ``port=0`` for an ephemeral port).  Over-long lines are dropped and
     counted by default (``on_overlong="skip"``): one bad client must not stop
-    the server.
+    the server.  With ``ssl_context`` (a server context holding the
+    certificate) every connection is TLS; a failed or timed-out
+    (``tls_handshake_timeout``) handshake closes that connection and is
+    counted in ``stats.tls_failures``.
     """
 
     def __init__(
@@ -621,6 +626,8 @@ class tcp_server_lines(_ServerSource):
         encoding: str = "utf-8",
         errors: str = "replace",
         on_listening: Callable[[Any], Any] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        tls_handshake_timeout: float = 10.0,
         stats: NetStats | None = None,
         name: str | None = None,
     ) -> None:
@@ -638,11 +645,33 @@ class tcp_server_lines(_ServerSource):
         )
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
+        self.tls_handshake_timeout = tls_handshake_timeout
 
-    async def _listen(self) -> tuple[anyio.abc.Listener[Any], Any]:
-        listener = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
-        address = listener.listeners[0].extra(SocketAttribute.local_address)
+    async def _listen(self, stats: NetStats) -> tuple[anyio.abc.Listener[Any], Any]:
+        tcp = await anyio.create_tcp_listener(local_host=self.host, local_port=self.port)
+        address = tcp.listeners[0].extra(SocketAttribute.local_address)
+        if self.ssl_context is None:
+            return tcp, address
+        listener = _CountingTLSListener(
+            tcp, self.ssl_context, standard_compatible=False, handshake_timeout=self.tls_handshake_timeout
+        )
+        listener.stats = stats
         return listener, address
+
+
+class _CountingTLSListener(TLSListener):
+    """A TLS listener that counts failed handshakes (``stats.tls_failures``) instead of logging tracebacks."""
+
+    stats: NetStats
+
+    async def handle_handshake_error(self, exc: BaseException, stream: anyio.abc.AnyByteStream) -> None:  # type: ignore[override]
+        """Close the connection and count the failure; cancellation goes on."""
+        await anyio.aclose_forcefully(stream)
+        if not isinstance(exc, Exception):
+            raise exc
+        self.stats.tls_failures += 1
+        self.stats.last_error = repr(exc)
 
 
 class unix_server_lines(_ServerSource):
@@ -680,7 +709,7 @@ class unix_server_lines(_ServerSource):
         )
         self.path = _check_unix_path(path)
 
-    async def _listen(self) -> tuple[anyio.abc.Listener[Any], Any]:
+    async def _listen(self, stats: NetStats) -> tuple[anyio.abc.Listener[Any], Any]:
         try:
             os.unlink(self.path)
         except FileNotFoundError:
