@@ -174,6 +174,12 @@ def _latency_scenarios(tmp: Path, quick: bool) -> list[Result]:
             0.05,
             {"poll_min": 0.002, "poll_max": 0.02},
         ),
+        (
+            "sparse appends (every 50 ms), defaults poll 10-250 ms, polling only (watch=False)",
+            40 if quick else 100,
+            0.05,
+            {"watch": False},
+        ),
     ]
     results = []
     for label, n, every, options in cases:

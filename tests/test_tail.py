@@ -459,3 +459,34 @@ def test_checkpoint_survives_kill_9(tmp_path: Path, backend: str) -> None:
     repeated = set(got_first) & set(got_second)
     assert not repeated & acked  # only unacknowledged lines repeated
     assert got_second == everything[everything.index(got_second[0]) :]  # in order, no gaps
+
+
+async def test_a_change_wakes_the_tail_before_its_poll_interval_ends(tmp_path: Path) -> None:
+    """On Linux a file-system notification wakes the tail at once: with polls 60 s apart, lines still arrive."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("inotify is Linux-only; elsewhere the tail polls")
+    log = tmp_path / "app.log"
+    log.write_bytes(b"")
+    stats = FileStats()
+    slow = {"poll_min": 60.0, "poll_max": 60.0}
+    async with follow(tail_file(log, start="end", text=True, stats=stats, **slow)) as f:
+        await wait_until(lambda: stats.polls >= 1)  # the first poll found the end of the file
+        append(log, b"one\n")
+        assert await f.next(1) == ["one"]
+        append(log, b"two\n")
+        assert await f.next(1) == ["two"]
+        log.rename(tmp_path / "app.log.1")  # rotation also wakes it
+        log.write_bytes(b"three\n")
+        assert await f.next(1) == ["three"]
+    assert stats.wakeups >= 3 and stats.rotations == 1
+
+
+async def test_watch_false_polls_only(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_bytes(b"")
+    stats = FileStats()
+    async with follow(tail_file(log, start="end", text=True, stats=stats, watch=False, **FAST)) as f:
+        await wait_until(lambda: stats.polls >= 1)
+        append(log, b"one\n")
+        assert await f.next(1) == ["one"]
+    assert stats.wakeups == 0

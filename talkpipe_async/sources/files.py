@@ -108,6 +108,8 @@ class FileStats:
     """Tail: checkpoint files written."""
     polls: int = 0
     """Tail: polls of the file (one thread hop each)."""
+    wakeups: int = 0
+    """Tail: waits ended early by a file-system notification (Linux inotify) instead of the poll interval."""
     cached_reads: int = 0
     """Chunks read straight from the page cache in the event loop, without a thread hop (Linux)."""
 

@@ -41,6 +41,7 @@ import anyio.to_thread
 from .._core._fields import extract_field
 from .._core._metadata import Metadata
 from .._core._segment import AbstractSegment, AbstractSource
+from ._watch import open_watcher
 from .files import (
     DEFAULT_CHUNK,
     DEFAULT_MAX_LINE,
@@ -423,6 +424,13 @@ class _Tailer:
         self._open(out)
         return out, self.cur is not None
 
+    def due(self) -> float | None:
+        """Seconds until a poll is needed whatever the file system says (a rotated file's grace), or None."""
+        cur = self.cur
+        if cur is None or cur.idle_since is None:
+            return None
+        return max(0.0, self.src.rotate_grace - (time.monotonic() - cur.idle_since))
+
     def close(self) -> None:
         """Write the last checkpoint and close the descriptor."""
         try:
@@ -442,6 +450,11 @@ class tail_file(AbstractSource[Any]):
       start.
     - ``poll_min`` / ``poll_max``: the poll interval starts at ``poll_min``
       after data and doubles while idle up to ``poll_max``.
+    - ``watch``: on Linux, an inotify watch on the file's directory ends a
+      wait as soon as something there changes (``stats.wakeups``), so a
+      line arrives within about a millisecond however long the poll
+      interval; polling still decides what is read.  Elsewhere, or with
+      ``watch=False``, the tail only polls.
     - ``rotate_grace``: after the path is rotated away or deleted, the old
       file is drained until it has been idle this long, then closed.
     - ``max_line_bytes``: longer lines are dropped to their next newline and
@@ -480,6 +493,7 @@ class tail_file(AbstractSource[Any]):
         checkpoint_interval: float = 1.0,
         events: bool = True,
         text: bool = False,
+        watch: bool = True,
         name: str | None = None,
         stats: FileStats | None = None,
     ) -> None:
@@ -505,6 +519,8 @@ class tail_file(AbstractSource[Any]):
         self.checkpoint_interval = checkpoint_interval
         self.events = events
         self.text = text
+        self.watch = watch
+        self._directory = os.path.dirname(os.path.abspath(self.path))
         self.name = name or "tail_file"
         self.stats = stats if stats is not None else FileStats()
 
@@ -515,6 +531,7 @@ class tail_file(AbstractSource[Any]):
         interval = self.poll_min
         stats = self.stats
         events, text = self.events, self.text
+        watcher = open_watcher(self._directory) if self.watch else None
         try:
             await run_sync(tailer.load_checkpoint)
             while True:
@@ -530,9 +547,16 @@ class tail_file(AbstractSource[Any]):
                 if more:
                     await anyio.lowlevel.checkpoint()
                 elif not items:
-                    await anyio.sleep(interval)
+                    due = tailer.due()
+                    wait = interval if due is None else min(interval, due)
+                    if watcher is None:
+                        await anyio.sleep(wait)
+                    elif await watcher.wait(wait):
+                        stats.wakeups += 1
                     interval = min(interval * 2, self.poll_max)
         finally:
+            if watcher is not None:
+                watcher.close()
             with anyio.CancelScope(shield=True):
                 await run_sync(tailer.close)
 
