@@ -144,7 +144,10 @@ async def test_time_window_sliding() -> None:
                 if not w and [1, 2, 3] in seen:
                     break  # the items have left the window
     assert [1, 2, 3] in seen
-    assert all(w in ([1, 2, 3], []) for w in seen)
+    # a tick may fall between two arrivals (or two expiries) on a loaded machine: every window is then a
+    # contiguous slice of what arrived, in order
+    slices = [[1, 2, 3][i:j] for i in range(4) for j in range(i, 4)]
+    assert all(w in slices for w in seen), seen
 
 
 async def test_time_window_sliding_overflow_raises() -> None:
