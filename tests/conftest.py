@@ -37,6 +37,16 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def pool_thread(thread: threading.Thread) -> bool:
+    """Worker-pool threads of the loop, which come and go on their own: anyio's (asyncio) or trio's thread cache."""
+    return thread.name == "AnyIO worker thread" or thread.name.startswith("Trio thread ")
+
+
+def new_threads(before: set[threading.Thread]) -> set[threading.Thread]:
+    """Threads started since *before* was taken, worker-pool threads aside."""
+    return {t for t in set(threading.enumerate()) - before if not pool_thread(t)}
+
+
 def talkpipe_threads() -> list[threading.Thread]:
     """Live threads other than the main one and idle worker-pool threads."""
     return [t for t in threading.enumerate() if t is not threading.main_thread()]

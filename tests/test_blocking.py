@@ -22,6 +22,8 @@ import pytest
 from talkpipe_async import Metadata, Pipeline, _blocking, error_context, is_metadata, segment, source
 from talkpipe_async._blocking import LOOP_THREAD_PREFIX, EventLoopRunningError, loop_thread, shutdown
 
+from .conftest import pool_thread
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -245,7 +247,7 @@ def test_break_stops_a_thread_stage_before_returning(backend: str) -> None:
                 break
     assert log == ["thread source closed"]
     # The stage's worker thread is back in the loop's idle pool (or gone): no other thread is new.
-    assert all(_pool_thread(t) for t in set(threading.enumerate()) - before)
+    assert all(pool_thread(t) for t in set(threading.enumerate()) - before)
 
 
 def test_close_error_is_raised_by_the_with_statement(backend: str) -> None:
@@ -444,11 +446,6 @@ def test_nested_blocking_call_from_an_inline_stage_fails_instead_of_deadlocking(
         Pipeline(nested()).run_blocking([1], backend=backend)
 
 
-def _pool_thread(thread: threading.Thread) -> bool:
-    """Idle worker-pool threads of the loop: anyio's (asyncio) or trio's thread cache."""
-    return thread.name == "AnyIO worker thread" or thread.name.startswith("Trio thread ")
-
-
 def test_many_threads_at_once_leave_no_thread_behind(backend: str) -> None:
     loop = loop_thread(backend)
     before = set(threading.enumerate())
@@ -483,7 +480,7 @@ def test_many_threads_at_once_leave_no_thread_behind(backend: str) -> None:
     assert not any(w.is_alive() for w in workers)
     left = set(threading.enumerate()) - before
     # Precisely: nothing new but idle pool threads of the loop; the one loop thread is unchanged.
-    assert all(_pool_thread(t) for t in left), [t.name for t in left]
+    assert all(pool_thread(t) for t in left), [t.name for t in left]
     assert len(left) <= 8
     loops = [t for t in threading.enumerate() if t.name.startswith(LOOP_THREAD_PREFIX)]
     assert loop in loops and len(loops) <= len(_blocking.BACKENDS)

@@ -17,6 +17,8 @@ import pytest
 from talkpipe_async import RunStats, segment, source
 from talkpipe_async.observe import ProgressDisplay, combine, progress, prometheus
 
+from .conftest import new_threads
+
 pytestmark = pytest.mark.anyio
 
 
@@ -124,7 +126,7 @@ async def test_each_backend_draws_the_figures_and_closes_at_the_end(backend: str
     pipeline = halted(n=200, gate=seen) | evens() | doubled()
     async with pipeline.stream(stats_every=0.01, on_stats=combine(display, waiter)) as items:
         assert len([x async for x in items]) == 100
-    assert set(threading.enumerate()) <= before  # no refresh or monitor thread left behind (others may end)
+    assert not new_threads(before)  # no refresh or monitor thread left behind
     assert display.backend == backend
     raw = screen.getvalue()
     if backend == "rich":
@@ -154,7 +156,7 @@ async def test_a_run_ending_with_an_error_closes_the_display(backend: str) -> No
         ) as items:
             async for _ in items:
                 pass
-    assert set(threading.enumerate()) <= before  # no new thread (an idle pool thread may have ended meanwhile)
+    assert not new_threads(before)
     raw = screen.getvalue()
     if backend == "rich":
         rows = final_table(raw)
@@ -178,7 +180,7 @@ async def test_close_ends_a_display_whose_run_was_cancelled_from_outside() -> No
                     if x == 150:
                         scope.cancel()
     assert scope.cancelled_caught
-    assert set(threading.enumerate()) <= before  # no new thread (an idle pool thread may have ended meanwhile)
+    assert not new_threads(before)
     raw = screen.getvalue()
     assert raw.endswith("\x1b[?25h")
     assert final_table(raw)[""][0].endswith((" s, stopped", " s, done"))
