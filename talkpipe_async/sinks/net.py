@@ -119,8 +119,13 @@ class _ByteSink(AbstractSegment[Any, Any]):
         """Write *pending* as one block; return the target to use from now on."""
         data = b"".join(pending)
         pending.clear()
-        await self._write(target, data)
+        target = await self._deliver(target, data, stats)
         stats.bytes_sent += len(data)
+        return target
+
+    async def _deliver(self, target: Any, data: bytes, stats: NetStats) -> Any:
+        """Write *data*; return the target that took it (a reconnecting sink may open a new one)."""
+        await self._write(target, data)
         return target
 
 
@@ -167,14 +172,11 @@ class _SocketSink(_ByteSink):
             await anyio.sleep(self.backoff.delay(attempt))
             attempt += 1
 
-    async def _send(self, target: Any, pending: list[bytes], stats: NetStats) -> Any:
-        data = b"".join(pending)
-        pending.clear()
+    async def _deliver(self, target: Any, data: bytes, stats: NetStats) -> Any:
         attempt = 0
         while True:
             try:
                 await self._write(target, data)
-                stats.bytes_sent += len(data)
                 return target
             except _SOCKET_ERRORS as err:
                 self._failed(err, attempt, stats)
