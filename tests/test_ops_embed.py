@@ -219,3 +219,81 @@ async def test_background_async_on_item_and_exit_modes() -> None:
         await feed.push_many([1, 2, 3])
         await until(lambda: feed.queued == 0)
     assert seen == [2, 4, 6]
+
+
+# ---------------------------------------------------------------- drain: every accepted item is delivered
+
+
+async def test_drain_delivers_every_item_whose_push_returned() -> None:
+    """Pushers race the stop: each item whose push returned is written; later pushes get FeedClosed."""
+    from talkpipe_async.operators import map as map_
+    from talkpipe_async.sinks import callback
+
+    feed: Feed[int] = Feed(maxsize=100)
+    written: list[int] = []
+    accepted: list[int] = []
+    refused: list[int] = []
+    pipeline = feed | map_(lambda x: x) | batch(50, timeout=0.2) | callback(written.extend)
+
+    async def pusher(base: int, stop_at: anyio.Event) -> None:
+        for i in range(base, base + 100):
+            if i == base + 50:
+                stop_at.set()  # the stop starts while every pusher is mid-way
+            try:
+                await feed.push(i)
+            except FeedClosed:
+                refused.append(i)
+                continue
+            accepted.append(i)
+
+    async with background(pipeline) as run:
+        halfway = [anyio.Event() for _ in range(20)]
+        async with anyio.create_task_group() as tg:
+            for n in range(20):
+                tg.start_soon(pusher, n * 1000, halfway[n])
+            for event in halfway:
+                await event.wait()
+            with anyio.fail_after(10):
+                await run.stop(drain=True)
+    assert sorted(written) == sorted(accepted)
+    assert len(accepted) + len(refused) == 2000
+    assert refused, "pushes after the stop must be refused"
+    assert run.not_delivered == 0
+    with pytest.raises(FeedClosed):
+        await feed.push(-1)
+
+
+async def test_drain_with_queued_items_and_no_pushers() -> None:
+    feed: Feed[int] = Feed(maxsize=100)
+    out: list[int] = []
+    async with background(feed | double(), on_item=out.append) as run:
+        for i in range(100):
+            feed.push_nowait(i)
+        await run.stop(drain=True)  # nothing was taken yet: all 100 still go through
+    assert out == [2 * i for i in range(100)]
+    assert feed.accepted == 100
+
+
+async def test_drain_deadline_reports_the_exact_count_not_delivered() -> None:
+    from talkpipe_async.operators import DrainTimeout
+    from talkpipe_async.sinks import callback
+
+    feed: Feed[int] = Feed(maxsize=100)
+    entered = anyio.Event()
+
+    async def stuck(x: int) -> None:
+        entered.set()
+        await anyio.sleep_forever()
+
+    async with background(feed | callback(stuck)) as run:
+        for i in range(10):
+            await feed.push(i)
+        await entered.wait()
+        with pytest.raises(DrainTimeout) as caught:
+            await run.stop(drain=True, grace=0.05)
+    error = caught.value
+    assert error.accepted == 10
+    assert error.entered == 1  # strict pull: the stuck sink asked for one item only
+    assert error.not_delivered == 9 and error.items == list(range(1, 10))
+    assert run.not_delivered == 9
+    assert "9 accepted items" in str(error)

@@ -30,7 +30,16 @@ from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
 from .concurrency import TaskScopes
 
-__all__ = ["QUEUE_END", "BackgroundRun", "Feed", "FeedClosed", "background", "from_queue", "from_stream"]
+__all__ = [
+    "QUEUE_END",
+    "BackgroundRun",
+    "DrainTimeout",
+    "Feed",
+    "FeedClosed",
+    "background",
+    "from_queue",
+    "from_stream",
+]
 
 T = TypeVar("T")
 
@@ -73,6 +82,28 @@ def require_asyncio(what: str, instead: str) -> None:
 
 class FeedClosed(Exception):
     """``push`` on a :class:`Feed` that was closed, or whose pipeline has stopped."""
+
+
+class DrainTimeout(Exception):
+    """``stop(drain=True, grace=...)`` ran out of time and the run was cancelled.
+
+    ``accepted``: items whose ``push`` returned; ``entered``: of those, the
+    items the pipeline took; ``not_delivered`` (``accepted - entered``, exact):
+    accepted items that never entered the pipeline, given back in order in
+    ``items`` so the application can keep them.  Items that had entered a stage
+    were cancelled with it: whether their effect happened is the stage's to
+    tell (a sink's acknowledgements, an idempotent write).
+    """
+
+    def __init__(self, label: str, grace: float, accepted: int, entered: int, items: list[Any]) -> None:
+        self.accepted = accepted
+        self.entered = entered
+        self.items = items
+        self.not_delivered = len(items)
+        super().__init__(
+            f"{label}: the drain did not finish within {grace} s; {self.not_delivered} accepted items never "
+            f"entered the pipeline (kept in .items); the items inside its stages were cancelled with it"
+        )
 
 
 async def _drain_receive(stream: MemoryObjectReceiveStream[Any]) -> AsyncGenerator[Any, None]:
@@ -199,6 +230,12 @@ class Feed(AbstractSource[T], Generic[T]):
     the items pushed before it.  After ``close()``, or once the pipeline has
     stopped reading, ``push`` raises :class:`FeedClosed`.  A Feed serves one
     run (a second run raises ``RuntimeError``).
+
+    ``accepted`` counts the items whose push returned, ``entered`` the items the
+    pipeline took.  If the run ends before taking every accepted item (it was
+    cancelled, or stopped reading), the rest are in ``unread``, in order;
+    a push still waiting then is accepted into ``unread`` too, never lost
+    without a count.
     """
 
     def __init__(self, maxsize: int = 64, *, name: str | None = None) -> None:
@@ -210,6 +247,9 @@ class Feed(AbstractSource[T], Generic[T]):
         self._send: MemoryObjectSendStream[Any] = send
         self._receive: MemoryObjectReceiveStream[Any] = receive
         self._used = False
+        self.accepted = 0
+        self.entered = 0
+        self.unread: list[Any] = []
         self.name = name or "Feed"
 
     async def push(self, item: T) -> None:
@@ -218,6 +258,7 @@ class Feed(AbstractSource[T], Generic[T]):
             await self._send.send(item)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
             raise FeedClosed(f"{self.label}: closed or its pipeline stopped; {_repr.repr(item)} not pushed") from exc
+        self.accepted += 1
 
     def push_nowait(self, item: T) -> None:
         """Hand *item* over now, or raise ``anyio.WouldBlock`` (the item is not taken)."""
@@ -225,6 +266,7 @@ class Feed(AbstractSource[T], Generic[T]):
             self._send.send_nowait(item)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
             raise FeedClosed(f"{self.label}: closed or its pipeline stopped; {_repr.repr(item)} not pushed") from exc
+        self.accepted += 1
 
     async def push_many(self, items: Iterable[T]) -> None:
         """Push each item in turn (waiting as needed)."""
@@ -232,7 +274,7 @@ class Feed(AbstractSource[T], Generic[T]):
             await self.push(item)
 
     def close(self) -> None:
-        """End the stream after the items already pushed."""
+        """Stop accepting (later pushes raise :class:`FeedClosed`); the stream ends after the accepted items."""
         self._send.close()
 
     async def fail(self, error: BaseException) -> None:
@@ -255,9 +297,22 @@ class Feed(AbstractSource[T], Generic[T]):
                 async for item in steps:
                     if type(item) is _Failure:
                         raise item.error
+                    self.entered += 1
                     yield item
         finally:
+            self._keep_unread()
             self._receive.close()
+
+    def _keep_unread(self) -> None:
+        """Move what is still queued (and pushes still waiting) into ``unread``, before the stream closes."""
+        receive_nowait = self._receive.receive_nowait
+        while True:
+            try:
+                item = receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            if type(item) is not _Failure:
+                self.unread.append(item)
 
 
 # ---------------------------------------------------------------- background
@@ -290,7 +345,7 @@ class _Gate(AbstractSegment[Any, Any]):
                     item = await iterator.__anext__()
                 except StopAsyncIteration:
                     break
-                if run.stopping:
+                if run.gate_closed:
                     if not isinstance(item, Metadata):
                         run.not_delivered += 1
                         logger.warning("%s: %s arrived after stop(drain=True); not delivered", run, _repr.repr(item))
@@ -331,15 +386,20 @@ class BackgroundRun:
 
     ``count``: items that came out of the pipeline; ``done``: an event set
     when the run has ended; ``error``: the exception that ended it, if any;
-    ``not_delivered``: items a source handed over after ``stop(drain=True)``.
+    ``not_delivered``: items accepted and never delivered: those a
+    :class:`Feed` source had accepted when the run ended without taking them
+    (they are in ``feed.unread``), or those any other source handed over
+    after ``stop(drain=True)``.
     """
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, feed: Feed[Any] | None = None) -> None:
         self.label = label
+        self.feed = feed
         self.count = 0
         self.not_delivered = 0
         self.error: BaseException | None = None
         self.stopping = False
+        self.gate_closed = False
         self.cancelled = False
         self.done = anyio.Event()
         self._scope = anyio.CancelScope()
@@ -367,22 +427,39 @@ class BackgroundRun:
     async def stop(self, drain: bool = True, grace: float | None = None) -> None:
         """Stop the pipeline and wait until it has ended.
 
-        ``drain=True``: stop reading the source; every item the source has
-        already handed over goes through the rest of the pipeline (batches
-        are flushed at the end of input, concurrent stages finish their work);
-        after ``grace`` seconds (if given) the run is cancelled instead.
-        ``drain=False``: cancel at once.  Raises the pipeline's error, if any.
+        ``drain=True``: stop accepting, then deliver everything accepted.  A
+        :class:`Feed` source is closed (later pushes raise
+        :class:`FeedClosed`) and its stream ends after the items already
+        pushed; any other source is no longer read, and every item it has
+        already handed over goes through.  Either way the rest of the pipeline
+        finishes its work (batches are flushed at the end of input, concurrent
+        stages finish).  If the run has not ended after ``grace`` seconds (if
+        given), it is cancelled and :class:`DrainTimeout` says how many
+        accepted items were not delivered.  ``drain=False``: cancel at once.
+        Raises the pipeline's error, if any.
         """
+        timed_out = False
         if drain:
-            self.stopping = True
-            for gate in self._gates:
-                gate.close()
+            self._begin_drain()
             with anyio.move_on_after(float("inf") if grace is None else grace):
                 await self.done.wait()
+            timed_out = not self.done.is_set()
         if not self.done.is_set():
             self.cancel()
         await self.done.wait()
+        if timed_out and self.feed is not None and self.error is None:
+            feed = self.feed
+            raise DrainTimeout(self.label, grace or 0.0, feed.entered + len(feed.unread), feed.entered, feed.unread)
         self._raise()
+
+    def _begin_drain(self) -> None:
+        self.stopping = True
+        if self.feed is not None:
+            self.feed.close()
+        else:
+            self.gate_closed = True
+            for gate in self._gates:
+                gate.close()
 
 
 class background:
@@ -445,10 +522,14 @@ class background:
         except Exception as exc:  # kept for wait()/stop()/exit
             run.error = exc
         finally:
+            if run.feed is not None and run.feed.unread:
+                run.not_delivered += len(run.feed.unread)
+                logger.warning("%s: %d accepted items not delivered (feed.unread)", run, len(run.feed.unread))
             run.done.set()
 
     async def __aenter__(self) -> BackgroundRun:
-        run = self._run = BackgroundRun(repr(self.pipeline))
+        first = self.pipeline.stages[0] if self.pipeline.has_source else None
+        run = self._run = BackgroundRun(repr(self.pipeline), first if isinstance(first, Feed) else None)
         tg = self._tg = anyio.create_task_group()
         await tg.__aenter__()
         tg.start_soon(self._main, run, name=f"talkpipe background {run.label}")
@@ -466,9 +547,7 @@ class background:
                 if self.on_exit == "cancel":
                     run.cancel()
                 elif self.on_exit == "drain":
-                    run.stopping = True
-                    for gate in run._gates:
-                        gate.close()
+                    run._begin_drain()
         finally:
             await tg.__aexit__(None, None, None)
         if exc is None:
