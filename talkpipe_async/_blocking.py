@@ -171,14 +171,20 @@ def shutdown() -> None:
 
 
 def _running_loop() -> str | None:
-    """The event loop running in this thread, if any."""
+    """The event loop running in this thread, if any.
+
+    Trio is found through sniffio's thread-local mark, which ``trio.run`` sets:
+    another thread may be importing trio right now, and a module that is still
+    importing must not be touched.  A trio run needs sniffio fully imported,
+    so a missing or half-imported sniffio means no trio run here.
+    """
     try:
         asyncio.get_running_loop()
         return "asyncio"
     except RuntimeError:
         pass
-    trio = sys.modules.get("trio")
-    if trio is not None and trio.lowlevel.in_trio_run():
+    local = getattr(sys.modules.get("sniffio"), "thread_local", None)
+    if getattr(local, "name", None) == "trio":
         return "trio"
     return None
 
