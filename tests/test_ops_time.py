@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -165,6 +166,79 @@ def test_validation() -> None:
 def test_mock_throttle_exact() -> None:
     out = on_mock_clock(items_of(list(range(6))) | throttle(10, burst=2))
     assert out == [(0.0, 0), (0.0, 1), (0.1, 2), (0.2, 3), (0.3, 4), (0.4, 5)]
+
+
+def test_mock_throttle_burst_after_idle_gap_stays_bounded() -> None:
+    # A full bucket after a long pause holds `burst` items, however long the pause.
+    schedule = [(0.0, i) for i in range(5)] + [(1.0, i) for i in range(5, 10)]
+    out = on_mock_clock(timed(schedule) | throttle(10, burst=3))
+    assert out == [(t, i) for i, t in enumerate([0.0, 0.0, 0.0, 0.1, 0.2, 1.0, 1.0, 1.0, 1.1, 1.2])]
+
+
+def test_mock_throttle_slow_upstream_earns_no_extra_burst() -> None:
+    # An upstream slower than the rate leaves the bucket full, never fuller: then `burst` at once, then the rate.
+    schedule = [(0.15 * i, i) for i in range(5)] + [(0.75, i) for i in range(5, 10)]
+    out = on_mock_clock(timed(schedule) | throttle(10, burst=2))
+    assert out == [(t, i) for i, t in enumerate([0.0, 0.15, 0.3, 0.45, 0.6, 0.75, 0.75, 0.85, 0.95, 1.05])]
+
+
+def test_mock_throttle_partial_refill() -> None:
+    # 0.25 s after the bucket emptied (at 0.2) it holds 2.5 tokens: two items at once, the third when it fills.
+    schedule = [(0.0, i) for i in range(5)] + [(0.45, i) for i in range(5, 10)]
+    out = on_mock_clock(timed(schedule) | throttle(10, burst=3))
+    assert out == [(t, i) for i, t in enumerate([0.0, 0.0, 0.0, 0.1, 0.2, 0.45, 0.45, 0.5, 0.6, 0.7])]
+
+
+@pytest.mark.parametrize("rate", [1, 7, 1000, 100_000])
+def test_mock_throttle_never_early_and_on_average_exact(rate: float) -> None:
+    n = 5 if rate < 10 else 2000
+    out = on_mock_clock(items_of(list(range(n))) | throttle(rate))
+    times = [t for t, _ in out]
+    assert [x for _, x in out] == list(range(n))
+    for k, t in enumerate(times):
+        # never before its slot; at high rates the items whose slots passed during one sleep go together
+        assert k / rate - 1e-6 <= t <= k / rate + 0.001 + 1e-6, (k, t)
+
+
+class LateClock(trio.abc.Clock):
+    """A virtual clock whose every sleep ends *late* seconds after its deadline (a coarse event-loop timer)."""
+
+    def __init__(self, late: float) -> None:
+        self.late = late
+        self.now = 0.0
+
+    def start_clock(self) -> None:
+        """Nothing to start: time moves only when every task sleeps."""
+
+    def current_time(self) -> float:
+        """The virtual time."""
+        return self.now
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        """Jump past the next deadline instead of waiting for it."""
+        if deadline > self.now and deadline != float("inf"):
+            self.now = deadline + self.late
+        return 0.0
+
+
+@pytest.mark.parametrize(("rate", "late"), [(1000, 0.0004), (1000, 0.003), (100_000, 0.0011), (10, 0.02)])
+def test_throttle_keeps_its_rate_when_sleeps_overshoot(rate: float, late: float) -> None:
+    # Time overslept is made up by the next items (their slots are on a fixed grid), so the average holds.
+    n = max(50, int(rate / 2))  # half a second: the last item may be a sleep and a tick late
+    clock = LateClock(late)
+
+    async def main() -> list[float]:
+        times = []
+        async with (items_of(list(range(n))) | throttle(rate)).stream() as items:
+            async for _ in items:
+                times.append(anyio.current_time())
+        return times
+
+    times = anyio.run(main, backend="trio", backend_options={"clock": clock})
+    achieved = (n - 1) / (times[-1] - times[0])
+    assert achieved == pytest.approx(rate, rel=0.02)
+    for k, t in enumerate(times):
+        assert t >= times[0] + k / rate - 1e-6, (k, t)  # never early
 
 
 def test_mock_debounce_exact() -> None:
