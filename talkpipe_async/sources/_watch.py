@@ -13,17 +13,20 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import select
 import sys
 
 import anyio
 
-__all__ = ["DirWatcher", "open_watcher"]
+__all__ = ["ARRIVALS", "CHANGES", "DirWatcher", "open_watcher"]
 
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
-# IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
-# | IN_DELETE_SELF | IN_MOVE_SELF
-_MASK = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800
+#: Any change: IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+#: | IN_DELETE_SELF | IN_MOVE_SELF.
+CHANGES = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800
+#: A name appearing in the directory (IN_MOVED_TO | IN_CREATE): what a rotation puts at a followed path.
+ARRIVALS = 0x80 | 0x100
 
 _libc: ctypes.CDLL | None = None
 
@@ -56,6 +59,20 @@ class DirWatcher:
             return True
         return False
 
+    def wait_blocking(self, seconds: float, stop_fd: int) -> bool:
+        """In a thread: wait up to *seconds* for a change or for *stop_fd* to become readable.
+
+        Returns True if a change ended the wait (the queued events are consumed).
+        """
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        poller.register(stop_fd, select.POLLIN)
+        ready = poller.poll(max(0, int(seconds * 1000)))
+        if any(fd == self.fd for fd, _ in ready):
+            self._drain()
+            return True
+        return False
+
     def _drain(self) -> None:
         try:
             while os.read(self.fd, 65536):
@@ -70,15 +87,15 @@ class DirWatcher:
             self.fd = -1
 
 
-def open_watcher(directory: str) -> DirWatcher | None:
-    """A watcher of *directory*, or ``None`` where inotify cannot watch it."""
+def open_watcher(directory: str, mask: int = CHANGES) -> DirWatcher | None:
+    """A watcher of *directory* for the events in *mask*, or ``None`` where inotify cannot watch it."""
     libc = _load_libc()
     if libc is None:
         return None
     fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
     if fd < 0:
         return None
-    if libc.inotify_add_watch(fd, os.fsencode(directory or "."), _MASK) < 0:
+    if libc.inotify_add_watch(fd, os.fsencode(directory or "."), mask) < 0:
         os.close(fd)
         return None
     return DirWatcher(fd)

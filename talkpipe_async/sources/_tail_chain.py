@@ -1,0 +1,479 @@
+"""The reading side of :class:`~talkpipe_async.sources.tail_file`: a chain of held files, polled in order.
+
+Every file that appears at the followed path is opened as soon as it is
+seen (by a poll, or by the scout thread that wakes on every arrival in the
+directory) and kept open in :attr:`_Tailer.chain`, in the order it appeared.
+Polls read only the first file of the chain.  When that file has left the
+path (a newer file is held, or the path is gone), it is drained to its end
+and closed once no change has been seen on it for ``rotate_grace`` seconds;
+the next file is then read from where it started.  Every held file that
+has left the path is watched for changes at every poll, so the grace
+periods of a fast rotation run side by side instead of one after another.
+
+Copytruncate: when the file being read is truncated, the bytes not yet read
+may still be in the copy the rotator made; a file in the same directory
+that starts with the same fingerprint and has the same bytes just before
+the read offset is read from that offset first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import stat as stat_module
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+
+from .._core._metadata import Metadata
+from ._tail_files import (
+    CHECKPOINT_VERSION,
+    MARK_BYTES,
+    Gen,
+    Held,
+    directory_files,
+    find_copy,
+    head,
+    open_matching,
+    read_checkpoint,
+    write_json_atomically,
+)
+from ._watch import ARRIVALS, DirWatcher, open_watcher
+from .files import DROPPED, LineDecoder, Splitter
+
+if TYPE_CHECKING:
+    from .tail import tail_file
+
+log = logging.getLogger("talkpipe_async.sources.tail")
+
+
+class TailEvent(Metadata):
+    """Metadata emitted by :class:`tail_file` when the followed file changes.
+
+    ``kind`` is ``"missing"`` (no file at the path; once per absence),
+    ``"truncated"`` (reading restarted at offset 0; ``offset`` is where it
+    was; ``recovered_from`` names the copy the unread rest is read from,
+    when one was found), ``"deleted"`` (the followed file left its name and
+    was drained and closed, and no other file is at the path) or
+    ``"rotated"`` (reading moved on to the next file that was at the path,
+    from its start).  Like all metadata it only reaches stages that set
+    ``process_metadata=True`` and ``stream(metadata=True)`` consumers.
+    """
+
+    kind: str
+    path: str
+
+    def __init__(self, kind: str, path: str, **fields: Any) -> None:
+        super().__init__(kind=kind, path=path, **fields)
+
+
+class Line:
+    """One line from :class:`tail_file`: its text and the offset just after its newline.
+
+    ``str(line)`` is the text.  ``ack()`` acknowledges this line and every
+    line before it (in stream order) for the checkpoint; ``await commit()``
+    also writes the checkpoint now, durably.  Acknowledging is cheap and may
+    happen from any task or thread; acknowledging a line older than one
+    already acknowledged changes nothing.
+    """
+
+    __slots__ = ("_gen", "_seq", "_tailer", "offset", "path", "text")
+
+    def __init__(self, text: str, path: str, offset: int, gen: Gen, seq: int, tailer: _Tailer) -> None:
+        self.text = text
+        self.path = path
+        self.offset = offset
+        self._gen = gen
+        self._seq = seq
+        self._tailer = tailer
+
+    def ack(self) -> None:
+        """Mark this line (and all before it) as processed downstream."""
+        self._tailer.ack(self)
+
+    async def commit(self) -> None:
+        """Acknowledge this line and write the checkpoint before returning (no-op without a checkpoint)."""
+        self._tailer.ack(self)
+        if self._tailer.checkpoint is not None:
+            await anyio.to_thread.run_sync(self._tailer.write_checkpoint)
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"Line({self.text!r}, path={self.path!r}, offset={self.offset})"
+
+
+class _Tailer:
+    """The per-run state of a tail.  ``poll`` and the checkpoint run in worker threads, the scout in its own."""
+
+    def __init__(self, src: tail_file) -> None:
+        self.src = src
+        self.path = src.path
+        self.stats = src.stats
+        self.checkpoint = src.checkpoint
+        self.skip = {os.path.abspath(self.checkpoint)} if self.checkpoint is not None else set()
+        self.chain: list[Held] = []
+        self.chain_lock = threading.Lock()  # the chain, ``at_path`` and ``done``
+        self.at_path: tuple[int, int] | None = None  # (device, inode) at the path at the last look
+        self.done: list[Gen] = []  # finished generations a checkpoint may still have to name
+        self.first = True
+        self.missing_reported = False
+        self.seq = 0
+        self.acked: tuple[Gen, int, int] | None = None  # (generation, offset, seq)
+        self.ack_lock = threading.Lock()
+        self.written_seq = 0
+        self.last_write = 0.0
+        self.lock = threading.Lock()  # checkpoint writes
+        self.decoder = LineDecoder(src.label, self.path, src.encoding, src.errors, src.strip_cr, src.stats)
+        self.warned_long = False
+        self.scout_thread: threading.Thread | None = None
+        self.scout_error: BaseException | None = None
+        self.stop_fds: tuple[int, int] | None = None
+
+    # -- acknowledgement and checkpoints -------------------------------------------------
+
+    def ack(self, line: Line) -> None:
+        with self.ack_lock:
+            acked = self.acked
+            if acked is None or line._seq > acked[2]:
+                self.acked = (line._gen, line.offset, line._seq)
+
+    def write_checkpoint(self) -> None:
+        """Write the last acknowledged position and the files after it atomically (temp file, fsync, rename)."""
+        with self.lock:
+            acked = self.acked
+            if self.checkpoint is None or acked is None or acked[2] <= self.written_seq:
+                return
+            gen, offset, seq = acked
+            data = {
+                "version": CHECKPOINT_VERSION,
+                "path": self.path,
+                **gen.record(),
+                "offset": offset,
+                "next": [{**g.record(), "start": g.start} for g in self._after(gen)],
+            }
+            write_json_atomically(self.checkpoint, data)
+            self.written_seq = seq
+            self.last_write = time.monotonic()
+            self.stats.checkpoints += 1
+
+    def _after(self, gen: Gen) -> list[Gen]:
+        """The generations read after *gen*, in order (and forget the finished ones before it)."""
+        with self.chain_lock:
+            order = self.done + [h.gen for h in self.chain]
+            for i, g in enumerate(order):
+                if g is gen:
+                    del self.done[: min(i, len(self.done))]
+                    return order[i + 1 :]
+        return [h.gen for h in self.chain if h.gen is not gen]
+
+    def load_checkpoint(self) -> None:
+        """Open the chain the checkpoint names: the acknowledged file at its offset, then the files after it."""
+        if self.checkpoint is None:
+            return
+        label = self.src.label
+        try:
+            entries = read_checkpoint(self.checkpoint)
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unreadable checkpoint %s (%s): reading from the beginning", label, self.checkpoint, exc)
+            self.first = False  # a new file: read it whole rather than lose lines
+            return
+        if entries is None:
+            return
+        self.first = False  # with a checkpoint, an unknown file is read from its start
+        files = directory_files(self.path, self.skip)
+        for i, (entry, offset) in enumerate(entries):
+            name = files.get((entry["dev"], entry["ino"]))
+            opened = open_matching(name, entry, offset) if name is not None else None
+            if name is None or opened is None:
+                what = "the checkpointed file" if i == 0 else "a file rotated after it"
+                log.warning("%s: %s is gone or changed; its unread lines cannot be read", label, what)
+                continue
+            fd, st, first = opened
+            held = Held(fd, Gen(st.st_dev, st.st_ino, first, name, offset), offset, self._splitter(), st)
+            held.announce = bool(self.chain)
+            self.chain.append(held)
+            self.stats.files += 1
+            if name != self.path:
+                log.info("%s: resuming in rotated file %s at offset %d", label, name, offset)
+        if not self.chain:
+            log.warning("%s: nothing the checkpoint names is left; reading %s from the beginning", label, self.path)
+
+    # -- finding files ---------------------------------------------------------------------
+
+    def _splitter(self) -> Splitter:
+        return Splitter(self.src.max_line_bytes)
+
+    def _holds(self, ident: tuple[int, int]) -> bool:
+        return any(h.ident == ident for h in self.chain)
+
+    def discover(self) -> None:
+        """Look at the path; hold a file that is not held yet at the end of the chain.  Under ``chain_lock``."""
+        try:
+            st = os.stat(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            self.at_path = None
+            return
+        if self._holds((st.st_dev, st.st_ino)):
+            self.at_path = (st.st_dev, st.st_ino)
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            self.at_path = None
+            return
+        try:
+            fst = os.fstat(fd)
+            if stat_module.S_ISDIR(fst.st_mode):
+                raise IsADirectoryError(f"{self.path} is a directory")
+            ident = (fst.st_dev, fst.st_ino)
+            known = self._holds(ident)
+            first = b"" if known else head(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.at_path = ident
+        if known:
+            os.close(fd)
+            return
+        splitter = self._splitter()
+        pos = self._end_position(fd, fst.st_size, splitter) if self.first and self.src.start == "end" else 0
+        held = Held(fd, Gen(fst.st_dev, fst.st_ino, first, self.path, pos), pos, splitter, fst)
+        held.announce = not self.first
+        self.first = False
+        self.missing_reported = False
+        self.chain.append(held)
+        self.stats.files += 1
+
+    def _end_position(self, fd: int, size: int, splitter: Splitter) -> int:
+        """Start after the last complete line (the line being written is read whole)."""
+        window = min(size, splitter.max_line + 1)
+        tail = os.pread(fd, window, size - window)
+        nl = tail.rfind(b"\n")
+        if nl >= 0:
+            return size - window + nl + 1
+        if size <= splitter.max_line:
+            return 0
+        splitter.dropping = True  # an over-long partial line: skip to its newline
+        splitter.dropped += 1
+        return size
+
+    def _report_missing(self, out: list[Any]) -> None:
+        self.first = False  # a file that appears later is read from its start
+        if not self.missing_reported:
+            self.missing_reported = True
+            self.stats.missing += 1
+            log.warning("%s: %s does not exist (yet); waiting for it", self.src.label, self.path)
+            out.append(TailEvent("missing", self.path))
+
+    def _track_quiet(self) -> None:
+        """Note when each held file that left the path last changed (its grace runs from then)."""
+        now = time.monotonic()
+        for h in self.chain:
+            if h.ident == self.at_path:
+                continue
+            st = os.fstat(h.fd)
+            if h.quiet_since is None or st.st_size != h.q_size or st.st_mtime_ns != h.q_mtime:
+                h.quiet_since, h.q_size, h.q_mtime = now, st.st_size, st.st_mtime_ns
+
+    # -- the scout: holds new files while the consumer is busy ----------------------------
+
+    def start_scout(self, watch: bool) -> None:
+        """Start the thread that opens each new file at the path as soon as it arrives."""
+        self.stop_fds = os.pipe()
+        watcher = open_watcher(os.path.dirname(os.path.abspath(self.path)), ARRIVALS) if watch else None
+        interval = self.src.poll_max if watcher is not None else self.src.poll_min
+        self.scout_thread = threading.Thread(
+            target=self._scout, args=(watcher, interval), name=f"{self.src.label} scout", daemon=True
+        )
+        self.scout_thread.start()
+
+    def _scout(self, watcher: DirWatcher | None, interval: float) -> None:
+        assert self.stop_fds is not None
+        stop = self.stop_fds[0]
+        try:
+            while True:
+                with self.chain_lock:
+                    self.discover()
+                if watcher is not None:
+                    watcher.wait_blocking(interval, stop)
+                else:
+                    select.select([stop], [], [], interval)
+                if select.select([stop], [], [], 0)[0]:
+                    return
+        except BaseException as exc:  # raised by the next poll, in the run
+            self.scout_error = exc
+        finally:
+            if watcher is not None:
+                watcher.close()
+
+    def stop_scout(self) -> None:
+        """Stop and join the scout thread."""
+        if self.stop_fds is None:
+            return
+        os.write(self.stop_fds[1], b"x")
+        if self.scout_thread is not None:
+            self.scout_thread.join()
+        for fd in self.stop_fds:
+            os.close(fd)
+        self.stop_fds = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _check_truncation(self, cur: Held, out: list[Any]) -> None:
+        st = os.fstat(cur.fd)
+        if st.st_size == cur.size and st.st_mtime_ns == cur.mtime:
+            return
+        cur.size, cur.mtime = st.st_size, st.st_mtime_ns
+        truncated = st.st_size < cur.pos
+        if not truncated:
+            first = head(cur.fd)
+            fp = cur.gen.fp
+            if len(first) < len(fp) or first[: len(fp)] != fp:
+                truncated = True
+            elif len(first) > len(fp):
+                cur.gen.fp = first
+        if truncated:
+            self._restart(cur, st, out)
+
+    def _restart(self, cur: Held, st: os.stat_result, out: list[Any]) -> None:
+        """The file under *cur* was truncated: read the unread rest from a copy, if there is one, then from 0."""
+        self.stats.truncations += 1
+        old, offset = cur.gen, cur.pos
+        copy = find_copy(cur, self.path, self.skip) if offset > 0 else None
+        fields: dict[str, Any] = {}
+        with self.chain_lock:
+            if copy is not None:
+                fd, cst, name = copy
+                rest = Held(fd, Gen(cst.st_dev, cst.st_ino, old.fp, name, offset), offset, cur.splitter, cst)
+                rest.mark, rest.quiet_since = cur.mark, float("-inf")
+                rest.q_size, rest.q_mtime = cst.st_size, cst.st_mtime_ns
+                self.chain.insert(0, rest)
+                cur.splitter = self._splitter()
+                fields = {"recovered_from": name, "recovered_bytes": cst.st_size - offset}
+            else:
+                if cur.splitter.buf:
+                    self.stats.partial_discarded += 1
+                cur.splitter.reset()
+            if self.checkpoint is not None:
+                self.done.append(old)
+            cur.pos, cur.mark = 0, b""
+            cur.gen = Gen(st.st_dev, st.st_ino, head(cur.fd), old.path, 0)
+        log.info("%s: %s was truncated at offset %d; reading from 0", self.src.label, old.path, offset)
+        out.append(TailEvent("truncated", old.path, offset=offset, **fields))
+
+    def _lines(self, cur: Held, data: bytes, start: int) -> list[Any]:
+        sp = cur.splitter
+        before = sp.dropped
+        raws = sp.split(data)
+        if sp.dropped != before:
+            self.stats.dropped_long += sp.dropped - before
+            if not self.warned_long:
+                self.warned_long = True
+                log.warning(
+                    "%s: dropped a line longer than %d bytes in %s (counted in stats.dropped_long)",
+                    self.src.label,
+                    sp.max_line,
+                    self.path,
+                )
+        if sp.high_water > self.stats.buffer_high_water:
+            self.stats.buffer_high_water = sp.high_water
+        out: list[Any] = []
+        idx = -1
+        find = data.find
+        decode = self.decoder.decode
+        gen = cur.gen
+        path = gen.path
+        for raw in raws:
+            idx = find(b"\n", idx + 1)
+            if raw is DROPPED:
+                continue
+            end = start + idx + 1
+            self.seq += 1
+            out.append(Line(decode(raw, None, end - len(raw) - 1), path, end, gen, self.seq, self))
+        return out
+
+    def _finish(self, cur: Held, out: list[Any]) -> None:
+        """The first file of the chain left the path and has been quiet: emit its last partial line, close it."""
+        rest = cur.splitter.partial
+        if rest:
+            self.stats.unterminated += 1
+            self.seq += 1
+            text = self.decoder.decode(rest, None, cur.pos - len(rest))
+            out.append(Line(text, cur.gen.path, cur.pos, cur.gen, self.seq, self))
+        with self.chain_lock:
+            self.chain.pop(0)
+            if self.checkpoint is not None:
+                self.done.append(cur.gen)
+        os.close(cur.fd)
+
+    def poll(self) -> tuple[list[Any], bool]:
+        """One poll: returns the new items (lines and events) and whether more data is waiting."""
+        src = self.src
+        out: list[Any] = []
+        self.stats.polls += 1
+        if self.scout_error is not None:
+            error, self.scout_error = self.scout_error, None
+            raise error
+        if self.checkpoint is not None and self.acked is not None and self.acked[2] > self.written_seq:
+            if time.monotonic() - self.last_write >= src.checkpoint_interval:
+                self.write_checkpoint()
+        with self.chain_lock:
+            self.discover()
+            if not self.chain:
+                self._report_missing(out)
+                return out, False
+            self._track_quiet()
+        while True:
+            cur = self.chain[0]
+            if cur.announce:
+                cur.announce = False
+                self.stats.rotations += 1
+                out.append(TailEvent("rotated", self.path))
+            self._check_truncation(cur, out)
+            cur = self.chain[0]  # the copy of a truncated file comes first
+            data = os.pread(cur.fd, src.chunk_size, cur.pos)
+            if data:
+                start = cur.pos
+                cur.pos += len(data)
+                cur.mark = data[-MARK_BYTES:] if len(data) >= MARK_BYTES else (cur.mark + data)[-MARK_BYTES:]
+                self.stats.bytes += len(data)
+                out.extend(self._lines(cur, data, start))
+                return out, len(data) == src.chunk_size
+            if cur.ident == self.at_path:
+                return out, False
+            quiet = cur.quiet_since
+            if quiet is None or time.monotonic() - quiet < src.rotate_grace:
+                return out, False
+            self._finish(cur, out)
+            if not self.chain:
+                out.append(TailEvent("deleted", cur.gen.path))
+                return out, False
+
+    def due(self) -> float | None:
+        """Seconds until a poll is needed whatever the file system says (a rotated file's grace), or None."""
+        if not self.chain:
+            return None
+        cur = self.chain[0]
+        if cur.ident == self.at_path:
+            return None
+        if cur.quiet_since is None:
+            return 0.0
+        return max(0.0, self.src.rotate_grace - (time.monotonic() - cur.quiet_since))
+
+    def close(self) -> None:
+        """Stop the scout, write the last checkpoint and close every held descriptor."""
+        try:
+            self.stop_scout()
+        finally:
+            try:
+                self.write_checkpoint()
+            finally:
+                with self.chain_lock:
+                    held, self.chain = self.chain, []
+                for h in held:
+                    os.close(h.fd)

@@ -1,0 +1,253 @@
+"""tail_file under attack: a writer at high rate, a rotator, and GNU ``tail -F`` on the same files.
+
+A child process writes numbered lines (one ``write`` per line) at ``RATE`` lines/s while a rotator thread in
+the same child rotates the file every ``period`` seconds:
+
+- ``create`` (logrotate's default): rename ``app.log`` to ``app.log.K``, create an empty ``app.log``; the
+  writer keeps writing to the renamed file for ``LATE`` seconds, then reopens the path;
+- ``copytruncate``: copy ``app.log`` to ``app.log.K``, then truncate ``app.log`` while the writer keeps
+  appending to it.
+
+Our tail runs ``tail_file(start="beginning", checkpoint=...) | write_lines(...) | acknowledge()`` and GNU
+``tail -F -n +1`` runs on the same path.  Because the writer numbers lines in the order it writes them and
+only switches files at a rotation, "every line once, in order within each file and in rotation order across
+files" is exactly: the delivered numbers are strictly increasing; "nothing lost" is: they are 0..N-1.
+
+Each soak runs ``TALKPIPE_SOAK_SECONDS`` seconds (default 6: four soaks keep CI near a minute); run a long
+one by hand with e.g. ``TALKPIPE_SOAK_SECONDS=120 python3 -m pytest -q tests/test_tail_soak.py -p no:randomly``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from talkpipe_async.sinks import write_lines
+from talkpipe_async.sources import FileStats, acknowledge, tail_file
+
+pytestmark = [pytest.mark.anyio, pytest.mark.soak]
+
+GNU_TAIL = "/usr/bin/tail"
+RATE = 10_000
+LATE = 0.02
+SECONDS = float(os.environ.get("TALKPIPE_SOAK_SECONDS", "6"))
+
+_WRITER = textwrap.dedent(
+    """
+    import os, shutil, sys, threading, time
+
+    path, rate, period, style, seconds, late = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), \\
+        sys.argv[4], float(sys.argv[5]), float(sys.argv[6])
+    total = int(rate * seconds)
+    pad = b" " + b"x" * 40 + b"\\n"
+    reopen_at = [None]
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def open_log():
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def rotator():
+        k = 0
+        while not done.wait(period):
+            k += 1
+            if style == "create":
+                with lock:
+                    os.rename(path, f"{path}.{k}")
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                    reopen_at[0] = time.monotonic() + late
+            else:
+                shutil.copyfile(path, f"{path}.{k}")
+                os.truncate(path, 0)
+        print("rotations", k, flush=True)
+
+    fd = open_log()
+    thread = threading.Thread(target=rotator)
+    thread.start()
+    start = time.monotonic()
+    n = 0
+    while n < total:
+        now = time.monotonic()
+        with lock:
+            if reopen_at[0] is not None and now >= reopen_at[0]:
+                os.close(fd)
+                fd = open_log()
+                reopen_at[0] = None
+        target = min(total, int((now - start) * rate) + 1)
+        while n < target:
+            os.write(fd, b"%d" % n + pad)
+            n += 1
+        time.sleep(0.0003)
+    done.set()
+    thread.join()
+    with lock:
+        os.close(fd)
+    print("written", n, flush=True)
+    """
+)
+
+
+def numbers(data: bytes) -> list[int]:
+    """The line numbers in a tail's output (complete lines only)."""
+    return [int(line.split(b" ", 1)[0]) for line in data.split(b"\n") if line.strip()]
+
+
+def holds_open(pid: int, path: Path) -> bool:
+    """Whether process *pid* has *path* open (an exact signal that GNU tail has started following it)."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for entry in fd_dir.iterdir():
+        try:
+            if os.readlink(entry) == str(path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@contextmanager
+def gnu_tail(path: Path, out: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """GNU ``tail -F -n +1 path`` writing to *out*."""
+    if not os.path.exists(GNU_TAIL):
+        if os.environ.get("CI"):
+            pytest.fail(f"{GNU_TAIL} (GNU coreutils) is needed for the comparison soak")
+        pytest.skip(f"no {GNU_TAIL} (GNU coreutils) to compare with")
+    with open(out, "wb") as sink:
+        proc = subprocess.Popen([GNU_TAIL, "-F", "-n", "+1", str(path)], stdout=sink, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def wait_for(cond: Any, timeout: float, what: str) -> None:
+    """Poll a condition (file contents, /proc) with a bound."""
+    with anyio.fail_after(timeout):
+        while not cond():
+            await anyio.sleep(0.01)
+
+
+def last_line_is(out: Path, last: int) -> bool:
+    """Whether *out* ends with line number *last* (read from its end: cheap on a big file)."""
+    with open(out, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(0, size - 256))
+        tail = f.read()
+    lines = [x for x in tail.split(b"\n") if x.strip()]
+    return tail.endswith(b"\n") and bool(lines) and int(lines[-1].split(b" ", 1)[0]) == last
+
+
+class Soak:
+    """One soak: our pipeline and GNU tail on a writer + rotator child; results as line numbers."""
+
+    def __init__(self, tmp_path: Path, style: str, period: float, rotate_grace: float) -> None:
+        self.dir = tmp_path / "logs"
+        self.dir.mkdir()
+        self.log = self.dir / "app.log"
+        self.style, self.period, self.rotate_grace = style, period, rotate_grace
+        self.total = int(RATE * SECONDS)
+        self.ours_out = tmp_path / "ours.out"
+        self.gnu_out = tmp_path / "gnu.out"
+        self.stats = FileStats()
+        self.ours: list[int] = []
+        self.gnu: list[int] = []
+        self.rotations = 0
+
+    async def run(self) -> None:
+        self.log.write_bytes(b"")
+        tail = tail_file(
+            self.log,
+            start="beginning",
+            checkpoint=self.dir.parent / "app.ckpt",
+            rotate_grace=self.rotate_grace,
+            stats=self.stats,
+        )
+        pipeline = tail | write_lines(self.ours_out, flush_interval=0.05) | acknowledge()
+        last = self.total - 1
+        with gnu_tail(self.log, self.gnu_out) as gnu:
+            await wait_for(lambda: holds_open(gnu.pid, self.log), 10, "GNU tail to open the file")
+            async with pipeline.stream() as items, anyio.create_task_group() as tg:
+                tg.start_soon(self._consume, items, last)
+                await wait_for(lambda: self.stats.files >= 1, 10, "our tail to open the file")
+                await self._write()
+                await wait_for(lambda: last_line_is(self.gnu_out, last), 30, "GNU tail to reach the last line")
+        self.ours = numbers(self.ours_out.read_bytes())
+        self.gnu = numbers(self.gnu_out.read_bytes())
+
+    async def _consume(self, items: Any, last: int) -> None:
+        with anyio.fail_after(SECONDS * 4 + 30):
+            async for line in items:
+                if line.text.startswith(f"{last} "):
+                    break
+
+    async def _write(self) -> None:
+        args = [str(self.log), str(RATE), str(self.period), self.style, str(SECONDS), str(LATE)]
+        proc = await anyio.run_process([sys.executable, "-c", _WRITER, *args], check=True)
+        out = proc.stdout.decode()
+        self.rotations = int(out.split("rotations ")[1].split()[0])
+        assert f"written {self.total}" in out
+
+    def lost(self, got: list[int]) -> int:
+        return self.total - len(set(got))
+
+    def report(self) -> str:
+        return (
+            f"{self.style} every {self.period * 1000:.0f} ms, rotate_grace {self.rotate_grace} s, "
+            f"{self.total} lines, {self.rotations} rotations: lost by tail_file {self.lost(self.ours)}, "
+            f"by GNU tail -F {self.lost(self.gnu)}"
+        )
+
+
+def in_order(got: list[int]) -> bool:
+    """Strictly increasing: no duplicate, order within each file and rotation order across files."""
+    return all(a < b for a, b in itertools.pairwise(got))
+
+
+@pytest.fixture
+def anyio_backend() -> tuple[str, dict[str, object]]:
+    """A soak runs once (on asyncio): the per-backend paths are covered by tests/test_tail.py."""
+    return ("asyncio", {})
+
+
+@pytest.mark.parametrize(("period", "grace"), [(1.0, 1.0), (0.1, 1.0), (0.1, 0.05)])
+async def test_create_rotation_loses_nothing(tmp_path: Path, period: float, grace: float) -> None:
+    """Rename-and-create rotation down to 100 ms, with a grace longer and shorter than the period."""
+    soak = Soak(tmp_path, "create", period, grace)
+    await soak.run()
+    print(soak.report())
+    assert soak.rotations >= SECONDS / period / 2
+    assert in_order(soak.ours)
+    assert soak.ours == list(range(soak.total)), soak.report()
+
+
+@pytest.mark.parametrize("period", [1.0, 0.1])
+async def test_copytruncate_loses_no_more_than_gnu_tail(tmp_path: Path, period: float) -> None:
+    """copytruncate has an inherent race (lines written between the last read and the truncate); ours is
+    no wider than GNU tail's."""
+    soak = Soak(tmp_path, "copytruncate", period, 1.0)
+    await soak.run()
+    print(soak.report())
+    assert soak.rotations >= SECONDS / period / 2
+    assert in_order(soak.ours)
+    assert soak.lost(soak.ours) <= soak.lost(soak.gnu), soak.report()
+
+
+def test_gnu_tail_is_coreutils() -> None:
+    """The comparison is against GNU coreutils' tail (inotify-based -F)."""
+    if not os.path.exists(GNU_TAIL):
+        pytest.skip("no GNU tail")
+    out = subprocess.run([GNU_TAIL, "--version"], capture_output=True, text=True, check=True).stdout
+    assert "GNU coreutils" in out
+    assert shutil.which("tail") is not None
