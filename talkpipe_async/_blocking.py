@@ -1,9 +1,9 @@
 """Run any pipeline from sync code: ``run_blocking``, ``iter_blocking``, ``as_function_blocking``.
 
 The async side runs on one shared private event-loop thread per backend (an
-anyio blocking portal started with
-:func:`anyio.from_thread.start_blocking_portal`), created on first use,
-reused by every call from every thread, and stopped at interpreter exit.
+anyio blocking portal, see :mod:`talkpipe_async._loops`), created on first
+use, reused by every call from every thread, stopped at interpreter exit, and
+started afresh in a forked child.
 
 Each run is a *driver* task on that loop.  It consumes the pipeline with
 ``async with pipeline.stream(...)`` and *pumps* the items into a batch list
@@ -29,9 +29,6 @@ every stage before it returns.
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import sys
 import threading
 import time
 from collections import deque
@@ -44,7 +41,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 import anyio.from_thread
 
+from . import _loops
 from ._core._pipeline import BLOCKING_BATCH, BLOCKING_BUFFER, BLOCKING_LATENCY
+from ._loops import BACKENDS, LOOP_THREAD_PREFIX, loop_thread, shutdown
+from ._loops import get_loop as _get_loop
+from ._loops import running_loop as _running_loop
 
 if TYPE_CHECKING:
     from ._core._pipeline import Pipeline
@@ -53,6 +54,7 @@ U = TypeVar("U")
 
 __all__ = [
     "BACKENDS",
+    "LOOP_THREAD_PREFIX",
     "DEFAULT_BATCH",
     "DEFAULT_BUFFER",
     "DEFAULT_LATENCY",
@@ -65,7 +67,6 @@ __all__ = [
     "shutdown",
 ]
 
-BACKENDS = ("asyncio", "uvloop", "trio")
 DEFAULT_BATCH = BLOCKING_BATCH
 DEFAULT_BUFFER = BLOCKING_BUFFER
 DEFAULT_LATENCY = BLOCKING_LATENCY
@@ -73,7 +74,6 @@ DEFAULT_LATENCY = BLOCKING_LATENCY
 TIME_CHECK_EVERY = 32
 # How long a second Ctrl-C during closing still waits for the run to end.
 CLOSE_GRACE = 10.0
-LOOP_THREAD_PREFIX = "talkpipe-async-loop"
 
 
 class EventLoopRunningError(RuntimeError):
@@ -86,107 +86,6 @@ class EventLoopRunningError(RuntimeError):
 
 class _End(Exception):
     """Internal: the consumer has taken every item."""
-
-
-# ---------------------------------------------------------------------------
-# The shared loop threads
-# ---------------------------------------------------------------------------
-
-
-def _loop_hooks(backend: str) -> tuple[Callable[..., Any], threading.Thread]:
-    """Run in the loop: a non-blocking thread-safe 'call soon' and the loop's thread."""
-    if backend == "trio":
-        import trio
-
-        return trio.lowlevel.current_trio_token().run_sync_soon, threading.current_thread()
-    return asyncio.get_running_loop().call_soon_threadsafe, threading.current_thread()
-
-
-class _LoopThread:
-    """One event loop running in a daemon thread, behind an anyio blocking portal."""
-
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
-        anyio_backend, options = ("asyncio", {"use_uvloop": True}) if backend == "uvloop" else (backend, {})
-        self._cm = anyio.from_thread.start_blocking_portal(
-            anyio_backend, options, name=f"{LOOP_THREAD_PREFIX}[{backend}]"
-        )
-        self.portal = self._cm.__enter__()
-        self.call_soon, self.thread = self.portal.call(_loop_hooks, backend)
-
-    def alive(self) -> bool:
-        return self.thread.is_alive()
-
-    def stop(self) -> None:
-        """Cancel the runs still going (their drivers report it), stop the loop, join the thread."""
-        try:
-            self.portal.call(self.portal.stop, True)
-        except RuntimeError:  # already stopped
-            pass
-        self._cm.__exit__(None, None, None)
-
-
-_loops: dict[str, _LoopThread] = {}
-_loops_lock = threading.Lock()
-_atexit_registered = False
-
-
-def _get_loop(backend: str) -> _LoopThread:
-    global _atexit_registered
-    loop = _loops.get(backend)
-    if loop is not None and loop.alive():
-        return loop
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    with _loops_lock:
-        loop = _loops.get(backend)
-        if loop is None or not loop.alive():  # first use, or after shutdown() or fork()
-            loop = _loops[backend] = _LoopThread(backend)
-            if not _atexit_registered:
-                atexit.register(shutdown)
-                _atexit_registered = True
-        return loop
-
-
-def loop_thread(backend: str = "asyncio") -> threading.Thread:
-    """The shared event-loop thread for *backend* (started if needed).
-
-    Its name is ``talkpipe-async-loop[<backend>]``.  It is a daemon thread;
-    :func:`shutdown` (run automatically at interpreter exit) stops it.
-    """
-    return _get_loop(backend).thread
-
-
-def shutdown() -> None:
-    """Stop the shared loop threads, cancelling the runs still going.
-
-    Registered with :mod:`atexit`.  A later blocking call starts a fresh loop
-    thread.  Consumers of cancelled runs get a ``RuntimeError``.
-    """
-    with _loops_lock:
-        loops = list(_loops.values())
-        _loops.clear()
-    for loop in loops:
-        loop.stop()
-
-
-def _running_loop() -> str | None:
-    """The event loop running in this thread, if any.
-
-    Trio is found through sniffio's thread-local mark, which ``trio.run`` sets:
-    another thread may be importing trio right now, and a module that is still
-    importing must not be touched.  A trio run needs sniffio fully imported,
-    so a missing or half-imported sniffio means no trio run here.
-    """
-    try:
-        asyncio.get_running_loop()
-        return "asyncio"
-    except RuntimeError:
-        pass
-    local = getattr(sys.modules.get("sniffio"), "thread_local", None)
-    if getattr(local, "name", None) == "trio":
-        return "trio"
-    return None
 
 
 # ---------------------------------------------------------------------------
@@ -254,6 +153,7 @@ class BlockingStream(Generic[U]):
         self._room: anyio.Event | None = None
         # Consumer side only.
         self._state = "new"
+        self._generation = _loops.generation
         self._call_soon: Callable[..., Any] | None = None
 
     @property
@@ -288,6 +188,7 @@ class BlockingStream(Generic[U]):
                 "`async with pipeline.stream() as items: async for x in items: ...` instead."
             )
         loop = _get_loop(self.backend)
+        self._generation = _loops.generation
         self._call_soon = loop.call_soon
         try:
             future = loop.portal.start_task_soon(self._drive, name=f"talkpipe blocking run of {self._pipeline!r}")
@@ -314,6 +215,8 @@ class BlockingStream(Generic[U]):
         if self._state != "open":
             return None
         self._state = "closed"
+        if self._generation != _loops.generation:  # the parent's run, inherited by fork(): never call its loop
+            return None
         with self._cond:
             self._stop = True
             finished = self._finished
@@ -344,6 +247,8 @@ class BlockingStream(Generic[U]):
             self.close()
 
     def _take(self) -> list[Any]:
+        if self._generation != _loops.generation:
+            raise RuntimeError("this run was started by the parent process before fork(); start a new one here")
         cond = self._cond
         with cond:
             while not self._queue:
