@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from .conftest import die_with_parent
+
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0
 
@@ -33,7 +35,7 @@ def run_cli(*args: str, cwd: str | Path | None = None, stdin: str | None = None,
     """Run ``python -m talkpipe_async ARGS`` to the end; return the completed process (text)."""
     return subprocess.run(
         [sys.executable, "-m", "talkpipe_async", *args],
-        input=stdin, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_env(),
+        input=stdin, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=_env(), preexec_fn=die_with_parent,
     )
 
 
@@ -44,7 +46,7 @@ class Cli:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "talkpipe_async", *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            text=True, cwd=cwd, env=_env(),
+            text=True, cwd=cwd, env=_env(), preexec_fn=die_with_parent,
         )
         self.out: queue.Queue[str | None] = queue.Queue()
         self.err: queue.Queue[str | None] = queue.Queue()

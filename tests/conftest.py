@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -30,6 +33,21 @@ BACKENDS = [
 def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
     """Run each ``@pytest.mark.anyio`` test once per event loop."""
     return request.param  # type: ignore[no-any-return]
+
+
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """``preexec_fn`` for a process a test starts: Linux kills it (SIGKILL) when the test process dies.
+
+    pytest-timeout's thread method ends pytest with ``os._exit``: no ``finally``, fixture teardown or ``atexit`` runs,
+    so a server or command started by the test would otherwise outlive the run.  Elsewhere this does nothing.
+    The signal follows the death of the *thread* that started the process: start it from the test's own thread.
+    """
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+# Looked up once here: between fork and exec the child must not load libraries or take locks.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def open_fds() -> int:

@@ -1,33 +1,39 @@
-"""Collect the ```python blocks of the docs pages, so that tests/test_docs_examples.py can run them.
+"""Collect the ```python blocks of the docs pages and run each one on its own, for tests/test_docs_examples.py.
 
-Conventions (documented in docs/index.md, "Examples in these pages"):
+Conventions (documented in docs/index.md, "Examples in these pages", and docs/contributing.md):
 
-- Every fenced block that opens with ```python is run, in page order, in one namespace per page: a block may use
-  names defined by an earlier block of the same page.
-- The line ``<!-- no-run -->`` (optionally ``<!-- no-run: reason -->``) just before the fence opts a block out.
-  Use it only for fragments and for code that needs a service that cannot run locally.
+- Every fenced block that opens with ```python runs ON ITS OWN: in a fresh Python process, in an empty temporary
+  working directory, with nothing from the blocks before it.  A block carries its own imports and definitions.
+- The line ``<!-- no-run: reason -->`` just before the fence opts a block out; the reason is required, the block
+  must still compile, and tests/test_docs_examples.py keeps the explicit list of such blocks per page.
 - The line ``<!-- requires: asyncio, redis-server -->`` just before the fence runs the block only where each
   requirement holds: ``asyncio`` (skipped on trio: for asyncio-only client libraries), ``redis-server`` or
-  ``nats-server`` (the test starts that server on 127.0.0.1 for the page and sets ``REDIS_URL`` / ``NATS_URL``; the
-  block is skipped when the binary is not installed).  Examples read the URL with
+  ``nats-server`` (the test starts that server on 127.0.0.1 for the block and sets ``REDIS_URL`` / ``NATS_URL``;
+  without the binary the block is skipped on a developer's machine and fails in CI).  Examples read the URL with
   ``os.environ.get("REDIS_URL", "redis://localhost:6379/0")``.
 - Top-level ``await`` is not Python: write ``async def main(): ...`` and ``anyio.run(main)``.  The test runs every
-  page once per backend (asyncio, uvloop, trio) by giving ``anyio.run`` that backend as its default.
-- A block must ``assert`` or ``print`` something, unless it only defines things (imports, functions, classes,
-  assignments) that a later block uses.
+  block once per backend (asyncio, uvloop, trio) by giving ``anyio.run`` that backend as its default.
+- A block must ``assert``, ``print`` or show an exception being raised; a block that prints must print something.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import os
 import re
+import signal
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from .conftest import die_with_parent
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 _FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>```+|~~~+)\s*(?P<info>[^\s`]*)")
-_NO_RUN = re.compile(r"^\s*<!--\s*no-run\b.*-->\s*$")
+_NO_RUN = re.compile(r"^\s*<!--\s*no-run\b(?::\s*(?P<reason>.*?))?\s*-->\s*$")
 _REQUIRES = re.compile(r"^\s*<!--\s*requires:\s*(?P<names>[^>]*?)\s*-->\s*$")
 
 #: the servers a block may require, and the environment variable that receives the server's URL
@@ -46,6 +52,7 @@ class Block:
     code: str
     no_run: bool
     requires: tuple[str, ...] = ()
+    no_run_reason: str = ""
 
     @property
     def test_id(self) -> str:
@@ -73,13 +80,16 @@ def blocks_of(path: Path) -> list[Block]:
             i += 1
         i += 1  # the closing fence
         no_run = False
+        reason = ""
         requires: tuple[str, ...] = ()
         prev = start - 1
         while prev >= 0 and not lines[prev].strip():
             prev -= 1
         while prev >= 0 and lines[prev].lstrip().startswith("<!--"):  # markers, one a line, any order
             marker = lines[prev]
-            no_run = no_run or bool(_NO_RUN.match(marker))
+            m_no = _NO_RUN.match(marker)
+            if m_no:
+                no_run, reason = True, (m_no.group("reason") or "").strip()
             m_req = _REQUIRES.match(marker)
             if m_req:
                 requires += tuple(n.strip() for n in m_req.group("names").split(",") if n.strip())
@@ -87,7 +97,7 @@ def blocks_of(path: Path) -> list[Block]:
         unknown = set(requires) - set(SERVERS) - BACKEND_REQUIREMENTS
         if unknown:
             raise ValueError(f"{path.name}:{start + 1}: unknown requirement(s) {sorted(unknown)}")
-        blocks.append(Block(path.name, start + 1, info, "\n".join(body) + "\n", no_run, requires))
+        blocks.append(Block(path.name, start + 1, info, "\n".join(body) + "\n", no_run, requires, reason))
     return blocks
 
 
@@ -101,22 +111,113 @@ def pages() -> list[Path]:
     return sorted(DOCS.glob("*.md"))
 
 
+def _calls(tree: ast.AST, name: str) -> bool:
+    """True if *tree* calls ``name(...)`` or ``something.name(...)``."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if (isinstance(func, ast.Name) and func.id == name) or getattr(func, "attr", "") == name:
+                return True
+    return False
+
+
+def prints(code: str) -> bool:
+    """True if the block calls ``print``: then running it must print something."""
+    return _calls(ast.parse(code), "print")
+
+
 _DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,
                 ast.AnnAssign)
 
 
 def shows_something(code: str) -> bool:
-    """True if the block asserts or prints, or only defines names (for a later block to use)."""
+    """True if the block asserts, prints or shows an exception (``raise``, ``pytest.raises``), or only defines names.
+
+    A block that only defines things (a segment, a source, a configuration) is checked by running it alone: its
+    imports resolve and its definitions execute.
+    """
     tree = ast.parse(code)
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Assert):
-            return True
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
-            return True
-        if isinstance(node, ast.Raise) or (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "raises"):
-            return True
+    if any(isinstance(node, (ast.Assert, ast.Raise)) for node in ast.walk(tree)):
+        return True
+    if _calls(tree, "print") or _calls(tree, "raises"):
+        return True
     return all(isinstance(node, _DEFINITIONS) or _is_docstring(node) for node in tree.body)
 
 
 def _is_docstring(node: ast.stmt) -> bool:
     return isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+
+
+#: how ``anyio.run`` inside a block gets its default backend: (backend, backend_options)
+BACKEND_ARGS: dict[str, tuple[str, dict[str, bool] | None]] = {
+    "asyncio": ("asyncio", None),
+    "uvloop": ("asyncio", {"use_uvloop": True}),
+    "trio": ("trio", None),
+}
+
+# Run in the block's own process: argv is backend, the file holding the block, the page, the fence's line.
+# The block is padded with blank lines so that a traceback shows the line numbers of the markdown page.
+_BOOTSTRAP = f"""
+import sys
+backend, code_path, page, line = sys.argv[1:5]
+sys.argv = [page]
+import anyio
+_original = anyio.run
+_default = {BACKEND_ARGS!r}[backend]
+def _run(func, *args, backend=None, backend_options=None):
+    if backend is None:
+        backend, backend_options = _default[0], backend_options or _default[1]
+    return _original(func, *args, backend=backend, backend_options=backend_options)
+anyio.run = _run
+with open(code_path, encoding="utf-8") as f:
+    code = compile("\\n" * int(line) + f.read(), page, "exec")
+del backend, code_path, page, line, f
+exec(code, {{"__name__": "__main__", "__builtins__": __builtins__}})
+"""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one block's process ended."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    timed_out: bool
+
+    def describe(self) -> str:
+        """The exit status and both outputs, for an assertion message."""
+        status = "timed out (killed)" if self.timed_out else f"exit status {self.returncode}"
+        return f"{status}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+def run_block(block: Block, backend: str, root: Path, env: dict[str, str], timeout: float) -> Outcome:
+    """Run *block* alone: a fresh interpreter, cwd an empty directory under *root*, killed after *timeout* s.
+
+    The block runs in a session of its own so that on timeout the whole process group (the servers or commands it
+    started included) is killed.
+    """
+    code_file = root / "block.py"
+    code_file.write_text(block.code, encoding="utf-8")
+    workdir = root / "work"
+    workdir.mkdir()
+    args = [sys.executable, "-c", _BOOTSTRAP, backend, str(code_file), str(DOCS / block.page), str(block.line)]
+    proc = subprocess.Popen(args, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=die_with_parent)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return Outcome(proc.returncode, out, err, timed_out=False)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:  # a process the block started in a session of its own holds the pipes
+            proc.kill()
+            proc.wait()
+            out, err = "", "(no output: the pipes are still held by a process the block started)"
+        return Outcome(proc.returncode, out, err, timed_out=True)
+    finally:
+        if proc.poll() is None:  # the test itself is being torn down (KeyboardInterrupt)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

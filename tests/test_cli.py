@@ -6,15 +6,17 @@ import json
 import socket
 import sys
 import threading
-import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from talkpipe_async.cli import Condition, ConditionError, parse_condition
 from talkpipe_async.cli.conditions import MAX_DEPTH, MAX_LENGTH
 
 from .cli_helpers import SIGINT, SIGTERM, cli, run_cli, serve_http, serve_tcp, wait_for
+from .conftest import die_with_parent
 from .servers import nats_binary, nats_server, redis_binary, redis_server
 
 QUICK = ["--retries", "2", "--retry-delay", "0.05"]
@@ -262,7 +264,12 @@ def test_listen_server_source() -> None:
             assert c.wait() == 0
 
 
-def test_unreachable_exits_3_quickly() -> None:
+def test_unreachable_exits_3_after_the_bounded_retries() -> None:
+    """Nothing listens: each kind of endpoint gives up after --retries with exit 3 and one line naming the problem.
+
+    That the retries are bounded is shown by the process ending at all (run_cli's timeout fails the test otherwise);
+    how many attempts and how long they wait is checked exactly, in virtual time, by the next test.
+    """
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -272,11 +279,58 @@ def test_unreachable_exits_3_quickly() -> None:
         ["http", f"http://127.0.0.1:{port}/x", "--as", "sse"],
         ["read", "/dev/null", "--to", f"tcp:127.0.0.1:{port}"],
     ):
-        started = time.monotonic()
         done = run_cli(*args, *QUICK)
         assert done.returncode == 3, (args, done.stderr)
-        assert time.monotonic() - started < 8
         assert _one_error_line(done.stderr).startswith("talkpipe-async: unreachable:")
+
+
+def test_connect_retries_are_counted_and_spaced_in_virtual_time() -> None:
+    """--retries 2 --retry-delay 0.05: three attempts, 0.05 s then 0.1 s apart (trio's MockClock: exact, instant)."""
+    from trio.testing import MockClock
+
+    from talkpipe_async import source
+    from talkpipe_async.cli.build import _ConnectRetry
+
+    attempts: list[float] = []
+
+    @source
+    async def refused() -> AsyncIterator[str]:
+        attempts.append(anyio.current_time())
+        raise ConnectionRefusedError(111, "Connection refused")
+        yield "never"  # an async generator
+
+    async def main() -> None:
+        with pytest.raises(ConnectionRefusedError):
+            await _ConnectRetry(refused(), retries=2, delay=0.05).collect()
+
+    anyio.run(main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)})
+    assert [round(t - attempts[0], 9) for t in attempts] == [0.0, 0.05, 0.15]
+
+
+def test_connect_retry_does_not_repeat_a_source_that_delivered() -> None:
+    """A connection lost after the first item is raised at once: retrying would deliver the items again."""
+    from talkpipe_async import source
+    from talkpipe_async.cli.build import _ConnectRetry
+
+    opened = 0
+
+    @source
+    async def drops() -> AsyncIterator[str]:
+        nonlocal opened
+        opened += 1
+        yield "first"
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    got: list[str] = []
+
+    async def main() -> None:
+        with pytest.raises(ConnectionRefusedError):
+            async with _ConnectRetry(drops(), retries=5, delay=0.05).stream() as items:
+                async for item in items:
+                    got.append(item)
+
+    anyio.run(main)
+    assert (opened, got) == (1, ["first"])
 
 
 def test_http_status_error_is_exit_1_without_retries() -> None:
@@ -543,7 +597,8 @@ def test_progress_display_on_a_terminal_only(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "talkpipe_async", "read", str(data), "--progress", "--to", f"file:{out}"]
     leader, follower = pty.openpty()
     try:
-        done = subprocess.run(command, stderr=follower, stdout=subprocess.DEVNULL, timeout=30, check=False)
+        done = subprocess.run(command, stderr=follower, stdout=subprocess.DEVNULL, timeout=30, check=False,
+                              preexec_fn=die_with_parent)
         os.close(follower)
         seen = b""
         while True:
@@ -568,5 +623,5 @@ def test_progress_display_on_a_terminal_only(tmp_path: Path) -> None:
         assert final[2].split()[:3] == ["read_lines", "0", "500"], seen
         assert final[-1].strip().endswith(" s, done"), seen
         assert seen.endswith(b"\x1b[?25h"), seen  # the cursor is shown again at the end
-    piped = subprocess.run(command, capture_output=True, timeout=30, check=False)
+    piped = subprocess.run(command, capture_output=True, timeout=30, check=False, preexec_fn=die_with_parent)
     assert piped.returncode == 0 and b"items" not in piped.stderr and b"\x1b[" not in piped.stderr

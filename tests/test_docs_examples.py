@@ -1,9 +1,11 @@
-"""Run every ```python block of docs/*.md, one test per block, named ``page.md:L<line>``.
+"""Run every ```python block of docs/*.md on its own, one test per block and backend, named ``page.md:L<line>``.
 
-A page's blocks run in order in one namespace (a block may build on the blocks before it), in a temporary working
-directory of their own, once per backend (asyncio, uvloop, trio): ``anyio.run`` inside the blocks gets the backend
-as its default.  The line
-``<!-- no-run -->`` just before a fence opts the block out; such blocks must still compile.  See tests/docs_helpers.py.
+Each block runs alone in a fresh Python process, in an empty temporary working directory, with no block run before
+it and nothing shared with other blocks, under a timeout that kills its whole process group.  A block passes when
+its process exits with status 0, prints something if it calls ``print``, and leaves no "Exception ignored" report
+(an error swallowed in a finaliser) on stderr.  ``anyio.run`` inside a block defaults to the backend under test
+(asyncio, uvloop, trio).  The line ``<!-- no-run: reason -->`` just before a fence opts a block out; such blocks are
+listed in ``NO_RUN`` below and must still compile.  See tests/docs_helpers.py.
 """
 
 from __future__ import annotations
@@ -11,188 +13,113 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from pathlib import Path
-from typing import Any
 
-import anyio
 import pytest
 
-from .docs_helpers import DOCS, SERVERS, Block, blocks_of, pages, python_blocks, shows_something
-from .servers import nats_binary, nats_server, redis_binary, redis_server
+from .conftest import HAVE_UVLOOP
+from .docs_helpers import (
+    BACKEND_ARGS,
+    DOCS,
+    SERVERS,
+    Block,
+    Outcome,
+    blocks_of,
+    pages,
+    prints,
+    python_blocks,
+    run_block,
+    shows_something,
+)
+from .servers import nats_server, redis_server
 
 BACKENDS = ["asyncio", "uvloop", "trio"]
-_BACKEND_ARGS: dict[str, tuple[str, dict[str, Any] | None]] = {
-    "asyncio": ("asyncio", None),
-    "uvloop": ("asyncio", {"use_uvloop": True}),
-    "trio": ("trio", None),
+#: a block's process is killed after this many seconds (below pytest-timeout's 60 s, so the test reports it)
+BLOCK_TIMEOUT = 40.0
+
+#: the blocks opted out with ``<!-- no-run: reason -->``, per page: keep this list short and each reason real
+NO_RUN: dict[str, int] = {
+    "scale-out.md": 1,  # the worker script of a multi-process deployment; the Redis example runs the same pipeline
+}
+
+_STARTERS: dict[str, Callable[[], AbstractContextManager[str]]] = {
+    "redis-server": redis_server,
+    "nats-server": nats_server,
 }
 
 _ALL_BLOCKS: list[Block] = [b for page in pages() for b in python_blocks(page)]
+_PYTHON_FENCE = re.compile(r"^[ \t]*(```+|~~~+)[ \t]*(python|py)\b", re.IGNORECASE | re.MULTILINE)
 
 
-@dataclass
-class _PageState:
-    """What the blocks of one page share on one backend."""
-
-    namespace: dict[str, Any]
-    workdir: Path
-    done: int = 0  # how many blocks of the page have run
-    failed: str | None = None  # the id of the block that failed, if any
-    blocks: list[Block] = field(default_factory=list)
-
-
-_STATES: dict[tuple[str, str], _PageState] = {}
-
-
-@pytest.fixture
-def page_state(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., _PageState]:
-    def get(page: str, backend: str) -> _PageState:
-        key = (page, backend)
-        if key not in _STATES:
-            blocks = [b for b in _ALL_BLOCKS if b.page == page]
-            workdir = tmp_path_factory.mktemp(f"docs-{page.removesuffix('.md')}-{backend}")
-            _STATES[key] = _PageState({"__name__": "__docs__"}, workdir, blocks=blocks)
-        return _STATES[key]
-
-    return get
-
-
-@pytest.fixture
-def backend_default(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
-    """Make ``anyio.run`` default to the given backend while a block runs."""
-    original = anyio.run
-
-    def use(name: str) -> None:
-        default_backend, default_options = _BACKEND_ARGS[name]
-
-        def run(func: Any, *args: Any, backend: str | None = None, backend_options: Any = None) -> Any:
-            if backend is None:
-                backend, backend_options = default_backend, backend_options or default_options
-            return original(func, *args, backend=backend, backend_options=backend_options)
-
-        monkeypatch.setattr(anyio, "run", run)
-
-    return use
-
-
-_SERVER_STARTERS: dict[str, tuple[Callable[[], str | None], Callable[[], Any]]] = {
-    "redis-server": (redis_binary, redis_server),
-    "nats-server": (nats_binary, nats_server),
-}
-
-
-@pytest.fixture(scope="module")
-def server_urls() -> Iterator[Callable[[str], str | None]]:
-    """Start each server a block requires once for the module; None when it is not installed."""
-    urls: dict[str, str | None] = {}
-    with ExitStack() as stack:
-
-        def get(name: str) -> str | None:
-            if name not in urls:
-                binary, start = _SERVER_STARTERS[name]
-                urls[name] = stack.enter_context(start()) if binary() else None
-            return urls[name]
-
-        yield get
-
-
-def _unmet(block: Block, backend: str, server_urls: Callable[[str], str | None]) -> str | None:
-    """Why the block cannot run here, or None."""
+def _block_env(block: Block, stack: ExitStack) -> dict[str, str]:
+    """The block's environment: ours, plus the URL of each server it requires, started for this block alone."""
+    env = {k: v for k, v in os.environ.items() if k not in SERVERS.values()}
+    env["PYTHONUNBUFFERED"] = "1"
     for need in block.requires:
-        if need == "asyncio" and _BACKEND_ARGS[backend][0] != "asyncio":
-            return f"{block.test_id} runs on asyncio only"
-        if need in SERVERS and server_urls(need) is None:
-            return f"{block.test_id} needs {need}, which is not installed"
-    return None
-
-
-@pytest.fixture
-def in_dir() -> Iterator[Callable[[Path], None]]:
-    old = Path.cwd()
-
-    def enter(path: Path) -> None:
-        os.chdir(path)
-
-    yield enter
-    os.chdir(old)
-
-
-def _run(block: Block, namespace: dict[str, Any]) -> None:
-    # Pad with blank lines so that tracebacks show the line numbers of the markdown file.
-    code = compile("\n" * block.line + block.code, str(DOCS / block.page), "exec")
-    exec(code, namespace)
+        if need in SERVERS:
+            env[SERVERS[need]] = stack.enter_context(_STARTERS[need]())  # skips here, fails in CI, when missing
+    return env
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("block", _ALL_BLOCKS, ids=[b.test_id for b in _ALL_BLOCKS])
-def test_docs_example(
-    block: Block,
-    backend: str,
-    page_state: Callable[..., _PageState],
-    backend_default: Callable[[str], None],
-    in_dir: Callable[[Path], None],
-    server_urls: Callable[[str], str | None],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    state = page_state(block.page, backend)
-    index = state.blocks.index(block)
-    backend_default(backend)
-    in_dir(state.workdir)
-    for need in {n for b in state.blocks for n in b.requires if n in SERVERS}:
-        url = server_urls(need)
-        if url is not None:
-            monkeypatch.setenv(SERVERS[need], url)
-    # Run the earlier blocks of the page first when this test runs on its own (pytest -k).
-    while state.done < index:
-        if state.failed:
-            pytest.skip(f"an earlier block of {block.page} failed: {state.failed}")
-        earlier = state.blocks[state.done]
-        state.done += 1
-        if _unmet(earlier, backend, server_urls):
-            continue
-        try:
-            _run(earlier, state.namespace)
-        except BaseException:
-            state.failed = earlier.test_id
-            raise
-    if state.failed:
-        pytest.skip(f"an earlier block of {block.page} failed: {state.failed}")
-    state.done = index + 1
-    reason = _unmet(block, backend, server_urls)
-    if reason:
-        pytest.skip(reason)
-    try:
-        _run(block, state.namespace)
-    except BaseException:
-        state.failed = block.test_id
-        raise
+def test_docs_example(block: Block, backend: str, tmp_path: Path) -> None:
+    if "asyncio" in block.requires and BACKEND_ARGS[backend][0] != "asyncio":
+        pytest.skip(f"{block.test_id} runs on asyncio only (<!-- requires: asyncio -->)")
+    if backend == "uvloop" and not HAVE_UVLOOP:
+        pytest.skip("no uvloop")
+    with ExitStack() as stack:
+        env = _block_env(block, stack)
+        outcome = run_block(block, backend, tmp_path, env, BLOCK_TIMEOUT)
+    where = f"docs/{block.test_id} on {backend}"
+    assert not outcome.timed_out, f"{where} did not end within {BLOCK_TIMEOUT} s: {outcome.describe()}"
+    assert outcome.returncode == 0, f"{where} failed: {outcome.describe()}"
+    if prints(block.code):
+        assert outcome.stdout.strip(), f"{where} calls print but printed nothing: {outcome.describe()}"
+    assert "Exception ignored" not in outcome.stderr, f"{where} swallowed an error: {outcome.describe()}"
 
 
 @pytest.mark.parametrize("block", _ALL_BLOCKS, ids=[b.test_id for b in _ALL_BLOCKS])
 def test_docs_example_shows_something(block: Block) -> None:
-    """Each runnable block asserts or prints, or only defines names that a later block uses."""
+    """Each runnable block asserts, prints or shows an exception, or only defines names (run alone: they import)."""
     assert shows_something(block.code), f"{block.test_id}: the example neither asserts nor prints anything"
 
 
-def test_no_run_blocks_still_compile() -> None:
-    """Opted-out blocks are fragments, but they must still be valid Python (top-level ``await`` allowed)."""
+def test_every_python_fence_is_collected() -> None:
+    """The collector finds every ```python fence of every page; exactly the listed ones are opted out."""
+    fences = 0
+    for page in pages():
+        on_page = len(_PYTHON_FENCE.findall(page.read_text(encoding="utf-8")))
+        collected = [b for b in blocks_of(page) if b.language in ("python", "py")]
+        assert len(collected) == on_page, f"{page.name}: {on_page} python fences, {len(collected)} collected"
+        fences += on_page
+    assert fences > 0
+    assert len(_ALL_BLOCKS) == fences - sum(NO_RUN.values())
+
+
+def test_no_run_blocks_are_listed_justified_and_compile() -> None:
+    """Opted-out blocks are the ones in NO_RUN, each marker gives a reason, and each block is valid Python."""
     flags = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT | ast.PyCF_ONLY_AST
+    per_page: dict[str, int] = {}
     checked = 0
     for page in pages():
         for block in blocks_of(page):
             if block.language in ("python", "py") and block.no_run:
-                compile(block.code, f"docs/{block.page}:L{block.line}", "exec", flags=flags)
+                assert block.no_run_reason, f"{block.test_id}: write <!-- no-run: why it cannot run -->"
+                compile(block.code, f"docs/{block.test_id}", "exec", flags=flags)
+                per_page[block.page] = per_page.get(block.page, 0) + 1
                 checked += 1
-    assert checked >= 0
+    assert per_page == NO_RUN
+    assert checked == sum(NO_RUN.values())
 
 
 def test_collector_finds_blocks(tmp_path: Path) -> None:
-    """The collector: fences in lists, the opt-out marker, line numbers."""
+    """The collector: fences in lists, the opt-out marker and its reason, requirements, line numbers."""
     page = tmp_path / "p.md"
     page.write_text(
         "# t\n\n```python\nx = 1\n```\n\n<!-- no-run: needs a server -->\n```python\nawait f()\n```\n\n"
@@ -207,11 +134,43 @@ def test_collector_finds_blocks(tmp_path: Path) -> None:
         (18, "sh", False),
         (23, "python", False),
     ]
+    assert blocks[1].no_run_reason == "needs a server"
     assert blocks[4].requires == ("asyncio", "redis-server")
     assert blocks[2].code == "assert x == 1\n"
     assert [b.line for b in python_blocks(page)] == [3, 14, 23]
+    assert shows_something("import pytest\nwith pytest.raises(ValueError):\n    int('x')\n")
     assert shows_something("import anyio\ndef f(): pass\nx = 1\n")
     assert not shows_something("f()\n")
+    assert prints("def f():\n    print(1)\n") and not prints("x = 1\n")
+
+
+def _run_text(tmp_path: Path, body: str, backend: str = "asyncio", timeout: float = BLOCK_TIMEOUT) -> Outcome:
+    """Run the one block of a small page the way test_docs_example runs a docs block."""
+    page = tmp_path / "p.md"
+    page.write_text(f"# t\n\n```python\n{body}```\n")
+    (block,) = python_blocks(page)
+    root = tmp_path / "run"
+    root.mkdir()
+    return run_block(block, backend, root, dict(os.environ), timeout)
+
+
+def test_runner_runs_a_block_alone_on_the_backend(tmp_path: Path) -> None:
+    """The runner: a fresh namespace, an empty working directory, anyio.run on the chosen backend."""
+    body = ("import os, sniffio, anyio\nasync def main():\n    print(sniffio.current_async_library())\n"
+            "print(sorted(os.listdir('.')), 'backend' in globals())\nanyio.run(main)\n")
+    outcome = _run_text(tmp_path, body, backend="trio")
+    assert (outcome.returncode, outcome.stdout) == (0, "[] False\ntrio\n"), outcome.describe()
+
+
+def test_runner_names_the_page_line_of_an_error(tmp_path: Path) -> None:
+    outcome = _run_text(tmp_path, "x = 1\nraise ValueError(x)\n")
+    assert outcome.returncode != 0 and not outcome.timed_out, outcome.describe()
+    assert 'p.md", line 5' in outcome.stderr and "ValueError: 1" in outcome.stderr, outcome.describe()
+
+
+def test_runner_kills_a_block_that_hangs(tmp_path: Path) -> None:
+    outcome = _run_text(tmp_path, "print('started', flush=True)\nimport time\ntime.sleep(3600)\n", timeout=2.0)
+    assert outcome.timed_out and outcome.returncode == -9 and outcome.stdout == "started\n", outcome.describe()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (the dev extra)")

@@ -124,11 +124,21 @@ async def test_stdin_lines_early_close_does_not_hang() -> None:
     try:
         os.write(w, b"only\n")
         got: list[str] = []
-        with anyio.move_on_after(0.3) as scope:  # the read blocks: cancellation must not wait for input
-            async with Pipeline(stdin_lines(r)).stream() as items:
-                async for line in items:
-                    got.append(line)
-        assert scope.cancelled_caught and got == ["only"]
+        read_one = anyio.Event()
+        with anyio.fail_after(5):  # a bound only: the cancellation below must not wait for input
+            async with anyio.create_task_group() as tg:
+
+                async def consume() -> None:
+                    async with Pipeline(stdin_lines(r)).stream() as items:
+                        async for line in items:
+                            got.append(line)
+                            read_one.set()
+
+                tg.start_soon(consume)
+                await read_one.wait()
+                await anyio.wait_all_tasks_blocked()  # the source now waits for input that never comes
+                tg.cancel_scope.cancel()
+        assert got == ["only"]
     finally:
         os.close(w)  # wakes the abandoned read, which sees EOF
         os.close(r)
