@@ -1,7 +1,7 @@
 """Run any pipeline from sync code: ``run_blocking``, ``iter_blocking``, ``as_function_blocking``.
 
 The async side runs on one shared private event-loop thread per backend (an
-anyio blocking portal, see :mod:`talkpipe_async._loops`), created on first
+task group on an event loop, see :mod:`talkpipe_async._loops`), created on first
 use, reused by every call from every thread, stopped at interpreter exit, and
 started afresh in a forked child.
 
@@ -33,7 +33,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from concurrent.futures import Future
 from itertools import chain
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -45,7 +44,7 @@ from . import _loops
 from ._core._pipeline import BLOCKING_BATCH, BLOCKING_BUFFER, BLOCKING_LATENCY
 from ._loops import BACKENDS, LOOP_THREAD_PREFIX, loop_thread, shutdown
 from ._loops import get_loop as _get_loop
-from ._loops import running_loop as _running_loop
+from ._loops import on_loop_thread as _on_loop_thread
 
 if TYPE_CHECKING:
     from ._core._pipeline import Pipeline
@@ -77,10 +76,14 @@ CLOSE_GRACE = 10.0
 
 
 class EventLoopRunningError(RuntimeError):
-    """A blocking call was made from a thread that is running an event loop.
+    """A blocking call was made from one of the wrapper's own loop threads.
 
-    Blocking there would stall that loop (and could deadlock it); use
-    ``await pipeline.collect()`` or ``async with pipeline.stream() as items``.
+    Waiting there would deadlock (the run needs that loop); this happens when a
+    sync stage running inline on the loop thread makes a nested blocking call.
+    Use ``await pipeline.collect()`` or ``async with pipeline.stream() as
+    items`` instead.  A thread running an event loop of its own (a notebook
+    kernel, an application) may block: the run goes on the wrapper's loop
+    thread, and only that caller's loop waits.
     """
 
 
@@ -155,6 +158,7 @@ class BlockingStream(Generic[U]):
         self._state = "new"
         self._generation = _loops.generation
         self._call_soon: Callable[..., Any] | None = None
+        self._loop: _loops.LoopThread | None = None
 
     @property
     def blocked(self) -> bool:
@@ -180,22 +184,20 @@ class BlockingStream(Generic[U]):
     def __enter__(self) -> Iterator[U]:
         if self._state != "new":
             raise RuntimeError("a BlockingStream can be entered only once; call iter_blocking() again")
-        running = _running_loop()
-        if running is not None:
+        if _on_loop_thread():
             raise EventLoopRunningError(
-                f"a blocking pipeline call was made from a thread that is running a {running} event loop; "
-                "blocking here would stall that loop. Use `await pipeline.collect()` or "
+                "a blocking pipeline call was made from the talkpipe-async loop thread itself (a sync stage "
+                "running inline?); it would wait for its own loop. Use `await pipeline.collect()` or "
                 "`async with pipeline.stream() as items: async for x in items: ...` instead."
             )
-        loop = _get_loop(self.backend)
+        loop = self._loop = _get_loop(self.backend)
         self._generation = _loops.generation
         self._call_soon = loop.call_soon
         try:
-            future = loop.portal.start_task_soon(self._drive, name=f"talkpipe blocking run of {self._pipeline!r}")
+            loop.start(self, self._drive, f"talkpipe blocking run of {self._pipeline!r}")
         except RuntimeError:
             self._state = "closed"
             raise
-        future.add_done_callback(self._driver_gone)
         self._state = "open"
         return chain.from_iterable(self._batches())  # no Python frame per item
 
@@ -222,7 +224,7 @@ class BlockingStream(Generic[U]):
             finished = self._finished
         if not finished:
             self._poke(self._on_close)
-        if _running_loop() is not None:  # e.g. the garbage collector ran us on the loop thread: never block it
+        if _on_loop_thread():  # e.g. the garbage collector ran us on the loop thread: never block it
             return None
         try:
             self._done.wait()
@@ -284,10 +286,9 @@ class BlockingStream(Generic[U]):
             return False
         return True
 
-    def _driver_gone(self, future: Future[None]) -> None:
-        """The driver task ended or never started: make sure the consumer is released."""
-        if not self._done.is_set():
-            self._finish(RuntimeError("the talkpipe-async loop thread stopped before this run started"))
+    def loop_gone(self) -> None:
+        """The loop thread ended before this run did (it never started, or was cut off)."""
+        self._finish(RuntimeError("the talkpipe-async loop thread stopped before this run ended"))
 
     # -- loop side ----------------------------------------------------------
 
@@ -320,6 +321,8 @@ class BlockingStream(Generic[U]):
                 self._error = error
             self._cond.notify_all()
         self._done.set()
+        if self._loop is not None:
+            self._loop.finished(self)
 
     async def _pump(self, items: AsyncIterator[Any]) -> None:
         clock = time.monotonic

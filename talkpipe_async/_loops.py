@@ -1,7 +1,7 @@
 """The shared private event-loop threads of the blocking wrapper.
 
-One daemon thread per backend runs an event loop with an anyio
-:class:`~anyio.from_thread.BlockingPortal` in it; it is created on first use,
+One daemon thread per backend runs an event loop with a task group that the
+runs are started in; it is created on first use,
 reused by every blocking call from every thread, and stopped at interpreter
 exit (:func:`shutdown`, registered with :mod:`atexit`).
 
@@ -19,15 +19,15 @@ import atexit
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any
 
 import anyio
-import anyio.from_thread
 
-__all__ = ["BACKENDS", "LOOP_THREAD_PREFIX", "LoopThread", "generation", "get_loop", "loop_thread", "running_loop",
-           "shutdown"]
+__all__ = ["BACKENDS", "LOOP_THREAD_PREFIX", "LoopThread", "generation", "get_loop", "loop_thread", "on_loop_thread",
+           "running_loop", "shutdown"]
 
 BACKENDS = ("asyncio", "uvloop", "trio")
 LOOP_THREAD_PREFIX = "talkpipe-async-loop"
@@ -46,30 +46,47 @@ def _loop_hooks(backend: str) -> tuple[Callable[..., Any], threading.Thread]:
 
 
 class LoopThread:
-    """One event loop running in a daemon thread, behind an anyio blocking portal.
+    """One event loop running in a daemon thread; runs are started on it with :meth:`start`.
 
-    A plain thread running ``anyio.run`` (not ``start_blocking_portal``'s
-    generator), so that nothing of it has a finalizer that could wait for the
-    loop: after fork the child may drop it safely.
+    A plain thread running ``anyio.run``, with no generator or finalizer that
+    could wait for the loop, so a forked child may drop it safely.  Runs are
+    handed over with the loop's own thread-safe "call soon" (never a blocking
+    portal call, which trio refuses from a thread inside a trio run: a
+    notebook or an application may call from one).
     """
 
     def __init__(self, backend: str) -> None:
         self.backend = backend
         self.generation = generation
-        ready: Future[tuple[anyio.from_thread.BlockingPortal, Callable[..., Any]]] = Future()
+        self._lock = threading.Lock()
+        self._runs: set[Any] = set()
+        self._closed = False
+        # Start requests, taken by the loop's main task (a task group is entered from a task only).
+        self._requests: deque[tuple[Callable[[], Coroutine[Any, Any, None]], str]] = deque()
+        self._wake: anyio.Event | None = None
+        self._stopping = False
+        ready: Future[Callable[..., Any]] = Future()
         self.thread = threading.Thread(
             target=self._main, args=(ready,), name=f"{LOOP_THREAD_PREFIX}[{backend}]", daemon=True
         )
         self.thread.start()
-        self.portal, self.call_soon = ready.result()
+        self.call_soon = ready.result()
 
-    def _main(self, ready: Future[tuple[anyio.from_thread.BlockingPortal, Callable[..., Any]]]) -> None:
+    def _main(self, ready: Future[Callable[..., Any]]) -> None:
+        _this_thread.loop = True
         backend, options = ("asyncio", {"use_uvloop": True}) if self.backend == "uvloop" else (self.backend, {})
 
         async def serve() -> None:
-            async with anyio.from_thread.BlockingPortal() as portal:
-                ready.set_result((portal, _loop_hooks(self.backend)[0]))
-                await portal.sleep_until_stopped()
+            async with anyio.create_task_group() as tg:
+                self._wake = anyio.Event()
+                ready.set_result(_loop_hooks(self.backend)[0])
+                while not self._stopping:
+                    await self._wake.wait()
+                    self._wake = anyio.Event()  # before taking the requests: no wake-up is lost
+                    while self._requests:
+                        driver, name = self._requests.popleft()
+                        tg.start_soon(driver, name=name)
+                tg.cancel_scope.cancel()  # the drivers still going report it to their consumers
 
         try:
             anyio.run(serve, backend=backend, backend_options=options)
@@ -78,6 +95,40 @@ class LoopThread:
                 ready.set_exception(exc)
             else:
                 raise
+        finally:
+            self._release_runs()
+
+    def _release_runs(self) -> None:
+        with self._lock:
+            self._closed = True
+            runs, self._runs = self._runs, set()
+        for run in runs:
+            run.loop_gone()
+
+    def start(self, run: Any, driver: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        """Start *driver* as a task on the loop; ``run.loop_gone()`` is called if the loop ends first.
+
+        Raises ``RuntimeError`` when the loop has stopped.
+        """
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the talkpipe-async loop thread has stopped")
+            self._runs.add(run)
+        self._requests.append((driver, name))
+        try:
+            self.call_soon(self._poke)
+        except Exception:
+            self.finished(run)
+            raise RuntimeError("the talkpipe-async loop thread has stopped") from None
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def finished(self, run: Any) -> None:
+        """*run* has ended: the loop need not release it any more."""
+        with self._lock:
+            self._runs.discard(run)
 
     def alive(self) -> bool:
         """True while the loop thread runs (always False for one inherited across fork)."""
@@ -87,11 +138,20 @@ class LoopThread:
         """Cancel the runs still going (their drivers report it), stop the loop, join the thread."""
         if self.generation != generation:  # the parent's: never touch it
             return
+        self._stopping = True
         try:
-            self.portal.call(self.portal.stop, True)
-        except RuntimeError:  # already stopped
+            self.call_soon(self._poke)
+        except Exception:  # already stopped
             pass
         self.thread.join()
+
+
+_this_thread = threading.local()
+
+
+def on_loop_thread() -> bool:
+    """True in one of the wrapper's loop threads (a blocking call there would wait for itself)."""
+    return getattr(_this_thread, "loop", False)
 
 
 _loops: dict[str, LoopThread] = {}

@@ -420,15 +420,17 @@ def test_shutdown_ends_running_streams_and_later_calls_start_afresh(backend: str
 # --------------------------------------------------------------------------- loops and threads
 
 
-def test_clear_error_inside_a_running_loop(backend: str) -> None:
+def test_a_thread_running_its_own_loop_may_block(backend: str) -> None:
+    """A notebook cell: the caller's thread runs a loop; the run goes on the wrapper's loop thread."""
     pipeline = numbers(n=3) | inc()
 
     async def main() -> None:
-        with pytest.raises(EventLoopRunningError, match=r"collect\(\)") as info:
-            pipeline.run_blocking(backend="asyncio")
-        assert "stream()" in str(info.value)
-        with pytest.raises(EventLoopRunningError):
-            pipeline.iter_blocking(backend="trio").__enter__()
+        assert pipeline.run_blocking(backend="asyncio") == [1, 2, 3]
+        with pipeline.iter_blocking(backend="trio") as items:
+            assert next(items) == 1  # streaming, then closed by the `with`
+        stream = pipeline.iter_blocking(backend="uvloop").__enter__()
+        assert next(stream) == 1
+        del stream  # abandoned: closing it waits for the run (on its own loop), it never skips the wait
         assert await pipeline.collect() == [1, 2, 3]
 
     _run_on(main, backend)
