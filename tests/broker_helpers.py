@@ -36,3 +36,179 @@ def check_refused_on_trio(make_source: Callable[[], Any]) -> None:
 
     with pytest.raises(BackendNotSupported, match="asyncio"):
         anyio.run(main, backend="trio")
+
+
+class RestartableServer:
+    """A redis-server or nats-server (JetStream) on a fixed 127.0.0.1 port that keeps its data across restarts.
+
+    Redis writes every command to its append-only file (``appendfsync always``)
+    and nats-server keeps JetStream in its store directory, so ``stop()``
+    followed by ``start()`` is a broker outage, not a loss of data.
+    """
+
+    def __init__(self, kind: str) -> None:
+        import tempfile
+
+        from tests import servers
+
+        binary = servers.redis_binary() if kind == "redis" else servers.nats_binary()
+        if binary is None:
+            servers._missing(f"{kind} server not installed")
+        self.kind = kind
+        self.binary = str(binary)
+        self.port = servers.free_port()
+        self.dir = tempfile.mkdtemp(prefix=f"talkpipe-{kind}-outage-")
+        self.proc: Any = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        """The server's URL."""
+        if self.kind == "redis":
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"nats://127.0.0.1:{self.port}"
+
+    def _args(self) -> list[str]:
+        if self.kind == "redis":
+            return [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--save", "",
+                    "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no",
+                    "--daemonize", "no", "--loglevel", "warning"]
+        return [self.binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.dir,
+                "--server_name", "outage"]
+
+    def start(self) -> None:
+        """Start the server and wait (bounded) until it answers."""
+        import subprocess
+        from pathlib import Path
+
+        from tests import servers
+
+        log = Path(self.dir) / f"server-{self.starts}.log"
+        self.starts += 1
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(self._args(), stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL)
+        probe = (b"PING\r\n", b"+PONG") if self.kind == "redis" else (None, None)
+        servers._wait_ready(self.proc, self.port, probe[0], probe[1], log)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM: Redis syncs its file, nats-server its store), bounded."""
+        from tests import servers
+
+        if self.proc is not None:
+            servers._stop(self.proc)
+            self.proc = None
+
+    def outage(self, seconds: float) -> None:
+        """Stop the server, keep it down for *seconds* (the length of the outage), start it again."""
+        self.stop()
+        time.sleep(seconds)  # the outage itself, not a synchronisation
+        self.start()
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        import shutil
+
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_worker(broker: str, url: str, stream: str, group: str, results: str, name: str, *, batch: int = 50,
+                 claim_idle: float = 30.0, idle_exit: float = 1.0, extra: tuple[str, ...] = ()) -> Any:
+    """Start one ``tests.scaleout_worker`` process (stdout/stderr captured as text)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", os.environ.get("TALKPIPE_TEST_WORKER", "tests.scaleout_worker"), "--broker", broker, "--url", url, "--stream", stream,
+           "--group", group, "--results", results, "--name", name, "--batch", str(batch),
+           "--claim-idle", str(claim_idle), "--idle-exit", str(idle_exit), *extra]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_all(procs: list[Any], deadline: float) -> list[tuple[int, str, str]]:
+    """Wait (bounded by the monotonic *deadline*) for every worker; return (code, stdout, stderr) each."""
+    import subprocess
+
+    out = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            stdout, stderr = p.communicate()
+            raise AssertionError(f"worker did not finish in time: {stderr[-3000:]}") from None
+        out.append((p.returncode, stdout, stderr))
+    return out
+
+
+def counter(stdout: str, name: str) -> int:
+    """A ``name=<n>`` counter printed by a worker."""
+    import re
+
+    match = re.search(rf"\b{name}=(\d+)", stdout)
+    assert match, f"worker printed no {name}: {stdout!r}"
+    return int(match.group(1))
+
+
+def wait_until(check: Callable[[], bool], deadline: float, what: str) -> None:
+    """Poll a server-side condition with a bound (no event crosses processes)."""
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+async def nats_fill(url: str, subject: str, payloads: list[Any], *, streams: dict[str, list[str]]) -> None:
+    """Create *streams* (name -> subjects) and publish *payloads* (JSON) to *subject*."""
+    import json
+
+    import nats
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    for name, subjects in streams.items():
+        await js.add_stream(name=name, subjects=subjects)
+    for start in range(0, len(payloads), 1000):
+        futures = [await js.publish_async(subject, json.dumps(p).encode()) for p in payloads[start:start + 1000]]
+        for f in futures:
+            await f
+    await nc.close()
+
+
+async def nats_read(url: str, stream: str) -> list[Any]:
+    """Every message of *stream*, decoded from JSON (a direct read, no consumer)."""
+    import json
+
+    import nats
+
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    try:
+        info = await js.stream_info(stream)
+    except nats.js.errors.NotFoundError:
+        await nc.close()
+        return []
+    out: list[Any] = []
+    psub = await js.subscribe(info.config.subjects[0], stream=stream, ordered_consumer=True)
+    while len(out) < info.state.messages:
+        msg = await psub.next_msg(timeout=5)
+        out.append(json.loads(msg.data))
+    await psub.unsubscribe()
+    await nc.close()
+    return out
+
+
+async def nats_count(url: str, stream: str) -> int:
+    """Messages stored in *stream* (0 when it does not exist yet)."""
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        return int((await nc.jetstream().stream_info(stream)).state.messages)
+    except nats.js.errors.NotFoundError:
+        return 0
+    finally:
+        await nc.close()

@@ -5,7 +5,11 @@ pull consumer (NATS JetStream), records every handled message as a result
 ``{"i": payload index, "mid": message id, "w": worker name}`` written by the
 matching sink, and acknowledges each message after its result is written.
 It exits after ``--idle-exit`` seconds without a message and prints
-``handled=<n> redelivered=<n>``.
+``handled=<n> redelivered=<n> outages=<n> isolated=<n> handed_back=<n>``.
+``--delay`` adds that many seconds of work per message; a payload with
+``"poison": true`` raises (the run fails, the process exits 1) unless
+``--on-error`` says otherwise; ``--serve`` runs the pipeline with
+``run_worker`` (SIGTERM / SIGINT stop it cleanly; the exit code is its own).
 """
 
 from __future__ import annotations
@@ -24,36 +28,58 @@ from talkpipe_async.connectors import (
     RedisStreamSink,
     RedisStreamSource,
     consume,
+    serve,
 )
 
 
-def make_record(name: str) -> Any:
+class Poisoned(RuntimeError):
+    """The payload of a poison message."""
+
+
+def make_record(name: str, delay: float) -> Any:
     """A segment that replaces each payload by the result record (the token stays)."""
 
     @segment
     async def record(items: AsyncIterator[Message[Any]]) -> AsyncIterator[Message[Any]]:
         async for message in items:
-            yield message.with_data({"i": message.data["i"], "mid": message.id, "w": name})
+            if message.data.get("poison"):
+                raise Poisoned(f"poison message {message.data['i']}")
+            if delay:
+                await anyio.sleep(delay)  # the work of one message
+            yield message.with_data({"i": message.data["i"], "mid": message.id, "w": name,
+                                     "d": message.deliveries})
 
     return record()
 
 
 async def main(args: argparse.Namespace) -> None:
     """Run the worker pipeline until the feed stays idle."""
+    budget = args.outage_budget
     if args.broker == "redis":
         src: Any = RedisStreamSource(
             args.stream, args.group, url=args.url, consumer=args.name, batch=args.batch, block=0.1,
-            claim_idle=args.claim_idle, idle_exit=args.idle_exit,
+            claim_idle=args.claim_idle, idle_exit=args.idle_exit, outage_budget=budget,
         )
-        sink: Any = RedisStreamSink(args.results, url=args.url, batch=args.batch)
+        sink: Any = RedisStreamSink(args.results, url=args.url, batch=args.batch, outage_budget=budget)
     else:
         src = JetStreamSource(
             args.stream, args.group, servers=args.url, batch=args.batch, fetch_wait=0.1, ack_wait=args.claim_idle,
-            max_ack_pending=args.batch * 4, idle_exit=args.idle_exit,
+            max_ack_pending=args.batch * 4, idle_exit=args.idle_exit, outage_budget=budget,
         )
-        sink = JetStreamSink(args.results, servers=args.url, batch=args.batch)
-    handled = await consume(src | make_record(args.name) | sink)
-    print(f"handled={handled} redelivered={src.stats.redelivered}", flush=True)
+        sink = JetStreamSink(args.results, servers=args.url, batch=args.batch, outage_budget=budget)
+    pipeline = src | make_record(args.name, args.delay) | sink
+    code = 0
+    if args.serve:
+        result = await serve(pipeline, drain_timeout=20.0)
+        handled, code = result.handled, result.exit_code
+    else:
+        handled = await consume(pipeline)
+    stats = src.stats
+    print(f"handled={handled} redelivered={stats.redelivered} outages={stats.outages} isolated={stats.isolated} "
+          f"handed_back={stats.handed_back} sink_outages={sink.stats.outages} rewritten={sink.stats.rewritten}",
+          flush=True)
+    if code:
+        raise SystemExit(code)
 
 
 def parse() -> argparse.Namespace:
@@ -68,6 +94,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=50)
     p.add_argument("--claim-idle", type=float, default=30.0)
     p.add_argument("--idle-exit", type=float, default=1.0)
+    p.add_argument("--delay", type=float, default=0.0)
+    p.add_argument("--outage-budget", type=float, default=60.0)
+    p.add_argument("--serve", action="store_true")
     return p.parse_args()
 
 

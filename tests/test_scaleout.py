@@ -140,7 +140,8 @@ def test_redis_kill_one_worker_mid_stream(redis_url: str) -> None:
     assert set(counts) == set(range(N)), f"lost {N - len(counts)} messages"
     duplicates = {r["mid"] for r in records if counts[r["i"]] > 1}
     n_dup = sum(c - 1 for c in counts.values())
-    assert duplicates <= in_flight, "a message not in flight at the dead worker was handled twice"
+    extra = [r for r in records if r["mid"] in duplicates - in_flight]
+    assert duplicates <= in_flight, f"a message not in flight at the dead worker was handled twice: {extra[:6]}"
     # in flight per worker: the source's batch + the sink's channel and the batch it is writing + unsent acks
     assert n_dup <= len(in_flight) <= 4 * BATCH
     assert int(client.xpending(stream, group)["pending"]) == 0

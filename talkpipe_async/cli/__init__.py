@@ -54,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
         return EXIT_OK
+    if args.command == "worker":
+        from .worker import run_worker_command
+
+        return run_worker_command(args)
     from .build import run_command
 
     return run_command(args)

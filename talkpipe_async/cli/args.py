@@ -203,7 +203,7 @@ def _common(debug_only: bool = False) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser: ``tail``, ``read``, ``http``, ``tcp``, ``listen``, ``exec``, ``run`` and ``demo``."""
+    """The full parser: ``tail``, ``read``, ``http``, ``tcp``, ``listen``, ``exec``, ``run``, ``worker``, ``demo``."""
     parser = argparse.ArgumentParser(
         prog="talkpipe-async",
         description="Run streaming pipelines from the command line: read a source, filter, write to destinations.",
@@ -269,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
               "The current directory is importable.")
     run.add_argument("target", metavar="MODULE:ATTRIBUTE")
 
+    worker = sub.add_parser(
+        "worker", help="run a broker pipeline (module:attribute) as a worker; stop cleanly on SIGTERM/SIGINT",
+        description="Import MODULE and take ATTRIBUTE: a Pipeline starting with a Redis Streams or JetStream "
+                    "source, or a callable with no arguments returning one. Each output is acknowledged. On "
+                    "SIGTERM/SIGINT the worker stops fetching, hands back what it fetched but had not started, "
+                    "finishes and acknowledges what is in progress, and exits 0; a second signal or "
+                    "--drain-timeout cuts the drain short (exit 143).")
+    worker.add_argument("target", metavar="MODULE:ATTRIBUTE")
+    worker.add_argument("--drain-timeout", type=positive_float, default=30.0, metavar="SECONDS",
+                        help="longest time to finish what is in progress after a stop signal (default 30)")
+    worker.add_argument("--uvloop", action="store_true", help="run on uvloop (default: asyncio)")
+
     demo = sub.add_parser("demo",
                           help="run a live demo: a local SSE feed on 127.0.0.1 and a pipeline over it "
                                "(no external service)",
@@ -295,7 +307,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             name, sep, _ = header.partition(":")
             if not sep or not name.strip():
                 parser.error(f"--header: expected NAME:VALUE, got {header!r}")
-    if args.command != "demo":
+    if args.command == "worker" and ":" not in args.target:
+        parser.error(f"worker: expected MODULE:ATTRIBUTE, got {args.target!r}")
+    if args.command not in ("demo", "worker"):
         if args.command == "tail" and args.durable and not args.checkpoint:
             parser.error("--durable needs --checkpoint")
         if args.backend == "trio" and any(s.kind in ("redis", "nats") for s in args.to):

@@ -7,7 +7,9 @@
 
 Sources yield :class:`Message` items (``.data`` plus an acknowledgement
 token); end the pipeline with :func:`ack` (or run it with :func:`consume`)
-so each message is acknowledged after it has been fully handled.  The client
+so each message is acknowledged after it has been fully handled.
+:func:`run_worker` / :func:`serve` run such a pipeline as a worker process
+that stops cleanly on SIGTERM / SIGINT.  The client
 libraries are imported only when a stage runs, with a clear error when
 missing.  They are asyncio libraries: these stages run on asyncio or uvloop,
 not on trio (:class:`BackendNotSupported`).  See ``docs/scale-out.md``.
@@ -33,10 +35,13 @@ from ._base import (
     map_data,
     messages_in,
 )
+from ._outage import DEFAULT_OUTAGE_BUDGET
+from ._worker import WorkerResult, run_worker, serve
 from .nats import JetStreamSink, JetStreamSource, connect_nats
 from .redis import RedisStreamSink, RedisStreamSource, connect_redis, ensure_group
 
 __all__ = [
+    "DEFAULT_OUTAGE_BUDGET",
     "Ack",
     "AckToken",
     "BackendNotSupported",
@@ -54,6 +59,7 @@ __all__ = [
     "MissingClient",
     "RedisStreamSink",
     "RedisStreamSource",
+    "WorkerResult",
     "ack",
     "connect_nats",
     "connect_redis",
@@ -62,4 +68,6 @@ __all__ = [
     "filter_data",
     "map_data",
     "messages_in",
+    "run_worker",
+    "serve",
 ]

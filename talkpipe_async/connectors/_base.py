@@ -39,6 +39,7 @@ import anyio
 from .._core._channel import Channel, ChannelClosed
 from .._core._run import current_run
 from .._core._segment import AbstractSegment, AbstractSource
+from ._outage import BrokerUnavailable
 
 __all__ = [
     "Ack",
@@ -66,10 +67,6 @@ T = TypeVar("T")
 logger = logging.getLogger("talkpipe_async.connectors")
 
 CLOSE_TIMEOUT = 5.0
-
-
-class BrokerUnavailable(ConnectionError):
-    """The broker could not be reached after the configured, bounded retries."""
 
 
 class MissingClient(ImportError):
@@ -129,6 +126,14 @@ class ConnectorStats:
     """Items written by a sink (acknowledged by the broker)."""
     write_batches: int = 0
     """Write round trips of a sink."""
+    outages: int = 0
+    """Broker outages ridden out (calls that failed, then succeeded again within ``outage_budget``)."""
+    isolated: int = 0
+    """Redelivered messages handed downstream one at a time (nothing else in progress)."""
+    handed_back: int = 0
+    """Messages returned to the broker unhandled when the stage stopped (claimable / redelivered at once)."""
+    rewritten: int = 0
+    """Items a sink wrote again after a failed round trip (the first attempt may have been stored too)."""
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict."""
@@ -143,12 +148,23 @@ class AckToken(ABC):
     cannot acknowledge twice).
     """
 
-    __slots__ = ("deliveries", "id", "settled")
+    __slots__ = ("_on_settle", "deliveries", "id", "settled", "suspect")
 
-    def __init__(self, id: str, deliveries: int) -> None:
+    def __init__(self, id: str, deliveries: int, suspect: bool = False) -> None:
         self.id = id
         self.deliveries = deliveries
         self.settled = False
+        self.suspect = suspect
+        self._on_settle: Callable[[AckToken], None] | None = None
+
+    def _settle(self) -> bool:
+        """Mark the token settled; False if it already was (the caller then does nothing)."""
+        if self.settled:
+            return False
+        self.settled = True
+        if self._on_settle is not None:
+            self._on_settle(self)
+        return True
 
     @abstractmethod
     async def ack(self) -> None:
@@ -387,7 +403,42 @@ async def consume(
 
 
 class BrokerSession(ABC):
-    """One connection of a source for one run: reads batches, settles tokens."""
+    """One connection of a source for one run: reads batches, settles tokens.
+
+    The session keeps the tokens of the messages handed downstream and not
+    yet settled (``held``) and the rest of the batch being handed out
+    (``unyielded``): when the run ends, :meth:`hand_back` returns what is
+    left to the broker at once.  ``failure`` is an error of the background
+    work (acknowledgements that could not be sent within the outage budget):
+    the read loop raises it, so it ends the run with its own type.
+    """
+
+    def __init__(self) -> None:
+        self.held: dict[str, AckToken] = {}
+        self.unyielded: list[Message[Any]] = []
+        self.unyielded_from = 0
+        self.failure: BaseException | None = None
+        self._drained: anyio.Event | None = None
+
+    def track(self, token: AckToken) -> None:
+        """Remember a token handed downstream until it is settled."""
+        token._on_settle = self._settled
+        self.held[token.id] = token
+
+    def _settled(self, token: AckToken) -> None:
+        self.held.pop(token.id, None)
+        if not self.held and self._drained is not None:
+            self._drained.set()
+
+    async def wait_drained(self, limit: float) -> bool:
+        """Wait (at most *limit* s) until every message handed downstream is settled."""
+        if not self.held:
+            return True
+        self._drained = anyio.Event()
+        with anyio.move_on_after(limit):
+            await self._drained.wait()
+        self._drained = None
+        return not self.held
 
     @abstractmethod
     async def read(self, count: int, wait: float) -> list[Message[Any]]:
@@ -398,8 +449,19 @@ class BrokerSession(ABC):
         await anyio.sleep_forever()
 
     @abstractmethod
+    async def hand_back(self, tokens: list[AckToken]) -> None:
+        """Return unhandled messages to the broker so that any consumer gets them at once."""
+
+    def leftovers(self) -> list[AckToken]:
+        """Tokens not settled: handed downstream and unfinished, or never handed out."""
+        tokens = [t for t in self.held.values() if not t.settled]
+        tokens += [m.token for m in self.unyielded[self.unyielded_from:] if not m.token.settled]
+        self.unyielded = []
+        return tokens
+
+    @abstractmethod
     async def aclose(self) -> None:
-        """Flush pending acknowledgements and disconnect."""
+        """Flush pending acknowledgements, hand back what is left, and disconnect."""
 
 
 async def _close_shielded(closer: Callable[[], Awaitable[None]]) -> None:
@@ -425,9 +487,20 @@ class BrokerSource(AbstractSource[Message[Any]]):
     after that many seconds without a message (None: never end).  The
     connection lives until the run ends, so acknowledgements issued by any
     later stage, even after the source has finished, still reach the broker.
+
+    A redelivered message (``token.suspect``: it was in progress when an
+    instance failed) is handed downstream only once everything handed out
+    before it is settled, and nothing follows it until it is settled (or
+    ``isolate_timeout`` s passed): if it is the message that makes the
+    pipeline fail, it fails alone and only its own delivery count grows.
+
+    :meth:`stop` asks the source to stop fetching: the rest of the current
+    batch is handed back to the broker at once and the stream ends, so the
+    stages after it finish (and acknowledge) what is in progress.
     """
 
-    def __init__(self, *, batch: int, idle_exit: float | None, wait: float, name: str) -> None:
+    def __init__(self, *, batch: int, idle_exit: float | None, wait: float, name: str,
+                 isolate_timeout: float = 10.0) -> None:
         super().__init__(emits_metadata=False)
         if batch < 1:
             raise ValueError("batch must be at least 1")
@@ -435,7 +508,13 @@ class BrokerSource(AbstractSource[Message[Any]]):
         self.idle_exit = idle_exit
         self.wait = wait
         self.name = name
+        self.isolate_timeout = isolate_timeout
         self.stats = ConnectorStats()
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Stop fetching: hand back what is not yet handed downstream and end the stream (within ``wait`` s)."""
+        self.stopping = True
 
     @abstractmethod
     async def _open(self) -> BrokerSession:
@@ -444,6 +523,7 @@ class BrokerSource(AbstractSource[Message[Any]]):
     async def generate(self) -> AsyncIterator[Message[Any]]:
         """Yield messages as the pipeline pulls them."""
         require_asyncio(self.label)
+        self.stopping = False
         session = await self._open()
         try:
             run = current_run()
@@ -455,7 +535,11 @@ class BrokerSource(AbstractSource[Message[Any]]):
             idle_exit = self.idle_exit
             last = anyio.current_time()
             batch = self.batch
-            while True:
+            stats = self.stats
+            track = session.track
+            while not self.stopping:
+                if session.failure is not None:
+                    raise session.failure
                 wait = self.wait
                 if idle_exit is not None:
                     remaining = idle_exit - (anyio.current_time() - last)
@@ -466,8 +550,24 @@ class BrokerSource(AbstractSource[Message[Any]]):
                 if not messages:
                     continue
                 last = anyio.current_time()
-                for message in messages:
+                session.unyielded_from = 0
+                session.unyielded = messages
+                for index, message in enumerate(messages, 1):
+                    if self.stopping:
+                        break
+                    token = message.token
+                    if token.suspect:
+                        await session.wait_drained(self.isolate_timeout)
+                        stats.isolated += 1
+                    track(token)
+                    session.unyielded_from = index
                     yield message
+                    if token.suspect:
+                        await session.wait_drained(self.isolate_timeout)
+            rest = [m.token for m in session.unyielded[session.unyielded_from:] if not m.token.settled]
+            session.unyielded = []
+            if rest:
+                await _close_shielded(lambda: session.hand_back(rest))
         finally:
             if run is None:
                 await _close_shielded(session.aclose)

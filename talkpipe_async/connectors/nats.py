@@ -8,7 +8,11 @@ work.  The server redelivers any message not acknowledged within
 consumer at ``max_ack_pending``, and stops after ``max_deliveries + 1``
 deliveries; the source dead-letters (publishes to ``dead_letter`` and
 ``term``s) a message delivered more than ``max_deliveries`` times or whose
-payload the decoder rejects.
+payload the decoder rejects.  A redelivered message is handed downstream
+alone (fetched one at a time while redeliveries come), so a poison message
+fails alone.  Through a broker outage the client reconnects for
+``outage_budget`` seconds (the durable consumer keeps its state on the
+server); then the run fails with :class:`BrokerUnavailable`.
 
 Needs ``pip install "talkpipe-async[nats]"`` and the asyncio backend.
 """
@@ -18,8 +22,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
+
+import anyio
 
 from ._base import (
     AckToken,
@@ -27,15 +34,19 @@ from ._base import (
     BrokerSession,
     BrokerSink,
     BrokerSource,
-    BrokerUnavailable,
     ConnectorStats,
     Message,
     import_client,
 )
+from ._outage import DEFAULT_OUTAGE_BUDGET, BrokerUnavailable, OutageGuard
 
-__all__ = ["JetStreamSink", "JetStreamSource", "JetStreamToken", "connect_nats"]
+__all__ = ["JetStreamSink", "JetStreamSource", "JetStreamToken", "NatsLink", "connect_nats", "nats_transient"]
 
 logger = logging.getLogger("talkpipe_async.connectors")
+
+CULPRIT_DELAY = 2.0
+"""Seconds before a message that was in progress alone when its run failed is delivered again: the messages
+handed back with it are handled first."""
 
 
 def _json_decode(raw: bytes) -> Any:
@@ -46,13 +57,43 @@ def _json_encode(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+def nats_transient() -> tuple[type[BaseException], ...]:
+    """The nats-py errors that mean "the server is unreachable or not ready now"."""
+    nats = import_client("nats", "nats")
+    e, j = nats.errors, nats.js.errors
+    return (e.ConnectionClosedError, e.ConnectionReconnectingError, e.OutboundBufferLimitError,
+            e.NoRespondersError, e.StaleConnectionError, e.FlushTimeoutError, e.TimeoutError,
+            j.ServiceUnavailableError, j.TooManyStalledMsgsError, OSError, asyncio.TimeoutError)
+
+
+class NatsLink:
+    """A connection and what it went through: when it was lost, whether it ever was."""
+
+    def __init__(self) -> None:
+        self.nc: Any = None
+        self.down_since: float | None = None
+        self.ever_down = False
+
+    async def disconnected(self) -> None:
+        """Client callback: the connection was lost (the client reconnects)."""
+        if self.down_since is None:
+            self.down_since = anyio.current_time()
+        self.ever_down = True
+
+    async def reconnected(self) -> None:
+        """Client callback: connected again."""
+        self.down_since = None
+
+
 async def connect_nats(servers: str | list[str], *, retries: int = 3, connect_timeout: float = 2.0,
-                        **options: Any) -> Any:
+                       link: NatsLink | None = None, **options: Any) -> Any:
     """A connected ``nats.aio.client.Client``.
 
     The first connection is tried ``retries + 1`` times per server (0.1 s
-    apart); then :class:`BrokerUnavailable` names the servers.  Later
-    disconnections are retried by the client the same number of times.
+    apart); then :class:`BrokerUnavailable` names the servers.  Once
+    connected, the client reconnects without a limit of attempts: the stages
+    bound an outage in time (``outage_budget``) and close the client then.
+    *link* records disconnections.
     """
     nats = import_client("nats", "nats")
     errors: list[BaseException] = []
@@ -62,14 +103,22 @@ async def connect_nats(servers: str | list[str], *, retries: int = 3, connect_ti
         logger.debug("nats client error: %r", exc)
 
     options.setdefault("error_cb", on_error)
+    if link is not None:
+        options.setdefault("disconnected_cb", link.disconnected)
+        options.setdefault("reconnected_cb", link.reconnected)
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             servers, connect_timeout=connect_timeout, max_reconnect_attempts=retries, reconnect_time_wait=0.1,
             allow_reconnect=True, **options,
         )
     except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as err:
         detail = f"{errors[-1]!r}" if errors else repr(err)
         raise BrokerUnavailable(f"nats at {servers} is unreachable after {retries + 1} attempts: {detail}") from err
+    nc.options["max_reconnect_attempts"] = -1
+    nc.options["reconnect_time_wait"] = 0.25
+    if link is not None:
+        link.nc = nc
+    return nc
 
 
 class JetStreamToken(AckToken):
@@ -77,33 +126,27 @@ class JetStreamToken(AckToken):
 
     __slots__ = ("_msg", "_session")
 
-    def __init__(self, session: _JetStreamSession, msg: Any, id: str, deliveries: int) -> None:
-        super().__init__(id, deliveries)
+    def __init__(self, session: _JetStreamSession, msg: Any, id: str, deliveries: int, suspect: bool) -> None:
+        super().__init__(id, deliveries, suspect)
         self._session = session
         self._msg = msg
 
     async def ack(self) -> None:
         """``+ACK`` (sent without waiting for the server; flushed at the end of the run)."""
-        if self.settled:
-            return
-        self.settled = True
-        self._session.stats.acked += 1
-        await self._msg.ack()
+        if self._settle():
+            self._session.stats.acked += 1
+            await self._msg.ack()
 
     async def nak(self, delay: float | None = None) -> None:
         """``-NAK``: redeliver (after *delay* seconds)."""
-        if self.settled:
-            return
-        self.settled = True
-        self._session.stats.naked += 1
-        await self._msg.nak(delay=delay)
+        if self._settle():
+            self._session.stats.naked += 1
+            await self._msg.nak(delay=delay)
 
     async def term(self, reason: str) -> None:
         """Publish to the dead-letter subject with *reason*, then ``+TERM``."""
-        if self.settled:
-            return
-        self.settled = True
-        await self._session.dead_letter(self._msg, reason, self.deliveries)
+        if self._settle():
+            await self._session.dead_letter(self._msg, reason, self.deliveries)
 
     async def touch(self) -> None:
         """``+WPI``: still working, reset the ``ack_wait`` clock."""
@@ -112,37 +155,55 @@ class JetStreamToken(AckToken):
 
 
 class _JetStreamSession(BrokerSession):
-    def __init__(self, source: JetStreamSource, nc: Any, js: Any, sub: Any) -> None:
+    def __init__(self, source: JetStreamSource, link: NatsLink, js: Any, sub: Any) -> None:
+        super().__init__()
         self.src = source
-        self.nc = nc
+        self.link = link
+        self.nc = link.nc
         self.js = js
         self.sub = sub
         self.stats: ConnectorStats = source.stats
+        self.isolating = False
+        self.guard = OutageGuard(source.label, f"nats at {source.servers}", source.outage_budget, nats_transient(),
+                                 call_timeout=source.timeout + 5.0, on_outage=self._outage_started)
+
+    def _outage_started(self) -> None:
+        self.stats.outages += 1
 
     async def dead_letter(self, msg: Any, reason: str, deliveries: int) -> None:
         src = self.src
-        if src.dead_letter is not None:
+        if src.dead_letter_subject is not None:
             headers = {"dlq-stream": src.stream_name, "dlq-subject": msg.subject,
                        "dlq-seq": str(msg.metadata.sequence.stream), "dlq-reason": reason[:1000],
                        "dlq-deliveries": str(deliveries)}
-            await self.js.publish(src.dead_letter, msg.data, headers=headers)
+            await self.guard.call("dead-letter publish", self.js.publish, src.dead_letter_subject, msg.data,
+                                  headers=headers, timeout=src.timeout)
+            logger.warning("%s: message %s moved to %s: %s", src.label, msg.metadata.sequence.stream,
+                           src.dead_letter_subject, reason)
         else:
-            logger.warning("%s: message %s terminated without a dead-letter subject: %s",
+            logger.warning("%s: message %s terminated and dropped (dead_letter=False): %s",
                            src.label, msg.metadata.sequence.stream, reason)
         await msg.term()
         self.stats.dead_lettered += 1
 
-    async def read(self, count: int, wait: float) -> list[Message[Any]]:
-        self.stats.reads += 1
+    async def _fetch(self, count: int, wait: float) -> list[Any]:
         try:
-            raw = await self.sub.fetch(count, timeout=max(wait, 0.01))
+            return list(await self.sub.fetch(count, timeout=wait))
         except asyncio.TimeoutError:  # nats.errors.TimeoutError is a subclass; fetch raises either
-            return []
+            if self.link.down_since is None and self.nc.is_connected:
+                return []
+            raise import_client("nats", "nats").errors.ConnectionReconnectingError() from None
+
+    async def read(self, count: int, wait: float) -> list[Any]:
+        self.stats.reads += 1
+        raw = await self.guard.call("fetch", self._fetch, 1 if self.isolating else count, max(wait, 0.01),
+                                    deadline_extra=wait)
         out: list[Message[Any]] = []
         src = self.src
         decode = src.decode
         max_deliveries = src.max_deliveries
         stats = self.stats
+        suspects = 0
         for msg in raw:
             metadata = msg.metadata
             deliveries = metadata.num_delivered
@@ -158,16 +219,39 @@ class _JetStreamSession(BrokerSession):
                 continue
             if deliveries > 1:
                 stats.redelivered += 1
-            out.append(Message(data, JetStreamToken(self, msg, str(metadata.sequence.stream), deliveries)))
+                suspects += 1
+            out.append(Message(data, JetStreamToken(self, msg, str(metadata.sequence.stream), deliveries,
+                                                    deliveries > 1)))
         stats.delivered += len(out)
+        # while redeliveries come, fetch one at a time (a delivery raises only the fetched message's count)
+        self.isolating = suspects > 0
+        if suspects and suspects < len(out):
+            out.sort(key=lambda m: m.token.suspect)  # fresh messages first, then the suspects one by one
         return out
+
+    async def hand_back(self, tokens: list[AckToken]) -> None:
+        """``-NAK`` each: the server delivers them again at once (to any instance)."""
+        for token in tokens:
+            await token.nak()
+            self.stats.handed_back += 1
 
     async def aclose(self) -> None:
         try:
+            for token in self.leftovers():
+                # a redelivered message still in progress alone when the run ended is the likely culprit:
+                # it comes back a little later, after the others handed back with it
+                if token.suspect and token.id in self.held:
+                    await token.nak(CULPRIT_DELAY)
+                else:
+                    await token.nak()
+                self.stats.handed_back += 1
             if self.nc.is_connected:
                 await self.nc.flush(timeout=2)
         finally:
             await self.nc.close()
+
+
+DeadLetter = str | Literal[False] | None
 
 
 class JetStreamSource(BrokerSource):
@@ -182,13 +266,22 @@ class JetStreamSource(BrokerSource):
     * ``ack_wait``: seconds before the server redelivers an unacknowledged
       message; ``max_ack_pending``: in-flight cap of the consumer (all
       instances together); ``max_deliveries``: more deliveries than this go
-      to ``dead_letter`` (a subject some stream captures; None: terminated
-      and logged as a warning, still counted).
+      to the dead letter.
+    * ``dead_letter``: None (default): a copy goes to subject
+      ``dlq.<stream>``, stored in stream ``<stream>_DLQ`` (created when
+      missing); a subject: published there (some stream must store it);
+      ``False``: terminated and dropped, logged as a warning and counted
+      (an explicit choice to lose poison messages).
     * ``decode``: bytes -> payload (default ``json.loads``; None: raw bytes).
     * ``create``: create or update the durable consumer with these settings
       (otherwise bind to an existing one).
     * ``idle_exit``: end the stream after this many seconds without a message.
-    * ``retries`` / ``timeout``: bounded connection retries.
+    * ``retries`` / ``timeout``: bounded retries of the first connection.
+    * ``outage_budget``: seconds the source rides out a lost connection
+      (the client reconnects; warnings logged) before the run fails with
+      :class:`BrokerUnavailable`.
+    * Redelivered messages are fetched and handed downstream one at a time;
+      when the run ends, messages not settled are handed back (``-NAK``).
     """
 
     def __init__(
@@ -203,15 +296,18 @@ class JetStreamSource(BrokerSource):
         ack_wait: float = 30.0,
         max_ack_pending: int = 1000,
         max_deliveries: int = 5,
-        dead_letter: str | None = None,
+        dead_letter: DeadLetter = None,
         decode: Callable[[bytes], Any] | None = _json_decode,
         create: bool = True,
         idle_exit: float | None = None,
         retries: int = 3,
         timeout: float = 2.0,
+        outage_budget: float = DEFAULT_OUTAGE_BUDGET,
+        isolate_timeout: float = 10.0,
         name: str | None = None,
     ) -> None:
-        super().__init__(batch=batch, idle_exit=idle_exit, wait=fetch_wait, name=name or f"jetstream:{stream}")
+        super().__init__(batch=batch, idle_exit=idle_exit, wait=fetch_wait, name=name or f"jetstream:{stream}",
+                         isolate_timeout=isolate_timeout)
         self.stream_name = stream
         self.durable = durable
         self.servers = servers
@@ -220,17 +316,31 @@ class JetStreamSource(BrokerSource):
         self.max_ack_pending = max_ack_pending
         self.max_deliveries = max_deliveries
         self.dead_letter = dead_letter
+        self.dead_letter_subject: str | None = (
+            f"dlq.{stream}" if dead_letter is None else (dead_letter or None))
         self.decode = decode
         self.create = create
         self.retries = retries
         self.timeout = timeout
+        self.outage_budget = outage_budget
+
+    async def _ensure_dead_letter_stream(self, js: Any) -> None:
+        nats = import_client("nats", "nats")
+        name = f"{self.stream_name}_DLQ"
+        try:
+            await js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(name=name, subjects=[f"dlq.{self.stream_name}"])
 
     async def _open(self) -> BrokerSession:
         api = import_client("nats.js.api", "nats")
-        nc = await connect_nats(self.servers, retries=self.retries, connect_timeout=self.timeout)
+        link = NatsLink()
+        nc = await connect_nats(self.servers, retries=self.retries, connect_timeout=self.timeout, link=link)
         try:
             js = nc.jetstream()
             if self.create:
+                if self.dead_letter is None:
+                    await self._ensure_dead_letter_stream(js)
                 config = api.ConsumerConfig(
                     durable_name=self.durable,
                     ack_policy=api.AckPolicy.EXPLICIT,
@@ -244,20 +354,76 @@ class JetStreamSource(BrokerSource):
         except BaseException:
             await nc.close()
             raise
-        return _JetStreamSession(self, nc, js, sub)
+        return _JetStreamSession(self, link, js, sub)
 
 
 class _JetStreamWriter(BatchWriter):
-    def __init__(self, sink: JetStreamSink, nc: Any, js: Any) -> None:
+    def __init__(self, sink: JetStreamSink, link: NatsLink) -> None:
         self.sink = sink
-        self.nc = nc
-        self.js = js
+        self.link = link
+        self.nc = link.nc
+        self.js = link.nc.jetstream()
+        self.prefix = uuid.uuid4().hex
+        self.sequence = 0
+        self.guard = OutageGuard(sink.label, f"nats at {sink.servers}", sink.outage_budget, nats_transient(),
+                                 call_timeout=sink.timeout, on_outage=self._outage_started)
+        self.no_stream = import_client("nats", "nats").js.errors.NoStreamResponseError
+
+    def _outage_started(self) -> None:
+        self.sink.stats.outages += 1
+
+    def _retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, self.guard.transient):
+            return True
+        # right after a reconnection JetStream answers "no responders" until its streams are recovered
+        return isinstance(exc, self.no_stream) and self.link.ever_down
 
     async def write(self, payloads: list[Any]) -> None:
+        sink = self.sink
+        ids: list[str | None] = [None] * len(payloads)
+        if sink.dedup:
+            base = self.sequence
+            self.sequence += len(payloads)
+            ids = [f"{self.prefix}-{base + i}" for i in range(len(payloads))]
+        todo = list(range(len(payloads)))
+        while todo:
+            failed, cause = await self._publish(payloads, ids, todo)
+            if not failed:
+                self.guard.recovered()
+                return
+            if cause is not None and not self._retryable(cause):
+                raise cause
+            sink.stats.rewritten += len(failed)
+            await self.guard.failed("publish", cause or TimeoutError("no publish acknowledgement in time"))
+            todo = failed
+
+    async def _publish(self, payloads: list[Any], ids: list[str | None],
+                       todo: list[int]) -> tuple[list[int], BaseException | None]:
+        """Publish *todo*; return those not stored in time (and the last error) once all settled or timed out."""
         js = self.js
         subject = self.sink.subject
-        futures = [await js.publish_async(subject, payload) for payload in payloads]
-        await asyncio.gather(*futures)
+        futures: dict[int, asyncio.Future[Any]] = {}
+        cause: BaseException | None = None
+        try:
+            for i in todo:
+                headers = None if ids[i] is None else {"Nats-Msg-Id": ids[i]}
+                futures[i] = await js.publish_async(subject, payloads[i], headers=headers,
+                                                    wait_stall=self.sink.timeout)
+        except self.guard.transient as exc:
+            cause = exc
+        if futures:
+            await asyncio.wait(list(futures.values()), timeout=self.sink.timeout)
+        failed = [i for i in todo if i not in futures]
+        for i, future in futures.items():
+            if not future.done():
+                future.cancel()
+                failed.append(i)
+            elif future.cancelled():
+                failed.append(i)
+            elif future.exception() is not None:
+                cause = future.exception()
+                failed.append(i)
+        return sorted(failed), cause
 
     async def aclose(self) -> None:
         await self.nc.close()
@@ -267,9 +433,16 @@ class JetStreamSink(BrokerSink):
     """Publish each item to *subject* and wait for the JetStream acknowledgements, per batch.
 
     A batch's messages are published back to back and the sink yields them
-    only once the server has stored every one (a failed publish raises,
-    naming the subject).  Place ``ack()`` after the sink to acknowledge the
-    source's messages once their results are stored.
+    only once the server has stored every one.  Each wait for an
+    acknowledgement has a deadline (``timeout``); what is not acknowledged
+    in time, or fails because the server is unreachable, is published again
+    until ``outage_budget`` seconds have passed, then the run fails with
+    :class:`BrokerUnavailable`.  With ``dedup=True`` (default) every message
+    carries a ``Nats-Msg-Id`` header, so the stream stores a republished
+    message once (within its duplicate window, 2 minutes by default).  Any
+    other error (no stream stores the subject, a rejected message) raises
+    at once.  Place ``ack()`` after the sink to acknowledge the source's
+    messages once their results are stored.
     """
 
     def __init__(
@@ -279,16 +452,21 @@ class JetStreamSink(BrokerSink):
         servers: str | list[str] = "nats://127.0.0.1:4222",
         batch: int = 100,
         encode: Callable[[Any], bytes] = _json_encode,
+        dedup: bool = True,
         retries: int = 3,
         timeout: float = 2.0,
+        outage_budget: float = DEFAULT_OUTAGE_BUDGET,
         name: str | None = None,
     ) -> None:
         super().__init__(batch=batch, encode=encode, name=name or f"jetstream-sink:{subject}")
         self.subject = subject
         self.servers = servers
+        self.dedup = dedup
         self.retries = retries
         self.timeout = timeout
+        self.outage_budget = outage_budget
 
     async def _open_writer(self) -> BatchWriter:
-        nc = await connect_nats(self.servers, retries=self.retries, connect_timeout=self.timeout)
-        return _JetStreamWriter(self, nc, nc.jetstream())
+        link = NatsLink()
+        await connect_nats(self.servers, retries=self.retries, connect_timeout=self.timeout, link=link)
+        return _JetStreamWriter(self, link)
