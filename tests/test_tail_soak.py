@@ -164,6 +164,7 @@ class Soak:
         self.ours: list[int] = []
         self.gnu: list[int] = []
         self.rotations = 0
+        self.thrown: set[int] = set()
 
     async def run(self) -> None:
         self.log.write_bytes(b"")
@@ -185,6 +186,12 @@ class Soak:
                 await wait_for(lambda: last_line_is(self.gnu_out, last), 30, "GNU tail to reach the last line")
         self.ours = numbers(self.ours_out.read_bytes())
         self.gnu = numbers(self.gnu_out.read_bytes())
+        kept: set[int] = set()
+        for f in self.dir.iterdir():
+            if f.name.startswith("app.log"):
+                kept.update(numbers(f.read_bytes()))
+        # Lines the rotation itself threw away: written between the end of a copy and the truncate.
+        self.thrown = set(range(self.total)) - kept
 
     async def _consume(self, items: Any, last: int) -> None:
         with anyio.fail_after(SECONDS * 4 + 30):
@@ -202,11 +209,20 @@ class Soak:
     def lost(self, got: list[int]) -> int:
         return self.total - len(set(got))
 
+    def missing(self, got: list[int]) -> set[int]:
+        return set(range(self.total)) - set(got)
+
     def report(self) -> str:
+        thrown = (
+            f"; thrown away by the rotation {len(self.thrown)}, of which read in time by tail_file "
+            f"{len(self.thrown & set(self.ours))}, by GNU tail {len(self.thrown & set(self.gnu))}"
+            if self.style == "copytruncate"
+            else ""
+        )
         return (
             f"{self.style} every {self.period * 1000:.0f} ms, rotate_grace {self.rotate_grace} s, "
             f"{self.total} lines, {self.rotations} rotations: lost by tail_file {self.lost(self.ours)}, "
-            f"by GNU tail -F {self.lost(self.gnu)}"
+            f"by GNU tail -F {self.lost(self.gnu)}{thrown}"
         )
 
 

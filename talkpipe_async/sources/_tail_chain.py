@@ -41,7 +41,7 @@ from ._tail_files import (
     read_checkpoint,
     write_json_atomically,
 )
-from ._watch import ARRIVALS, DirWatcher, open_watcher
+from ._watch import DirWatcher, open_watcher
 from .files import DROPPED, LineDecoder, Splitter
 
 if TYPE_CHECKING:
@@ -133,6 +133,7 @@ class _Tailer:
         self.scout_thread: threading.Thread | None = None
         self.scout_error: BaseException | None = None
         self.stop_fds: tuple[int, int] | None = None
+        self.wake_fds: tuple[int, int] | None = None
 
     # -- acknowledgement and checkpoints -------------------------------------------------
 
@@ -282,34 +283,64 @@ class _Tailer:
 
     # -- the scout: holds new files while the consumer is busy ----------------------------
 
-    def start_scout(self, watch: bool) -> None:
-        """Start the thread that opens each new file at the path as soon as it arrives."""
+    def start_scout(self, watch: bool) -> DirWatcher | None:
+        """Start the thread that holds each new file as soon as it arrives and reads ahead of the consumer.
+
+        Returns what the run waits on between polls: a wake-up pipe the scout writes to after each change
+        it saw in the directory (inotify), or None where there is no inotify (the run then just sleeps).
+        """
         self.stop_fds = os.pipe()
-        watcher = open_watcher(os.path.dirname(os.path.abspath(self.path)), ARRIVALS) if watch else None
+        watcher = open_watcher(os.path.dirname(os.path.abspath(self.path))) if watch else None
+        waker = None
+        if watcher is not None:
+            self.wake_fds = os.pipe()
+            for fd in self.wake_fds:
+                os.set_blocking(fd, False)
+            waker = DirWatcher(self.wake_fds[0])
         interval = self.src.poll_max if watcher is not None else self.src.poll_min
         self.scout_thread = threading.Thread(
             target=self._scout, args=(watcher, interval), name=f"{self.src.label} scout", daemon=True
         )
         self.scout_thread.start()
+        return waker
 
     def _scout(self, watcher: DirWatcher | None, interval: float) -> None:
         assert self.stop_fds is not None
         stop = self.stop_fds[0]
+        ahead = self.src.read_ahead > 0
         try:
             while True:
                 with self.chain_lock:
                     self.discover()
-                if watcher is not None:
-                    watcher.wait_blocking(interval, stop)
-                else:
-                    select.select([stop], [], [], interval)
+                    last = self.chain[-1] if self.chain else None
+                target = last if ahead and last is not None and last.ident == self.at_path else None
+                if target is not None:
+                    self._read_ahead(target)
+                self._wake()
+                while True:
+                    changed = self._wait(watcher, interval, stop)
+                    if changed and target is not None:
+                        self._read_ahead(target)  # first: a copytruncate may be under way
+                    if changed:
+                        self._wake()
+                    if not changed or target is None or not self._same_file(target):
+                        break
                 if select.select([stop], [], [], 0)[0]:
                     return
         except BaseException as exc:  # raised by the next poll, in the run
             self.scout_error = exc
+            self._wake()
         finally:
             if watcher is not None:
                 watcher.close()
+
+    def _wake(self) -> None:
+        """End the run's wait (a byte in the wake-up pipe; a full pipe already says so)."""
+        if self.wake_fds is not None:
+            try:
+                os.write(self.wake_fds[1], b"\0")
+            except BlockingIOError:
+                pass
 
     def stop_scout(self) -> None:
         """Stop and join the scout thread."""
@@ -318,16 +349,62 @@ class _Tailer:
         os.write(self.stop_fds[1], b"x")
         if self.scout_thread is not None:
             self.scout_thread.join()
-        for fd in self.stop_fds:
+        for fd in (*self.stop_fds, *(self.wake_fds or ())):
             os.close(fd)
-        self.stop_fds = None
+        self.stop_fds = self.wake_fds = None
+
+    @staticmethod
+    def _wait(watcher: DirWatcher | None, interval: float, stop: int) -> bool:
+        """Wait for a change in the directory (True) or the end of *interval* or a stop (False)."""
+        if watcher is not None:
+            return watcher.wait_blocking(interval, stop)
+        select.select([stop], [], [], interval)
+        return False
+
+    def _same_file(self, h: Held) -> bool:
+        """Whether *h* is still the file at the path."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == h.ident
+
+    def _read_ahead(self, h: Held) -> None:
+        """Read what was appended to the file at the path now, before a copytruncate can take it away.
+
+        Sizes only shrink by truncation: a file shorter after the read than what the read returned was
+        truncated after it, so the bytes are good (and reading ahead stops for this generation).  A file
+        that no longer starts with its fingerprint may have been truncated and regrown before the read:
+        those bytes are dropped, and the poll finds the truncation and looks for the copy.
+        """
+        with h.lock:
+            room = self.src.read_ahead - h.ahead_len
+            if not h.ahead_ok or room <= 0:
+                return
+            start = h.pos + h.ahead_len
+            data = os.pread(h.fd, room, start)
+            if not data:
+                return
+            if os.fstat(h.fd).st_size < start + len(data):
+                h.ahead_ok = False
+            else:
+                first = head(h.fd)
+                fp = h.gen.fp
+                if len(first) < len(fp) or first[: len(fp)] != fp:
+                    h.ahead_ok = False
+                    return
+                if len(first) > len(fp):
+                    h.gen.fp = first
+            h.ahead.append(data)
+            h.ahead_len += len(data)
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _check_truncation(self, cur: Held, out: list[Any]) -> None:
+    def _check_truncation(self, cur: Held, out: list[Any]) -> bool:
+        """Whether *cur*'s file was truncated (reading then restarts).  Under ``cur.lock``."""
         st = os.fstat(cur.fd)
         if st.st_size == cur.size and st.st_mtime_ns == cur.mtime:
-            return
+            return False
         cur.size, cur.mtime = st.st_size, st.st_mtime_ns
         truncated = st.st_size < cur.pos
         if not truncated:
@@ -339,6 +416,7 @@ class _Tailer:
                 cur.gen.fp = first
         if truncated:
             self._restart(cur, st, out)
+        return truncated
 
     def _restart(self, cur: Held, st: os.stat_result, out: list[Any]) -> None:
         """The file under *cur* was truncated: read the unread rest from a copy, if there is one, then from 0."""
@@ -361,7 +439,7 @@ class _Tailer:
                 cur.splitter.reset()
             if self.checkpoint is not None:
                 self.done.append(old)
-            cur.pos, cur.mark = 0, b""
+            cur.pos, cur.mark, cur.ahead_ok = 0, b"", True
             cur.gen = Gen(st.st_dev, st.st_ino, head(cur.fd), old.path, 0)
         log.info("%s: %s was truncated at offset %d; reading from 0", self.src.label, old.path, offset)
         out.append(TailEvent("truncated", old.path, offset=offset, **fields))
@@ -434,16 +512,23 @@ class _Tailer:
                 cur.announce = False
                 self.stats.rotations += 1
                 out.append(TailEvent("rotated", self.path))
-            self._check_truncation(cur, out)
-            cur = self.chain[0]  # the copy of a truncated file comes first
-            data = os.pread(cur.fd, src.chunk_size, cur.pos)
-            if data:
+            with cur.lock:
+                ahead = cur.ahead_len > 0
+                if ahead:
+                    data = b"".join(cur.ahead)
+                    cur.ahead.clear()
+                    cur.ahead_len = 0
+                elif self._check_truncation(cur, out):
+                    continue  # read the copy of the truncated file first, if one was found, or from 0
+                else:
+                    data = os.pread(cur.fd, src.chunk_size, cur.pos)
                 start = cur.pos
                 cur.pos += len(data)
+            if data:
                 cur.mark = data[-MARK_BYTES:] if len(data) >= MARK_BYTES else (cur.mark + data)[-MARK_BYTES:]
                 self.stats.bytes += len(data)
                 out.extend(self._lines(cur, data, start))
-                return out, len(data) == src.chunk_size
+                return out, ahead or len(data) == src.chunk_size
             if cur.ident == self.at_path:
                 return out, False
             quiet = cur.quiet_since

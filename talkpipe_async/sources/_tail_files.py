@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from typing import Any
 
 from .files import Splitter
@@ -45,9 +46,13 @@ class Held:
     """A file descriptor being read (or waiting its turn in the chain), with its reading state."""
 
     __slots__ = (
+        "ahead",
+        "ahead_len",
+        "ahead_ok",
         "announce",
         "fd",
         "gen",
+        "lock",
         "mark",
         "mtime",
         "pos",
@@ -67,6 +72,12 @@ class Held:
         self.mtime = st.st_mtime_ns
         self.mark = b""
         self.announce = False  # emit "rotated" when reading reaches this file
+        # Bytes the scout read ahead of the consumer: they cover [pos, pos + ahead_len).  ``lock`` guards
+        # them, ``pos`` and every read of the descriptor.
+        self.lock = threading.Lock()
+        self.ahead: list[bytes] = []
+        self.ahead_len = 0
+        self.ahead_ok = True  # False once the scout saw this generation truncated
         # Once the file has left the path: when a change was last seen (monotonic) and what it was.
         self.quiet_since: float | None = None
         self.q_size = -1
@@ -179,13 +190,15 @@ def open_matching(name: str, entry: dict[str, Any], min_size: int) -> tuple[int,
 def find_copy(held: Held, path: str, skip: set[str]) -> tuple[int, os.stat_result, str] | None:
     """A copy of *held*'s file made before it was truncated (copytruncate) that holds bytes not read yet.
 
-    A copy starts with the same fingerprint and has the same bytes just before the read offset; of
-    several, the longest wins.  Returns (descriptor, stat, name) or None.
+    A copy is in the same directory, its name starts with the file's name (``app.log.1``,
+    ``app.log-20261203``), it starts with the same fingerprint and has the same bytes just before
+    the read offset; of several, the longest wins.  Returns (descriptor, stat, name) or None.
     """
     pos, fp, mark = held.pos, held.gen.fp, held.mark
+    prefix = os.path.basename(path)
     best: tuple[int, os.stat_result, str] | None = None
     for ident, name in directory_files(path, skip | {os.path.abspath(path)}).items():
-        if ident == held.ident:
+        if ident == held.ident or not os.path.basename(name).startswith(prefix):
             continue
         try:
             fd = os.open(name, os.O_RDONLY)

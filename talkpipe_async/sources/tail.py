@@ -40,7 +40,6 @@ import anyio.to_thread
 from .._core._fields import extract_field
 from .._core._segment import AbstractSegment, AbstractSource
 from ._tail_chain import Line, TailEvent, _Tailer
-from ._watch import open_watcher
 from .files import (
     DEFAULT_CHUNK,
     DEFAULT_MAX_LINE,
@@ -49,6 +48,9 @@ from .files import (
     check_encoding,
     check_errors,
 )
+
+#: Bytes the scout may read from the file at the path ahead of the consumer.
+DEFAULT_READ_AHEAD = 1024 * 1024
 
 __all__ = ["Line", "TailEvent", "acknowledge", "tail_file"]
 
@@ -67,6 +69,10 @@ class tail_file(AbstractSource[Any]):
       line arrives within about a millisecond however long the poll
       interval; polling still decides what is read.  Elsewhere, or with
       ``watch=False``, the tail only polls.
+    - ``read_ahead``: on every change in the directory the scout thread reads
+      what was appended to the file at the path, up to this many bytes
+      ahead of the consumer (0: only polls read), so that a copytruncate
+      rotation can only take lines written in the instant before it.
     - ``rotate_grace``: a file that left the path (rotated away or deleted)
       is drained until no change has been seen on it for this long, then
       closed; meanwhile the files that came after it are already held open
@@ -109,6 +115,7 @@ class tail_file(AbstractSource[Any]):
         events: bool = True,
         text: bool = False,
         watch: bool = True,
+        read_ahead: int = DEFAULT_READ_AHEAD,
         name: str | None = None,
         stats: FileStats | None = None,
     ) -> None:
@@ -119,6 +126,8 @@ class tail_file(AbstractSource[Any]):
             raise ValueError("need 0 < poll_min <= poll_max")
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
+        if read_ahead < 0:
+            raise ValueError("read_ahead must be 0 or more")
         Splitter(max_line_bytes)  # validates
         self.path = os.fspath(path)
         self.start = start
@@ -135,6 +144,7 @@ class tail_file(AbstractSource[Any]):
         self.events = events
         self.text = text
         self.watch = watch
+        self.read_ahead = read_ahead
         self._directory = os.path.dirname(os.path.abspath(self.path))
         self.name = name or "tail_file"
         self.stats = stats if stats is not None else FileStats()
@@ -146,10 +156,9 @@ class tail_file(AbstractSource[Any]):
         interval = self.poll_min
         stats = self.stats
         events, text = self.events, self.text
-        watcher = open_watcher(self._directory) if self.watch else None
         try:
             await run_sync(tailer.load_checkpoint)
-            tailer.start_scout(self.watch)
+            watcher = tailer.start_scout(self.watch)
             while True:
                 items, more = await run_sync(tailer.poll)
                 if items:
@@ -171,8 +180,6 @@ class tail_file(AbstractSource[Any]):
                         stats.wakeups += 1
                     interval = min(interval * 2, self.poll_max)
         finally:
-            if watcher is not None:
-                watcher.close()
             with anyio.CancelScope(shield=True):
                 await run_sync(tailer.close)
 

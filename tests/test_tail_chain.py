@@ -1,0 +1,189 @@
+"""tail_file rotation chains: every file that was at the path, in order, late writes included; checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from talkpipe_async.sources import FileStats, Line, TailEvent, tail_file
+
+from .test_tail import FAST, follow, take, texts, wait_until
+
+pytestmark = pytest.mark.anyio
+
+
+def rotate(log: Path, k: int, content: bytes) -> None:
+    """logrotate "create": rename the file away, create a new one at the path."""
+    os.rename(log, log.with_name(f"{log.name}.{k}"))
+    log.write_bytes(content)
+
+
+async def test_late_writes_while_the_consumer_pulls_come_before_the_next_files(tmp_path: Path) -> None:
+    """A consumer keeps pulling through two rotations; writers keep using the rotated files (within the
+    grace): each file is read whole, late lines included, before the next one."""
+    log = tmp_path / "app.log"
+    stats = FileStats()
+    first = open(log, "ab", buffering=0)
+    try:
+        first.write(b"1-a\n")
+        source = tail_file(log, start="beginning", rotate_grace=1.0, stats=stats, **FAST)
+        async with follow(source) as f:
+            assert await f.next(1) == ["1-a"]
+            rotate(log, 1, b"2-a\n")
+            await wait_until(lambda: stats.files == 2)  # the new file is held while the old one drains
+            second = open(log, "ab", buffering=0)
+            try:
+                first.write(b"1-late-1\n")
+                assert await f.next(1) == ["1-late-1"]  # read from the rotated file while the consumer pulls
+                rotate(log, 2, b"3-a\n")
+                await wait_until(lambda: stats.files == 3)
+                first.write(b"1-late-2\n")
+                second.write(b"2-late-1\n")
+                assert await f.next(1) == ["1-late-2"]
+                first.close()
+                second.write(b"2-late-2\n")
+                got = await f.next(4)
+            finally:
+                second.close()
+    finally:
+        first.close()
+    assert got == ["2-a", "2-late-1", "2-late-2", "3-a"]
+    assert stats.rotations == 2
+
+
+@pytest.mark.parametrize("watch", [True, False])
+async def test_files_rotated_while_the_consumer_does_not_pull_are_all_read(tmp_path: Path, watch: bool) -> None:
+    """The consumer is busy (not pulling) while the path is rotated three times: every file is held as it
+    arrives (the scout: inotify, or polls every poll_min) and read in order when the consumer comes back."""
+    log = tmp_path / "app.log"
+    log.write_bytes(b"0\n")
+    stats = FileStats()
+    source = tail_file(log, start="beginning", rotate_grace=0.05, watch=watch, stats=stats, text=True, **FAST)
+    async with source.stream() as items:
+        assert await take(items, 1) == ["0"]
+        for k in range(1, 4):
+            with open(log, "ab") as f:
+                f.write(f"{k - 1}-more\n".encode())
+            rotate(log, k, f"{k}\n".encode())
+            await wait_until(lambda k=k: stats.files == k + 1)  # type: ignore[misc]
+        assert await take(items, 6) == ["0-more", "1", "1-more", "2", "2-more", "3"]
+    assert stats.rotations == 3
+
+
+async def test_an_older_acknowledgement_never_moves_the_checkpoint_back(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    ckpt = tmp_path / "app.ckpt"
+    log.write_bytes(b"a\nb\nc\n")
+    stats = FileStats()
+    source = tail_file(log, start="beginning", checkpoint=ckpt, rotate_grace=0.05, stats=stats, **FAST)
+    async with source.stream() as items:
+        a, b, c = await take(items, 3)
+        await c.commit()
+        await a.commit()  # late, out of order: must not move the checkpoint back to a
+        assert json.loads(ckpt.read_text())["offset"] == c.offset
+        rotate(log, 1, b"d\n")
+        [d] = [x for x in await take(items, 1) if isinstance(x, Line)]
+        await d.commit()
+        await b.commit()  # a line of the previous file, acknowledged after one of the new file
+        saved = json.loads(ckpt.read_text())
+        assert (saved["ino"], saved["offset"]) == (os.stat(log).st_ino, d.offset)
+        # Acknowledgements racing from threads: the checkpoint ends at the newest one.
+        lines = [a, b, c, d] * 50
+        threads = [threading.Thread(target=lambda x=x: x.ack()) for x in lines]  # type: ignore[misc]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    saved = json.loads(ckpt.read_text())
+    assert (saved["ino"], saved["offset"]) == (os.stat(log).st_ino, d.offset)
+
+
+async def test_a_restart_reads_the_files_held_after_the_checkpointed_one(tmp_path: Path) -> None:
+    """The checkpoint names the acknowledged file and the files the tail held after it: a restart reads
+    the rest of the first, then each of the others, in order, though two are no longer at the path."""
+    log = tmp_path / "app.log"
+    ckpt = tmp_path / "app.ckpt"
+    log.write_bytes(b"a\nb\n")
+    stats = FileStats()
+    source = tail_file(log, start="beginning", checkpoint=ckpt, rotate_grace=3600, stats=stats, **FAST)
+    async with source.stream() as items:
+        [a, _b] = await take(items, 2)
+        a.ack()
+        rotate(log, 1, b"c\nd\n")
+        await wait_until(lambda: stats.files == 2)
+        rotate(log, 2, b"e\n")
+        await wait_until(lambda: stats.files == 3)
+    saved = json.loads(ckpt.read_text())
+    assert saved["offset"] == a.offset and len(saved["next"]) == 2
+    async with tail_file(log, start="beginning", checkpoint=ckpt, rotate_grace=0.05, **FAST).stream() as items:
+        assert await texts(items, 4) == ["b", "c", "d", "e"]
+
+
+@pytest.mark.parametrize("read_ahead", [0, 1 << 20])
+async def test_copytruncate_reads_the_unread_rest_from_the_copy(tmp_path: Path, read_ahead: int) -> None:
+    """Lines written before the copy but not read before the truncate are read from the copy."""
+    log = tmp_path / "app.log"
+    log.write_bytes(b"a\n")
+    stats = FileStats()
+    source = tail_file(log, start="beginning", read_ahead=read_ahead, stats=stats, **FAST)
+    async with source.stream(metadata=True) as items:
+        assert await texts(items, 1) == ["a"]
+        with open(log, "ab") as f:
+            f.write(b"b\nc\n")  # the consumer is not pulling
+        shutil.copyfile(log, tmp_path / "app.log.1")
+        os.truncate(log, 0)
+        with open(log, "ab") as f:
+            f.write(b"d\n")
+        got: list[object] = []
+        while not got or str(got[-1]) != "d":
+            got += await take(items, 1)
+    lines = [str(x) for x in got if isinstance(x, Line)]
+    events = [x for x in got if isinstance(x, TailEvent)]
+    assert lines == ["b", "c", "d"]
+    assert stats.truncations == 1
+    if read_ahead == 0:
+        assert [e.kind for e in events] == ["truncated"]
+        assert events[0].recovered_from == str(tmp_path / "app.log.1")
+    else:
+        assert all(e.kind == "truncated" for e in events)
+
+
+async def test_a_file_of_other_content_is_not_taken_for_the_copy(tmp_path: Path) -> None:
+    """Only a file named after the followed one, with the same first bytes and the same bytes before the
+    read offset, counts as its copy."""
+    log = tmp_path / "app.log"
+    header = b"h" * 299 + b"\n"  # longer than the fingerprint
+    log.write_bytes(header + b"l1\n")
+    stats = FileStats()
+    source = tail_file(log, start="beginning", read_ahead=0, stats=stats, text=True, **FAST)
+    async with source.stream() as items:
+        assert await take(items, 2) == ["h" * 299, "l1"]
+        with open(log, "ab") as f:
+            f.write(b"l2\n")  # not read before the truncate; no true copy holds it
+        (tmp_path / "other.log").write_bytes(header + b"l1\nl2-other\n")  # the right bytes, another name
+        (tmp_path / "app.log.1").write_bytes(header + b"XX\nl2-wrong\n")  # same fingerprint, other bytes
+        os.truncate(log, 0)
+        with open(log, "ab") as f:
+            f.write(b"c\n")
+        assert await take(items, 1) == ["c"]
+    assert stats.truncations == 1
+
+
+async def test_every_held_descriptor_is_closed(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_bytes(b"a\n")
+    stats = FileStats()
+    before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    source = tail_file(log, start="beginning", rotate_grace=3600, stats=stats, text=True, **FAST)
+    async with source.stream() as items:
+        assert await take(items, 1) == ["a"]
+        for k in range(1, 4):
+            rotate(log, k, b"x\n")
+            await wait_until(lambda k=k: stats.files == k + 1)  # type: ignore[misc]
+    if before is not None:
+        assert len(os.listdir("/proc/self/fd")) <= before
