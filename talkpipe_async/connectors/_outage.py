@@ -54,6 +54,7 @@ class OutageGuard:
         self.call_timeout = call_timeout
         self.on_outage = on_outage
         self.outages = 0
+        self.gave_up = False
         self._since: float | None = None
         self._warned = 0.0
         self._attempt = 0
@@ -94,8 +95,9 @@ class OutageGuard:
             logger.warning("%s: %s unreachable during %s (%s: %s); retrying for up to %.0f s",
                            self.label, self.broker, what, type(exc).__name__, exc, self.budget)
         elapsed = now - self._since
-        if elapsed >= self.budget:
+        if elapsed >= self.budget or self.gave_up:  # after giving up once (closing), no second budget
             self._since = None
+            self.gave_up = True
             raise BrokerUnavailable(
                 f"{self.label}: {self.broker} unreachable for {elapsed:.1f} s (outage_budget={self.budget:g} s) "
                 f"during {what}: {type(exc).__name__}: {exc}"

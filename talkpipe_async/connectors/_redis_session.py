@@ -296,5 +296,8 @@ class RedisSession(BrokerSession):
                 "XPENDING (own)", self.client.xpending_range, self.stream, self.group, min="-", max="+",
                 count=10_000, consumername=self.consumer)
             await self._hand_back_ids([row["message_id"] for row in rows])
+        except Exception as exc:  # the run's own error (if any) is what the caller sees
+            logger.warning("%s: could not send the last acknowledgements or hand back pending entries (%s: %s); "
+                           "they are redelivered after claim_idle", self.src.label, type(exc).__name__, exc)
         finally:
             await self.client.aclose()

@@ -66,6 +66,14 @@ def nats_transient() -> tuple[type[BaseException], ...]:
             j.ServiceUnavailableError, j.TooManyStalledMsgsError, OSError, asyncio.TimeoutError)
 
 
+async def close_nats(nc: Any) -> None:
+    """Close a client; a connection already lost (the server went away) is not an error here."""
+    try:
+        await nc.close()
+    except Exception as exc:  # OSError, or RuntimeError from uvloop's closed transport
+        logger.debug("nats close after a lost connection: %r", exc)
+
+
 class NatsLink:
     """A connection and what it went through: when it was lost, whether it ever was."""
 
@@ -247,8 +255,11 @@ class _JetStreamSession(BrokerSession):
                 self.stats.handed_back += 1
             if self.nc.is_connected:
                 await self.nc.flush(timeout=2)
+        except Exception as exc:  # the run's own error (if any) is what the caller sees
+            logger.warning("%s: could not send the last acknowledgements or hand back messages (%s: %s); "
+                           "they are redelivered after ack_wait", self.src.label, type(exc).__name__, exc)
         finally:
-            await self.nc.close()
+            await close_nats(self.nc)
 
 
 DeadLetter = str | Literal[False] | None
@@ -426,7 +437,7 @@ class _JetStreamWriter(BatchWriter):
         return sorted(failed), cause
 
     async def aclose(self) -> None:
-        await self.nc.close()
+        await close_nats(self.nc)
 
 
 class JetStreamSink(BrokerSink):

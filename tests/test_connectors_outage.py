@@ -1,0 +1,149 @@
+"""Outage budgets of the connectors, in one process, against real servers that are stopped and restarted.
+
+* A source or sink whose broker stays down longer than ``outage_budget``
+  fails with ``BrokerUnavailable`` naming the broker, what it was doing and
+  the cause, within the budget plus one call deadline (no hang).
+* The JetStream sink keeps publishing through a restart: every item is
+  stored, once (``Nats-Msg-Id`` de-duplication of republished messages).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from talkpipe_async.connectors import (
+    BrokerUnavailable,
+    JetStreamSink,
+    JetStreamSource,
+    RedisStreamSink,
+    RedisStreamSource,
+    consume,
+)
+from tests.broker_helpers import ASYNCIO_LOOPS, RestartableServer, nats_fill, nats_read
+
+pytestmark = pytest.mark.anyio
+
+BUDGET = 1.0
+BOUND = BUDGET + 8.0  # the budget, plus one call deadline (timeout + 5 s), plus slack for a loaded machine
+
+
+@pytest.fixture(params=ASYNCIO_LOOPS)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """The broker clients need asyncio: asyncio and uvloop."""
+    return request.param
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RestartableServer]:
+    """A redis-server that can be stopped and restarted."""
+    server = RestartableServer("redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def nats_server() -> Iterator[RestartableServer]:
+    """A nats-server (JetStream) that can be stopped and restarted."""
+    server = RestartableServer("nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+async def stop_after(items: int, server: RestartableServer) -> AsyncIterator[int]:
+    """Yield 0..items-1, stop the server, then yield more (the sink must fail, not hang)."""
+    for i in range(items):
+        yield i
+    await anyio.to_thread.run_sync(server.stop)
+    for i in range(items, items * 2):
+        yield i
+
+
+def check_error(err: BaseException, broker: str, url: str) -> None:
+    text = str(err)
+    assert f"{broker} at {url}" in text and f"outage_budget={BUDGET:g}" in text, text
+    assert err.__cause__ is not None and type(err.__cause__).__name__ in text, text
+
+
+async def test_redis_source_fails_after_its_budget(redis_server: RestartableServer) -> None:
+    url = redis_server.url
+    await RedisStreamSink("feed", url=url).collect([{"i": i} for i in range(10)])
+    src = RedisStreamSource("feed", "g", url=url, block=0.05, outage_budget=BUDGET)
+
+    async def stop_server(_: Any) -> None:
+        if redis_server.proc is not None:
+            await anyio.to_thread.run_sync(redis_server.stop)
+
+    with anyio.fail_after(BOUND), pytest.raises(BrokerUnavailable) as info:
+        await consume(src, stop_server)
+    check_error(info.value, "redis", url)
+    assert src.stats.outages >= 1
+
+
+async def test_redis_sink_fails_after_its_budget(redis_server: RestartableServer) -> None:
+    url = redis_server.url
+    sink = RedisStreamSink("out", url=url, batch=1, outage_budget=BUDGET)
+    with anyio.fail_after(BOUND), pytest.raises(BrokerUnavailable) as info:
+        await sink.collect(stop_after(5, redis_server))
+    check_error(info.value, "redis", url)
+    assert 1 <= sink.stats.written <= 5  # the feeder reads ahead: the server may stop before the 5th write
+
+
+async def test_jetstream_source_fails_after_its_budget(nats_server: RestartableServer) -> None:
+    url = nats_server.url
+    await nats_fill(url, "feed.x", [{"i": i} for i in range(10)], streams={"FEED": ["feed.>"]})
+    src = JetStreamSource("FEED", "d", servers=url, fetch_wait=0.05, outage_budget=BUDGET)
+
+    async def stop_server(_: Any) -> None:
+        if nats_server.proc is not None:
+            await anyio.to_thread.run_sync(nats_server.stop)
+
+    with anyio.fail_after(BOUND), pytest.raises(BrokerUnavailable) as info:
+        await consume(src, stop_server)
+    check_error(info.value, "nats", url)
+
+
+async def test_jetstream_sink_fails_after_its_budget_instead_of_hanging(nats_server: RestartableServer) -> None:
+    url = nats_server.url
+    await nats_fill(url, "out.x", [], streams={"OUT": ["out.>"]})
+    sink = JetStreamSink("out.x", servers=url, batch=1, timeout=0.5, outage_budget=BUDGET)
+    with anyio.fail_after(BOUND), pytest.raises(BrokerUnavailable) as info:
+        await sink.collect(stop_after(5, nats_server))
+    check_error(info.value, "nats", url)
+    assert 1 <= sink.stats.written <= 5  # the feeder reads ahead: the server may stop before the 5th write
+
+
+async def test_jetstream_sink_rides_a_restart_and_stores_each_item_once(nats_server: RestartableServer) -> None:
+    url = nats_server.url
+    await nats_fill(url, "out.x", [], streams={"OUT": ["out.>"]})
+    n = 400
+
+    async def items() -> AsyncIterator[int]:
+        for i in range(n):
+            if i == n // 2:
+                await anyio.to_thread.run_sync(nats_server.outage, 0.5)
+            yield i
+
+    sink = JetStreamSink("out.x", servers=url, batch=20, timeout=0.5)
+    with anyio.fail_after(40):
+        assert await sink.collect(items()) == list(range(n))
+    stored = await nats_read(url, "OUT")
+    assert sorted(stored) == list(range(n)), "an item was lost or stored twice"
+    assert sink.stats.outages >= 1
+    print(f"jetstream sink restart: {n} stored once, republished {sink.stats.rewritten}")
+
+
+def test_json_payloads_stay_plain() -> None:
+    """The dedup header does not touch the payload (a regression guard for readers of the stream)."""
+    sink = JetStreamSink("x")
+    assert sink.encode({"a": 1}) == json.dumps({"a": 1}, separators=(",", ":")).encode()
