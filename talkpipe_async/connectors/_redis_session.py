@@ -81,6 +81,7 @@ class RedisSession(BrokerSession):
         self.group = source.group
         self.consumer = consumer
         self.acks: list[str] = []
+        self.returned: set[str] = set()  # ids handed back (counted once)
         self.ack_waiting = anyio.Event()
         self.next_claim = 0.0
         # entries already pending for this consumer name (a restarted instance with a fixed name) come first
@@ -110,7 +111,12 @@ class RedisSession(BrokerSession):
         if not self.acks:
             return
         ids, self.acks = self.acks, []
-        await self.guard.call("XACK", self.client.xack, self.stream, self.group, *ids)
+        try:
+            await self.guard.call("XACK", self.client.xack, self.stream, self.group, *ids)
+        except BaseException:
+            # cancelled (the run is closing) or failed: keep them for the final flush; XACK is idempotent
+            self.acks[:0] = ids
+            raise
 
     async def nak(self, id: str, delay: float) -> None:
         self.stats.naked += 1
@@ -129,8 +135,11 @@ class RedisSession(BrokerSession):
         await self._hand_back_ids(ids)
 
     async def _hand_back_ids(self, ids: list[Any]) -> None:
+        returned = self.returned
+        ids = [i for i in ids if (i.decode() if isinstance(i, bytes) else i) not in returned]
         if not ids:
             return
+        returned.update(i.decode() if isinstance(i, bytes) else i for i in ids)
         await self.guard.call("XCLAIM (hand back)", self.client.xclaim, self.stream, self.group, self.consumer, 0,
                               ids, idle=HAND_BACK_IDLE_MS, justid=True)
         self.stats.handed_back += len(ids)
