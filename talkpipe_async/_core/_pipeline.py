@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import anyio
 import anyio.abc
@@ -15,7 +15,9 @@ import anyio.abc
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
+from ._chain import Chain, In, Out, Runner
 from ._errors import annotate, error_context
+from ._metadata import Metadata
 from ._plumbing import MetaCounter, make_intercept, release_sync, strip_async, strip_sync, sync_to_async
 from ._run import RunContext, _current
 from ._sampler import Sampler
@@ -26,8 +28,6 @@ from ._threads import ThreadStage
 if TYPE_CHECKING:
     from .._blocking import BlockingStream
 
-T = TypeVar("T")
-U = TypeVar("U")
 V = TypeVar("V")
 
 __all__ = ["Pipeline", "PipelineRun"]
@@ -54,7 +54,7 @@ def _frame_of(gen: Any) -> FrameType | None:
     return getattr(gen, "ag_frame", None) or getattr(gen, "gi_frame", None)
 
 
-class Pipeline(Generic[T, U]):
+class Pipeline(Chain[In, Out]):
     """A chain of stages built with ``|``.
 
     Building a pipeline runs nothing and changes none of its parts; every
@@ -62,9 +62,14 @@ class Pipeline(Generic[T, U]):
     generators, so one pipeline can run many times, even at once.  Nested
     pipelines are flattened.  A pipeline that starts with a segment takes its
     input from the caller: an iterable or an async iterable.
+
+    ``Pipeline[In, Out]`` reads ``In`` items and yields ``Out`` items; one
+    that starts with a source is a ``Pipeline[Never, Out]`` (it takes no
+    input).  ``|`` composes the types; ``Pipeline(*ops)`` built by hand is a
+    ``Pipeline[Any, Any]``.
     """
 
-    def __init__(self, *ops: Any) -> None:
+    def __init__(self: Pipeline[Any, Any], *ops: Any) -> None:
         stages: list[_Node] = []
         for op in ops:
             for stage in op.stages if isinstance(op, Pipeline) else (wrap_callable(op),):
@@ -76,17 +81,18 @@ class Pipeline(Generic[T, U]):
             raise ValueError("a pipeline needs at least one stage")
         self.stages: tuple[_Node, ...] = tuple(stages)
 
-    @overload
-    def __or__(self, other: AbstractSegment[U, V]) -> Pipeline[T, V]: ...
-    @overload
-    def __or__(self, other: Pipeline[U, V]) -> Pipeline[T, V]: ...
-    @overload
-    def __or__(self, other: Any) -> Pipeline[T, Any]: ...
-    def __or__(self, other: Any) -> Pipeline[T, Any]:
-        """Chain another stage or pipeline after this one: a new :class:`Pipeline`."""
+    def __or__(
+        self, other: AbstractSegment[Out, V] | Pipeline[Out, V] | Callable[[Iterable[Out]], Iterable[V]]
+    ) -> Pipeline[In, V]:
+        """Chain another stage or pipeline after this one: a new :class:`Pipeline`.
+
+        It must read what this one yields (``Pipeline[A, B] | Segment[B, C]``
+        is a ``Pipeline[A, C]``; anything else is a type error).
+        """
         return Pipeline(self, other)
 
-    def __ror__(self, other: Any) -> Pipeline[Any, U]:
+    def __ror__(self, other: Callable[[Iterable[Any]], Iterable[In]]) -> Pipeline[Any, Out]:
+        """A TalkPipe-style callable segment before this pipeline: a new :class:`Pipeline`."""
         return Pipeline(other, self)
 
     def __repr__(self) -> str:
@@ -102,6 +108,26 @@ class Pipeline(Generic[T, U]):
         """True when every stage is a plain (sync) generator: see :meth:`iter_sync`."""
         return all(stage.is_sync for stage in self.stages)
 
+    @overload
+    def stream(
+        self,
+        input: Iterable[In | Metadata] | AsyncIterable[In | Metadata] | None = None,
+        *,
+        metadata: Literal[False] = False,
+        stats: bool | str = False,
+        stats_every: float | None = None,
+        on_stats: Callable[[RunStats], Any] | None = None,
+    ) -> PipelineRun[Out]: ...
+    @overload
+    def stream(
+        self,
+        input: Iterable[In | Metadata] | AsyncIterable[In | Metadata] | None = None,
+        *,
+        metadata: bool,
+        stats: bool | str = False,
+        stats_every: float | None = None,
+        on_stats: Callable[[RunStats], Any] | None = None,
+    ) -> PipelineRun[Out | Metadata]: ...
     def stream(
         self,
         input: Iterable[Any] | AsyncIterable[Any] | None = None,
@@ -110,7 +136,7 @@ class Pipeline(Generic[T, U]):
         stats: bool | str = False,
         stats_every: float | None = None,
         on_stats: Callable[[RunStats], Any] | None = None,
-    ) -> PipelineRun:
+    ) -> PipelineRun[Any]:
         """Run the pipeline: ``async with pipeline.stream() as items: async for x in items``.
 
         Leaving the block (normally, by ``break``, by an exception or by
@@ -132,14 +158,41 @@ class Pipeline(Generic[T, U]):
         observe: bool | str = stats or stats_every is not None or on_stats is not None
         return PipelineRun(self, input, metadata, observe, stats_every, on_stats)
 
+    @overload
+    async def collect(
+        self,
+        input: Iterable[In | Metadata] | AsyncIterable[In | Metadata] | None = None,
+        *,
+        metadata: Literal[False] = False,
+    ) -> list[Out]: ...
+    @overload
+    async def collect(
+        self, input: Iterable[In | Metadata] | AsyncIterable[In | Metadata] | None = None, *, metadata: bool
+    ) -> list[Out | Metadata]: ...
     async def collect(
         self, input: Iterable[Any] | AsyncIterable[Any] | None = None, *, metadata: bool = False
-    ) -> list[U]:
+    ) -> list[Any]:
         """Run the pipeline to the end and return its items as a list."""
         async with self.stream(input, metadata=metadata) as items:
             return [item async for item in items]
 
-    def as_function(self, *, single_in: bool = False, single_out: bool = False) -> Callable[..., Any]:
+    @overload
+    def as_function(
+        self, *, single_in: Literal[False] = False, single_out: Literal[False] = False
+    ) -> Runner[In, Awaitable[list[Out]]]: ...
+    @overload
+    def as_function(
+        self, *, single_in: Literal[False] = False, single_out: Literal[True]
+    ) -> Runner[In, Awaitable[Out]]: ...
+    @overload
+    def as_function(
+        self, *, single_in: Literal[True], single_out: Literal[False] = False
+    ) -> Callable[[In], Awaitable[list[Out]]]: ...
+    @overload
+    def as_function(self, *, single_in: Literal[True], single_out: Literal[True]) -> Callable[[In], Awaitable[Out]]: ...
+    @overload
+    def as_function(self, *, single_in: bool = False, single_out: bool = False) -> Callable[..., Awaitable[Any]]: ...
+    def as_function(self, *, single_in: bool = False, single_out: bool = False) -> Callable[..., Awaitable[Any]]:
         """Return an async callable that runs the pipeline once per call.
 
         ``single_in``: the argument is one item rather than an iterable.
@@ -154,7 +207,15 @@ class Pipeline(Generic[T, U]):
 
         return run
 
-    def iter_sync(self, input: Iterable[Any] | None = None, *, metadata: bool = False) -> Iterator[U]:
+    @overload
+    def iter_sync(
+        self, input: Iterable[In | Metadata] | None = None, *, metadata: Literal[False] = False
+    ) -> Iterator[Out]: ...
+    @overload
+    def iter_sync(
+        self, input: Iterable[In | Metadata] | None = None, *, metadata: bool
+    ) -> Iterator[Out | Metadata]: ...
+    def iter_sync(self, input: Iterable[Any] | None = None, *, metadata: bool = False) -> Iterator[Any]:
         """Run a pipeline of sync stages as plain generators, with no event loop.
 
         Every stage runs in the calling thread (``blocking`` is ignored).
@@ -189,14 +250,44 @@ class Pipeline(Generic[T, U]):
         )
 
     # ---- blocking wrapper (issue 3): thin delegates to talkpipe_async/_blocking.py; nothing else here ----
+    @overload
+    def run_blocking(
+        self, input: Iterable[In | Metadata] | None = None, *, metadata: Literal[False] = False, backend: str = ...
+    ) -> list[Out]: ...
+    @overload
+    def run_blocking(
+        self, input: Iterable[In | Metadata] | None = None, *, metadata: bool, backend: str = ...
+    ) -> list[Out | Metadata]: ...
     def run_blocking(
         self, input: Iterable[Any] | None = None, *, metadata: bool = False, backend: str = "asyncio"
-    ) -> list[U]:
+    ) -> list[Any]:
         """Run the pipeline to the end from sync code; return its items (see ``docs/blocking.md``)."""
         from .._blocking import run_blocking
 
         return run_blocking(self, input, metadata=metadata, backend=backend)
 
+    @overload
+    def iter_blocking(
+        self,
+        input: Iterable[In | Metadata] | None = None,
+        *,
+        metadata: Literal[False] = False,
+        backend: str = ...,
+        batch: int = ...,
+        buffer: int = ...,
+        latency: float = ...,
+    ) -> BlockingStream[Out]: ...
+    @overload
+    def iter_blocking(
+        self,
+        input: Iterable[In | Metadata] | None = None,
+        *,
+        metadata: bool,
+        backend: str = ...,
+        batch: int = ...,
+        buffer: int = ...,
+        latency: float = ...,
+    ) -> BlockingStream[Out | Metadata]: ...
     def iter_blocking(
         self,
         input: Iterable[Any] | None = None,
@@ -206,7 +297,7 @@ class Pipeline(Generic[T, U]):
         batch: int = BLOCKING_BATCH,
         buffer: int = BLOCKING_BUFFER,
         latency: float = BLOCKING_LATENCY,
-    ) -> BlockingStream[U]:
+    ) -> BlockingStream[Any]:
         """Stream the items into sync code: ``with p.iter_blocking() as items: for x in items``.
 
         ``backend``: "asyncio", "uvloop" or "trio"; ``batch``, ``buffer``, ``latency``:
@@ -218,6 +309,26 @@ class Pipeline(Generic[T, U]):
             self, input, metadata=metadata, backend=backend, batch=batch, buffer=buffer, latency=latency
         )
 
+    @overload
+    def as_function_blocking(
+        self, *, single_in: Literal[False] = False, single_out: Literal[False] = False, backend: str = ...
+    ) -> Runner[In, list[Out]]: ...
+    @overload
+    def as_function_blocking(
+        self, *, single_in: Literal[False] = False, single_out: Literal[True], backend: str = ...
+    ) -> Runner[In, Out]: ...
+    @overload
+    def as_function_blocking(
+        self, *, single_in: Literal[True], single_out: Literal[False] = False, backend: str = ...
+    ) -> Callable[[In], list[Out]]: ...
+    @overload
+    def as_function_blocking(
+        self, *, single_in: Literal[True], single_out: Literal[True], backend: str = ...
+    ) -> Callable[[In], Out]: ...
+    @overload
+    def as_function_blocking(
+        self, *, single_in: bool = False, single_out: bool = False, backend: str = ...
+    ) -> Callable[..., Any]: ...
     def as_function_blocking(
         self, *, single_in: bool = False, single_out: bool = False, backend: str = "asyncio"
     ) -> Callable[..., Any]:
@@ -357,8 +468,8 @@ class _Build:
         return record
 
 
-class PipelineRun:
-    """One run of a pipeline; an async context manager that yields the items."""
+class PipelineRun(Generic[Out]):
+    """One run of a pipeline; an async context manager that yields the items (``Out``)."""
 
     def __init__(
         self,
@@ -412,7 +523,7 @@ class PipelineRun:
         else:
             _stats_log.info("pipeline %s\n%s", self._pipeline, snap.format())
 
-    async def __aenter__(self) -> AsyncIterator[Any]:
+    async def __aenter__(self) -> AsyncIterator[Out]:
         build = self._build = _Build(self._pipeline, self._metadata)
         if self._observe:
             build.stats = []

@@ -4,19 +4,37 @@ from __future__ import annotations
 
 import inspect
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, NoReturn, ParamSpec, TypeVar, overload
 
+from ._chain import Chain, In, Out
 from ._fields import assign_field, extract_field
 from ._metadata import is_metadata
 
 if TYPE_CHECKING:
+    from typing_extensions import Never
+
+    from ._factories import (
+        FieldSegmentDecorator,
+        FieldSegmentFactory,
+        ItemSegmentDecorator,
+        MultiFieldSegmentDecorator,
+        SegmentDecorator,
+        SegmentFactory,
+        SourceDecorator,
+        SourceFactory,
+    )
     from ._pipeline import Pipeline
+
+    _NoInput = Never  # a source reads nothing: its pipelines are Pipeline[Never, Out]
 
 T = TypeVar("T")
 U = TypeVar("U")
 V = TypeVar("V")
-F = TypeVar("F", bound=Callable[..., Any])
+E = TypeVar("E")
+P = ParamSpec("P")
+if not TYPE_CHECKING:
+    _NoInput = NoReturn  # the same type as Never (typing.Never is Python 3.11+)
 
 __all__ = [
     "AbstractFieldSegment",
@@ -55,59 +73,27 @@ class _Node:
         """The name used in errors and statistics."""
         return self.name or type(self).__name__
 
-    def __or__(self, other: Any) -> Pipeline[Any, Any]:
-        from ._pipeline import Pipeline
+    if not TYPE_CHECKING:  # typed per kind of stage in AbstractSource and AbstractSegment
 
-        return Pipeline(self, other)
+        def __or__(self, other: Any) -> Pipeline[Any, Any]:
+            from ._pipeline import Pipeline
 
-    def __ror__(self, other: Any) -> Pipeline[Any, Any]:
-        from ._pipeline import Pipeline
+            return Pipeline(self, other)
 
-        return Pipeline(other, self)
+        def __ror__(self, other: Any) -> Pipeline[Any, Any]:
+            from ._pipeline import Pipeline
+
+            return Pipeline(other, self)
 
     def __repr__(self) -> str:
         return f"<{self.label}>"
-
-    def pipeline(self) -> Pipeline[Any, Any]:
-        """This stage alone as a :class:`Pipeline` (what ``stream``/``collect`` run)."""
-        from ._pipeline import Pipeline
-
-        return Pipeline(self)
-
-    def stream(self, input: Any = None, **options: Any) -> Any:
-        """Run this stage alone; see :meth:`Pipeline.stream` (same options)."""
-        return self.pipeline().stream(input, **options)
-
-    async def collect(self, input: Any = None, *, metadata: bool = False) -> list[Any]:
-        """Run this stage alone and return a list; see :meth:`Pipeline.collect`."""
-        return await self.pipeline().collect(input, metadata=metadata)
-
-    def iter_sync(self, input: Any = None, *, metadata: bool = False) -> Iterator[Any]:
-        """Run this sync stage alone without an event loop; see :meth:`Pipeline.iter_sync`."""
-        return self.pipeline().iter_sync(input, metadata=metadata)
-
-    def as_function(self, *, single_in: bool = False, single_out: bool = False) -> Callable[..., Any]:
-        """This stage as an async callable; see :meth:`Pipeline.as_function`."""
-        return self.pipeline().as_function(single_in=single_in, single_out=single_out)
-
-    def run_blocking(self, input: Any = None, **options: Any) -> list[Any]:
-        """Run this stage alone from sync code; see :meth:`Pipeline.run_blocking`."""
-        return self.pipeline().run_blocking(input, **options)
-
-    def iter_blocking(self, input: Any = None, **options: Any) -> Any:
-        """Stream this stage alone into sync code; see :meth:`Pipeline.iter_blocking`."""
-        return self.pipeline().iter_blocking(input, **options)
-
-    def as_function_blocking(self, **options: Any) -> Callable[..., Any]:
-        """This stage as a blocking callable; see :meth:`Pipeline.as_function_blocking`."""
-        return self.pipeline().as_function_blocking(**options)
 
 
 def _is_async_callable(fn: Callable[..., Any]) -> bool:
     return inspect.isasyncgenfunction(fn)
 
 
-class AbstractSource(_Node, Generic[U]):
+class AbstractSource(Chain[_NoInput, Out], _Node):
     """The start of a pipeline: ``generate()`` yields the items.
 
     Write ``generate`` as an ``async def`` generator; a plain ``def`` generator
@@ -125,24 +111,26 @@ class AbstractSource(_Node, Generic[U]):
             self.emits_metadata = emits_metadata
 
     @abstractmethod
-    def generate(self) -> AsyncIterator[U] | Iterator[U]:
+    def generate(self) -> AsyncIterator[Out] | Iterator[Out]:
         """Yield the items of the stream."""
 
-    @overload
-    def __or__(self, other: AbstractSegment[U, V]) -> Pipeline[Any, V]: ...
-    @overload
-    def __or__(self, other: Pipeline[U, V]) -> Pipeline[Any, V]: ...
-    @overload
-    def __or__(self, other: Any) -> Pipeline[Any, Any]: ...
-    def __or__(self, other: Any) -> Pipeline[Any, Any]:
-        """Chain this source with a segment or pipeline: a new :class:`Pipeline`."""
-        return _Node.__or__(self, other)
+    def __or__(
+        self, other: AbstractSegment[Out, V] | Pipeline[Out, V] | Callable[[Iterable[Out]], Iterable[V]]
+    ) -> Pipeline[Never, V]:
+        """Chain this source with a segment or pipeline: a new :class:`Pipeline` that takes no input."""
+        from ._pipeline import Pipeline
+
+        return Pipeline(self, other)
+
+    if TYPE_CHECKING:  # nothing goes before a source (Pipeline raises TypeError at run time)
+
+        def __ror__(self, other: NoReturn) -> NoReturn: ...
 
     def _entry(self) -> Callable[..., Any]:
         return type(self).generate
 
 
-class AbstractSegment(_Node, Generic[T, U]):
+class AbstractSegment(Chain[In, Out], _Node):
     """A stage: ``transform(items)`` reads the upstream items and yields its own.
 
     Write ``transform`` as an ``async def`` generator over ``items`` (an async
@@ -155,18 +143,26 @@ class AbstractSegment(_Node, Generic[T, U]):
         self._init_options(process_metadata, blocking)
 
     @abstractmethod
-    def transform(self, items: Any) -> AsyncIterator[U] | Iterator[U]:
+    def transform(self, items: Any) -> AsyncIterator[Out] | Iterator[Out]:
         """Read *items* and yield the output items."""
 
-    @overload
-    def __or__(self, other: AbstractSegment[U, V]) -> Pipeline[T, V]: ...
-    @overload
-    def __or__(self, other: Pipeline[U, V]) -> Pipeline[T, V]: ...
-    @overload
-    def __or__(self, other: Any) -> Pipeline[T, Any]: ...
-    def __or__(self, other: Any) -> Pipeline[Any, Any]:
-        """Chain this segment with the next stage: a new :class:`Pipeline`."""
-        return _Node.__or__(self, other)
+    def __or__(
+        self, other: AbstractSegment[Out, V] | Pipeline[Out, V] | Callable[[Iterable[Out]], Iterable[V]]
+    ) -> Pipeline[In, V]:
+        """Chain this segment with the next stage: a new :class:`Pipeline`.
+
+        The next stage must read what this one yields: ``Segment[int, str] |
+        Segment[bytes, X]`` is a type error.
+        """
+        from ._pipeline import Pipeline
+
+        return Pipeline(self, other)
+
+    def __ror__(self, other: Callable[[Iterable[Any]], Iterable[In]]) -> Pipeline[Any, Out]:
+        """A TalkPipe-style callable segment before this one: a new :class:`Pipeline`."""
+        from ._pipeline import Pipeline
+
+        return Pipeline(other, self)
 
     def _entry(self) -> Callable[..., Any]:
         return type(self).transform
@@ -265,9 +261,18 @@ def _decorator(base: type[Any], method: str, suffix: str, args: tuple[Any, ...],
 
 
 @overload
-def source(func: F, /) -> type[AbstractSource[Any]]: ...
+def source(func: Callable[P, AsyncIterator[U]], /) -> SourceFactory[P, U]: ...
 @overload
-def source(**defaults: Any) -> Callable[[F], type[AbstractSource[Any]]]: ...
+def source(func: Callable[P, Iterator[U]], /) -> SourceFactory[P, U]: ...
+@overload
+def source(
+    *,
+    name: str | None = None,
+    process_metadata: bool = False,
+    blocking: bool = False,
+    emits_metadata: bool | None = None,
+    **defaults: Any,
+) -> SourceDecorator: ...
 def source(*args: Any, **kwargs: Any) -> Any:
     """Turn a generator function (``async def`` or ``def``) into a source class.
 
@@ -287,9 +292,13 @@ def source(*args: Any, **kwargs: Any) -> Any:
 
 
 @overload
-def segment(func: F, /) -> type[AbstractSegment[Any, Any]]: ...
+def segment(func: Callable[Concatenate[AsyncIterator[T], P], AsyncIterator[U]], /) -> SegmentFactory[P, T, U]: ...
 @overload
-def segment(**defaults: Any) -> Callable[[F], type[AbstractSegment[Any, Any]]]: ...
+def segment(func: Callable[Concatenate[Iterable[T], P], Iterator[U]], /) -> SegmentFactory[P, T, U]: ...
+@overload
+def segment(
+    *, name: str | None = None, process_metadata: bool = False, blocking: bool = False, **defaults: Any
+) -> SegmentDecorator: ...
 def segment(*args: Any, **kwargs: Any) -> Any:
     """Turn a generator function over ``items`` into a segment class.
 
@@ -360,6 +369,56 @@ class AbstractFieldSegment(AbstractSegment[Any, Any]):
                 yield out
 
 
+@overload
+def field_segment(func: Callable[Concatenate[T, P], Coroutine[Any, Any, U]], /) -> FieldSegmentFactory[P, T, U]: ...
+@overload
+def field_segment(func: Callable[Concatenate[T, P], U], /) -> FieldSegmentFactory[P, T, U]: ...
+@overload
+def field_segment(
+    *,
+    set_as: str,
+    field: str | None = None,
+    multi_emit: bool = False,
+    name: str | None = None,
+    process_metadata: bool = False,
+    blocking: bool = False,
+) -> ItemSegmentDecorator: ...
+@overload
+def field_segment(
+    *,
+    field: None = None,
+    multi_emit: Literal[False] = False,
+    name: str | None = None,
+    process_metadata: bool = False,
+    blocking: bool = False,
+) -> FieldSegmentDecorator[Never]: ...
+@overload
+def field_segment(
+    *,
+    field: str,
+    multi_emit: Literal[False] = False,
+    name: str | None = None,
+    process_metadata: bool = False,
+    blocking: bool = False,
+) -> FieldSegmentDecorator[Any]: ...
+@overload
+def field_segment(
+    *,
+    multi_emit: Literal[True],
+    field: None = None,
+    name: str | None = None,
+    process_metadata: bool = False,
+    blocking: bool = False,
+) -> MultiFieldSegmentDecorator[Never]: ...
+@overload
+def field_segment(
+    *,
+    multi_emit: Literal[True],
+    field: str,
+    name: str | None = None,
+    process_metadata: bool = False,
+    blocking: bool = False,
+) -> MultiFieldSegmentDecorator[Any]: ...
 def field_segment(*args: Any, **kwargs: Any) -> Any:
     """Turn a function of one value into an :class:`AbstractFieldSegment` class.
 
