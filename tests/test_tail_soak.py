@@ -46,55 +46,60 @@ SECONDS = float(os.environ.get("TALKPIPE_SOAK_SECONDS", "6"))
 
 _WRITER = textwrap.dedent(
     """
-    import os, shutil, sys, threading, time
+    import os, signal, sys, time
 
-    path, rate, period, style, seconds, late = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), \\
-        sys.argv[4], float(sys.argv[5]), float(sys.argv[6])
+    path, rate, seconds, late = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
     total = int(rate * seconds)
     pad = b" " + b"x" * 40 + b"\\n"
-    reopen_at = [None]
-    done = threading.Event()
-    lock = threading.Lock()
+    reopen_at = None
+
+    def on_hup(signum, frame):  # logrotate's postrotate: tell the writer to reopen its log
+        global reopen_at
+        reopen_at = time.monotonic() + late
 
     def open_log():
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    def rotator():
-        k = 0
-        while not done.wait(period):
-            k += 1
-            if style == "create":
-                with lock:
-                    os.rename(path, f"{path}.{k}")
-                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-                    reopen_at[0] = time.monotonic() + late
-            else:
-                shutil.copyfile(path, f"{path}.{k}")
-                os.truncate(path, 0)
-        print("rotations", k, flush=True)
-
+    signal.signal(signal.SIGHUP, on_hup)
     fd = open_log()
-    thread = threading.Thread(target=rotator)
-    thread.start()
+    print("ready", flush=True)
+    sys.stdin.readline()
     start = time.monotonic()
     n = 0
     while n < total:
         now = time.monotonic()
-        with lock:
-            if reopen_at[0] is not None and now >= reopen_at[0]:
-                os.close(fd)
-                fd = open_log()
-                reopen_at[0] = None
+        if reopen_at is not None and now >= reopen_at:
+            reopen_at = None
+            os.close(fd)
+            fd = open_log()
         target = min(total, int((now - start) * rate) + 1)
         while n < target:
             os.write(fd, b"%d" % n + pad)
             n += 1
-        time.sleep(0.0003)
-    done.set()
-    thread.join()
-    with lock:
-        os.close(fd)
+        time.sleep(0.0002)
+    os.close(fd)
     print("written", n, flush=True)
+    """
+)
+
+# The rotator is its own process, as logrotate is: between the end of a copy and the truncate there is
+# only what one process does between two system calls.
+_ROTATOR = textwrap.dedent(
+    """
+    import os, select, shutil, signal, sys
+
+    path, period, style, writer = sys.argv[1], float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    k = 0
+    while not select.select([sys.stdin], [], [], period)[0]:  # until the test closes our stdin
+        k += 1
+        if style == "create":
+            os.rename(path, f"{path}.{k}")
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            os.kill(writer, signal.SIGHUP)
+        else:
+            shutil.copyfile(path, f"{path}.{k}")
+            os.truncate(path, 0)
+    print("rotations", k, flush=True)
     """
 )
 
@@ -200,11 +205,40 @@ class Soak:
                     break
 
     async def _write(self) -> None:
-        args = [str(self.log), str(RATE), str(self.period), self.style, str(SECONDS), str(LATE)]
-        proc = await anyio.run_process([sys.executable, "-c", _WRITER, *args], check=True)
-        out = proc.stdout.decode()
-        self.rotations = int(out.split("rotations ")[1].split()[0])
-        assert f"written {self.total}" in out
+        await anyio.to_thread.run_sync(self._write_and_rotate)
+
+    def _write_and_rotate(self) -> None:
+        """Start the writer, then the rotator; stop the rotator when the writer has written every line."""
+        py = sys.executable
+        writer = subprocess.Popen(
+            [py, "-c", _WRITER, str(self.log), str(RATE), str(SECONDS), str(LATE)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert writer.stdin is not None and writer.stdout is not None
+        rotator = None
+        try:
+            assert writer.stdout.readline() == "ready\n"
+            rotator = subprocess.Popen(
+                [py, "-c", _ROTATOR, str(self.log), str(self.period), self.style, str(writer.pid)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            writer.stdin.write("go\n")
+            writer.stdin.flush()
+            written = writer.stdout.read()
+            assert writer.wait(timeout=SECONDS * 4 + 30) == 0
+            assert f"written {self.total}" in written
+            out, _ = rotator.communicate("stop\n", timeout=30)
+            assert rotator.returncode == 0
+            self.rotations = int(out.split("rotations ")[1].split()[0])
+        finally:
+            for proc in (writer, rotator):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
 
     def lost(self, got: list[int]) -> int:
         return self.total - len(set(got))

@@ -209,6 +209,10 @@ class _Tailer:
     def _splitter(self) -> Splitter:
         return Splitter(self.src.max_line_bytes)
 
+    def _at_path(self, h: Held) -> bool:
+        """Whether *h* is what the path names now (so it is still written to, not drained)."""
+        return not h.cut and h.ident == self.at_path
+
     def _holds(self, ident: tuple[int, int]) -> bool:
         return any(h.ident == ident for h in self.chain)
 
@@ -275,7 +279,7 @@ class _Tailer:
         """Note when each held file that left the path last changed (its grace runs from then)."""
         now = time.monotonic()
         for h in self.chain:
-            if h.ident == self.at_path:
+            if h.cut or self._at_path(h):
                 continue
             st = os.fstat(h.fd)
             if h.quiet_since is None or st.st_size != h.q_size or st.st_mtime_ns != h.q_mtime:
@@ -313,7 +317,7 @@ class _Tailer:
                 with self.chain_lock:
                     self.discover()
                     last = self.chain[-1] if self.chain else None
-                target = last if ahead and last is not None and last.ident == self.at_path else None
+                target = last if ahead and last is not None and self._at_path(last) else None
                 if target is not None:
                     self._read_ahead(target)
                 self._wake()
@@ -323,7 +327,7 @@ class _Tailer:
                         self._read_ahead(target)  # first: a copytruncate may be under way
                     if changed:
                         self._wake()
-                    if not changed or target is None or not self._same_file(target):
+                    if not changed or target is None or target.cut or not self._same_file(target):
                         break
                 if select.select([stop], [], [], 0)[0]:
                     return
@@ -373,35 +377,36 @@ class _Tailer:
         """Read what was appended to the file at the path now, before a copytruncate can take it away.
 
         Sizes only shrink by truncation: a file shorter after the read than what the read returned was
-        truncated after it, so the bytes are good (and reading ahead stops for this generation).  A file
-        that no longer starts with its fingerprint may have been truncated and regrown before the read:
-        those bytes are dropped, and the poll finds the truncation and looks for the copy.
+        truncated after it, so the bytes are good.  A file that no longer starts with its fingerprint may
+        have been truncated and regrown before the read: those bytes are dropped (the copy has the old
+        ones, the next generation starts at 0).  Either way the generation is cut.
         """
         with h.lock:
-            room = self.src.read_ahead - h.ahead_len
-            if not h.ahead_ok or room <= 0:
+            if h.cut:
                 return
-            start = h.pos + h.ahead_len
-            data = os.pread(h.fd, room, start)
+            end = h.pos + h.ahead_len
+            if os.fstat(h.fd).st_size < end:
+                self._cut(h)
+                return
+            room = self.src.read_ahead - h.ahead_len
+            data = os.pread(h.fd, room, end) if room > 0 else b""
             if not data:
                 return
-            if os.fstat(h.fd).st_size < start + len(data):
-                h.ahead_ok = False
-            else:
+            if os.fstat(h.fd).st_size >= end + len(data):
                 first = head(h.fd)
                 fp = h.gen.fp
                 if len(first) < len(fp) or first[: len(fp)] != fp:
-                    h.ahead_ok = False
+                    self._cut(h)
                     return
                 if len(first) > len(fp):
                     h.gen.fp = first
+            else:
+                self._cut(h)
             h.ahead.append(data)
             h.ahead_len += len(data)
 
-    # -- reading ---------------------------------------------------------------------------
-
-    def _check_truncation(self, cur: Held, out: list[Any]) -> bool:
-        """Whether *cur*'s file was truncated (reading then restarts).  Under ``cur.lock``."""
+    def _check_truncation(self, cur: Held) -> bool:
+        """Whether *cur*'s file was truncated (then it is cut).  Under ``cur.lock``."""
         st = os.fstat(cur.fd)
         if st.st_size == cur.size and st.st_mtime_ns == cur.mtime:
             return False
@@ -415,34 +420,48 @@ class _Tailer:
             elif len(first) > len(fp):
                 cur.gen.fp = first
         if truncated:
-            self._restart(cur, st, out)
+            self._cut(cur)
         return truncated
 
-    def _restart(self, cur: Held, st: os.stat_result, out: list[Any]) -> None:
-        """The file under *cur* was truncated: read the unread rest from a copy, if there is one, then from 0."""
-        self.stats.truncations += 1
-        old, offset = cur.gen, cur.pos
-        copy = find_copy(cur, self.path, self.skip) if offset > 0 else None
-        fields: dict[str, Any] = {}
+    def _cut(self, h: Held) -> None:
+        """*h*'s file was truncated: end its generation and hold the next one (same file, from 0) after it.
+
+        Under ``h.lock``, by whichever of the poll and the scout saw it first.
+        """
+        h.cut = True
+        h.quiet_since = float("-inf")
+        fd = os.dup(h.fd)
+        try:
+            st = os.fstat(fd)
+            first = head(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        nxt = Held(fd, Gen(st.st_dev, st.st_ino, first, h.gen.path, 0), 0, self._splitter(), st)
         with self.chain_lock:
-            if copy is not None:
-                fd, cst, name = copy
-                rest = Held(fd, Gen(cst.st_dev, cst.st_ino, old.fp, name, offset), offset, cur.splitter, cst)
-                rest.mark, rest.quiet_since = cur.mark, float("-inf")
-                rest.q_size, rest.q_mtime = cst.st_size, cst.st_mtime_ns
+            at = next(i for i, x in enumerate(self.chain) if x is h)
+            self.chain.insert(at + 1, nxt)
+
+    def _end_generation(self, cur: Held, out: list[Any]) -> None:
+        """The poll reached the end of a cut generation: read its unread rest from a copy, if one is found."""
+        cur.recovered = True
+        self.stats.truncations += 1
+        copy = find_copy(cur, self.path, self.skip) if cur.pos > 0 else None
+        fields: dict[str, Any] = {}
+        if copy is not None:
+            fd, cst, name = copy
+            rest = Held(fd, Gen(cst.st_dev, cst.st_ino, cur.gen.fp, name, cur.pos), cur.pos, cur.splitter, cst)
+            rest.mark, rest.quiet_since, rest.discard_partial = cur.mark, float("-inf"), True
+            rest.q_size, rest.q_mtime = cst.st_size, cst.st_mtime_ns
+            with self.chain_lock:
                 self.chain.insert(0, rest)
-                cur.splitter = self._splitter()
-                fields = {"recovered_from": name, "recovered_bytes": cst.st_size - offset}
-            else:
-                if cur.splitter.buf:
-                    self.stats.partial_discarded += 1
-                cur.splitter.reset()
-            if self.checkpoint is not None:
-                self.done.append(old)
-            cur.pos, cur.mark, cur.ahead_ok = 0, b"", True
-            cur.gen = Gen(st.st_dev, st.st_ino, head(cur.fd), old.path, 0)
-        log.info("%s: %s was truncated at offset %d; reading from 0", self.src.label, old.path, offset)
-        out.append(TailEvent("truncated", old.path, offset=offset, **fields))
+            cur.splitter = self._splitter()  # the partial line goes on in the copy
+            fields = {"recovered_from": name, "recovered_bytes": cst.st_size - cur.pos}
+        elif cur.splitter.buf:
+            self.stats.partial_discarded += 1
+            cur.splitter.reset()
+        log.info("%s: %s was truncated at offset %d; reading from 0", self.src.label, cur.gen.path, cur.pos)
+        out.append(TailEvent("truncated", cur.gen.path, offset=cur.pos, **fields))
 
     def _lines(self, cur: Held, data: bytes, start: int) -> list[Any]:
         sp = cur.splitter
@@ -478,7 +497,9 @@ class _Tailer:
     def _finish(self, cur: Held, out: list[Any]) -> None:
         """The first file of the chain left the path and has been quiet: emit its last partial line, close it."""
         rest = cur.splitter.partial
-        if rest:
+        if rest and cur.discard_partial:
+            self.stats.partial_discarded += 1
+        elif rest:
             self.stats.unterminated += 1
             self.seq += 1
             text = self.decoder.decode(rest, None, cur.pos - len(rest))
@@ -518,8 +539,10 @@ class _Tailer:
                     data = b"".join(cur.ahead)
                     cur.ahead.clear()
                     cur.ahead_len = 0
-                elif self._check_truncation(cur, out):
-                    continue  # read the copy of the truncated file first, if one was found, or from 0
+                elif cur.cut:
+                    data = b""  # what the descriptor holds now is the next generation's
+                elif self._check_truncation(cur):
+                    continue
                 else:
                     data = os.pread(cur.fd, src.chunk_size, cur.pos)
                 start = cur.pos
@@ -529,7 +552,10 @@ class _Tailer:
                 self.stats.bytes += len(data)
                 out.extend(self._lines(cur, data, start))
                 return out, ahead or len(data) == src.chunk_size
-            if cur.ident == self.at_path:
+            if cur.cut and not cur.recovered:
+                self._end_generation(cur, out)
+                continue
+            if self._at_path(cur):
                 return out, False
             quiet = cur.quiet_since
             if quiet is None or time.monotonic() - quiet < src.rotate_grace:
@@ -544,7 +570,7 @@ class _Tailer:
         if not self.chain:
             return None
         cur = self.chain[0]
-        if cur.ident == self.at_path:
+        if self._at_path(cur):
             return None
         if cur.quiet_since is None:
             return 0.0

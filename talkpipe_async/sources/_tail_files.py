@@ -48,8 +48,9 @@ class Held:
     __slots__ = (
         "ahead",
         "ahead_len",
-        "ahead_ok",
         "announce",
+        "cut",
+        "discard_partial",
         "fd",
         "gen",
         "lock",
@@ -59,6 +60,7 @@ class Held:
         "q_mtime",
         "q_size",
         "quiet_since",
+        "recovered",
         "size",
         "splitter",
     )
@@ -77,7 +79,11 @@ class Held:
         self.lock = threading.Lock()
         self.ahead: list[bytes] = []
         self.ahead_len = 0
-        self.ahead_ok = True  # False once the scout saw this generation truncated
+        # Truncated (copytruncate): no byte at or after ``pos + ahead_len`` in the descriptor belongs to this
+        # generation any more; the next generation of the same file is held right after this one.
+        self.cut = False
+        self.recovered = False  # a cut generation's copy has been looked for
+        self.discard_partial = False  # an unterminated last line was cut short: count it, do not emit it
         # Once the file has left the path: when a change was last seen (monotonic) and what it was.
         self.quiet_since: float | None = None
         self.q_size = -1
