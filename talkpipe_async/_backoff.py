@@ -7,7 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Backoff"]
+import anyio
+
+__all__ = ["Backoff", "Retries"]
 
 Jitter = Literal["full", "equal", "none"]
 
@@ -23,9 +25,13 @@ class Backoff:
     ``"full"``/``"none"``).  ``exact_first=True`` makes the first wait exactly
     ``initial`` (or the base a caller passes, such as an SSE server's
     ``retry``).  ``max_attempts`` bounds consecutive failed attempts (``None``:
-    unlimited); a stage resets its count after a success::
+    unlimited).  A reconnecting stage counts a connection as a success, and
+    starts its count and its delay again from the beginning, only when the
+    connection delivered data and stayed up for ``healthy_after`` seconds
+    (see :class:`Retries`); a peer that accepts and then drops sooner counts
+    as one more failure, so ``max_attempts`` bounds a flapping peer too::
 
-        Backoff(initial=0.2, maximum=10, max_attempts=5)
+        Backoff(initial=0.2, maximum=10, max_attempts=5, healthy_after=10)
     """
 
     initial: float = 0.5
@@ -34,6 +40,7 @@ class Backoff:
     jitter: Jitter | bool = "full"
     max_attempts: int | None = None
     exact_first: bool = False
+    healthy_after: float = 10.0
 
     def __post_init__(self) -> None:
         if self.max_attempts is not None and self.max_attempts < 1:
@@ -42,6 +49,8 @@ class Backoff:
             raise ValueError(f"unknown jitter {self.jitter!r}")
         if self.initial < 0 or self.maximum < 0 or self.multiplier < 1:
             raise ValueError("initial and maximum must be >= 0 and multiplier >= 1")
+        if self.healthy_after < 0:
+            raise ValueError("healthy_after must be >= 0")
 
     @property
     def mode(self) -> Jitter:
@@ -74,3 +83,57 @@ class Backoff:
         while self.max_attempts is None or attempt < self.max_attempts - 1:
             yield self.delay(attempt, rng=rng)
             attempt += 1
+
+
+class Retries:
+    """The retry rule every reconnecting stage shares: what counts as a failure, and the wait before the next try.
+
+    A stage calls :meth:`opened` when an attempt starts working (a
+    connection made, a source opened), :meth:`delivered` when it receives
+    data, and :meth:`failed` when the attempt ends (or could not open) and
+    the stage wants another.  The attempt was *healthy* when it delivered
+    data and stayed open for at least ``backoff.healthy_after`` seconds:
+    then the count of consecutive failures starts again from zero.  Every
+    other end is one more consecutive failure, whatever it delivered: the
+    next wait grows (:meth:`Backoff.delay`), and ``backoff.max_attempts``
+    failures in a row give up.  Time is ``anyio.current_time()`` (virtual
+    under a mock clock).
+    """
+
+    def __init__(self, backoff: Backoff, *, rng: random.Random | None = None) -> None:
+        self.backoff = backoff
+        self.rng = rng
+        self.failures = 0
+        self._opened_at: float | None = None
+        self._productive = False
+
+    def opened(self) -> None:
+        """An attempt started working now."""
+        self._opened_at = anyio.current_time()
+        self._productive = False
+
+    def delivered(self) -> None:
+        """The current attempt received data."""
+        self._productive = True
+
+    @property
+    def healthy(self) -> bool:
+        """True when the current attempt delivered data and has been open for ``healthy_after`` seconds."""
+        since = self._opened_at
+        return (
+            since is not None and self._productive and anyio.current_time() - since >= self.backoff.healthy_after
+        )
+
+    def failed(self, base: float | None = None) -> float | None:
+        """The current attempt ended: count it; the wait before the next one, or None once ``max_attempts`` are used.
+
+        *base* replaces ``backoff.initial`` for this wait (an SSE server's ``retry``).
+        """
+        if self.healthy:
+            self.failures = 0
+        self._opened_at = None
+        self._productive = False
+        self.failures += 1
+        if self.backoff.exhausted(self.failures):
+            return None
+        return self.backoff.delay(self.failures - 1, base, rng=self.rng)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import socket
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -13,6 +17,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import uvicorn
 from anyio.abc import SocketAttribute
 from starlette.applications import Starlette
@@ -171,8 +176,8 @@ async def raw_server(handler: Handler) -> AsyncIterator[int]:
     async def guarded(stream: anyio.abc.SocketStream) -> None:
         try:
             await handler(stream)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            pass
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
+            pass  # the client went away: a normal end for a test server
         finally:
             await anyio.aclose_forcefully(stream)
 
@@ -195,6 +200,34 @@ async def read_request(stream: anyio.abc.SocketStream) -> dict[str, str]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     return headers
+
+
+async def ws_handshake(stream: anyio.abc.SocketStream) -> None:
+    """The server side of a WebSocket handshake, by hand."""
+    headers = await read_request(stream)
+    key = headers["sec-websocket-key"].encode()
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
+    await stream.send(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+    )
+
+
+def ws_frame(payload: bytes, *, opcode: int = 0x1, fin: bool = True) -> bytes:
+    """One unmasked (server-to-client) frame."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    if n < 126:
+        return head + bytes([n]) + payload
+    if n < 1 << 16:
+        return head + bytes([126]) + struct.pack("!H", n) + payload
+    return head + bytes([127]) + struct.pack("!Q", n) + payload
+
+
+def reset(stream: anyio.abc.SocketStream) -> None:
+    """Make closing *stream* send a TCP reset (SO_LINGER 0) instead of a FIN."""
+    sock = stream.extra(SocketAttribute.raw_socket)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def chunked_head(content_type: str, status: str = "200 OK") -> bytes:
@@ -241,21 +274,30 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     return condition()
 
 
-async def settle(read: Callable[[], int], *, window: float = 0.15, limit: float = 4.0) -> int:
-    """Wait until ``read()`` stops changing for *window* seconds (bounded by *limit*); return it.
+async def send_until_the_kernel_refuses(stream: anyio.abc.SocketStream, block: bytes) -> int:
+    """Send *block* again and again on *stream*'s socket, without waiting, until the kernel refuses; the bytes sent.
 
-    Used to show that a sender is blocked: with backpressure its byte count
-    stops growing; without it the count keeps growing until *limit*.
+    A refused non-blocking send (``EAGAIN``) is the exact sign that the
+    peer stopped reading: its receive buffer and our send buffer are full.
+    Call it once the peer is known to have stopped (an event of the test);
+    it then ends after a bounded number of bytes (the two kernel buffers).
     """
-    deadline = anyio.current_time() + limit
-    last = read()
-    while anyio.current_time() < deadline:
-        await anyio.sleep(window)
-        now = read()
-        if now == last:
-            return now
-        last = now
-    return last
+    raw = stream.extra(SocketAttribute.raw_socket)
+    with socket.fromfd(raw.fileno(), raw.family, raw.type) as sock:  # a duplicate: the loop's wrapper cannot send
+        sock.setblocking(False)
+        view = memoryview(block)
+        sent = 0
+        while True:
+            try:
+                n = sock.send(view)
+            except BlockingIOError:
+                return sent
+            sent += n
+            view = view[n:] if n < len(view) else memoryview(block)
+            if sent > 1 << 30:
+                raise AssertionError("1 GiB went out: the peer never stopped reading")
+            if sent % (1 << 20) < n:
+                await anyio.lowlevel.checkpoint()  # stay cancellable
 
 
 def iter_chunks(data: bytes, size: int) -> Iterator[bytes]:

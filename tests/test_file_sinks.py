@@ -185,3 +185,12 @@ def test_bad_options(tmp_path: Path) -> None:
         write_lines(tmp_path / "x", flush_interval=None, emit="flushed")
     with pytest.raises(ValueError, match="emit"):
         write_lines(tmp_path / "x", emit="never")  # type: ignore[arg-type]
+
+
+async def test_write_jsonl_escapes_the_line_separators(tmp_path: Path) -> None:
+    records = [{"text": "a\u2028b"}, {"text": "c\u2029d", "é": "ü"}]
+    path = tmp_path / "out.jsonl"
+    await write_jsonl(path).collect(records)
+    text = path.read_text(encoding="utf-8")
+    assert [json.loads(line) for line in text.splitlines()] == records  # str.splitlines splits on U+2028 too
+    assert "\u2028" not in text and "\u2029" not in text and "ü" in text  # the rest stays UTF-8

@@ -76,12 +76,15 @@ async def test_status_error_raises(app: tuple[AppServer, AppState]) -> None:
 async def test_early_break_returns_the_connection_to_the_pool(app: tuple[AppServer, AppState]) -> None:
     server, _ = app
     limits = httpx.Limits(max_connections=1)
+    firsts = []
     async with httpx.AsyncClient(limits=limits) as client:
         for _ in range(3):  # with a leaked stream the second run would wait for the pool forever
             with anyio.fail_after(5):
                 async with Pipeline(http_lines(server.url("/lines?n=100000"), client=client)).stream() as items:
-                    async for _line in items:
+                    async for line in items:
+                        firsts.append(line)
                         break
+    assert firsts == ["line 0"] * 3  # each run got the one pool slot back
 
 
 async def test_poll_emits_only_what_is_new(app: tuple[AppServer, AppState]) -> None:

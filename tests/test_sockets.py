@@ -34,7 +34,7 @@ from talkpipe_async.sources.sockets import (
     unix_server_lines,
 )
 
-from .net_helpers import FAST, raw_server, settle
+from .net_helpers import FAST, raw_server, send_until_the_kernel_refuses
 
 pytestmark = pytest.mark.anyio
 
@@ -394,13 +394,24 @@ async def test_udp_drop_oldest_with_counter() -> None:
 # --- backpressure ------------------------------------------------------------------------------
 
 
+def stall_after_first(first: anyio.Event) -> Any:
+    """A sink that takes one item, sets *first*, and then waits for good (the test cancels the run)."""
+
+    @segment
+    async def stall(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for item in items:
+            first.set()
+            await anyio.sleep_forever()
+            yield item
+
+    return stall()
+
+
 async def test_backpressure_tcp_server_source_blocks_the_sender() -> None:
     stats = NetStats()
-    ready = anyio.Event()
+    ready, first = anyio.Event(), anyio.Event()
     address: list[Any] = []
-    sent = 0
-    line = b"x" * 1023 + b"\n"
-    block = line * 64
+    block = (b"x" * 1023 + b"\n") * 64
 
     def listening(a: Any) -> None:
         address.append(a)
@@ -408,52 +419,60 @@ async def test_backpressure_tcp_server_source_blocks_the_sender() -> None:
 
     async def consume() -> None:
         source = tcp_server_lines(buffer=64, on_listening=listening, stats=stats)
-        async with (source | stalled()).stream() as items:
+        async with (source | stall_after_first(first)).stream() as items:
             async for _ in items:
                 pass
 
-    async def send() -> None:
-        nonlocal sent
-        stream = await anyio.connect_tcp(*address[0])
-        while sent < 1 << 30:
+    async def send(stream: anyio.abc.SocketStream) -> None:
+        while True:
             await stream.send(block)
-            sent += len(block)
 
     with anyio.fail_after(15):
         async with anyio.create_task_group() as tg:
             tg.start_soon(consume)
             await ready.wait()
-            tg.start_soon(send)
-            stalled_at = await settle(lambda: sent)
+            stream = await anyio.connect_tcp(*address[0])
+            async with anyio.create_task_group() as senders:
+                senders.start_soon(send, stream)
+                await first.wait()
+                while stats.blocked_puts == 0:  # a handler found the buffer full: it reads nothing more
+                    await anyio.sleep(0.005)
+                senders.cancel_scope.cancel()
+            read = stats.bytes_received
+            sent_more = await send_until_the_kernel_refuses(stream, block)  # the kernel refuses: TCP pushed back
+            assert stats.bytes_received == read
             tg.cancel_scope.cancel()
-    assert stalled_at < 48 << 20, f"sender never blocked: {stalled_at} bytes sent"
+        await stream.aclose()
+    assert sent_more < 48 << 20, f"sender never blocked: {sent_more} bytes sent"
     assert stats.high_water <= 64 + 64  # capacity + the lines of one 64 KiB read
-    assert stats.bytes_received - stats.high_water * 1024 <= 64 * 1024 + 1024 * 1024  # nothing else held here
+    assert read <= (64 + 64 + 64) * 1024 + 65536  # the lines held (channel, batch in hand) and one read
 
 
 async def test_backpressure_tcp_client_source_blocks_the_server() -> None:
-    sent = 0
-    line = b"y" * 1023 + b"\n"
-    block = line * 64
+    first, blocked = anyio.Event(), anyio.Event()
+    refused_after: list[int] = []
+    block = (b"y" * 1023 + b"\n") * 64
 
     async def handler(stream: anyio.abc.SocketStream) -> None:
-        nonlocal sent
-        while sent < 1 << 30:
-            await stream.send(block)
-            sent += len(block)
+        await stream.send(block)
+        with anyio.fail_after(5):
+            await first.wait()  # the consumer holds its first line and pulls no more
+        refused_after.append(await send_until_the_kernel_refuses(stream, block))
+        blocked.set()
+        await anyio.sleep_forever()
 
     stats = NetStats()
     async with raw_server(handler) as port:
 
         async def consume() -> None:
-            async with (tcp_lines("127.0.0.1", port, stats=stats) | stalled()).stream() as items:
+            async with (tcp_lines("127.0.0.1", port, stats=stats) | stall_after_first(first)).stream() as items:
                 async for _ in items:
                     pass
 
         with anyio.fail_after(15):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(consume)
-                stalled_at = await settle(lambda: sent)
+                await blocked.wait()
                 tg.cancel_scope.cancel()
-    assert stalled_at < 48 << 20, f"sender never blocked: {stalled_at} bytes sent"
+    assert refused_after[0] < 48 << 20, f"sender never blocked: {refused_after[0]} bytes sent"
     assert stats.bytes_received <= 65536  # one read: the rest waits in the kernel, not in the source

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import anyio
 import httpx
@@ -247,11 +248,11 @@ async def test_garbage_and_reset_then_gives_up() -> None:
     assert count == 3
 
 
-async def test_backoff_resets_after_productive_connection() -> None:
+async def test_backoff_resets_after_a_healthy_connection() -> None:
     delays: list[float] = []
 
     class Recording(Backoff):
-        def delay(self, attempt: int, base: float | None = None) -> float:
+        def delay(self, attempt: int, base: float | None = None, rng: Any = None) -> float:
             delays.append(attempt)
             return 0.0
 
@@ -272,7 +273,8 @@ async def test_backoff_resets_after_productive_connection() -> None:
         # otherwise a reset without a final chunk
 
     async with raw_server(handler) as port:
-        source = sse_events(f"http://127.0.0.1:{port}/", backoff=Recording(max_attempts=10))
+        # healthy_after=0: a connection that delivered anything is healthy (the stable period is tested elsewhere)
+        source = sse_events(f"http://127.0.0.1:{port}/", backoff=Recording(max_attempts=10, healthy_after=0))
         async with Pipeline(source).stream() as items:
             got = []
             async for event in items:

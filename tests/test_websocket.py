@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import socket
 import struct
 import threading
@@ -35,7 +33,9 @@ from talkpipe_async.sources import (
     websocket_messages,
 )
 
-from .net_helpers import FAST, AppServer, raw_server, read_request, settle
+from .net_helpers import FAST, AppServer, raw_server, send_until_the_kernel_refuses
+from .net_helpers import ws_frame as frame
+from .net_helpers import ws_handshake as _handshake
 
 pytestmark = pytest.mark.anyio
 
@@ -62,6 +62,7 @@ class WsState:
     connections: dict[str, int] = field(default_factory=dict)
     received: list[Any] = field(default_factory=list)
     flood_sent: int = 0
+    close_codes: list[int | str] = field(default_factory=list)
     handshake_headers: dict[str, str] = field(default_factory=dict)
     on_disconnect: Callable[[], None] | None = None
     on_received_all: Callable[[], None] | None = None
@@ -128,9 +129,12 @@ def ws_app(state: WsState) -> Starlette:
             while state.flood_sent < FLOOD_COUNT:
                 await ws.send_text(payload)
                 state.flood_sent += 1
+                await anyio.sleep(0)  # let the server see a close frame (its send does not wait while TCP takes it)
             await ws.receive_text()
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            pass
+        except WebSocketDisconnect as exc:
+            state.close_codes.append(exc.code)
+        except (RuntimeError, OSError) as exc:
+            state.close_codes.append(repr(exc))
         finally:
             state.disconnected()
 
@@ -279,28 +283,6 @@ async def test_server_drop_reconnects_and_continues(ws: tuple[AppServer, WsState
     assert stats.reconnects == 1 and stats.connections == 2 and stats.errors == 1
 
 
-async def _handshake(stream: anyio.abc.SocketStream) -> None:
-    """The server side of a WebSocket handshake, by hand."""
-    headers = await read_request(stream)
-    key = headers["sec-websocket-key"].encode()
-    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
-    await stream.send(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
-    )
-
-
-def frame(payload: bytes, *, opcode: int = 0x1, fin: bool = True) -> bytes:
-    """One unmasked (server-to-client) frame."""
-    head = bytes([(0x80 if fin else 0) | opcode])
-    n = len(payload)
-    if n < 126:
-        return head + bytes([n]) + payload
-    if n < 1 << 16:
-        return head + bytes([126]) + struct.pack("!H", n) + payload
-    return head + bytes([127]) + struct.pack("!Q", n) + payload
-
-
 async def test_tcp_drop_without_close_frame_is_code_1006() -> None:
     async def handler(stream: anyio.abc.SocketStream) -> None:
         await _handshake(stream)
@@ -407,11 +389,13 @@ async def test_endless_fragmented_message_is_bounded() -> None:
 @pytest.mark.parametrize("how", ["break", "cancel"])
 async def test_break_or_cancel_closes_the_connection(ws: tuple[AppServer, WsState], how: str) -> None:
     server, state = ws
+    state.close_codes = []
     gone = anyio.Event()
     state.on_disconnect = notifier(gone)
+    stats = WebSocketStats()
     try:
         with anyio.CancelScope() as scope:
-            async with Pipeline(websocket_messages(ws_url(server, "/forever"))).stream() as items:
+            async with Pipeline(websocket_messages(ws_url(server, "/forever"), stats=stats)).stream() as items:
                 async for _message in items:
                     if how == "break":
                         break
@@ -421,37 +405,49 @@ async def test_break_or_cancel_closes_the_connection(ws: tuple[AppServer, WsStat
             await gone.wait()  # set by the server's handler when it sees the disconnect
     finally:
         state.on_disconnect = None
+    assert len(state.close_codes) == 1  # the server's handler saw its connection end ...
+    assert stats.close_code == 1000  # ... after the closing handshake: the server's close reply was read
 
 
-async def test_backpressure_reads_nothing_ahead(ws: tuple[AppServer, WsState]) -> None:
-    server, state = ws
-    gone = anyio.Event()
-    state.on_disconnect = notifier(gone)
+async def test_backpressure_reads_nothing_ahead() -> None:
+    stalled, blocked = anyio.Event(), anyio.Event()  # raw_server runs in this loop: plain anyio events
+    blocked_after: list[int] = []
     stats = WebSocketStats()
-    try:
-        async with Pipeline(websocket_messages(ws_url(server, "/forever"), stats=stats)).stream() as items:
-            async for _message in items:
-                break_after_stall = await settle(lambda: state.flood_sent)  # the consumer stalls here
-                break
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        await _handshake(stream)
+        await stream.send(frame(b"first"))
         with anyio.fail_after(5):
-            await gone.wait()
-    finally:
-        state.on_disconnect = None
-    # the server was blocked by TCP flow control long before it sent its 80 MB ...
-    assert break_after_stall < FLOOD_COUNT // 4, f"the server never blocked: {break_after_stall} messages sent"
+            await stalled.wait()  # the consumer holds its first message and pulls no more
+        blocked_after.append(await send_until_the_kernel_refuses(stream, frame(b"f" * FLOOD_SIZE)))
+        blocked.set()
+
+    async with raw_server(handler) as port:
+        async with Pipeline(websocket_messages(f"ws://127.0.0.1:{port}/", stats=stats)).stream() as items:
+            async for _message in items:
+                held = stats.bytes_received
+                stalled.set()
+                with anyio.fail_after(5):
+                    await blocked.wait()
+                assert stats.bytes_received == held  # nothing was read while the consumer stalled
+                break
+    # the server was blocked by TCP flow control (its send refused) long before it sent 80 MB ...
+    assert blocked_after[0] < FLOOD_SIZE * FLOOD_COUNT // 4, f"the server never blocked: {blocked_after[0]} bytes"
     # ... and the source held no more than one read beyond the message it delivered
-    assert stats.items == 1
-    assert stats.bytes_received <= 65536 + FLOOD_SIZE + 8, stats.bytes_received
+    assert stats.items == 1 and held <= 65536 + 8
 
 
 async def test_early_break_releases_the_pool_slot(ws: tuple[AppServer, WsState]) -> None:
     server, _ = ws
+    firsts = []
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=1)) as client:
         for _ in range(3):  # a leaked connection would make the second run wait for the pool forever
             with anyio.fail_after(5):
                 async with Pipeline(websocket_messages(ws_url(server, "/text?n=100"), client=client)).stream() as items:
-                    async for _message in items:
+                    async for message in items:
+                        firsts.append(message)
                         break
+    assert firsts == ["msg 0"] * 3  # each run got its connection from the one-slot pool
 
 
 async def test_headers_and_subprotocols(ws: tuple[AppServer, WsState]) -> None:

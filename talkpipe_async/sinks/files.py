@@ -9,7 +9,6 @@ hop per batch of items.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -25,6 +24,7 @@ from .._core._fields import extract_field
 from .._core._metadata import Flush, Metadata
 from .._core._run import current_run
 from .._core._segment import AbstractSegment
+from ._ndjson import ndjson_dumps
 
 __all__ = ["SinkStats", "write_jsonl", "write_lines"]
 
@@ -325,8 +325,9 @@ class write_lines(_FileSink):
 class write_jsonl(_FileSink):
     """Append each item (or its ``field``) as one JSON line to *path*; see :class:`write_lines` for the policies.
 
-    ``dumps`` replaces ``json.dumps`` (default: ``ensure_ascii=False``,
-    compact separators); an item it cannot serialise raises ``TypeError``
+    ``dumps`` replaces the default serializer (``json.dumps`` with
+    ``ensure_ascii=False`` and compact separators, U+2028 and U+2029 escaped
+    so that no line reader splits a record); an item it cannot serialise raises ``TypeError``
     naming the stage and the item.
     """
 
@@ -372,4 +373,4 @@ class write_jsonl(_FileSink):
 
 
 def _compact_dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return ndjson_dumps(value, compact=True)

@@ -15,16 +15,19 @@ import os
 import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
 import anyio
 import anyio.abc
 import httpx
 
+from .._backoff import Retries
 from .._core._metadata import Flush, is_metadata
 from .._core._segment import AbstractSegment
 from ..sources.http import _client_for
 from ..sources.sockets import Backoff, ConnectionLost, NetStats, _check_unix_path, _connect_tcp, _connect_unix
+from ._ndjson import ndjson_dumps
 
 __all__ = ["DeliveryFailed", "http_post_batches", "stdout_sink", "tcp_sink", "unix_sink"]
 
@@ -46,7 +49,7 @@ def _encoder(fmt: Format, serializer: Callable[[Any], str] | None) -> Callable[[
         ser = serializer
         return lambda item: (ser(item) + "\n").encode()
     if fmt == "jsonl":
-        return lambda item: (json.dumps(item, ensure_ascii=False) + "\n").encode()
+        return lambda item: (ndjson_dumps(item) + "\n").encode()
 
     def line(item: Any) -> bytes:
         if isinstance(item, bytes):
@@ -57,8 +60,18 @@ def _encoder(fmt: Format, serializer: Callable[[Any], str] | None) -> Callable[[
     return line
 
 
+@dataclass
+class _SinkRun:
+    """What one run of a sink keeps: its counters and its retry budget."""
+
+    stats: NetStats
+    retries: Retries
+
+
 class _ByteSink(AbstractSegment[Any, Any]):
     """Shared body: encode items, write them in groups, pass them on."""
+
+    backoff = Backoff(max_attempts=1)  # sinks that reconnect set their own
 
     def __init__(
         self,
@@ -90,7 +103,8 @@ class _ByteSink(AbstractSegment[Any, Any]):
     async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """Write each item, yield it on."""
         stats = self.stats if self.stats is not None else NetStats()
-        target = await self._connect(stats)
+        run = _SinkRun(stats, Retries(self.backoff))
+        target = await self._connect(run)
         encode = self.encode
         pending: list[bytes] = []
         every = self.flush_every
@@ -98,32 +112,32 @@ class _ByteSink(AbstractSegment[Any, Any]):
             async for item in items:
                 if is_metadata(item):
                     if isinstance(item, Flush) and pending:
-                        target = await self._send(target, pending, stats)
+                        target = await self._send(target, pending, run)
                     yield item
                     continue
                 pending.append(encode(item))
                 if len(pending) >= every:
-                    target = await self._send(target, pending, stats)
+                    target = await self._send(target, pending, run)
                 stats.items += 1
                 yield item
             if pending:
-                target = await self._send(target, pending, stats)
+                target = await self._send(target, pending, run)
         finally:
             await self._close(target)
 
-    async def _connect(self, stats: NetStats) -> Any:
+    async def _connect(self, run: _SinkRun) -> Any:
         """Open the target (subclasses that reconnect retry here)."""
         return await self._open()
 
-    async def _send(self, target: Any, pending: list[bytes], stats: NetStats) -> Any:
+    async def _send(self, target: Any, pending: list[bytes], run: _SinkRun) -> Any:
         """Write *pending* as one block; return the target to use from now on."""
         data = b"".join(pending)
         pending.clear()
-        target = await self._deliver(target, data, stats)
-        stats.bytes_sent += len(data)
+        target = await self._deliver(target, data, run)
+        run.stats.bytes_sent += len(data)
         return target
 
-    async def _deliver(self, target: Any, data: bytes, stats: NetStats) -> Any:
+    async def _deliver(self, target: Any, data: bytes, run: _SinkRun) -> Any:
         """Write *data*; return the target that took it (a reconnecting sink may open a new one)."""
         await self._write(target, data)
         return target
@@ -152,39 +166,42 @@ class _SocketSink(_ByteSink):
             scope.deadline = anyio.current_time() + 5.0
             await target.aclose()
 
-    def _failed(self, err: BaseException, attempt: int, stats: NetStats) -> None:
-        """Count a failure; raise unless another attempt is allowed."""
-        stats.errors += 1
-        stats.last_error = repr(err)
+    def _failed(self, err: BaseException, run: _SinkRun) -> float:
+        """Count a failure; the wait before the next attempt, or raise unless another attempt is allowed."""
+        run.stats.errors += 1
+        run.stats.last_error = repr(err)
         if not self.reconnect:
             raise err
-        if self.backoff.exhausted(attempt + 1):
+        wait = run.retries.failed()
+        if wait is None:
             where = f"{self.label} ({self._where()})"
-            raise ConnectionLost(f"{where}: gave up after {attempt + 1} attempts: {err!r}") from err
+            raise ConnectionLost(f"{where}: gave up after {run.retries.failures} attempts: {err!r}") from err
+        return wait
 
-    async def _connect(self, stats: NetStats) -> Any:
-        attempt = 0
+    async def _connect(self, run: _SinkRun) -> Any:
         while True:
             try:
-                return await self._open()
+                target = await self._open()
             except _SOCKET_ERRORS as err:
-                self._failed(err, attempt, stats)
-            await anyio.sleep(self.backoff.delay(attempt))
-            attempt += 1
+                wait = self._failed(err, run)
+            else:
+                run.retries.opened()
+                return target
+            await anyio.sleep(wait)
 
-    async def _deliver(self, target: Any, data: bytes, stats: NetStats) -> Any:
-        attempt = 0
+    async def _deliver(self, target: Any, data: bytes, run: _SinkRun) -> Any:
         while True:
             try:
                 await self._write(target, data)
-                return target
             except _SOCKET_ERRORS as err:
-                self._failed(err, attempt, stats)
+                wait = self._failed(err, run)
+            else:
+                run.retries.delivered()
+                return target
             await anyio.aclose_forcefully(target)
-            await anyio.sleep(self.backoff.delay(attempt))
-            attempt += 1
-            target = await self._connect(stats)
-            stats.reconnects += 1
+            await anyio.sleep(wait)
+            target = await self._connect(run)
+            run.stats.reconnects += 1
 
 
 class tcp_sink(_SocketSink):
@@ -196,6 +213,9 @@ class tcp_sink(_SocketSink):
     unless ``reconnect=True``: then it is opened again with ``backoff`` (the
     shared :class:`Backoff`; :class:`ConnectionLost` once its
     ``max_attempts`` are used up) and the write that failed is sent again.
+    A connection counts as healthy, and the count of failures starts again,
+    only after it took a write and stayed up ``backoff.healthy_after``
+    seconds: a peer that accepts and then resets sooner is one more failure.
     TCP acknowledges nothing to the sender: what the kernel had accepted
     just before a connection broke may be lost without an error (counted in
     no counter, because nobody can know).  Use :class:`http_post_batches` or

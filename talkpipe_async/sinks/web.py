@@ -19,10 +19,28 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .._core._pipeline import Pipeline
+from ._ndjson import ndjson_dumps
 
-__all__ = ["PipelineResponse", "sse_format", "streaming_response"]
+__all__ = ["SSE_END_ID", "PipelineResponse", "sse_ended", "sse_format", "streaming_response"]
 
 log = logging.getLogger("talkpipe_async.web")
+
+#: the id of the end event (``PipelineResponse(end_event=...)``): a reconnect that carries it comes after the end
+SSE_END_ID = "end"
+
+
+def sse_ended(headers: Mapping[str, str], end_id: str = SSE_END_ID) -> bool:
+    """True when a reconnecting client already received the end event (its ``Last-Event-ID`` is *end_id*).
+
+    Answer such a request with ``Response(status_code=204)``: an
+    ``EventSource`` then stops reconnecting, and the pipeline does not run
+    again.  *headers*: the request's headers (Starlette's ``request.headers``).
+    """
+    return headers.get("last-event-id") == end_id
+
+
+def _json_text(item: Any) -> str:
+    return json.dumps(item, ensure_ascii=False)
 
 
 def sse_format(data: str, *, event: str | None = None, id: str | None = None, retry: int | None = None) -> bytes:
@@ -53,14 +71,28 @@ class PipelineResponse(Response):
       reading, so a slow client slows the pipeline instead of filling memory;
     - a client disconnect cancels the run, which closes every stage
       (sources included) before the response returns;
-    - an error in the pipeline after the headers went out: with SSE an
-      ``event: error`` is sent and the stream ends; with NDJSON the error is
-      re-raised, so the server aborts the connection and the client sees a
-      broken (not a silently short) body.
+    - an error in the pipeline after the headers went out: with SSE an event
+      named ``error_event`` (default ``"pipeline-error"``, not ``"error"``,
+      which an ``EventSource`` reports to ``onerror`` as a failed connection)
+      carries ``"Type: message"`` and the stream ends; with NDJSON the error
+      is re-raised, so the server aborts the connection and the client sees
+      a broken (not a silently short) body.
 
-    ``serializer`` turns an item into text (default ``json.dumps``).  SSE:
-    ``event_name`` names each event; ``id_of(item)`` sets its ``id``;
+    ``serializer`` turns an item into text (default ``json.dumps`` with
+    ``ensure_ascii=False``; for NDJSON, U+2028 and U+2029 are escaped so that
+    line readers such as httpx's ``aiter_lines`` do not split a record).
+    SSE: ``event_name`` names each event; ``id_of(item)`` sets its ``id``;
     ``heartbeat`` seconds between ``: ping`` comments while idle.
+
+    A browser's ``EventSource`` reconnects whenever a stream ends, which
+    would run the pipeline again.  To end a stream for good, set
+    ``end_event`` (e.g. ``"end"``): after the last item (or the error event)
+    one more event of that name goes out, with data
+    ``{"items": <sent>, "failed": <bool>}`` and id ``end_id``.  A client
+    that listens for it calls ``close()``; one that reconnects anyway sends
+    ``Last-Event-ID: <end_id>``, which :func:`sse_ended` recognises, and the
+    endpoint answers ``204 No Content``, which stops an ``EventSource`` (and
+    :class:`~talkpipe_async.sources.sse_events`) for good.
     """
 
     def __init__(
@@ -74,6 +106,9 @@ class PipelineResponse(Response):
         id_of: Callable[[Any], Any] | None = None,
         retry: int | None = None,
         heartbeat: float | None = None,
+        error_event: str = "pipeline-error",
+        end_event: str | None = None,
+        end_id: str = SSE_END_ID,
         status_code: int = 200,
         headers: Mapping[str, str] | None = None,
         background: BackgroundTask | None = None,
@@ -83,11 +118,19 @@ class PipelineResponse(Response):
         self.pipeline = pipeline
         self.input = input
         self.format = format
-        self.serializer = serializer or (lambda item: json.dumps(item, ensure_ascii=False))
+        if serializer is None:
+            serializer = ndjson_dumps if format == "ndjson" else _json_text
+        self.serializer: Callable[[Any], str] = serializer
         self.event_name = event_name
         self.id_of = id_of
         self.retry = retry
         self.heartbeat = heartbeat
+        for name in (error_event, end_event or "", end_id):
+            if "\n" in name or "\r" in name or "\0" in name:
+                raise ValueError(f"an SSE event name or id cannot contain CR, LF or NUL: {name!r}")
+        self.error_event = error_event
+        self.end_event = end_event
+        self.end_id = end_id
         self.status_code = status_code
         self.media_type = "text/event-stream" if format == "sse" else "application/x-ndjson"
         self.background = background
@@ -148,10 +191,14 @@ class PipelineResponse(Response):
                 self.disconnected = True
             except Exception as exc:
                 failure = exc
+            failed = failure is not None
             if failure is not None and self.format == "sse" and not self.disconnected:
                 log.error("pipeline failed while streaming a response", exc_info=failure)
-                await body(sse_format(f"{type(failure).__name__}: {failure}", event="error"))
+                await body(sse_format(f"{type(failure).__name__}: {failure}", event=self.error_event))
                 failure = None
+            if self.end_event is not None and self.format == "sse" and not self.disconnected:
+                summary = json.dumps({"items": self.items_sent, "failed": failed})
+                await body(sse_format(summary, event=self.end_event, id=self.end_id))
             if not self.disconnected and failure is None:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             tg.cancel_scope.cancel()

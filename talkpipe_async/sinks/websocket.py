@@ -13,7 +13,15 @@ from .._core._run import current_run
 from .._core._segment import AbstractSegment
 from ..sources.http import _client_for
 from ..sources.sockets import ConnectionLost
-from ..sources.websocket import Mode, WebSocketStats, check_mode, connect, payload_size, require_httpx_ws
+from ..sources.websocket import (
+    Mode,
+    WebSocketStats,
+    check_close_code,
+    check_mode,
+    connect,
+    payload_size,
+    require_httpx_ws,
+)
 
 __all__ = ["websocket_send"]
 
@@ -38,8 +46,10 @@ class websocket_send(AbstractSegment[Any, Any]):
     A closed or broken connection raises :class:`WebSocketClosed` at the
     next send; a refused handshake raises :class:`WebSocketRejected`, a
     failed connection ``ConnectionLost``.  At the end (or on ``break``, an
-    error, cancellation) the sink sends a normal close (1000) and closes the
-    socket.  Metadata passes by in order.
+    error, cancellation) the sink runs the closing handshake: a close frame
+    with ``close_code`` (1000 by default), then it waits (at most 5 seconds)
+    for the server's close reply before it closes the socket, so the server
+    records that code.  Metadata passes by in order.
     """
 
     def __init__(
@@ -52,12 +62,15 @@ class websocket_send(AbstractSegment[Any, Any]):
         headers: Mapping[str, str] | None = None,
         subprotocols: Sequence[str] | None = None,
         connect_timeout: float = 10.0,
+        close_code: int = 1000,
         stats: WebSocketStats | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__()
         require_httpx_ws()
         check_mode(mode)
+        check_close_code(close_code)
+        self.close_code = close_code
         self.url = url
         self.client = client
         self.mode = mode
@@ -103,6 +116,7 @@ class websocket_send(AbstractSegment[Any, Any]):
                         headers=self.headers,
                         subprotocols=self.subprotocols,
                         connect_timeout=self.connect_timeout,
+                        close_code=self.close_code,
                         on_oversize="skip",  # the reader drops big messages (counted) and goes on
                     )
                 )

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import anyio
 import httpx
 
+from .._backoff import Retries
 from .._core._segment import AbstractSource
 from .sockets import DEFAULT_MAX_LINE, Backoff, ConnectionLost, LineFramer, NetStats, Overlong
 
@@ -110,7 +111,7 @@ class _HttpStream(AbstractSource[Any]):
         """Yield body chunks; on a reconnect, bump ``restarted[0]`` before the new body's chunks."""
         req = self.request
         timeout = _timeout(self.read_timeout, self.connect_timeout)
-        attempt = 0
+        retries = Retries(self.backoff)
         async with _client_for(self.client) as client:
             while True:
                 received = 0
@@ -130,10 +131,11 @@ class _HttpStream(AbstractSource[Any]):
                                 response=response,
                             )
                         stats.connections += 1
+                        retries.opened()
                         async for chunk in response.aiter_bytes():
                             received += len(chunk)
                             stats.bytes_received += len(chunk)
-                            attempt = 0
+                            retries.delivered()
                             yield chunk
                     return
                 except httpx.TransportError as err:
@@ -143,10 +145,12 @@ class _HttpStream(AbstractSource[Any]):
                         raise ConnectionLost(
                             f"{req.method} {req.url}: stream broken after {received} bytes: {err!r}"
                         ) from err
-                    if self.backoff.exhausted(attempt + 1):
-                        raise ConnectionLost(f"{req.method} {req.url}: gave up after {attempt + 1} attempts") from err
-                await anyio.sleep(self.backoff.delay(attempt))
-                attempt += 1
+                    wait = retries.failed()
+                    if wait is None:
+                        raise ConnectionLost(
+                            f"{req.method} {req.url}: gave up after {retries.failures} attempts: {err!r}"
+                        ) from err
+                await anyio.sleep(wait)
                 stats.reconnects += 1
                 restarted[0] += 1
 
@@ -156,7 +160,10 @@ class http_bytes(_HttpStream):
 
     ``read_timeout`` applies to each chunk.  A broken stream raises
     :class:`ConnectionLost` (``on_disconnect="raise"``) or re-requests the
-    resource after ``backoff`` (``"reconnect"``); a non-2xx status raises
+    resource after ``backoff`` (``"reconnect"``): a connection that broke
+    before it delivered data and stayed up ``backoff.healthy_after`` seconds
+    counts as a failure, so ``backoff.max_attempts`` bounds a server that
+    keeps dropping (:class:`ConnectionLost` then); a non-2xx status raises
     ``httpx.HTTPStatusError`` at once.
     """
 

@@ -21,9 +21,9 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 from anyio.abc import SocketAttribute
-from anyio.streams.tls import TLSListener
+from anyio.streams.tls import TLSListener, TLSStream
 
-from .._backoff import Backoff
+from .._backoff import Backoff, Retries
 from .._core._channel import Channel, ChannelClosed
 from .._core._items import BatchSource
 from .._core._run import current_run
@@ -47,6 +47,8 @@ __all__ = [
 log = logging.getLogger("talkpipe_async.net")
 
 READ_SIZE = 65536
+#: how long a server waits for a TLS client's close_notify after sending its own
+TLS_SHUTDOWN_TIMEOUT = 2.0
 DEFAULT_MAX_LINE = 1 << 20
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, one of them the terminating NUL
 
@@ -68,7 +70,9 @@ class NetStats:
     """Counters of one network source or sink; pass one in as ``stats=`` to read them.
 
     Every dropped line, byte, datagram or rejected connection is counted here:
-    nothing is discarded without a trace.
+    nothing is discarded without a trace.  ``blocked_puts`` (servers) counts
+    the reads whose lines had to wait for room in the source's buffer: each
+    one is the pipeline pushing back on a client.
     """
 
     connections: int = 0
@@ -87,6 +91,7 @@ class NetStats:
     high_water: int = 0
     last_error: str = ""
     tls_failures: int = 0
+    blocked_puts: int = 0
 
 
 class LineFramer:
@@ -313,21 +318,21 @@ class _StreamClient(_FramedSource[Any], BatchSource[Any]):
         """Connect, read 64 KiB at a time, yield each read's lines (or the chunk); reconnect if asked."""
         stats = self.stats if self.stats is not None else NetStats()
         label = f"{self.label} ({self._where()})"
-        attempt = 0
+        retries = Retries(self.backoff)
         while True:
             try:
                 stream = await self._open()
             except (OSError, TimeoutError) as err:
                 stats.errors += 1
                 stats.last_error = repr(err)
-                if not self.reconnect or self.backoff.exhausted(attempt + 1):
+                wait = retries.failed() if self.reconnect else None
+                if wait is None:
                     raise
-                await anyio.sleep(self.backoff.delay(attempt))
-                attempt += 1
+                await anyio.sleep(wait)
                 continue
             stats.connections += 1
+            retries.opened()
             framer = self._framer(label, stats)
-            productive = False
             lost: BaseException | None = None
             try:
                 while True:
@@ -345,14 +350,13 @@ class _StreamClient(_FramedSource[Any], BatchSource[Any]):
                         lost = err
                         break
                     stats.bytes_received += len(data)
+                    retries.delivered()
                     if not self.lines_mode:
-                        productive = True
                         stats.items += 1
                         yield [data]
                         continue
                     lines = framer.feed_text(data, self.encoding, self.errors)
                     if lines:
-                        productive = True
                         stats.items += len(lines)
                         yield lines
             finally:
@@ -364,12 +368,10 @@ class _StreamClient(_FramedSource[Any], BatchSource[Any]):
                     raise ConnectionLost(f"{label}: connection lost: {lost!r}") from lost
             elif not self.reconnect:
                 return
-            if productive:
-                attempt = 0
-            if self.backoff.exhausted(attempt + 1):
-                raise ConnectionLost(f"{label}: gave up after {attempt + 1} reconnection attempts") from lost
-            await anyio.sleep(self.backoff.delay(attempt))
-            attempt += 1
+            wait = retries.failed()
+            if wait is None:
+                raise ConnectionLost(f"{label}: gave up after {retries.failures} reconnection attempts") from lost
+            await anyio.sleep(wait)
             stats.reconnects += 1
 
 
@@ -382,7 +384,9 @@ class tcp_lines(_StreamClient):
     blocks the sender: memory held here is one read plus one partial line.
     ``tls=True`` (optionally ``ssl_context``, ``tls_hostname``) wraps the
     connection in TLS.  ``reconnect=True`` reconnects after EOF, reset or read
-    timeout with ``backoff`` (reset after a connection that delivered data);
+    timeout with ``backoff`` (its count and delay start again only after a
+    connection that delivered data and stayed up ``backoff.healthy_after``
+    seconds, so ``max_attempts`` bounds a server that keeps dropping);
     otherwise a reset raises :class:`ConnectionLost` and EOF ends the stream
     (the unterminated last line is still delivered).
     """
@@ -551,7 +555,7 @@ class _ServerSource(_FramedSource[str]):
             nonlocal active
             if active >= self.max_connections:
                 stats.rejected += 1
-                await anyio.aclose_forcefully(stream)
+                await _hang_up(stream)
                 return
             active += 1
             stats.connections += 1
@@ -578,6 +582,8 @@ class _ServerSource(_FramedSource[str]):
                     stats.bytes_received += len(data)
                     lines = framer.feed_text(data, self.encoding, self.errors)
                     if lines:
+                        if len(channel) >= channel.capacity:
+                            stats.blocked_puts += 1
                         await channel.put_batch(lines)
             except ChannelClosed:
                 return
@@ -585,13 +591,53 @@ class _ServerSource(_FramedSource[str]):
                 channel.close(exc)
             finally:
                 active -= 1
-                await anyio.aclose_forcefully(stream)
+                await _hang_up(stream)
 
         try:
             async with listener:
                 await listener.serve(handle)
         except Exception as exc:
             channel.close(exc)
+
+
+async def _hang_up(stream: anyio.abc.ByteStream) -> None:
+    """Close a served connection; a TLS one first with close_notify, so a standard client sees a clean end.
+
+    The server then waits (shielded, ``TLS_SHUTDOWN_TIMEOUT`` seconds at
+    most) for the client's close_notify or its end of stream, which also
+    drains what the client still sends: closing a socket with unread data
+    would make the kernel reset the connection, and the client could lose
+    our close_notify.
+    """
+    if isinstance(stream, TLSStream):
+        with anyio.move_on_after(TLS_SHUTDOWN_TIMEOUT, shield=True):
+            try:
+                await stream.unwrap()
+            except ssl.SSLError:  # data after our close_notify: send it if still held, drop the rest until EOF
+                await _flush_and_drain(stream)
+            except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError):
+                pass  # the client closed without its own close_notify, or reset: ours went out first
+    await anyio.aclose_forcefully(stream)
+
+
+async def _flush_and_drain(stream: TLSStream) -> None:
+    """Send what the TLS layer still holds (our close_notify, when the client's data came first), then drain."""
+    outgoing = getattr(stream, "_write_bio", None)  # anyio keeps it private; without it only the drain runs
+    try:
+        if isinstance(outgoing, ssl.MemoryBIO) and outgoing.pending:
+            await stream.transport_stream.send(outgoing.read())
+    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        return
+    await _drain(stream.transport_stream)
+
+
+async def _drain(stream: anyio.abc.AnyByteReceiveStream) -> None:
+    """Read and drop what *stream* brings until its end (the caller bounds the time)."""
+    try:
+        while True:
+            await stream.receive()
+    except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError):
+        pass
 
 
 class tcp_server_lines(_ServerSource):
@@ -610,7 +656,11 @@ class tcp_server_lines(_ServerSource):
     the server.  With ``ssl_context`` (a server context holding the
     certificate) every connection is TLS; a failed or timed-out
     (``tls_handshake_timeout``) handshake closes that connection and is
-    counted in ``stats.tls_failures``.
+    counted in ``stats.tls_failures``.  A TLS connection the server ends
+    (idle, over the cap, the end of the run) gets a close_notify first, and
+    the server waits up to 2 seconds for the client's, so standard clients
+    (Python's ``ssl``, anyio in standard mode) see a clean end rather than a
+    truncated stream.
     """
 
     def __init__(

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import httpx
 
+from .._backoff import Retries
 from .._core._segment import AbstractSource
 from .http import _client_for, _timeout
 from .sockets import Backoff, NetStats
@@ -54,48 +55,78 @@ class SSEParser:
     parser's value to the next one) and ``retry`` (milliseconds, or None)
     expose the stream state.  A line, or the data of one event, longer than
     ``max_line_chars`` raises :class:`SSEError`, so memory stays bounded.
+
+    The cost is linear in the input however it is chunked: an unfinished
+    line is kept as a list of pieces, joined once when its end arrives, and
+    each chunk is searched for line ends only once.  ``scanned`` counts the
+    characters searched, split or joined so far (at most about three times
+    the characters fed).
     """
 
     def __init__(self, last_event_id: str = "", *, max_line_chars: int = DEFAULT_MAX_LINE_CHARS) -> None:
         self.last_event_id = last_event_id
         self.retry: int | None = None
         self.max_line_chars = max_line_chars
+        self.scanned = 0
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._started = False
         self._skip_lf = False
-        self._partial = ""
+        self._pieces: list[str] = []
+        self._held = 0
         self._data: list[str] = []
         self._data_size = 0
         self._event = ""
         self._id_buffer = last_event_id
 
+    @property
+    def partial(self) -> bool:
+        """True while an unfinished line or an undispatched event is held (dropped if the stream ends here)."""
+        return bool(self._pieces or self._data)
+
+    def _too_long(self) -> SSEError:
+        return SSEError(f"event-stream line longer than {self.max_line_chars} characters")
+
+    def _hold(self, text: str) -> None:
+        self._held += len(text)
+        if self._held > self.max_line_chars:
+            raise self._too_long()
+        self._pieces.append(text)
+
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Parse *chunk*; return the events it completes."""
         text = self._decoder.decode(chunk)
-        if not text:
-            return []
-        if not self._started:
+        if not self._started and text:
             self._started = True
             if text.startswith("\ufeff"):
                 text = text[1:]
-        if self._skip_lf:
+        if self._skip_lf and text:
             self._skip_lf = False
             if text.startswith("\n"):
                 text = text[1:]
         if not text:
             return []
-        if self._partial:
-            text = self._partial + text
-        lines = _LINE_END.split(text)
-        self._partial = lines.pop()
-        if len(self._partial) > self.max_line_chars:
-            raise SSEError(f"event-stream line longer than {self.max_line_chars} characters")
-        if text.endswith("\r"):
-            self._skip_lf = True
+        self.scanned += len(text)
+        end = max(text.rfind("\n"), text.rfind("\r"))
+        if end < 0:
+            self._hold(text)
+            return []
+        head, rest = text[: end + 1], text[end + 1 :]
+        self._skip_lf = not rest and text[end] == "\r"
+        if self._pieces:
+            self._pieces.append(head)
+            head = "".join(self._pieces)
+            self._pieces, self._held = [], 0
+            self.scanned += len(head)
+        self.scanned += len(head)
+        lines = _LINE_END.split(head)
+        lines.pop()  # the empty text after the last line end
+        if rest:
+            self._hold(rest)
         events: list[SSEEvent] = []
+        cap = self.max_line_chars
         for line in lines:
-            if len(line) > self.max_line_chars:
-                raise SSEError(f"event-stream line longer than {self.max_line_chars} characters")
+            if len(line) > cap:
+                raise self._too_long()
             event = self._line(line)
             if event is not None:
                 events.append(event)
@@ -143,10 +174,12 @@ class sse_events(AbstractSource[SSEEvent]):
     deterministically).  On EOF, a mid-line disconnect (the partial line is
     dropped), a transport error or a read timeout (``read_timeout`` applies
     per chunk: set it to a few heartbeat intervals) the source reconnects
-    with ``Last-Event-ID``; the first retry waits the server's ``retry`` (or
-    ``backoff.initial``), later ones back off exponentially with full jitter
-    up to ``backoff.maximum``; the count resets after a connection that
-    delivered an event.  A 204 ends the stream; any other non-200 status or a
+    with ``Last-Event-ID``; the first retry waits the server's ``retry``
+    (milliseconds; or ``backoff.initial`` seconds), later ones back off
+    exponentially with full jitter up to ``backoff.maximum``; the count and
+    the delay start again only after a connection that received data and
+    stayed up ``backoff.healthy_after`` seconds, so ``backoff.max_attempts``
+    bounds a server that keeps dropping the stream.  A 204 ends the stream; any other non-200 status or a
     content type other than ``text/event-stream`` raises :class:`SSEError`
     without retrying.  ``client``: a shared ``httpx.AsyncClient`` (not closed
     here); by default each run makes and closes its own.
@@ -185,7 +218,7 @@ class sse_events(AbstractSource[SSEEvent]):
         timeout = _timeout(self.read_timeout, self.connect_timeout)
         last_id = self.last_event_id
         retry_ms: int | None = None
-        attempt = 0
+        retries = Retries(self.backoff)
         async with _client_for(self.client) as client:
             while True:
                 headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache", **self.headers}
@@ -202,28 +235,28 @@ class sse_events(AbstractSource[SSEEvent]):
                         if ctype != "text/event-stream":
                             raise SSEError(f"{self.url}: content type {ctype!r} is not text/event-stream")
                         stats.connections += 1
+                        retries.opened()
                         async for chunk in response.aiter_bytes():
                             stats.bytes_received += len(chunk)
+                            retries.delivered()
                             events = parser.feed(chunk)
                             if parser.retry is not None:
                                 retry_ms = parser.retry
                             last_id = parser.last_event_id
                             if events:
-                                attempt = 0
                                 stats.items += len(events)
                                 for event in events:
                                     yield event
-                    if parser._partial or parser._data:
+                    if parser.partial:
                         stats.partial_dropped += 1
                 except httpx.TransportError as err:  # RemoteProtocolError, ReadTimeout, ReadError, ConnectError
                     stats.errors += 1
                     stats.last_error = repr(err)
-                    if parser._partial or parser._data:
+                    if parser.partial:
                         stats.partial_dropped += 1
                 last_id = parser.last_event_id
-                if self.backoff.exhausted(attempt + 1):
-                    raise SSEError(f"{self.url}: gave up after {attempt + 1} reconnection attempts")
-                base = retry_ms / 1000 if retry_ms is not None else None
-                await anyio.sleep(self.backoff.delay(attempt, base))
-                attempt += 1
+                wait = retries.failed(retry_ms / 1000 if retry_ms is not None else None)
+                if wait is None:
+                    raise SSEError(f"{self.url}: gave up after {retries.failures} reconnection attempts")
+                await anyio.sleep(wait)
                 stats.reconnects += 1

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 import httpx
 
+from .._backoff import Retries
 from .._core._segment import AbstractSource
 from .http import MalformedRecord, _client_for
 from .sockets import READ_SIZE, Backoff, ConnectionLost, NetStats, Overlong
@@ -64,12 +65,20 @@ NORMAL_CLOSE = frozenset({1000, 1005})
 #: handshake answers retried (with ``reconnect=True``) instead of raised at once
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 CLOSE_TIMEOUT = 5.0
+#: what the closing handshake reads (and discards) at most while it waits for the peer's close reply
+CLOSE_DRAIN_BYTES = 16 << 20
 
 
 def require_httpx_ws() -> None:
     """Raise a clear ``ImportError`` when httpx-ws is not installed (checked without importing it)."""
     if importlib.util.find_spec("httpx_ws") is None:
         raise ImportError("WebSocket stages need httpx-ws>=0.9: pip install 'talkpipe-async[ws]'")
+
+
+def check_close_code(code: int) -> None:
+    """``ValueError`` unless *code* is one an endpoint may send: 1000, or 3000-4999 (registered and private)."""
+    if code != 1000 and not 3000 <= code <= 4999:
+        raise ValueError(f"close_code must be 1000 or in 3000-4999, not {code!r}")
 
 
 def check_mode(mode: str) -> None:
@@ -202,9 +211,10 @@ class PullSession:
     ``connection`` its wsproto state machine (both from httpx-ws's
     handshake).  :meth:`receive_message` reads and parses frames until one
     whole data message is there, answering pings and replying to a close on
-    the way; :meth:`send_message` sends one; :meth:`finish` sends a close
-    frame with ``exit_code`` (1000 unless a policy set another) and closes the
-    socket, shielded, within 5 seconds.  :func:`connect` builds one.
+    the way; :meth:`send_message` sends one; :meth:`finish` runs the closing
+    handshake with ``exit_code`` (``close_code``, 1000 by default, unless a
+    policy set another such as 1009) and closes the socket, shielded, within
+    ``close_timeout`` seconds.  :func:`connect` builds one.
     """
 
     def __init__(
@@ -218,6 +228,8 @@ class PullSession:
         read_timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE,
         on_oversize: Overlong = "raise",
+        close_code: int = 1000,
+        close_timeout: float = CLOSE_TIMEOUT,
     ) -> None:
         self.stream = stream
         self.connection = connection
@@ -227,12 +239,14 @@ class PullSession:
         self.read_timeout = read_timeout
         self.max_message_bytes = max_message_bytes
         self.on_oversize = on_oversize
-        self.exit_code = 1000
+        self.exit_code = close_code
+        self.close_timeout = close_timeout
         self.close_code: int | None = None
         self.close_reason = ""
         self.lost: BaseException | None = None
         self._events: Iterator[ws_events.Event] = iter(())
         self._write_lock = anyio.Lock()
+        self._drained: anyio.Event | None = None
 
     @property
     def open(self) -> bool:
@@ -344,27 +358,61 @@ class PullSession:
 
         Meant to run as a task beside a sender: it never raises (an error
         ends the reading and is kept in ``lost``; the next send reports it).
+        While it runs, :meth:`finish` lets it read the peer's close reply.
         """
+        self._drained = anyio.Event()
         try:
             while await self.receive_message() is not None:
                 self.stats.ignored_messages += 1
         except Exception as err:  # the sender reports a broken connection
             self.lost = err
             self.stats.last_error = repr(err)
+        finally:
+            self._drained.set()
 
     async def finish(self) -> None:
-        """Send a close frame (``exit_code``) if the connection is open, then close the socket; shielded, 5 s."""
+        """The closing handshake, then close the socket; shielded, within ``close_timeout`` seconds.
+
+        Sends a close frame (``exit_code``) if the connection is open (or
+        the reply if the peer closed first), then reads and discards what the
+        peer still sends until its close frame arrives (at most 16 MiB), so
+        the peer sees a clean close with that code (closing a socket with
+        unread data would make the kernel send a reset instead, and the peer
+        record 1006).
+        """
         with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + CLOSE_TIMEOUT
-            if self.connection.state is ConnectionState.OPEN:
-                try:
-                    await self._write(ws_events.CloseConnection(code=self.exit_code))
-                except _SEND_ERRORS:
-                    pass
+            scope.deadline = anyio.current_time() + self.close_timeout
             try:
-                await self.stream.aclose()
-            except _TRANSPORT_ERRORS:
+                state = self.connection.state
+                if state is ConnectionState.OPEN or state is ConnectionState.REMOTE_CLOSING:
+                    await self._write(ws_events.CloseConnection(code=self.exit_code))
+                await self._await_close_reply()
+            except _SEND_ERRORS:
                 pass
+            finally:
+                try:
+                    await self.stream.aclose()
+                except _TRANSPORT_ERRORS:
+                    pass
+
+    async def _await_close_reply(self) -> None:
+        """Read until the peer's close frame (or the end of the transport) after we sent ours."""
+        if self._drained is not None:
+            await self._drained.wait()  # the reader task sees the reply (or has been cancelled)
+        budget = CLOSE_DRAIN_BYTES
+        while self.connection.state is ConnectionState.LOCAL_CLOSING and self.lost is None and budget > 0:
+            for event in self._events:
+                if isinstance(event, ws_events.CloseConnection):
+                    self.close_code, self.close_reason = event.code, event.reason or ""
+                    self.stats.close_code, self.stats.close_reason = self.close_code, self.close_reason
+                    return
+            data = await self._read()
+            if not data:
+                return
+            budget -= len(data)
+            self.stats.bytes_received += len(data)
+            self.connection.receive_data(data)
+            self._events = self.connection.events()
 
 
 @asynccontextmanager
@@ -437,9 +485,11 @@ class websocket_messages(AbstractSource[Any]):
     :class:`WebSocketClosed` (with its ``code``), and a failed connection
     :class:`ConnectionLost`.  With ``reconnect=True`` every end of a
     connection (normal closes included) and every failed attempt is followed
-    by a new connection after ``backoff``; the attempt count resets after a
-    connection that delivered a message, and ``backoff.max_attempts``
-    consecutive failures raise :class:`ConnectionLost`.  A refused handshake
+    by a new connection after ``backoff``; the attempt count and the delay
+    start again only after a connection that delivered a message and stayed
+    up ``backoff.healthy_after`` seconds, and ``backoff.max_attempts``
+    consecutive failures (a server that keeps dropping included) raise
+    :class:`ConnectionLost`.  A refused handshake
     raises :class:`WebSocketRejected` at once, unless its status is 408, 429
     or 5xx and ``reconnect`` is on.
 
@@ -448,7 +498,11 @@ class websocket_messages(AbstractSource[Any]):
     own.  ``headers`` and ``subprotocols`` go into the handshake;
     ``read_timeout`` bounds each read (a silent connection then counts as
     dropped).  Leaving the pipeline (end, ``break``, error, cancellation)
-    sends a close frame and closes the socket before the run ends.
+    runs the closing handshake before the run ends: a close frame with
+    ``close_code`` (1000 by default; 1009 after an oversized message), then
+    what the server still sends is read and discarded until its close reply
+    arrives (at most 5 seconds and 16 MiB), so the server records a clean
+    close with that code, never 1006.
     """
 
     emits_metadata = False
@@ -470,12 +524,14 @@ class websocket_messages(AbstractSource[Any]):
         read_size: int = READ_SIZE,
         read_timeout: float | None = None,
         connect_timeout: float = 10.0,
+        close_code: int = 1000,
         stats: WebSocketStats | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__()
         require_httpx_ws()
         check_mode(mode)
+        check_close_code(close_code)
         if on_oversize not in ("raise", "skip"):
             raise ValueError(f"on_oversize must be 'raise' or 'skip', not {on_oversize!r}")
         if not callable(on_error) and on_error not in ("raise", "skip"):
@@ -496,6 +552,7 @@ class websocket_messages(AbstractSource[Any]):
         self.read_size = read_size
         self.read_timeout = read_timeout
         self.connect_timeout = connect_timeout
+        self.close_code = close_code
         self.stats = stats
         if name:
             self.name = name
@@ -506,12 +563,12 @@ class websocket_messages(AbstractSource[Any]):
         where = f"{self.label} ({self.url})"
         mode, errors = self.mode, self.encoding_errors
         loads = json.loads
-        attempt = 0
+        retries = Retries(self.backoff)
         number = 0
         async with _client_for(self.client) as client:
             while True:
                 problem: BaseException | None = None
-                connected = productive = False
+                connected = False
                 code: int | None = None
                 reason = ""
                 try:
@@ -527,15 +584,17 @@ class websocket_messages(AbstractSource[Any]):
                         read_timeout=self.read_timeout,
                         max_message_bytes=self.max_message_bytes,
                         on_oversize=self.on_oversize,
+                        close_code=self.close_code,
                     ) as session:
                         connected = True
                         stats.connections += 1
+                        retries.opened()
                         while True:
                             message = await session.receive_message()
                             if message is None:
                                 break
                             number += 1
-                            productive = True
+                            retries.delivered()
                             if mode == "text":
                                 item: Any = message if isinstance(message, str) else message.decode("utf-8", errors)
                             elif mode == "bytes":
@@ -573,13 +632,11 @@ class websocket_messages(AbstractSource[Any]):
                     raise WebSocketClosed(
                         f"{where}: connection closed abnormally (code {code}{detail})", code=code, reason=reason
                     ) from problem
-                if productive:
-                    attempt = 0
-                if self.backoff.exhausted(attempt + 1):
+                wait = retries.failed()
+                if wait is None:
                     last = repr(problem) if problem is not None else f"close code {code}"
-                    raise ConnectionLost(f"{where}: gave up after {attempt + 1} attempts: {last}") from problem
-                await anyio.sleep(self.backoff.delay(attempt))
-                attempt += 1
+                    raise ConnectionLost(f"{where}: gave up after {retries.failures} attempts: {last}") from problem
+                await anyio.sleep(wait)
                 stats.reconnects += 1
 
     def _malformed(self, error: MalformedMessage, stats: NetStats) -> None:
