@@ -264,5 +264,6 @@ async def test_retry_source_counts_reset_after_items() -> None:
             yield opened
             raise ConnectionResetError("again")
 
-    out = await retry_source(one_then_fail(), Backoff(initial=0.0001, maximum=0.0001, max_attempts=2)).collect()
+    backoff = Backoff(initial=0.0001, maximum=0.0001, max_attempts=2, healthy_after=0)  # any item: healthy
+    out = await retry_source(one_then_fail(), backoff).collect()
     assert out == [1, 2, 3, 4, 5, 6]  # six failures in all, but never two in a row without an item

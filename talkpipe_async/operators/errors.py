@@ -28,7 +28,7 @@ from typing import Any, Generic, Literal, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
-from .._backoff import Backoff
+from .._backoff import Backoff, Retries
 from .._core._channel import Channel, ChannelClosed
 from .._core._errors import add_note
 from .._core._pipeline import Pipeline
@@ -368,12 +368,15 @@ class retry_source(AbstractSource[Any]):
     returning either (called for each attempt).  Each attempt runs with its
     own ``stream()`` in one producer task; items reach the consumer through a
     bounded channel (``capacity`` items).  ``backoff.max_attempts`` bounds consecutive
-    failures: when an attempt delivered at least one item, the count starts
-    again.  Items already delivered are not taken back: where a re-opened
-    source resumes is up to the source (a checkpoint, an offset, an event
-    id).  A clean end of the source ends the stream.  After the last attempt
-    the last exception is raised with its own type.  ``on_retry(failure, exc,
-    delay)`` is called (sync) before each wait.
+    failures: the count (and the delay) start again only after an attempt
+    that delivered an item and ran for ``backoff.healthy_after`` seconds, so
+    a source that yields a little and fails at once is not re-opened forever
+    (``healthy_after=0``: any attempt that delivered an item).  Items
+    already delivered are not taken back: where a re-opened source resumes
+    is up to the source (a checkpoint, an offset, an event id).  A clean end
+    of the source ends the stream.  After the last attempt the last
+    exception is raised with its own type.  ``on_retry(failure, exc, delay)``
+    is called (sync) before each wait.
     """
 
     def __init__(
@@ -405,26 +408,26 @@ class retry_source(AbstractSource[Any]):
         return as_source_pipeline(source)
 
     async def _produce(self, channel: Channel) -> None:
-        failure = 0
+        retries = Retries(self.backoff, rng=self.rng)
         while True:
-            delivered = 0
             try:
+                retries.opened()
                 async with self._open().stream(metadata=True) as items:
                     async for item in items:
                         await channel.put(item)
-                        delivered += 1
+                        retries.delivered()
                 break
             except self.retry_on as exc:
                 if isinstance(exc, ChannelClosed):
                     raise
-                failure = 1 if delivered else failure + 1
-                if self.backoff.exhausted(failure):
-                    add_note(exc, f"talkpipe_async: {self.label} gave up after {failure} consecutive failures")
+                wait = retries.failed()
+                if wait is None:
+                    failures = retries.failures
+                    add_note(exc, f"talkpipe_async: {self.label} gave up after {failures} consecutive failures")
                     raise
-                wait = self.backoff.delay(failure - 1, rng=self.rng)
                 logger.warning("%s: source failed (%r); re-opening in %.3fs", self.label, exc, wait)
                 if self.on_retry is not None:
-                    self.on_retry(failure, exc, wait)
+                    self.on_retry(retries.failures, exc, wait)
                 await anyio.sleep(wait)
 
     async def generate(self) -> AsyncIterator[Any]:
