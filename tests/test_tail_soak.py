@@ -13,7 +13,7 @@ Our tail runs ``tail_file(start="beginning", checkpoint=...) | write_lines(...) 
 only switches files at a rotation, "every line once, in order within each file and in rotation order across
 files" is exactly: the delivered numbers are strictly increasing; "nothing lost" is: they are 0..N-1.
 
-Each soak runs ``TALKPIPE_SOAK_SECONDS`` seconds (default 6: four soaks keep CI near a minute); run a long
+Each soak runs ``TALKPIPE_SOAK_SECONDS`` seconds (default 6: five soaks keep CI under a minute); run a long
 one by hand with e.g. ``TALKPIPE_SOAK_SECONDS=120 python3 -m pytest -q tests/test_tail_soak.py -p no:randomly``.
 """
 
@@ -43,6 +43,8 @@ GNU_TAIL = "/usr/bin/tail"
 RATE = 10_000
 LATE = 0.02
 SECONDS = float(os.environ.get("TALKPIPE_SOAK_SECONDS", "6"))
+# Each soak: the writing, then the tails catching up (a rotated file waits up to rotate_grace to be closed).
+pytestmark.append(pytest.mark.timeout(SECONDS * 6 + 60))
 
 _WRITER = textwrap.dedent(
     """
@@ -283,15 +285,17 @@ async def test_create_rotation_loses_nothing(tmp_path: Path, period: float, grac
 
 
 @pytest.mark.parametrize("period", [1.0, 0.1])
-async def test_copytruncate_loses_no_more_than_gnu_tail(tmp_path: Path, period: float) -> None:
-    """copytruncate has an inherent race (lines written between the last read and the truncate); ours is
-    no wider than GNU tail's."""
+async def test_copytruncate_loses_only_what_the_rotation_threw_away(tmp_path: Path, period: float) -> None:
+    """copytruncate has an inherent race: lines written between the end of the copy and the truncate are in
+    no file afterwards, and a tail keeps them only if it read them in that instant.  Every other line is
+    on disk, in the copy or in the truncated file: tail_file delivers all of those, once and in order
+    (GNU tail -F, which never reads the copy, loses those it had not read when the copy was made)."""
     soak = Soak(tmp_path, "copytruncate", period, 1.0)
     await soak.run()
     print(soak.report())
     assert soak.rotations >= SECONDS / period / 2
     assert in_order(soak.ours)
-    assert soak.lost(soak.ours) <= soak.lost(soak.gnu), soak.report()
+    assert soak.missing(soak.ours) <= soak.thrown, soak.report()
 
 
 def test_gnu_tail_is_coreutils() -> None:

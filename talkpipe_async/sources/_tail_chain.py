@@ -325,7 +325,10 @@ class _Tailer:
                     changed = self._wait(watcher, interval, stop)
                     if changed and target is not None:
                         self._read_ahead(target)  # first: a copytruncate may be under way
-                    if changed:
+                    if changed and watcher is not None:
+                        watcher.drain()
+                        if target is not None:
+                            self._read_ahead(target)  # what was written while the events were drained
                         self._wake()
                     if not changed or target is None or target.cut or not self._same_file(target):
                         break
@@ -385,14 +388,12 @@ class _Tailer:
             if h.cut:
                 return
             end = h.pos + h.ahead_len
-            if os.fstat(h.fd).st_size < end:
-                self._cut(h)
-                return
             room = self.src.read_ahead - h.ahead_len
             data = os.pread(h.fd, room, end) if room > 0 else b""
-            if not data:
-                return
-            if os.fstat(h.fd).st_size >= end + len(data):
+            size = os.fstat(h.fd).st_size
+            if size < end + len(data):
+                self._cut(h)  # truncated after the read: the bytes read are good
+            elif data:
                 first = head(h.fd)
                 fp = h.gen.fp
                 if len(first) < len(fp) or first[: len(fp)] != fp:
@@ -400,10 +401,9 @@ class _Tailer:
                     return
                 if len(first) > len(fp):
                     h.gen.fp = first
-            else:
-                self._cut(h)
-            h.ahead.append(data)
-            h.ahead_len += len(data)
+            if data:
+                h.ahead.append(data)
+                h.ahead_len += len(data)
 
     def _check_truncation(self, cur: Held) -> bool:
         """Whether *cur*'s file was truncated (then it is cut).  Under ``cur.lock``."""

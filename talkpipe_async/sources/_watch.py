@@ -50,6 +50,7 @@ class DirWatcher:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
+        self._poller: select.poll | None = None
 
     async def wait(self, seconds: float) -> bool:
         """Wait up to *seconds*; True if a change in the directory ended the wait."""
@@ -62,16 +63,19 @@ class DirWatcher:
     def wait_blocking(self, seconds: float, stop_fd: int) -> bool:
         """In a thread: wait up to *seconds* for a change or for *stop_fd* to become readable.
 
-        Returns True if a change ended the wait (the queued events are consumed).
+        Returns True if a change ended the wait, at once: the caller acts first, then calls :meth:`drain`.
         """
-        poller = select.poll()
-        poller.register(self.fd, select.POLLIN)
-        poller.register(stop_fd, select.POLLIN)
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(self.fd, select.POLLIN)
+            poller.register(stop_fd, select.POLLIN)
         ready = poller.poll(max(0, int(seconds * 1000)))
-        if any(fd == self.fd for fd, _ in ready):
-            self._drain()
-            return True
-        return False
+        return any(fd == self.fd for fd, _ in ready)
+
+    def drain(self) -> None:
+        """Consume the queued events."""
+        self._drain()
 
     def _drain(self) -> None:
         try:
