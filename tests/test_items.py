@@ -231,3 +231,169 @@ async def test_metadata_and_statistics_together_leak_nothing(mode: str) -> None:
     data.clear()
     gc.collect()
     assert sys.getrefcount(marker) == before
+
+
+# ----------------------------------------------------------------- the metadata strip after a source
+# A source may yield Metadata (unless it says emits_metadata=False), so the runner puts a strip step between it
+# and the first segment that does not take metadata: in C (Strip / StripIter) or its Python twin.
+
+
+def with_metadata(n: int, every: int) -> list[Any]:
+    from talkpipe_async import Flush, Metadata
+
+    out: list[Any] = []
+    for i in range(n):
+        if i % every == 0:
+            out.append(Flush(n=i) if i % (2 * every) else Metadata(kind="mark", n=i))
+        out.append(i)
+    return out
+
+
+async def test_strip_bypasses_metadata_in_order_past_segments(mode: str) -> None:
+    from talkpipe_async import source
+
+    data = with_metadata(200, 7)
+
+    @source
+    async def feed() -> AsyncIterator[Any]:
+        for x in data:
+            await anyio.lowlevel.checkpoint()  # the strip passes the event loop's signals through
+            yield x
+
+    @segment
+    async def inc(items: AsyncIterator[int]) -> AsyncIterator[int]:
+        async for x in items:
+            yield x + 1
+
+    @segment
+    def dec(items: Any) -> Iterator[int]:
+        for x in items:
+            yield x - 1
+
+    expected = [x if not isinstance(x, int) else x + 1 for x in data]
+    assert await (feed() | inc()).collect(metadata=True) == expected
+    assert await (feed() | inc() | inc() | dec()).collect(metadata=True) == expected
+    run = (feed() | inc()).stream()
+    async with run as items:
+        got = [x async for x in items]
+    assert got == [x + 1 for x in range(200)]
+    assert run.metadata_dropped == len(data) - 200
+
+
+async def test_strip_passes_errors_and_break_closes_the_source(mode: str) -> None:
+    from talkpipe_async import Flush, source
+
+    closed: list[bool] = []
+
+    @source
+    async def failing() -> AsyncIterator[Any]:
+        try:
+            yield 1
+            yield Flush()
+            yield 2
+            raise KeyError("boom")
+        finally:
+            closed.append(True)
+
+    @segment
+    async def same(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for x in items:
+            yield x
+
+    got: list[Any] = []
+    with pytest.raises(KeyError, match="boom"):
+        async with (failing() | same()).stream(metadata=True) as items:
+            async for x in items:
+                got.append(x)
+    assert got == [1, Flush(), 2] and closed == [True]
+    async with (failing() | same()).stream() as items:
+        first = await items.__anext__()
+    assert first == 1 and closed == [True, True]
+
+
+async def test_strip_leaks_nothing_and_is_collected(mode: str) -> None:
+    from talkpipe_async import Flush, source
+
+    marker = object()
+    before = sys.getrefcount(marker)
+
+    @source
+    async def feed() -> AsyncIterator[Any]:
+        for i in range(2000):
+            yield marker
+            if i % 100 == 0:
+                yield Flush()
+
+    @segment
+    async def same(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for x in items:
+            yield x
+
+    for metadata in (False, True):
+        n = 0
+        async with (feed() | same() | same()).stream(metadata=metadata) as items:
+            async for x in items:
+                n += x is marker
+        del x
+        assert n == 2000
+    gc.collect()
+    assert sys.getrefcount(marker) == before
+
+
+def test_strip_step_protocol() -> None:
+    if _items._speedups is None:
+        pytest.skip("C extension not built")
+    from talkpipe_async import Flush
+    from talkpipe_async._core._plumbing import MetaCounter, _Bypass, strip_async
+
+    async def gen() -> AsyncIterator[Any]:
+        yield Flush()
+        yield 1
+
+    counter = MetaCounter()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_items, "SPEEDUPS", True)
+        strip = strip_async(gen(), True, counter)
+    step = strip.__anext__()
+    signal = step.send(None)  # the bypass travels up as the awaitable's yielded value
+    assert type(signal) is _Bypass and signal.item == Flush()
+    with pytest.raises(StopIteration) as done:
+        step.send(None)  # resumed: the next data item
+    assert done.value.value == 1
+    with pytest.raises(RuntimeError, match="already awaited"):
+        step.send(None)
+    step = strip.__anext__()
+    with pytest.raises(ValueError):
+        step.throw(ValueError("into the chain"))
+    ref = weakref.ref(strip)
+    del strip, step
+    gc.collect()
+    assert ref() is None and counter.dropped == 0
+
+
+@pytest.mark.parametrize("flavour", ["c", "python"])
+def test_sync_strip_holds_or_drops_metadata(flavour: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if flavour == "c" and _items._speedups is None:
+        pytest.skip("C extension not built")
+    monkeypatch.setattr(_items, "SPEEDUPS", flavour == "c")
+    from talkpipe_async import source
+
+    data = with_metadata(50, 5)
+
+    @source
+    def feed() -> Iterator[Any]:
+        yield from data
+
+    @segment
+    def inc(items: Any) -> Iterator[int]:
+        for x in items:
+            yield x + 1
+
+    plain = list((feed() | inc() | inc()).iter_sync())
+    assert plain == [x + 2 for x in range(50)]
+    held = list((feed() | inc()).iter_sync(metadata=True))
+    assert [x for x in held if isinstance(x, int)] == [x + 1 for x in range(50)]
+    assert [x for x in held if not isinstance(x, int)] == [x for x in data if not isinstance(x, int)]
+    if flavour == "c":
+        with pytest.raises(TypeError, match="list or None"):
+            _items._speedups.StripIter([], object, (), None)

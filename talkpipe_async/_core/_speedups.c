@@ -17,6 +17,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <string.h>
 
 /* -------------------------------------------------------------- helpers */
 
@@ -59,6 +60,17 @@ raise_thrown(PyObject *args)
         PyErr_SetString(PyExc_TypeError, "throw() expects an exception");
     }
     return NULL;
+}
+
+/* The int 1 (a borrowed reference, immortal enough: kept for the module's life). */
+static PyObject *one_int;
+/* The type of an async generator's __anext__ awaitable (found at import). */
+static PyTypeObject *asend_type;
+
+static PyObject *
+_PyLong_GetOne_compat(void)
+{
+    return one_int;
 }
 
 /* ---------------------------------------------------------------- Ready */
@@ -823,6 +835,458 @@ static PyTypeObject InterceptType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* ---------------------------------------------------------------- Strip */
+
+/*
+ * The C twin of _plumbing.strip_async: an async iterator over upstream that
+ * hands on the data items and keeps Metadata from the segment after it.  Its
+ * awaitables (StripStep) drive upstream's awaitable with PyIter_Send, so a
+ * data item costs no generator frame and no StopIteration of its own.  A
+ * Metadata item is either bypassed (the step yields bypass_type(item) up the
+ * suspended chain, to the Intercept above, and fetches the next item when
+ * resumed) or dropped and counted (counter.dropped += 1).
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *upstream;
+    unaryfunc anext;
+    PyObject *meta_type;   /* the Metadata class */
+    PyObject *bypass_type; /* the _Bypass class, or None: drop and count */
+    PyObject *counter;     /* the run's MetaCounter */
+    PyObject *step;        /* reused when nobody else holds it */
+    PyObject *data_type;   /* the type of the last data item: the same type again is data, no subclass check */
+    PyObject *dict;
+} Strip;
+
+typedef struct {
+    PyObject_HEAD
+    Strip *owner;
+    PyObject *inner; /* upstream's awaitable in flight, or NULL */
+    int started;     /* an item was asked for (0: fetch one at the first send) */
+} StripStep;
+
+static PyTypeObject StripStepType;
+
+/* Ask upstream for its next item: s->inner is its awaitable. */
+static int
+strip_fetch(StripStep *s)
+{
+    PyObject *aw = s->owner->anext(s->owner->upstream);
+    if (aw == NULL) {
+        return -1;
+    }
+    if (asend_type == NULL && strcmp(Py_TYPE(aw)->tp_name, "async_generator_asend") == 0) {
+        asend_type = Py_TYPE(aw); /* a static type of the interpreter: never freed */
+    }
+    if (Py_TYPE(aw) == asend_type) { /* an async generator's awaitable is its own iterator */
+        s->inner = aw;
+        return 0;
+    }
+    s->inner = awaitable_iter(aw);
+    Py_DECREF(aw);
+    return s->inner == NULL ? -1 : 0;
+}
+
+/* counter.dropped += 1 */
+static int
+strip_count_drop(Strip *st)
+{
+    PyObject *n = PyObject_GetAttrString(st->counter, "dropped");
+    if (n == NULL) {
+        return -1;
+    }
+    PyObject *m = PyNumber_Add(n, _PyLong_GetOne_compat());
+    Py_DECREF(n);
+    if (m == NULL) {
+        return -1;
+    }
+    int r = PyObject_SetAttrString(st->counter, "dropped", m);
+    Py_DECREF(m);
+    return r;
+}
+
+/* Drive the chain from (r, res), the outcome of the inner awaitable; loop past dropped metadata. */
+static PySendResult
+strip_run(StripStep *s, PySendResult r, PyObject *res, PyObject **result)
+{
+    Strip *st = s->owner;
+    for (;;) {
+        if (r == PYGEN_NEXT) { /* upstream waits on the event loop: pass its signal up */
+            *result = res;
+            return PYGEN_NEXT;
+        }
+        Py_CLEAR(s->inner);
+        if (r == PYGEN_ERROR || (PyObject *)Py_TYPE(res) == st->data_type) {
+            *result = res;
+            return r;
+        }
+        if (!PyObject_TypeCheck(res, (PyTypeObject *)st->meta_type)) {
+            Py_INCREF(Py_TYPE(res));
+            Py_XSETREF(st->data_type, (PyObject *)Py_TYPE(res));
+            *result = res;
+            return r;
+        }
+        if (st->bypass_type != Py_None) { /* up the suspended chain to the Intercept */
+            PyObject *signal = PyObject_CallOneArg(st->bypass_type, res);
+            Py_DECREF(res);
+            if (signal == NULL) {
+                *result = NULL;
+                return PYGEN_ERROR;
+            }
+            s->started = 0; /* resumed by a send: then fetch the next item */
+            *result = signal;
+            return PYGEN_NEXT;
+        }
+        Py_DECREF(res);
+        if (strip_count_drop(st) < 0 || strip_fetch(s) < 0) {
+            *result = NULL;
+            return PYGEN_ERROR;
+        }
+        r = PyIter_Send(s->inner, Py_None, &res);
+    }
+}
+
+static PySendResult
+strip_step_send(StripStep *s, PyObject *arg, PyObject **result)
+{
+    if (!s->started) {
+        s->started = 1;
+        if (strip_fetch(s) < 0) {
+            *result = NULL;
+            return PYGEN_ERROR;
+        }
+        arg = Py_None;
+    }
+    else if (s->inner == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited strip step");
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    PyObject *res;
+    PySendResult r = PyIter_Send(s->inner, arg, &res);
+    return strip_run(s, r, res, result);
+}
+
+static PyObject *
+strip_step_next(StripStep *s)
+{
+    PyObject *res;
+    PySendResult r = strip_step_send(s, Py_None, &res);
+    return as_python(r, res);
+}
+
+static PyObject *
+strip_step_send_method(StripStep *s, PyObject *arg)
+{
+    PyObject *res;
+    PySendResult r = strip_step_send(s, arg, &res);
+    return as_python(r, res);
+}
+
+static PyObject *
+strip_step_throw(StripStep *s, PyObject *args)
+{
+    PyObject *meth = NULL;
+    if (s->inner != NULL && PyObject_GetOptionalAttrStringCompat(s->inner, "throw", &meth) < 0) {
+        return NULL;
+    }
+    if (meth == NULL) { /* suspended at a bypass, or not started: raise it here */
+        Py_CLEAR(s->inner);
+        s->started = 1;
+        return raise_thrown(args);
+    }
+    PyObject *res = PyObject_CallObject(meth, args);
+    Py_DECREF(meth);
+    PySendResult r = PYGEN_NEXT;
+    if (res == NULL) {
+        res = take_stop_value();
+        r = res == NULL ? PYGEN_ERROR : PYGEN_RETURN;
+    }
+    PyObject *out;
+    r = strip_run(s, r, res, &out);
+    return as_python(r, out);
+}
+
+static PyObject *
+strip_step_close(StripStep *s, PyObject *Py_UNUSED(unused))
+{
+    PyObject *inner = s->inner;
+    s->inner = NULL;
+    s->started = 1;
+    if (inner == NULL) {
+        Py_RETURN_NONE;
+    }
+    PyObject *res = PyObject_CallMethod(inner, "close", NULL);
+    Py_DECREF(inner);
+    if (res == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    return res;
+}
+
+static int
+strip_step_traverse(StripStep *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->owner);
+    Py_VISIT(s->inner);
+    return 0;
+}
+
+static int
+strip_step_clear(StripStep *s)
+{
+    Py_CLEAR(s->inner);
+    Py_CLEAR(s->owner);
+    return 0;
+}
+
+static void
+strip_step_dealloc(StripStep *s)
+{
+    PyObject_GC_UnTrack(s);
+    strip_step_clear(s);
+    PyObject_GC_Del(s);
+}
+
+static PyMethodDef strip_step_methods[] = {
+    {"send", (PyCFunction)strip_step_send_method, METH_O, "Resume the chain with a value."},
+    {"throw", (PyCFunction)strip_step_throw, METH_VARARGS, "Throw an exception into the chain."},
+    {"close", (PyCFunction)strip_step_close, METH_NOARGS, "Close upstream's awaitable."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyAsyncMethods strip_step_as_async = {
+    .am_await = return_self,
+    .am_send = (sendfunc)strip_step_send,
+};
+
+static PyTypeObject StripStepType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "talkpipe_async._core._speedups.StripStep",
+    .tp_doc = "The awaitable of one Strip.__anext__.",
+    .tp_basicsize = sizeof(StripStep),
+    .tp_dealloc = (destructor)strip_step_dealloc,
+    .tp_as_async = &strip_step_as_async,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)strip_step_traverse,
+    .tp_clear = (inquiry)strip_step_clear,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)strip_step_next,
+    .tp_methods = strip_step_methods,
+};
+
+static int
+strip_init(Strip *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *upstream, *meta_type, *bypass_type, *counter;
+    if (!PyArg_ParseTuple(args, "OOOO:Strip", &upstream, &meta_type, &bypass_type, &counter)) {
+        return -1;
+    }
+    PyAsyncMethods *am = Py_TYPE(upstream)->tp_as_async;
+    if (am == NULL || am->am_anext == NULL) {
+        PyErr_Format(PyExc_TypeError, "Strip needs an async iterator, not %.100s", Py_TYPE(upstream)->tp_name);
+        return -1;
+    }
+    if (!PyType_Check(meta_type) || (bypass_type != Py_None && !PyType_Check(bypass_type))) {
+        PyErr_SetString(PyExc_TypeError, "Strip: meta_type and bypass_type must be classes (bypass_type may be None)");
+        return -1;
+    }
+    Py_INCREF(upstream);
+    Py_XSETREF(self->upstream, upstream);
+    self->anext = am->am_anext;
+    Py_INCREF(meta_type);
+    Py_XSETREF(self->meta_type, meta_type);
+    Py_INCREF(bypass_type);
+    Py_XSETREF(self->bypass_type, bypass_type);
+    Py_INCREF(counter);
+    Py_XSETREF(self->counter, counter);
+    return 0;
+}
+
+static int
+strip_traverse(Strip *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->upstream);
+    Py_VISIT(self->meta_type);
+    Py_VISIT(self->bypass_type);
+    Py_VISIT(self->counter);
+    Py_VISIT(self->step);
+    Py_VISIT(self->data_type);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+strip_clear(Strip *self)
+{
+    Py_CLEAR(self->data_type);
+    Py_CLEAR(self->upstream);
+    Py_CLEAR(self->meta_type);
+    Py_CLEAR(self->bypass_type);
+    Py_CLEAR(self->counter);
+    Py_CLEAR(self->step);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+strip_dealloc(Strip *self)
+{
+    PyObject_GC_UnTrack(self);
+    strip_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+strip_anext(Strip *self)
+{
+    if (self->upstream == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Strip has no upstream");
+        return NULL;
+    }
+    StripStep *s = (StripStep *)self->step;
+    if (s != NULL && Py_REFCNT(s) == 1 && s->inner == NULL && s->owner == self) {
+        s->started = 0; /* nobody else holds the last step: reuse it */
+        Py_INCREF(s);
+        return (PyObject *)s;
+    }
+    s = PyObject_GC_New(StripStep, &StripStepType);
+    if (s == NULL) {
+        return NULL;
+    }
+    s->inner = NULL;
+    s->started = 0;
+    Py_INCREF(self);
+    s->owner = self;
+    PyObject_GC_Track(s);
+    Py_INCREF(s); /* kept for reuse (a cycle with its owner, which the GC sees through tp_traverse) */
+    Py_XSETREF(self->step, (PyObject *)s);
+    return (PyObject *)s;
+}
+
+static PyAsyncMethods strip_as_async = {
+    .am_aiter = return_self,
+    .am_anext = (unaryfunc)strip_anext,
+};
+
+static PyTypeObject StripType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "talkpipe_async._core._speedups.Strip",
+    .tp_doc = "Strip(upstream, meta_type, bypass_type, counter): the data items of upstream; metadata bypassed or dropped.",
+    .tp_basicsize = sizeof(Strip),
+    .tp_dealloc = (destructor)strip_dealloc,
+    .tp_as_async = &strip_as_async,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)strip_traverse,
+    .tp_clear = (inquiry)strip_clear,
+    .tp_dictoffset = offsetof(Strip, dict),
+    .tp_init = (initproc)strip_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ------------------------------------------------------------ StripIter */
+
+/* StripIter(iterable, meta_type, pending, counter): the C twin of _plumbing.strip_sync. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *upstream;
+    PyObject *meta_type;
+    PyObject *pending; /* a list that takes the metadata, or None: drop and count */
+    PyObject *counter;
+} StripIter;
+
+static PyObject *
+stripiter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *iterable, *meta_type, *pending, *counter;
+    if (!PyArg_ParseTuple(args, "OOOO:StripIter", &iterable, &meta_type, &pending, &counter)) {
+        return NULL;
+    }
+    if (!PyType_Check(meta_type) || (pending != Py_None && !PyList_Check(pending))) {
+        PyErr_SetString(PyExc_TypeError, "StripIter: meta_type must be a class and pending a list or None");
+        return NULL;
+    }
+    PyObject *it = PyObject_GetIter(iterable);
+    if (it == NULL) {
+        return NULL;
+    }
+    StripIter *self = (StripIter *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        Py_DECREF(it);
+        return NULL;
+    }
+    self->upstream = it;
+    Py_INCREF(meta_type);
+    self->meta_type = meta_type;
+    Py_INCREF(pending);
+    self->pending = pending;
+    Py_INCREF(counter);
+    self->counter = counter;
+    return (PyObject *)self;
+}
+
+static int
+stripiter_traverse(StripIter *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->upstream);
+    Py_VISIT(self->meta_type);
+    Py_VISIT(self->pending);
+    Py_VISIT(self->counter);
+    return 0;
+}
+
+static void
+stripiter_dealloc(StripIter *self)
+{
+    PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->upstream);
+    Py_CLEAR(self->meta_type);
+    Py_CLEAR(self->pending);
+    Py_CLEAR(self->counter);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+stripiter_next(StripIter *self)
+{
+    iternextfunc next = Py_TYPE(self->upstream)->tp_iternext;
+    for (;;) {
+        PyObject *item = next(self->upstream);
+        if (item == NULL || !PyObject_TypeCheck(item, (PyTypeObject *)self->meta_type)) {
+            return item;
+        }
+        int r;
+        if (self->pending != Py_None) {
+            r = PyList_Append(self->pending, item);
+        }
+        else {
+            PyObject *n = PyObject_GetAttrString(self->counter, "dropped");
+            PyObject *m = n ? PyNumber_Add(n, _PyLong_GetOne_compat()) : NULL;
+            Py_XDECREF(n);
+            r = m ? PyObject_SetAttrString(self->counter, "dropped", m) : -1;
+            Py_XDECREF(m);
+        }
+        Py_DECREF(item);
+        if (r < 0) {
+            return NULL;
+        }
+    }
+}
+
+static PyTypeObject StripIterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "talkpipe_async._core._speedups.StripIter",
+    .tp_doc = "StripIter(iterable, meta_type, pending, counter): the data items; metadata to pending, or dropped.",
+    .tp_basicsize = sizeof(StripIter),
+    .tp_dealloc = (destructor)stripiter_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)stripiter_traverse,
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)stripiter_next,
+    .tp_new = stripiter_new,
+};
+
 /* --------------------------------------------------------------- module */
 
 static struct PyModuleDef speedups_module = {
@@ -837,7 +1301,12 @@ PyInit__speedups(void)
 {
     if (PyType_Ready(&ReadyType) < 0 || PyType_Ready(&BatchItemsType) < 0 || PyType_Ready(&CounterType) < 0
         || PyType_Ready(&CountIterType) < 0 || PyType_Ready(&InterceptType) < 0
-        || PyType_Ready(&InterceptStepType) < 0) {
+        || PyType_Ready(&InterceptStepType) < 0 || PyType_Ready(&StripType) < 0
+        || PyType_Ready(&StripStepType) < 0 || PyType_Ready(&StripIterType) < 0) {
+        return NULL;
+    }
+    one_int = PyLong_FromLong(1);
+    if (one_int == NULL) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&speedups_module);
@@ -849,6 +1318,8 @@ PyInit__speedups(void)
         {"Counter", &CounterType},
         {"CountIter", &CountIterType},
         {"Intercept", &InterceptType},
+        {"Strip", &StripType},
+        {"StripIter", &StripIterType},
     };
     for (size_t i = 0; i < sizeof(exported) / sizeof(exported[0]); i++) {
         Py_INCREF(exported[i].type);
