@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import anyio
 import anyio.lowlevel
@@ -30,6 +30,16 @@ from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
 from ._shared import produce_into
 from .concurrency import TaskScopes
+
+if TYPE_CHECKING:
+    from typing_extensions import Never
+
+T = TypeVar("T")
+U = TypeVar("U")
+A = TypeVar("A")
+B = TypeVar("B")
+C = TypeVar("C")
+D = TypeVar("D")
 
 __all__ = [
     "ForkStats",
@@ -228,7 +238,7 @@ async def _merged(label: str, capacity: int, upstream: _Upstream, pipes: list[An
         tasks.cancel()
 
 
-class merge(AbstractSource[Any]):
+class merge(AbstractSource[T], Generic[T]):
     """Fair fan-in of several sources or source pipelines, as one source.
 
     ::
@@ -244,20 +254,25 @@ class merge(AbstractSource[Any]):
     stops the other inputs.
     """
 
-    def __init__(self, *sources: Any, capacity: int = DEFAULT_LANE, name: str | None = None) -> None:
+    def __init__(
+        self,
+        *sources: AbstractSource[T] | Pipeline[Never, T],
+        capacity: int = DEFAULT_LANE,
+        name: str | None = None,
+    ) -> None:
         super().__init__()
         self.sources = [as_source_pipeline(s) for s in sources]
         self.capacity = capacity
         self.name = name or "merge"
 
-    async def generate(self) -> AsyncIterator[Any]:
+    async def generate(self) -> AsyncIterator[T]:
         """Yield the items of every input, interleaved fairly."""
         async with aclosing(_merged(self.label, self.capacity, None, self.sources)) as steps:
             async for item in steps:
                 yield item
 
 
-class merge_with(AbstractSegment[Any, Any]):
+class merge_with(AbstractSegment[T, T], Generic[T]):
     """Segment form of :class:`merge`: the upstream is one more input.
 
     ::
@@ -268,13 +283,18 @@ class merge_with(AbstractSegment[Any, Any]):
     by one feeder task.  Metadata passes through.
     """
 
-    def __init__(self, *others: Any, capacity: int = DEFAULT_LANE, name: str | None = None) -> None:
+    def __init__(
+        self,
+        *others: AbstractSource[T] | Pipeline[Never, T],
+        capacity: int = DEFAULT_LANE,
+        name: str | None = None,
+    ) -> None:
         super().__init__(process_metadata=True)
         self.others = [as_source_pipeline(s) for s in others]
         self.capacity = capacity
         self.name = name or "merge_with"
 
-    async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
         """Yield the upstream's items and the others', interleaved fairly."""
         async with aclosing(_merged(self.label, self.capacity, items, self.others)) as steps:
             async for item in steps:
@@ -307,7 +327,7 @@ async def _zipped(label: str, capacity: int, upstream: _Upstream, pipes: list[An
         tasks.cancel()
 
 
-class zip_streams(AbstractSource[tuple[Any, ...]]):
+class zip_streams(AbstractSource[T], Generic[T]):
     """Pair up the items of several sources: ``(a0, b0), (a1, b1), ...``.
 
     ::
@@ -321,6 +341,43 @@ class zip_streams(AbstractSource[tuple[Any, ...]]):
     zip needs that input's next item.
     """
 
+    @overload
+    def __init__(
+        self: zip_streams[tuple[A, B]],
+        a: AbstractSource[A] | Pipeline[Never, A],
+        b: AbstractSource[B] | Pipeline[Never, B],
+        /,
+        *,
+        capacity: int = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: zip_streams[tuple[A, B, C]],
+        a: AbstractSource[A] | Pipeline[Never, A],
+        b: AbstractSource[B] | Pipeline[Never, B],
+        c: AbstractSource[C] | Pipeline[Never, C],
+        /,
+        *,
+        capacity: int = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: zip_streams[tuple[A, B, C, D]],
+        a: AbstractSource[A] | Pipeline[Never, A],
+        b: AbstractSource[B] | Pipeline[Never, B],
+        c: AbstractSource[C] | Pipeline[Never, C],
+        d: AbstractSource[D] | Pipeline[Never, D],
+        /,
+        *,
+        capacity: int = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: zip_streams[tuple[Any, ...]], *sources: Any, capacity: int = ..., name: str | None = ...
+    ) -> None: ...
     def __init__(self, *sources: Any, capacity: int = DEFAULT_LANE, name: str | None = None) -> None:
         super().__init__()
         if not sources:
@@ -329,14 +386,14 @@ class zip_streams(AbstractSource[tuple[Any, ...]]):
         self.capacity = capacity
         self.name = name or "zip_streams"
 
-    async def generate(self) -> AsyncIterator[tuple[Any, ...]]:
+    async def generate(self) -> AsyncIterator[T]:
         """Yield one tuple per position."""
         async with aclosing(_zipped(self.label, self.capacity, None, self.sources)) as steps:
             async for item in steps:
                 yield item
 
 
-class zip_with(AbstractSegment[Any, tuple[Any, ...]]):
+class zip_with(AbstractSegment[T, U], Generic[T, U]):
     """Segment form of :class:`zip_streams`: ``(upstream_item, other_item, ...)``.
 
     ::
@@ -344,13 +401,36 @@ class zip_with(AbstractSegment[Any, tuple[Any, ...]]):
         pipeline = questions() | zip_with(answers()) | grade()
     """
 
+    @overload
+    def __init__(
+        self: zip_with[T, tuple[T, B]],
+        b: AbstractSource[B] | Pipeline[Never, B],
+        /,
+        *,
+        capacity: int = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: zip_with[T, tuple[T, B, C]],
+        b: AbstractSource[B] | Pipeline[Never, B],
+        c: AbstractSource[C] | Pipeline[Never, C],
+        /,
+        *,
+        capacity: int = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: zip_with[Any, tuple[Any, ...]], *others: Any, capacity: int = ..., name: str | None = ...
+    ) -> None: ...
     def __init__(self, *others: Any, capacity: int = DEFAULT_LANE, name: str | None = None) -> None:
         super().__init__(process_metadata=True)
         self.others = [as_source_pipeline(s) for s in others]
         self.capacity = capacity
         self.name = name or "zip_with"
 
-    async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[tuple[Any, ...]]:
+    async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[U]:
         """Yield tuples of the upstream item and the others' items."""
         async with aclosing(_zipped(self.label, self.capacity, items, self.others)) as steps:
             async for item in steps:
@@ -557,7 +637,7 @@ class _BranchInput:
 CopyPolicy = Literal["none", "shallow", "deep"]
 
 
-class fork(AbstractSegment[Any, Any]):
+class fork(AbstractSegment[T, U], Generic[T, U]):
     """Send each item to several branches and merge the branches' outputs.
 
     ::
@@ -605,7 +685,7 @@ class fork(AbstractSegment[Any, Any]):
 
     def __init__(
         self,
-        *branches: Any,
+        *branches: AbstractSegment[T, U] | Pipeline[T, U],
         mode: Literal["broadcast", "round_robin"] = "broadcast",
         buffer: int = 16,
         policy: Literal["block", "drop_oldest"] = "block",
@@ -633,7 +713,7 @@ class fork(AbstractSegment[Any, Any]):
         self.last_stats: ForkStats | None = None
         self.name = name or ("fork" if mode == "broadcast" else "split")
 
-    async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[U]:
         """Feed the branches and yield their merged outputs."""
         n = len(self.branches)
         stats = self.stats if self.stats is not None else ForkStats()
@@ -738,12 +818,12 @@ async def _run_branch(branch: Pipeline[Any, Any], inbox: _BranchInput, fan: FanI
     fan.close(i)
 
 
-def broadcast(*branches: Any, **options: Any) -> fork:
+def broadcast(*branches: AbstractSegment[T, U] | Pipeline[T, U], **options: Any) -> fork[T, U]:
     """``fork(*branches, mode="broadcast", ...)``: every item to every branch."""
     return fork(*branches, mode="broadcast", **options)
 
 
-def split(*branches: Any, **options: Any) -> fork:
+def split(*branches: AbstractSegment[T, U] | Pipeline[T, U], **options: Any) -> fork[T, U]:
     """``fork(*branches, mode="round_robin", ...)``: each item to the next branch in turn.
 
     ::

@@ -23,7 +23,7 @@ import reprlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
@@ -35,6 +35,9 @@ from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
 from .combine import as_source_pipeline, produced
 from .concurrency import blame
+
+if TYPE_CHECKING:
+    from typing_extensions import Never
 
 __all__ = [
     "Backoff",
@@ -153,6 +156,30 @@ class on_error(AbstractSegment[T, U], Generic[T, U]):
     :class:`ErrorStats`) if given, else a fresh one per run at ``last_stats``.
     """
 
+    @overload
+    def __init__(
+        self: on_error[T, U],
+        inner: AbstractSegment[T, U] | Callable[[T], Awaitable[U]],
+        policy: Policy = "raise",
+        *,
+        value: Any = None,
+        sink: Any = None,
+        errors: ExcTypes = Exception,
+        stats: ErrorStats | None = None,
+        name: str | None = None,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: on_error[T, U],
+        inner: Callable[[T], U],
+        policy: Policy = "raise",
+        *,
+        value: Any = None,
+        sink: Any = None,
+        errors: ExcTypes = Exception,
+        stats: ErrorStats | None = None,
+        name: str | None = None,
+    ) -> None: ...
     def __init__(
         self,
         inner: Any,
@@ -357,7 +384,7 @@ class retry(AbstractSegment[T, U], Generic[T, U]):
             yield result
 
 
-class retry_source(AbstractSource[Any]):
+class retry_source(AbstractSource[T], Generic[T]):
     """Re-open a source after it fails, with backoff, up to ``backoff.max_attempts`` times.
 
     ::
@@ -381,7 +408,10 @@ class retry_source(AbstractSource[Any]):
 
     def __init__(
         self,
-        source: Any,
+        source: AbstractSource[T]
+        | Pipeline[Never, T]
+        | Callable[[], AbstractSource[T]]
+        | Callable[[], Pipeline[Never, T]],
         backoff: Backoff = RETRY,
         *,
         retry_on: ExcTypes = Exception,
@@ -430,7 +460,7 @@ class retry_source(AbstractSource[Any]):
                     self.on_retry(retries.failures, exc, wait)
                 await anyio.sleep(wait)
 
-    async def generate(self) -> AsyncIterator[Any]:
+    async def generate(self) -> AsyncIterator[T]:
         """Yield the source's items across re-openings."""
         async with aclosing(produced(self.label, self.capacity, self._produce)) as steps:
             async for item in steps:

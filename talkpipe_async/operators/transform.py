@@ -323,6 +323,16 @@ class scan(AbstractSegment[T, U]):
     Holds one accumulator.
     """
 
+    @overload
+    def __init__(
+        self: scan[T, U], fn: Callable[[U, T], Awaitable[U]], *, initial: U, name: str | None = None
+    ) -> None: ...
+    @overload
+    def __init__(self: scan[T, U], fn: Callable[[U, T], U], *, initial: U, name: str | None = None) -> None: ...
+    @overload
+    def __init__(self: scan[T, T], fn: Callable[[T, T], Awaitable[T]], *, name: str | None = None) -> None: ...
+    @overload
+    def __init__(self: scan[T, T], fn: Callable[[T, T], T] | None = None, *, name: str | None = None) -> None: ...
     def __init__(
         self,
         fn: Callable[[Any, T], Any] | None = None,

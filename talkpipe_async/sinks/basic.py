@@ -27,7 +27,7 @@ from typing import IO, Any, Generic, TypeVar, cast
 from anyio.streams.memory import MemoryObjectSendStream
 
 from .._core._pipeline import Pipeline
-from .._core._segment import AbstractSegment
+from .._core._segment import AbstractSegment, AbstractSource
 from ..operators.embed import QUEUE_END, require_asyncio
 
 __all__ = ["callback", "collect", "count", "log_items", "print_items", "reduce", "to_queue", "to_stream"]
@@ -36,13 +36,15 @@ T = TypeVar("T")
 A = TypeVar("A")
 
 Input = Iterable[Any] | AsyncIterable[Any] | None
+# What the sink functions run: a pipeline, a source or a segment that yields T.
+Runnable = Pipeline[Any, T] | AbstractSource[T] | AbstractSegment[Any, T]
 
 
 def _pipeline(obj: Any) -> Pipeline[Any, Any]:
     return obj if isinstance(obj, Pipeline) else Pipeline(obj)
 
 
-async def collect(pipeline: Any, input: Input = None) -> list[Any]:
+async def collect(pipeline: Runnable[T], input: Input = None) -> list[T]:
     """Run *pipeline* (a pipeline, source or segment) and return its items as a list.
 
     Memory: the whole output.  For an endless stream use a segment sink.
@@ -50,7 +52,7 @@ async def collect(pipeline: Any, input: Input = None) -> list[Any]:
     return await _pipeline(pipeline).collect(input)
 
 
-async def count(pipeline: Any, input: Input = None) -> int:
+async def count(pipeline: Runnable[Any], input: Input = None) -> int:
     """Run *pipeline* to the end and return how many items came out (constant memory)."""
     n = 0
     async with _pipeline(pipeline).stream(input) as items:
@@ -59,7 +61,9 @@ async def count(pipeline: Any, input: Input = None) -> int:
     return n
 
 
-async def reduce(pipeline: Any, fn: Callable[[A, Any], A | Awaitable[A]], initial: A, input: Input = None) -> A:
+async def reduce(
+    pipeline: Runnable[T], fn: Callable[[A, T], A | Awaitable[A]], initial: A, input: Input = None
+) -> A:
     """Fold the output of *pipeline* with ``fn(acc, item)`` (sync or async) from *initial*."""
     acc = initial
     is_async = inspect.iscoroutinefunction(fn)
