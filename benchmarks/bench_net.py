@@ -22,6 +22,7 @@ from anyio.abc import SocketAttribute
 
 from talkpipe_async import Pipeline
 from talkpipe_async.sources.sockets import tcp_lines
+from talkpipe_async.sources.sse import SSEParser
 
 from ._harness import Result, compare, measure_async
 
@@ -138,7 +139,36 @@ def run(quick: bool) -> list[Result]:
         r.extra["lines"] = n
         r.extra["lines_per_s_subject"] = round(n / r.subject_s)
         r.extra["lines_per_s_baseline"] = round(n / r.baseline_s)
-    return results
+    return results + _sse_long_line(repeat)
+
+
+def _sse_parse(data: bytes, size: int) -> Callable[[], Any]:
+    def parse() -> int:
+        parser = SSEParser()
+        events = 0
+        for i in range(0, len(data), size):
+            events += len(parser.feed(data[i : i + size]))
+        assert events == 1, events
+        return events
+
+    return parse
+
+
+def _sse_long_line(repeat: int) -> list[Result]:
+    """One SSE data line just under the 1 MiB cap, fed in 128-byte chunks against 64 KiB chunks (parse only).
+
+    A parser that joins the held partial line with each new chunk does
+    quadratic work on small chunks; the target keeps the cost linear: small
+    chunks within 3x of large ones.
+    """
+    data = ("data: " + "x" * ((1 << 20) - 100) + "\n\n").encode()
+    return compare(
+        "SSE parser: one line of ~1 MiB, 128-byte chunks against 64 KiB chunks",
+        ("128-byte chunks", _sse_parse(data, 128)),
+        [("64 KiB chunks", _sse_parse(data, 65536))],
+        repeat=repeat,
+        targets={"64 KiB chunks": ("<= 3x (linear in the input)", lambda r: r <= 3.0)},
+    )
 
 
 if __name__ == "__main__":

@@ -216,3 +216,20 @@ async def test_overlong_lines_skipped_and_counted() -> None:
         got = await Pipeline(source).collect()
     assert got == ["short", "after"]
     assert stats.dropped_lines == 2
+
+
+@pytest.mark.parametrize("size", [1, 3, 1000])
+async def test_ndjson_line_numbers_count_the_blank_lines_before_a_bad_one(size: int) -> None:
+    body = b'\n\r\n{"a": 1}\n\n{bad\n{"b": 2}\n'  # lines 1, 2 and 4 blank; line 5 is not JSON
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        await read_request(stream)
+        chunks = b"".join(chunk(body[i : i + size]) for i in range(0, len(body), size))
+        await stream.send(chunked_head("application/x-ndjson") + chunks + LAST_CHUNK)
+        await stream.receive()
+
+    async with raw_server(handler) as port:
+        dead: list[MalformedRecord] = []
+        got = await http_ndjson(f"http://127.0.0.1:{port}/", on_error=dead.append).collect()
+    assert got == [{"a": 1}, {"b": 2}]
+    assert [(d.line_number, d.line) for d in dead] == [(5, b"{bad")]

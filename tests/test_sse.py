@@ -10,8 +10,10 @@ import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from trio.testing import MockClock
 
 from talkpipe_async import Pipeline
+from talkpipe_async.operators import take
 from talkpipe_async.sources.sockets import Backoff, NetStats
 from talkpipe_async.sources.sse import SSEError, SSEEvent, SSEParser, sse_events
 
@@ -302,3 +304,26 @@ async def test_live_demo_reconnects_and_shuts_down(capsys: pytest.CaptureFixture
     out = capsys.readouterr().out
     assert out.count("event id=") == 6
     assert "Last-Event-ID: 3" in out and "1 reconnect(s)" in out
+
+
+@pytest.mark.parametrize(
+    "anyio_backend", [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-virtual")]
+)
+async def test_the_server_retry_is_milliseconds_exactly() -> None:
+    ended: list[float] = []
+    connected: list[float] = []
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        connected.append(anyio.current_time())
+        await read_request(stream)
+        body = b"retry: 1500\nid: 1\ndata: a\n\n" if len(connected) == 1 else b"data: b\n\n"
+        head = chunked_head("text/event-stream").replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+        await stream.send(head + chunk(body) + LAST_CHUNK)
+        ended.append(anyio.current_time())
+
+    backoff = Backoff(initial=99.0, jitter="none", exact_first=True)  # the first wait is the server's retry
+    async with raw_server(handler) as port:
+        source = sse_events(f"http://127.0.0.1:{port}/", backoff=backoff)
+        got = [e.data for e in await (source | take(2)).collect()]  # virtual: only the wait takes time
+    assert got == ["a", "b"]
+    assert connected[1] - ended[0] == pytest.approx(1.5, abs=1e-6)  # 1500 ms, not 1500 s nor 1.5 ms
