@@ -19,6 +19,7 @@ channels with their original type; nothing is swallowed in the thread.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
@@ -38,7 +39,14 @@ DEFAULT_LATENCY = 0.005
 
 
 class _Outbox:
-    """The worker's side of the output channel: batches with a latency bound."""
+    """The worker's side of the output channel: batches with a latency bound.
+
+    The pending batch is shared with the consumer under a lock: a consumer
+    that finds the channel empty takes what is pending itself (``take``), so an
+    item never waits for the worker's next item while the worker is blocked
+    inside the sync code; if nothing is pending it leaves a wish (``wanted``)
+    that makes the worker hand over its next item at once.
+    """
 
     def __init__(self, channel: Channel, batch: int, latency: float) -> None:
         self.channel = channel
@@ -46,23 +54,36 @@ class _Outbox:
         self.latency = latency
         self.pending: list[Any] = []
         self.first_at = 0.0
+        self.wanted = False
+        self.lock = threading.Lock()
 
     def add(self, item: Any) -> None:
-        pending = self.pending
-        if not pending:
-            self.first_at = time.monotonic()
-        pending.append(item)
-        if (
-            len(pending) >= self.batch
-            or self.channel.consumer_waiting
-            or time.monotonic() - self.first_at >= self.latency
-        ):
-            self.flush()
+        with self.lock:
+            pending = self.pending
+            if not pending:
+                self.first_at = time.monotonic()
+            pending.append(item)
+            if (
+                len(pending) < self.batch
+                and not self.wanted
+                and time.monotonic() - self.first_at < self.latency
+            ):
+                return
+            self.pending, self.wanted = [], False
+        anyio.from_thread.run(self.channel.put_batch, pending)
 
     def flush(self) -> None:
-        if self.pending:
+        with self.lock:
             batch, self.pending = self.pending, []
+        if batch:  # handed over in order: the worker adds nothing new until this put has returned
             anyio.from_thread.run(self.channel.put_batch, batch)
+
+    def take(self) -> list[Any]:
+        """Consumer side (the loop): what is pending now, or a wish for the next item."""
+        with self.lock:
+            batch, self.pending = self.pending, []
+            self.wanted = not batch
+        return batch
 
 
 class ThreadStage:
@@ -92,6 +113,7 @@ class ThreadStage:
         self._latency = latency
         self.inbox = Channel(batch) if upstream is not None else None
         self.outbox = Channel(2 * batch)
+        self._out = _Outbox(self.outbox, batch, latency)
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
         """Start the feeder task (for a segment) and the worker thread."""
@@ -150,7 +172,7 @@ class ThreadStage:
                     yield item
 
     def _work(self) -> None:
-        out = _Outbox(self.outbox, self._batch, self._latency)
+        out = self._out
         gen = None
         error: BaseException | None = None
         try:
@@ -175,8 +197,15 @@ class ThreadStage:
     async def output(self) -> AsyncIterator[Any]:
         """The stage's items, in the consumer's task."""
         outbox = self.outbox
+        take = self._out.take
         try:
             while True:
+                if not len(outbox):
+                    batch = take()  # the worker may be blocked with items in hand
+                    if batch:
+                        for item in batch:
+                            yield item
+                        continue
                 try:
                     batch = await outbox.get_batch(1 << 30)
                 except anyio.EndOfStream:
