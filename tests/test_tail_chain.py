@@ -187,3 +187,26 @@ async def test_every_held_descriptor_is_closed(tmp_path: Path) -> None:
             await wait_until(lambda k=k: stats.files == k + 1)  # type: ignore[misc]
     if before is not None:
         assert len(os.listdir("/proc/self/fd")) <= before
+
+
+async def test_a_restart_after_a_copytruncate_reads_the_copy_then_the_truncated_file(tmp_path: Path) -> None:
+    """Acknowledged up to a line of the generation that was truncated: the checkpoint names the copy (from
+    the offset where the truncated file stopped) and the new generation, and a restart reads both."""
+    log = tmp_path / "app.log"
+    ckpt = tmp_path / "app.ckpt"
+    log.write_bytes(b"a\nb\n")
+    source = tail_file(log, start="beginning", checkpoint=ckpt, read_ahead=0, **FAST)
+    async with source.stream() as items:
+        [_a, b] = await take(items, 2)
+        b.ack()
+        with open(log, "ab") as f:
+            f.write(b"c\nd\n")  # not read before the truncate
+        shutil.copyfile(log, tmp_path / "app.log.1")
+        os.truncate(log, 0)
+        with open(log, "ab") as f:
+            f.write(b"e\n")
+        assert [str(x) for x in await take(items, 3)] == ["c", "d", "e"]
+    saved = json.loads(ckpt.read_text())
+    assert saved["offset"] == b.offset and [n["start"] for n in saved["next"]] == [b.offset, 0]
+    async with tail_file(log, start="beginning", checkpoint=ckpt, **FAST).stream() as items:
+        assert await texts(items, 3) == ["c", "d", "e"]

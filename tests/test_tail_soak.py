@@ -79,8 +79,9 @@ _WRITER = textwrap.dedent(
             os.write(fd, b"%d" % n + pad)
             n += 1
         time.sleep(0.0002)
-    os.close(fd)
     print("written", n, flush=True)
+    sys.stdin.readline()  # exit only once the rotator has stopped sending SIGHUP
+    os.close(fd)
     """
 )
 
@@ -106,9 +107,10 @@ _ROTATOR = textwrap.dedent(
 )
 
 
-def numbers(data: bytes) -> list[int]:
-    """The line numbers in a tail's output (complete lines only)."""
-    return [int(line.split(b" ", 1)[0]) for line in data.split(b"\n") if line.strip()]
+def numbers(data: bytes, below: int | None = None) -> list[int]:
+    """The line numbers in a tail's output (complete lines only; the end mark and after left out)."""
+    out = [int(line.split(b" ", 1)[0]) for line in data.split(b"\n") if line.strip()]
+    return out if below is None else [n for n in out if n < below]
 
 
 def holds_open(pid: int, path: Path) -> bool:
@@ -183,7 +185,7 @@ class Soak:
             stats=self.stats,
         )
         pipeline = tail | write_lines(self.ours_out, flush_interval=0.05) | acknowledge()
-        last = self.total - 1
+        last = self.total  # the end mark
         with gnu_tail(self.log, self.gnu_out) as gnu:
             await wait_for(lambda: holds_open(gnu.pid, self.log), 10, "GNU tail to open the file")
             async with pipeline.stream() as items, anyio.create_task_group() as tg:
@@ -191,12 +193,12 @@ class Soak:
                 await wait_for(lambda: self.stats.files >= 1, 10, "our tail to open the file")
                 await self._write()
                 await wait_for(lambda: last_line_is(self.gnu_out, last), 30, "GNU tail to reach the last line")
-        self.ours = numbers(self.ours_out.read_bytes())
-        self.gnu = numbers(self.gnu_out.read_bytes())
+        self.ours = numbers(self.ours_out.read_bytes(), self.total)
+        self.gnu = numbers(self.gnu_out.read_bytes(), self.total)
         kept: set[int] = set()
         for f in self.dir.iterdir():
             if f.name.startswith("app.log"):
-                kept.update(numbers(f.read_bytes()))
+                kept.update(numbers(f.read_bytes(), self.total))
         # Lines the rotation itself threw away: written between the end of a copy and the truncate.
         self.thrown = set(range(self.total)) - kept
 
@@ -230,12 +232,15 @@ class Soak:
             )
             writer.stdin.write("go\n")
             writer.stdin.flush()
-            written = writer.stdout.read()
-            assert writer.wait(timeout=SECONDS * 4 + 30) == 0
-            assert f"written {self.total}" in written
+            assert writer.stdout.readline() == f"written {self.total}\n"
             out, _ = rotator.communicate("stop\n", timeout=30)
             assert rotator.returncode == 0
             self.rotations = int(out.split("rotations ")[1].split()[0])
+            writer.communicate("exit\n", timeout=30)
+            assert writer.returncode == 0
+            # The end mark: one more line in the file at the path, which nothing rotates any more.
+            with open(self.log, "ab") as f:
+                f.write(b"%d end\n" % self.total)
         finally:
             for proc in (writer, rotator):
                 if proc is not None and proc.poll() is None:

@@ -126,6 +126,10 @@ class _Tailer:
         self.acked: tuple[Gen, int, int] | None = None  # (generation, offset, seq)
         self.ack_lock = threading.Lock()
         self.written_seq = 0
+        # Bumped at every change of the chain: a checkpoint names the files after the acknowledged one, so
+        # a change is written out (at the next poll) even when no new line was acknowledged.
+        self.chain_version = 0
+        self.written_version = 0
         self.last_write = 0.0
         self.lock = threading.Lock()  # checkpoint writes
         self.decoder = LineDecoder(src.label, self.path, src.encoding, src.errors, src.strip_cr, src.stats)
@@ -147,9 +151,12 @@ class _Tailer:
         """Write the last acknowledged position and the files after it atomically (temp file, fsync, rename)."""
         with self.lock:
             acked = self.acked
-            if self.checkpoint is None or acked is None or acked[2] <= self.written_seq:
+            if self.checkpoint is None or acked is None:
+                return
+            if acked[2] <= self.written_seq and self.chain_version == self.written_version:
                 return
             gen, offset, seq = acked
+            version = self.chain_version
             data = {
                 "version": CHECKPOINT_VERSION,
                 "path": self.path,
@@ -158,7 +165,7 @@ class _Tailer:
                 "next": [{**g.record(), "start": g.start} for g in self._after(gen)],
             }
             write_json_atomically(self.checkpoint, data)
-            self.written_seq = seq
+            self.written_seq, self.written_version = seq, version
             self.last_write = time.monotonic()
             self.stats.checkpoints += 1
 
@@ -252,6 +259,7 @@ class _Tailer:
         self.first = False
         self.missing_reported = False
         self.chain.append(held)
+        self.chain_version += 1
         self.stats.files += 1
 
     def _end_position(self, fd: int, size: int, splitter: Splitter) -> int:
@@ -441,27 +449,38 @@ class _Tailer:
         with self.chain_lock:
             at = next(i for i, x in enumerate(self.chain) if x is h)
             self.chain.insert(at + 1, nxt)
+            self.chain_version += 1
 
     def _end_generation(self, cur: Held, out: list[Any]) -> None:
-        """The poll reached the end of a cut generation: read its unread rest from a copy, if one is found."""
-        cur.recovered = True
+        """The poll read all of a cut generation: close it; read its unread rest from a copy, if one is found."""
         self.stats.truncations += 1
         copy = find_copy(cur, self.path, self.skip) if cur.pos > 0 else None
         fields: dict[str, Any] = {}
+        rest = None
         if copy is not None:
             fd, cst, name = copy
             rest = Held(fd, Gen(cst.st_dev, cst.st_ino, cur.gen.fp, name, cur.pos), cur.pos, cur.splitter, cst)
             rest.mark, rest.quiet_since, rest.discard_partial = cur.mark, float("-inf"), True
             rest.q_size, rest.q_mtime = cst.st_size, cst.st_mtime_ns
-            with self.chain_lock:
-                self.chain.insert(0, rest)
-            cur.splitter = self._splitter()  # the partial line goes on in the copy
             fields = {"recovered_from": name, "recovered_bytes": cst.st_size - cur.pos}
         elif cur.splitter.buf:
             self.stats.partial_discarded += 1
-            cur.splitter.reset()
+        self._drop(cur, rest)
         log.info("%s: %s was truncated at offset %d; reading from 0", self.src.label, cur.gen.path, cur.pos)
         out.append(TailEvent("truncated", cur.gen.path, offset=cur.pos, **fields))
+
+    def _drop(self, cur: Held, replacement: Held | None = None) -> None:
+        """Take the first file of the chain out (in its place: *replacement*) and close it."""
+        with self.chain_lock:
+            self.chain.pop(0)
+            if replacement is not None:
+                self.chain.insert(0, replacement)
+            self.chain_version += 1
+            if self.checkpoint is not None:
+                self.done.append(cur.gen)
+        with cur.lock:
+            cur.cut = True  # the scout may still hold it as its target: it reads no more
+            os.close(cur.fd)
 
     def _lines(self, cur: Held, data: bytes, start: int) -> list[Any]:
         sp = cur.splitter
@@ -504,11 +523,7 @@ class _Tailer:
             self.seq += 1
             text = self.decoder.decode(rest, None, cur.pos - len(rest))
             out.append(Line(text, cur.gen.path, cur.pos, cur.gen, self.seq, self))
-        with self.chain_lock:
-            self.chain.pop(0)
-            if self.checkpoint is not None:
-                self.done.append(cur.gen)
-        os.close(cur.fd)
+        self._drop(cur)
 
     def poll(self) -> tuple[list[Any], bool]:
         """One poll: returns the new items (lines and events) and whether more data is waiting."""
@@ -518,8 +533,10 @@ class _Tailer:
         if self.scout_error is not None:
             error, self.scout_error = self.scout_error, None
             raise error
-        if self.checkpoint is not None and self.acked is not None and self.acked[2] > self.written_seq:
-            if time.monotonic() - self.last_write >= src.checkpoint_interval:
+        if self.checkpoint is not None and self.acked is not None:
+            if self.chain_version != self.written_version or (
+                self.acked[2] > self.written_seq and time.monotonic() - self.last_write >= src.checkpoint_interval
+            ):
                 self.write_checkpoint()
         with self.chain_lock:
             self.discover()
@@ -552,7 +569,7 @@ class _Tailer:
                 self.stats.bytes += len(data)
                 out.extend(self._lines(cur, data, start))
                 return out, ahead or len(data) == src.chunk_size
-            if cur.cut and not cur.recovered:
+            if cur.cut:
                 self._end_generation(cur, out)
                 continue
             if self._at_path(cur):

@@ -60,7 +60,6 @@ class Held:
         "q_mtime",
         "q_size",
         "quiet_since",
-        "recovered",
         "size",
         "splitter",
     )
@@ -82,7 +81,6 @@ class Held:
         # Truncated (copytruncate): no byte at or after ``pos + ahead_len`` in the descriptor belongs to this
         # generation any more; the next generation of the same file is held right after this one.
         self.cut = False
-        self.recovered = False  # a cut generation's copy has been looked for
         self.discard_partial = False  # an unterminated last line was cut short: count it, do not emit it
         # Once the file has left the path: when a change was last seen (monotonic) and what it was.
         self.quiet_since: float | None = None
