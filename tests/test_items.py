@@ -397,3 +397,88 @@ def test_sync_strip_holds_or_drops_metadata(flavour: str, monkeypatch: pytest.Mo
     if flavour == "c":
         with pytest.raises(TypeError, match="list or None"):
             _items._speedups.StripIter([], object, (), None)
+
+
+# ----------------------------------------------------------------- the run of a sync chain (iter_sync)
+
+
+@pytest.fixture(params=["c", "python"])
+def sync_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """iter_sync with the C run step and with its generator twin."""
+    if request.param == "c" and _items._speedups is None:
+        pytest.skip("C extension not built")
+    monkeypatch.setattr(_items, "SPEEDUPS", request.param == "c")
+    return str(request.param)
+
+
+def closing_chain(log: list[str], fail_at: int | None = None, fail_close: bool = False) -> Any:
+    from talkpipe_async import source
+
+    @source
+    def numbers() -> Iterator[int]:
+        try:
+            yield from range(10)
+        finally:
+            log.append("source closed")
+
+    @segment
+    def check(items: Any) -> Iterator[int]:
+        try:
+            for item in items:
+                if item == fail_at:
+                    raise ValueError(f"bad {item}")
+                yield item
+        finally:
+            log.append("check closed")
+            if fail_close:
+                raise RuntimeError("close failed")
+
+    return numbers() | check()
+
+
+def test_sync_run_errors_name_the_segment_and_close_every_stage(sync_mode: str) -> None:
+    from talkpipe_async import error_context
+
+    log: list[str] = []
+    got: list[int] = []
+    with pytest.raises(ValueError, match="bad 3") as info:
+        for x in closing_chain(log, fail_at=3).iter_sync():
+            got.append(x)
+    ctx = error_context(info.value)
+    assert got == [0, 1, 2] and ctx is not None and ctx.segment == "check" and ctx.item == "3"
+    assert log == ["check closed", "source closed"]
+    log.clear()
+    with pytest.raises(RuntimeError, match="close failed") as closing:
+        list(closing_chain(log, fail_at=3, fail_close=True).iter_sync())
+    assert isinstance(closing.value.__context__, ValueError) and "source closed" in log
+
+
+def test_sync_run_break_close_and_drop_close_at_once(sync_mode: str) -> None:
+    log: list[str] = []
+    for x in closing_chain(log).iter_sync():
+        if x == 2:
+            break
+    assert log == ["check closed", "source closed"]  # the dropped iterator closed the stages before this line
+    log.clear()
+    items = closing_chain(log).iter_sync()
+    assert next(items) == 0
+    items.close()  # type: ignore[attr-defined]
+    assert log == ["check closed", "source closed"]
+    assert list(items) == []
+    items.close()  # type: ignore[attr-defined]
+    assert log == ["check closed", "source closed"]
+    log.clear()
+    assert list(closing_chain(log).iter_sync()) == list(range(10))
+    assert log == ["source closed", "check closed"]  # at the end each stage finishes after its input
+
+
+def test_sync_run_collected_with_a_cycle(sync_mode: str) -> None:
+    log: list[str] = []
+    items = closing_chain(log).iter_sync()
+    next(items)
+    holder: list[Any] = [items]
+    holder.append(holder)  # a cycle: only the collector frees it
+    ref = weakref.ref(items)
+    del items, holder
+    gc.collect()
+    assert ref() is None and sorted(log) == ["check closed", "source closed"]  # the collector picks the order

@@ -18,7 +18,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
 from ._chain import Chain, In, Out, Runner
 from ._errors import annotate, error_context
 from ._metadata import Metadata
-from ._plumbing import MetaCounter, make_intercept, release_sync, strip_async, strip_sync, sync_to_async
+from ._plumbing import MetaCounter, make_intercept, release_sync, run_sync, strip_async, strip_sync, sync_to_async
 from ._run import RunContext, _current
 from ._sampler import Sampler
 from ._segment import AbstractSegment, AbstractSource, _Node, wrap_callable
@@ -227,6 +227,8 @@ class Pipeline(Chain[In, Out]):
                 raise TypeError(f"iter_sync() needs sync stages, and {stage.label!r} is async: use stream()")
         build = _Build(self, metadata)
         head: Iterable[Any] = self._head_sync(input)
+        if self.has_source:  # closed with the others, and its errors name it
+            build.record(head, self.stages[0].label)
         meta = _may_carry_metadata(self.stages[0] if self.has_source else input)
         chain, meta = build.sync_chain(head, 1 if self.has_source else 0, len(self.stages), meta)
         if meta and not metadata:
@@ -380,14 +382,11 @@ def _single(results: list[Any]) -> Any:
 
 
 def _run_sync(chain: Iterator[Any], build: _Build) -> Iterator[Any]:
-    try:
-        yield from chain
-    except BaseException as exc:
-        annotate(exc, build.frames)
-        raise
-    finally:
+    def close() -> None:
         for gen in reversed(build.closers):
             gen.close()
+
+    return run_sync(chain, lambda exc: annotate(exc, build.frames), close)
 
 
 class _Build:

@@ -1194,6 +1194,7 @@ typedef struct {
     PyObject *meta_type;
     PyObject *pending; /* a list that takes the metadata, or None: drop and count */
     PyObject *counter;
+    PyObject *data_type; /* the type of the last data item (see Strip) */
 } StripIter;
 
 static PyObject *
@@ -1233,6 +1234,7 @@ stripiter_traverse(StripIter *self, visitproc visit, void *arg)
     Py_VISIT(self->meta_type);
     Py_VISIT(self->pending);
     Py_VISIT(self->counter);
+    Py_VISIT(self->data_type);
     return 0;
 }
 
@@ -1240,6 +1242,7 @@ static void
 stripiter_dealloc(StripIter *self)
 {
     PyObject_GC_UnTrack(self);
+    Py_CLEAR(self->data_type);
     Py_CLEAR(self->upstream);
     Py_CLEAR(self->meta_type);
     Py_CLEAR(self->pending);
@@ -1253,7 +1256,12 @@ stripiter_next(StripIter *self)
     iternextfunc next = Py_TYPE(self->upstream)->tp_iternext;
     for (;;) {
         PyObject *item = next(self->upstream);
-        if (item == NULL || !PyObject_TypeCheck(item, (PyTypeObject *)self->meta_type)) {
+        if (item == NULL || (PyObject *)Py_TYPE(item) == self->data_type) {
+            return item;
+        }
+        if (!PyObject_TypeCheck(item, (PyTypeObject *)self->meta_type)) {
+            Py_INCREF(Py_TYPE(item));
+            Py_XSETREF(self->data_type, (PyObject *)Py_TYPE(item));
             return item;
         }
         int r;
@@ -1287,6 +1295,189 @@ static PyTypeObject StripIterType = {
     .tp_new = stripiter_new,
 };
 
+/* -------------------------------------------------------------- SyncRun */
+
+/*
+ * SyncRun(chain, on_error, on_close): the items of a sync chain (iter_sync), the C twin of the
+ * _run_sync generator.  An error raised by the chain is handed to on_error(exc) (which attaches the
+ * segment and item) and goes on; at the end, on an error, on close() and when the iterator is
+ * dropped, on_close() runs once (it closes every stage, downstream first).
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *chain;    /* NULL once finished */
+    PyObject *on_error;
+    PyObject *on_close;
+    PyObject *weakrefs;
+} SyncRun;
+
+static PyObject *
+syncrun_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *chain, *on_error, *on_close;
+    if (!PyArg_ParseTuple(args, "OOO:SyncRun", &chain, &on_error, &on_close)) {
+        return NULL;
+    }
+    if (!PyIter_Check(chain)) {
+        PyErr_Format(PyExc_TypeError, "SyncRun needs an iterator, not %.100s", Py_TYPE(chain)->tp_name);
+        return NULL;
+    }
+    SyncRun *self = (SyncRun *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    Py_INCREF(chain);
+    self->chain = chain;
+    Py_INCREF(on_error);
+    self->on_error = on_error;
+    Py_INCREF(on_close);
+    self->on_close = on_close;
+    return (PyObject *)self;
+}
+
+/* Run on_close once (the chain is dropped first); 0, or -1 with its error set. */
+static int
+syncrun_finish(SyncRun *self)
+{
+    if (self->chain == NULL) {
+        return 0;
+    }
+    Py_CLEAR(self->chain);
+    PyObject *r = PyObject_CallNoArgs(self->on_close);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+static PyObject *
+syncrun_next(SyncRun *self)
+{
+    if (self->chain == NULL) {
+        return NULL;
+    }
+    PyObject *item = Py_TYPE(self->chain)->tp_iternext(self->chain);
+    if (item != NULL) {
+        return item;
+    }
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_StopIteration)) {
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyErr_NormalizeException(&type, &value, &tb);
+            if (tb != NULL) {
+                PyException_SetTraceback(value, tb);
+            }
+            PyObject *r = PyObject_CallOneArg(self->on_error, value);
+            if (r == NULL) { /* the hook failed: its error goes on, chained to the stage's */
+                Py_XDECREF(type);
+                Py_XDECREF(value);
+                Py_XDECREF(tb);
+            }
+            else {
+                Py_DECREF(r);
+                PyErr_Restore(type, value, tb);
+            }
+            PyObject *t2, *v2, *tb2;
+            PyErr_Fetch(&t2, &v2, &tb2);
+            if (syncrun_finish(self) < 0) { /* a stage failed to close: that error, with the first as context */
+                PyErr_NormalizeException(&t2, &v2, &tb2);
+                PyObject *t3, *v3, *tb3;
+                PyErr_Fetch(&t3, &v3, &tb3);
+                PyErr_NormalizeException(&t3, &v3, &tb3);
+                if (v2 != NULL) {
+                    PyException_SetContext(v3, v2); /* steals v2 */
+                    v2 = NULL;
+                }
+                Py_XDECREF(t2);
+                Py_XDECREF(tb2);
+                PyErr_Restore(t3, v3, tb3);
+                return NULL;
+            }
+            PyErr_Restore(t2, v2, tb2);
+            return NULL;
+        }
+        PyErr_Clear();
+    }
+    syncrun_finish(self);
+    return NULL;
+}
+
+static PyObject *
+syncrun_close(SyncRun *self, PyObject *Py_UNUSED(unused))
+{
+    if (syncrun_finish(self) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static void
+syncrun_finalize(SyncRun *self)
+{
+    if (self->chain == NULL) {
+        return;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (syncrun_finish(self) < 0) {
+        PyErr_WriteUnraisable((PyObject *)self);
+    }
+    PyErr_Restore(type, value, tb);
+}
+
+static int
+syncrun_traverse(SyncRun *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->chain);
+    Py_VISIT(self->on_error);
+    Py_VISIT(self->on_close);
+    return 0;
+}
+
+static int
+syncrun_clear(SyncRun *self)
+{
+    Py_CLEAR(self->chain);
+    Py_CLEAR(self->on_error);
+    Py_CLEAR(self->on_close);
+    return 0;
+}
+
+static void
+syncrun_dealloc(SyncRun *self)
+{
+    if (PyObject_CallFinalizerFromDealloc((PyObject *)self) < 0) {
+        return; /* resurrected */
+    }
+    PyObject_GC_UnTrack(self);
+    if (self->weakrefs != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    syncrun_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef syncrun_methods[] = {
+    {"close", (PyCFunction)syncrun_close, METH_NOARGS, "Close every stage now (the loop is left)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SyncRunType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "talkpipe_async._core._speedups.SyncRun",
+    .tp_doc = "SyncRun(chain, on_error, on_close): the items of a sync chain; on_close runs once at the end.",
+    .tp_basicsize = sizeof(SyncRun),
+    .tp_dealloc = (destructor)syncrun_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)syncrun_traverse,
+    .tp_clear = (inquiry)syncrun_clear,
+    .tp_finalize = (destructor)syncrun_finalize,
+    .tp_weaklistoffset = offsetof(SyncRun, weakrefs),
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)syncrun_next,
+    .tp_methods = syncrun_methods,
+    .tp_new = syncrun_new,
+};
+
 /* --------------------------------------------------------------- module */
 
 static struct PyModuleDef speedups_module = {
@@ -1302,7 +1493,8 @@ PyInit__speedups(void)
     if (PyType_Ready(&ReadyType) < 0 || PyType_Ready(&BatchItemsType) < 0 || PyType_Ready(&CounterType) < 0
         || PyType_Ready(&CountIterType) < 0 || PyType_Ready(&InterceptType) < 0
         || PyType_Ready(&InterceptStepType) < 0 || PyType_Ready(&StripType) < 0
-        || PyType_Ready(&StripStepType) < 0 || PyType_Ready(&StripIterType) < 0) {
+        || PyType_Ready(&StripStepType) < 0 || PyType_Ready(&StripIterType) < 0
+        || PyType_Ready(&SyncRunType) < 0) {
         return NULL;
     }
     one_int = PyLong_FromLong(1);
@@ -1320,6 +1512,7 @@ PyInit__speedups(void)
         {"Intercept", &InterceptType},
         {"Strip", &StripType},
         {"StripIter", &StripIterType},
+        {"SyncRun", &SyncRunType},
     };
     for (size_t i = 0; i < sizeof(exported) / sizeof(exported[0]); i++) {
         Py_INCREF(exported[i].type);
