@@ -92,6 +92,23 @@ def test_every_mistake_is_a_pyright_error(tmp_path: Path) -> None:
     assert reported == expected, result.stdout
 
 
+def _docs_typing_block() -> str:
+    text = (ROOT / "docs" / "model.md").read_text()
+    section = text.split("\n## Typing\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_docs_typing_example_checks(tmp_path: Path) -> None:
+    example = tmp_path / "docs_typing.py"
+    example.write_text(_docs_typing_block())
+    mypy = _mypy("--strict", str(example))
+    assert mypy.returncode == 0, mypy.stdout + mypy.stderr
+    config = {"typeCheckingMode": "strict", "extraPaths": [str(ROOT)]}
+    (tmp_path / "pyrightconfig.json").write_text(json.dumps(config))
+    pyright = _run([_pyright(), "--pythonpath", sys.executable, "--project", str(tmp_path), str(example)], ROOT)
+    assert pyright.returncode == 0, pyright.stdout + pyright.stderr
+
+
 USER_PROJECT = textwrap.dedent(
     """
     from collections.abc import AsyncIterator

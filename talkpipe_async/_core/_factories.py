@@ -33,9 +33,13 @@ V = TypeVar("V")
 E = TypeVar("E")
 
 __all__ = [
+    "AnyItemFieldSegmentDecorator",
+    "AnyItemMultiFieldSegmentDecorator",
     "FieldSegmentDecorator",
     "FieldSegmentFactory",
+    "ItemSegmentDecorator",
     "ItemSegmentFactory",
+    "MultiFieldSegmentDecorator",
     "SegmentDecorator",
     "SegmentFactory",
     "SourceDecorator",
@@ -213,34 +217,48 @@ class ItemSegmentFactory(Protocol[P]):
     def __call__(self, *args: Any, multi_emit: bool, **kwargs: Any) -> AbstractSegment[T, T]: ...
 
 
-class FieldSegmentDecorator(Protocol[In]):
-    """``@field_segment(...)`` with options (no ``set_as``, no ``multi_emit``): takes the value function.
-
-    ``In`` is ``Any`` when the decorator names a ``field`` (any item has it);
-    otherwise the function's first parameter gives the item type.
-    """
+class FieldSegmentDecorator(Protocol):
+    """``@field_segment(...)`` with options (no ``field``, ``set_as`` or ``multi_emit``): the items are the values."""
 
     @overload
     def __call__(
         self, func: Callable[Concatenate[V, P], Coroutine[Any, Any, U]], /
-    ) -> FieldSegmentFactory[P, In | V, U]: ...
+    ) -> FieldSegmentFactory[P, V, U]: ...
+    @overload
+    def __call__(self, func: Callable[Concatenate[V, P], U], /) -> FieldSegmentFactory[P, V, U]: ...
+
+
+class AnyItemFieldSegmentDecorator(Protocol):
+    """``@field_segment(field=...)``: the value is read from a field, so any item goes in."""
+
     @overload
     def __call__(
-        self, func: Callable[Concatenate[V, P], U], /
-    ) -> FieldSegmentFactory[P, In | V, U]: ...
+        self, func: Callable[Concatenate[Any, P], Coroutine[Any, Any, U]], /
+    ) -> FieldSegmentFactory[P, Any, U]: ...
+    @overload
+    def __call__(self, func: Callable[Concatenate[Any, P], U], /) -> FieldSegmentFactory[P, Any, U]: ...
 
 
-class MultiFieldSegmentDecorator(Protocol[In]):
-    """``@field_segment(multi_emit=True, ...)``: the function returns an iterable; its elements are the items."""
+class MultiFieldSegmentDecorator(Protocol):
+    """``@field_segment(multi_emit=True)``: the function returns an iterable; its elements are the items."""
 
     @overload
     def __call__(
         self, func: Callable[Concatenate[V, P], Coroutine[Any, Any, Iterable[E]]], /
-    ) -> FieldSegmentFactory[P, In | V, E]: ...
+    ) -> FieldSegmentFactory[P, V, E]: ...
+    @overload
+    def __call__(self, func: Callable[Concatenate[V, P], Iterable[E]], /) -> FieldSegmentFactory[P, V, E]: ...
+
+
+class AnyItemMultiFieldSegmentDecorator(Protocol):
+    """``@field_segment(multi_emit=True, field=...)``: any item goes in; the result's elements come out."""
+
     @overload
     def __call__(
-        self, func: Callable[Concatenate[V, P], Iterable[E]], /
-    ) -> FieldSegmentFactory[P, In | V, E]: ...
+        self, func: Callable[Concatenate[Any, P], Coroutine[Any, Any, Iterable[E]]], /
+    ) -> FieldSegmentFactory[P, Any, E]: ...
+    @overload
+    def __call__(self, func: Callable[Concatenate[Any, P], Iterable[E]], /) -> FieldSegmentFactory[P, Any, E]: ...
 
 
 class ItemSegmentDecorator(Protocol):

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from typing_extensions import Never
 
     from ._factories import (
+        AnyItemFieldSegmentDecorator,
+        AnyItemMultiFieldSegmentDecorator,
         FieldSegmentDecorator,
         FieldSegmentFactory,
         ItemSegmentDecorator,
@@ -382,6 +384,7 @@ def field_segment(
     name: str | None = None,
     process_metadata: bool = False,
     blocking: bool = False,
+    **defaults: Any,
 ) -> ItemSegmentDecorator: ...
 @overload
 def field_segment(
@@ -391,7 +394,8 @@ def field_segment(
     name: str | None = None,
     process_metadata: bool = False,
     blocking: bool = False,
-) -> FieldSegmentDecorator[Never]: ...
+    **defaults: Any,
+) -> FieldSegmentDecorator: ...
 @overload
 def field_segment(
     *,
@@ -400,7 +404,8 @@ def field_segment(
     name: str | None = None,
     process_metadata: bool = False,
     blocking: bool = False,
-) -> FieldSegmentDecorator[Any]: ...
+    **defaults: Any,
+) -> AnyItemFieldSegmentDecorator: ...
 @overload
 def field_segment(
     *,
@@ -409,7 +414,8 @@ def field_segment(
     name: str | None = None,
     process_metadata: bool = False,
     blocking: bool = False,
-) -> MultiFieldSegmentDecorator[Never]: ...
+    **defaults: Any,
+) -> MultiFieldSegmentDecorator: ...
 @overload
 def field_segment(
     *,
@@ -418,7 +424,8 @@ def field_segment(
     name: str | None = None,
     process_metadata: bool = False,
     blocking: bool = False,
-) -> MultiFieldSegmentDecorator[Any]: ...
+    **defaults: Any,
+) -> AnyItemMultiFieldSegmentDecorator: ...
 def field_segment(*args: Any, **kwargs: Any) -> Any:
     """Turn a function of one value into an :class:`AbstractFieldSegment` class.
 

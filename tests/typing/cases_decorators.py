@@ -107,3 +107,19 @@ def single_stages() -> None:
     assert_type(add().iter_sync([1, 2]), Iterator[int])
     assert_type(add().run_blocking([1]), list[int])
     assert_type(numbers().pipeline(), Pipeline[Never, int])
+
+
+@field_segment(field="text", multi_emit=True)
+async def tokens(text: str) -> list[str]:
+    return text.split()
+
+
+@field_segment(field="n", scale=3)
+def times(n: int, scale: int = 1) -> int:
+    return n * scale
+
+
+def field_options() -> None:
+    assert_type(shout(), AbstractSegment[Any, str])
+    assert_type(tokens(), AbstractSegment[Any, str])
+    assert_type(times(scale=2), AbstractSegment[Any, int])
