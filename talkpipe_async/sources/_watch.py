@@ -18,15 +18,13 @@ import sys
 
 import anyio
 
-__all__ = ["ARRIVALS", "CHANGES", "DirWatcher", "open_watcher"]
+__all__ = ["CHANGES", "DirWatcher", "open_watcher"]
 
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
 #: Any change: IN_MODIFY | IN_ATTRIB | IN_CLOSE_WRITE | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
 #: | IN_DELETE_SELF | IN_MOVE_SELF.
 CHANGES = 0x2 | 0x4 | 0x8 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800
-#: A name appearing in the directory (IN_MOVED_TO | IN_CREATE): what a rotation puts at a followed path.
-ARRIVALS = 0x80 | 0x100
 
 _libc: ctypes.CDLL | None = None
 

@@ -39,7 +39,8 @@ import anyio.to_thread
 
 from .._core._fields import extract_field
 from .._core._segment import AbstractSegment, AbstractSource
-from ._tail_chain import Line, TailEvent, _Tailer
+from ._tail_chain import _Tailer
+from ._tail_items import Line, TailEvent
 from .files import (
     DEFAULT_CHUNK,
     DEFAULT_MAX_LINE,
