@@ -123,6 +123,7 @@ class websocket_send(AbstractSegment[Any, Any]):
             except httpx.TransportError as err:
                 raise ConnectionLost(f"{where}: cannot connect: {err!r}") from err
             stats.connections += 1
+            session.expect_reader()  # from now on only the reader task reads, the closing handshake included
             current_run().start_soon(session.drain, name=f"{self.label} reader")
             async for item in items:
                 data = encode(item)

@@ -360,7 +360,7 @@ class PullSession:
         ends the reading and is kept in ``lost``; the next send reports it).
         While it runs, :meth:`finish` lets it read the peer's close reply.
         """
-        self._drained = anyio.Event()
+        drained = self.expect_reader()
         try:
             while await self.receive_message() is not None:
                 self.stats.ignored_messages += 1
@@ -368,7 +368,16 @@ class PullSession:
             self.lost = err
             self.stats.last_error = repr(err)
         finally:
-            self._drained.set()
+            drained.set()
+
+    def expect_reader(self) -> anyio.Event:
+        """Say that :meth:`drain` reads this connection (call it before starting the task).
+
+        :meth:`finish` then leaves all reading, the close reply included, to that task.
+        """
+        if self._drained is None:
+            self._drained = anyio.Event()
+        return self._drained
 
     async def finish(self) -> None:
         """The closing handshake, then close the socket; shielded, within ``close_timeout`` seconds.
