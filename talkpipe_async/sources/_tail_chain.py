@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import stat as stat_module
 import threading
 import time
@@ -77,7 +76,8 @@ class _Tailer:
         self.warned_long = False
         self.scout_thread: threading.Thread | None = None
         self.scout_error: BaseException | None = None
-        self.stop_fds: tuple[int, int] | None = None
+        self.stopping = threading.Event()
+        self.stop_fds: tuple[int, int] | None = None  # wakes the scout's inotify wait
         self.wake_fds: tuple[int, int] | None = None
 
     # -- acknowledgement and checkpoints -------------------------------------------------
@@ -242,10 +242,10 @@ class _Tailer:
         Returns what the run waits on between polls: a wake-up pipe the scout writes to after each change
         it saw in the directory (inotify), or None where there is no inotify (the run then just sleeps).
         """
-        self.stop_fds = os.pipe()
         watcher = open_watcher(os.path.dirname(os.path.abspath(self.path))) if watch else None
         waker = None
         if watcher is not None:
+            self.stop_fds = os.pipe()
             self.wake_fds = os.pipe()
             for fd in self.wake_fds:
                 os.set_blocking(fd, False)
@@ -258,11 +258,9 @@ class _Tailer:
         return waker
 
     def _scout(self, watcher: DirWatcher | None, interval: float) -> None:
-        assert self.stop_fds is not None
-        stop = self.stop_fds[0]
         ahead = self.src.read_ahead > 0
         try:
-            while True:
+            while not self.stopping.is_set():
                 with self.chain_lock:
                     self.discover()
                     last = self.chain[-1] if self.chain else None
@@ -271,7 +269,7 @@ class _Tailer:
                     self._read_ahead(target)
                 self._wake()
                 while True:
-                    changed = self._wait(watcher, interval, stop)
+                    changed = self._wait(watcher, interval)
                     if changed and target is not None:
                         self._read_ahead(target)  # first: a copytruncate may be under way
                     if changed and watcher is not None:
@@ -281,14 +279,19 @@ class _Tailer:
                         self._wake()
                     if not changed or target is None or target.cut or not self._same_file(target):
                         break
-                if select.select([stop], [], [], 0)[0]:
-                    return
         except BaseException as exc:  # raised by the next poll, in the run
             self.scout_error = exc
             self._wake()
         finally:
             if watcher is not None:
                 watcher.close()
+
+    def _wait(self, watcher: DirWatcher | None, interval: float) -> bool:
+        """Wait for a change in the directory (True) or the end of *interval* or a stop (False)."""
+        if watcher is not None and self.stop_fds is not None:
+            return watcher.wait_blocking(interval, self.stop_fds[0]) and not self.stopping.is_set()
+        self.stopping.wait(interval)
+        return False
 
     def _wake(self) -> None:
         """End the run's wait (a byte in the wake-up pipe; a full pipe already says so)."""
@@ -300,22 +303,15 @@ class _Tailer:
 
     def stop_scout(self) -> None:
         """Stop and join the scout thread."""
-        if self.stop_fds is None:
-            return
-        os.write(self.stop_fds[1], b"x")
+        self.stopping.set()
+        if self.stop_fds is not None:
+            os.write(self.stop_fds[1], b"x")
         if self.scout_thread is not None:
             self.scout_thread.join()
-        for fd in (*self.stop_fds, *(self.wake_fds or ())):
+            self.scout_thread = None
+        for fd in (*(self.stop_fds or ()), *(self.wake_fds or ())):
             os.close(fd)
         self.stop_fds = self.wake_fds = None
-
-    @staticmethod
-    def _wait(watcher: DirWatcher | None, interval: float, stop: int) -> bool:
-        """Wait for a change in the directory (True) or the end of *interval* or a stop (False)."""
-        if watcher is not None:
-            return watcher.wait_blocking(interval, stop)
-        select.select([stop], [], [], interval)
-        return False
 
     def _same_file(self, h: Held) -> bool:
         """Whether *h* is still the file at the path."""
