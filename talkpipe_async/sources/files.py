@@ -34,7 +34,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, S
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Generic, Literal, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -53,6 +53,7 @@ __all__ = [
     "read_lines",
 ]
 
+T = TypeVar("T")
 log = logging.getLogger("talkpipe_async.sources.files")
 
 DEFAULT_CHUNK = 128 * 1024
@@ -585,7 +586,7 @@ def _open_binary(path: str) -> BinaryIO:
     return open(path, "rb", buffering=0)
 
 
-class _FileSource(BatchSource[Any]):
+class _FileSource(BatchSource[T], Generic[T]):
     """Shared options of the file sources."""
 
     def __init__(
@@ -614,7 +615,7 @@ class _FileSource(BatchSource[Any]):
                 f.close()
 
 
-class _LineSource(_FileSource):
+class _LineSource(_FileSource[T]):
     def __init__(
         self,
         paths: Any,
@@ -649,7 +650,7 @@ class _LineSource(_FileSource):
         )
 
 
-class read_lines(_LineSource):
+class read_lines(_LineSource[str]):
     """The lines of a file, a glob of files or a list of files, as ``str`` without line endings.
 
     ``errors``: ``"replace"`` (default: invalid bytes become U+FFFD and are
@@ -698,7 +699,7 @@ class read_lines(_LineSource):
                     yield lines
 
 
-class read_chunks(_FileSource):
+class read_chunks(_FileSource[bytes]):
     """The raw bytes of a file (or glob, or list of files) in chunks of at most ``chunk_size`` bytes."""
 
     def __init__(
@@ -745,7 +746,7 @@ class _Policy:
             log.warning("%s (skipped; counted in stats.skipped_records)", error)
 
 
-class read_jsonl(_LineSource):
+class read_jsonl(_LineSource[Any]):
     """The records of JSON Lines files: one JSON value per line; blank lines are skipped (and counted).
 
     ``on_error="raise"`` (default) raises :class:`RecordError` naming the
@@ -817,7 +818,7 @@ class read_jsonl(_LineSource):
                     yield records
 
 
-class read_csv(_FileSource):
+class read_csv(_FileSource[Any]):
     """The records of CSV files, parsed by the standard :mod:`csv` module in the worker thread.
 
     ``header=True`` (default): the first row of each file names the fields and

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable, Iterator
 
 from talkpipe_async import field_segment, segment, source
+from talkpipe_async.operators import map
 
 
 @source
@@ -45,6 +46,7 @@ async def wrong_items() -> None:
     numbers() | numbers()  # type: ignore[operator]  # pyright: ignore[reportOperatorIssue, reportUnusedExpression]
     to_str() | numbers()  # type: ignore[operator]  # pyright: ignore[reportOperatorIssue, reportUnusedExpression]
     numbers().map(lambda s: s.upper())  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType, reportUnknownLambdaType]
+    numbers() | map(lambda s: s.upper())  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType, reportUnknownLambdaType, reportUnusedExpression]
     numbers().then(from_bytes())  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     await numbers().collect([1])  # type: ignore[list-item]  # pyright: ignore[reportArgumentType]
     await to_str().collect([b"x"])  # type: ignore[list-item]  # pyright: ignore[reportArgumentType]

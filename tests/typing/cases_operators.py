@@ -111,3 +111,17 @@ async def sinks() -> None:
     assert_type(await count(numbers()), int)
     assert_type(await reduce(numbers(), total, 0.0), float)
     assert_type(numbers().then(callback(print)), Pipeline[Never, int])
+
+
+async def sources_and_typed_sinks() -> None:
+    from talkpipe_async.operators import interval
+    from talkpipe_async.sinks import write_lines
+    from talkpipe_async.sources import SSEEvent, process_lines, read_chunks, read_lines, sse_events
+
+    assert_type(read_lines("a.log").map(len), Pipeline[Never, int])
+    assert_type(read_chunks("a.bin").map(len), Pipeline[Never, int])
+    assert_type(await read_chunks("a.bin").collect(), list[bytes])
+    assert_type(await (read_lines("a.log") | write_lines("b.log")).collect(), list[Any])
+    assert_type(await process_lines(["echo", "x"]).collect(), list[str])
+    assert_type(await sse_events("http://127.0.0.1:1/").collect(), list[SSEEvent])
+    assert_type(interval(1.0).map(float), Pipeline[Never, float])
