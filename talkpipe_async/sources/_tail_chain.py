@@ -143,6 +143,9 @@ class _Tailer:
                 log.warning("%s: %s is gone or changed; its unread lines cannot be read", label, what)
                 continue
             fd, st, first = opened
+            if self._holds((st.st_dev, st.st_ino)):  # a later generation of a file read on from its older offset
+                os.close(fd)
+                continue
             held = Held(fd, Gen(st.st_dev, st.st_ino, first, name, offset), offset, self._splitter(), st)
             held.announce = bool(self.chain)
             self.chain.append(held)
@@ -333,7 +336,7 @@ class _Tailer:
             if h.cut:
                 return
             end = h.pos + h.ahead_len
-            room = self.src.read_ahead - h.ahead_len
+            room = self.src.read_ahead - sum(x.ahead_len for x in list(self.chain))  # a bound for all files
             data = os.pread(h.fd, room, end) if room > 0 else b""
             size = os.fstat(h.fd).st_size
             if size < end + len(data):
