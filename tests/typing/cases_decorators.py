@@ -123,3 +123,28 @@ def field_options() -> None:
     assert_type(shout(), AbstractSegment[Any, str])
     assert_type(tokens(), AbstractSegment[Any, str])
     assert_type(times(scale=2), AbstractSegment[Any, int])
+
+
+@source(name="countdown")
+async def countdown(start: int) -> AsyncIterator[int]:
+    for i in range(start, 0, -1):
+        yield i
+
+
+@source
+def letters(word: str) -> Iterator[str]:
+    yield from word
+
+
+@segment(blocking=True)
+def pairs(items: Iterable[str], sep: str = "-") -> Iterator[tuple[str, str]]:
+    for x in items:
+        yield (x, sep)
+
+
+def every_form() -> None:
+    assert_type(countdown(3), AbstractSource[int])
+    assert_type(letters("abc"), AbstractSource[str])
+    assert_type(pairs(sep="+"), AbstractSegment[str, tuple[str, str]])
+    assert_type((letters("ab") | pairs()).iter_sync(), Iterator[tuple[str, str]])
+    assert_type((countdown(2) | to_str()).run_blocking(), list[str])
