@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import FrameType, TracebackType
@@ -12,10 +11,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 import anyio
 import anyio.abc
 
-if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
-
 from ._chain import Chain, In, Out, Runner
+from ._closing import RunScope, close_one, outcome
 from ._errors import annotate, error_context
 from ._metadata import Metadata
 from ._plumbing import MetaCounter, make_intercept, release_sync, run_sync, strip_async, strip_sync, sync_to_async
@@ -32,7 +29,6 @@ V = TypeVar("V")
 
 __all__ = ["Pipeline", "PipelineRun"]
 
-CLEANUP_TIMEOUT = 10.0
 # Hand-over bounds of the blocking wrapper (talkpipe_async._blocking uses these too).
 BLOCKING_BATCH = 512
 BLOCKING_BUFFER = 2048
@@ -352,29 +348,6 @@ def _append_fused(stages: list[_Node], stage: _Node) -> None:
         stages.append(stage)
 
 
-async def _close_one(gen: Any) -> BaseException | None:
-    try:
-        if hasattr(gen, "aclose"):
-            await gen.aclose()
-        elif hasattr(gen, "close"):
-            gen.close()
-    except RuntimeError as err:
-        if "already running" not in str(err):
-            return err
-    except BaseException as err:  # reported once every stage is closed
-        return err
-    return None
-
-
-def _unwrap(group: BaseExceptionGroup) -> BaseException:
-    """A task's single error keeps its own type; several stay grouped."""
-    errors = [e for e in group.exceptions if not isinstance(e, anyio.get_cancelled_exc_class())]
-    if len(errors) == 1:
-        inner: BaseException = errors[0]
-        return _unwrap(inner) if isinstance(inner, BaseExceptionGroup) else inner
-    return group
-
-
 def _single(results: list[Any]) -> Any:
     if len(results) != 1:
         raise ValueError(f"expected exactly 1 output item, got {len(results)}")
@@ -490,7 +463,7 @@ class PipelineRun(Generic[Out]):
         self._started = 0.0
         self._running = False
         self._build: _Build | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._scope: RunScope | None = None
         self._run: RunContext | None = None
         self._token: Any = None
         self._intercepts: list[Any] = []
@@ -529,16 +502,15 @@ class PipelineRun(Generic[Out]):
             build.timed = self._observe == "timed"
         self._started = time.monotonic()
         self._running = True
-        tg = self._tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._run = RunContext(tg)
-        self._token = _current.set(self._run)
+        self._scope = RunScope()
+        run = self._run = await self._scope.enter()
+        self._token = _current.set(run)
         try:
             items = self._compile(build)
             for stage in build.threads:
-                stage.start(tg)
+                stage.start(run)
             if self._stats_every is not None:
-                tg.start_soon(self._report, self._stats_every, name="talkpipe stats reporter")
+                run.start_soon(self._report, self._stats_every, name="talkpipe stats reporter")
             if build.stats is not None and not build.timed:
                 self._sampler = Sampler(build.frame_stats)
                 self._sampler.start()
@@ -557,44 +529,23 @@ class PipelineRun(Generic[Out]):
             annotate(exc, build.frames)
             if isinstance(exc, Exception):  # cancellation and interrupts are not a stage's errors
                 self._count_error(exc)
-        close_error: BaseException | None = None
-        outer: BaseException | None = None  # a cancellation from outside, raised after the final snapshot
-        busy: list[Any] = []
-        with anyio.CancelScope(shield=True) as scope:
-            scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
-            close_error = await self._close_all(build, busy)
-        assert self._tg is not None and self._run is not None
-        tg, self._tg = self._tg, None
-        self._run._closing()
-        tg.cancel_scope.cancel()
+        assert self._scope is not None and self._run is not None
         try:
-            await tg.__aexit__(None, None, None)
-        except BaseExceptionGroup as group:
-            close_error = close_error or _unwrap(group)
-        except BaseException as err:
-            outer = err
+            error, outer = await self._scope.close(lambda busy: self._close_all(build, busy))
         finally:
             _current.reset(self._token)
-            with anyio.CancelScope(shield=True) as scope:
-                scope.deadline = anyio.current_time() + CLEANUP_TIMEOUT
-                for gen in busy:
-                    error = await _close_one(gen)
-                    close_error = close_error or error
-        if close_error is not None and exc is None:
-            annotate(close_error, build.frames)
-            self._count_error(close_error)
+        failed_task = self._run.failed_task if error is self._run.failure else None
+        raised = outcome(exc, error, outer, build.frames, failed_task)
+        if raised is not None and raised is not outer:
+            self._count_error(raised)
         if self._sampler is not None:
             self._sampler.stop()
         build.frames.clear()  # finished frames keep their last locals (the last items) alive
         build.frame_stats.clear()
         if self._observe and (self._stats_every is not None or self._on_stats is not None):
-            self._final_stats(outer)
-        if outer is not None:
-            if close_error is not None and exc is None:  # the cancellation goes on; the error is not lost
-                _log.error("a stage failed while the run was cancelled", exc_info=close_error)
-            raise outer
-        if close_error is not None and exc is None:
-            raise close_error
+            self._final_stats(raised if raised is not None else exc)
+        if raised is not None:
+            raise raised
         return None
 
     def _final_stats(self, outer: BaseException | None) -> None:
@@ -626,7 +577,7 @@ class PipelineRun(Generic[Out]):
             if getattr(gen, "ag_running", False):
                 busy.append(gen)
                 continue
-            error = await _close_one(gen)
+            error = await close_one(gen)
             first = first or error
         return first
 

@@ -115,8 +115,8 @@ class ThreadStage:
         self.outbox = Channel(2 * batch)
         self._out = _Outbox(self.outbox, batch, latency)
 
-    def start(self, tg: anyio.abc.TaskGroup) -> None:
-        """Start the feeder task (for a segment) and the worker thread."""
+    def start(self, tg: Any) -> None:
+        """Start the feeder task (for a segment) and the worker thread (``tg``: the run, or a task group)."""
         if self._upstream is not None:
             tg.start_soon(self._feed, name=f"talkpipe feeder for {self.label}")
         tg.start_soon(self._run_worker, name=f"talkpipe worker for {self.label}")

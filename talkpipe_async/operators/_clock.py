@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 
 from .._core._channel import Channel, ChannelClosed
+from .._core._closing import CLEANUP_TIMEOUT
 from .._core._run import current_run
 
 __all__ = ["Feed"]
@@ -38,27 +39,25 @@ class Feed:
 
     def __init__(self, items: AsyncIterator[Any], capacity: int, *, name: str, stamp: bool = False) -> None:
         self.channel = Channel(capacity)
-        self._scope = anyio.CancelScope()
-        current_run().start_soon(self._run, items, stamp, name=f"talkpipe_async feed of {name}")
+        self._task = current_run().start_soon(self._run, items, stamp, name=f"talkpipe_async feed of {name}")
 
     async def _run(self, items: AsyncIterator[Any], stamp: bool) -> None:
         channel = self.channel
-        with self._scope:
-            try:
-                if stamp:
-                    now = anyio.current_time
-                    async for x in items:
-                        await channel.put((now(), x))
-                else:
-                    put = channel.put
-                    async for x in items:
-                        await put(x)
-            except ChannelClosed:
-                return
-            except Exception as exc:  # handed to the operator, in order
-                channel.close(exc)
-                return
-            channel.close()
+        try:
+            if stamp:
+                now = anyio.current_time
+                async for x in items:
+                    await channel.put((now(), x))
+            else:
+                put = channel.put
+                async for x in items:
+                    await put(x)
+        except ChannelClosed:
+            return
+        except Exception as exc:  # handed to the operator, in order
+            channel.close(exc)
+            return
+        channel.close()
 
     async def get(self, limit: int, deadline: float | None = None) -> list[Any]:
         """Return 1..limit entries, or ``[]`` when *deadline* passes first.
@@ -73,6 +72,10 @@ class Feed:
         return []
 
     def close(self) -> None:
-        """Stop the feeder task (the operator is done with its upstream)."""
+        """Stop the feeder task (the operator is done with its upstream).
+
+        The stages it was running unwind shielded, so their ``finally``
+        blocks can await (until the run's cleanup deadline).
+        """
         self.channel.abort()
-        self._scope.cancel()
+        self._task.stop(CLEANUP_TIMEOUT)

@@ -22,10 +22,12 @@ import anyio
 import anyio.to_thread
 
 from .._core._channel import Channel
+from .._core._closing import CLEANUP_TIMEOUT
 from .._core._errors import attach_context
 from .._core._metadata import Metadata
 from .._core._run import current_run
 from .._core._segment import AbstractSegment
+from .._core._stop import Stoppable
 from ._shared import produce_into
 
 __all__ = ["buffer", "concurrent_map", "thread_map"]
@@ -41,31 +43,27 @@ def blame(exc: BaseException, stage: str, item: Any) -> None:
 
 
 class TaskScopes:
-    """Cancel scopes of the tasks one operator started, so it can stop them all."""
+    """The tasks one operator started in the run, so it can stop them all.
+
+    Stopping a task interrupts it once; the ``finally`` blocks of the stages
+    it was running then run shielded, within the cleanup deadline, so they
+    can await (see ``current_run().start_soon``).
+    """
 
     def __init__(self) -> None:
-        self.scopes: set[anyio.CancelScope] = set()
+        self.handles: list[Stoppable] = []
         self.cancelled = False
 
     def start(self, func: Callable[..., Awaitable[Any]], *args: Any, name: str) -> None:
-        """Start ``func(*args)`` in the run's task group, inside its own cancel scope."""
-        current_run().start_soon(self._wrap, func, args, name=name)
-
-    async def _wrap(self, func: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
-        if self.cancelled:
-            return
-        with anyio.CancelScope() as scope:
-            self.scopes.add(scope)
-            try:
-                await func(*args)
-            finally:
-                self.scopes.discard(scope)
+        """Start ``func(*args)`` as a task of the run (not at all once :meth:`cancel` was called)."""
+        if not self.cancelled:
+            self.handles.append(current_run().start_soon(func, *args, name=name))  # type: ignore[arg-type]
 
     def cancel(self) -> None:
-        """Cancel every task started here (and any not yet started)."""
+        """Stop every task started here."""
         self.cancelled = True
-        for scope in list(self.scopes):
-            scope.cancel()
+        for handle in self.handles:
+            handle.stop(CLEANUP_TIMEOUT)
 
 
 class _Slot:
@@ -98,8 +96,18 @@ class _MapRun:
         self.consumer: anyio.Event | None = None
         self.feeder: anyio.Event | None = None
         self.ended = False
+        self.stopping = False
         self.end_error: BaseException | None = None
         self.high_water = 0
+
+    def stop(self) -> None:
+        """The consumer is gone: wake the feeder and idle workers so they return, and stop the tasks."""
+        self.stopping = True
+        self.inq.clear()
+        self.wake_feeder()
+        for event in self.idle:
+            event.set()
+        self.tasks.cancel()
 
     def wake_consumer(self) -> None:
         if self.consumer is not None:
@@ -118,6 +126,8 @@ class _MapRun:
                     self.feeder = anyio.Event()
                     await self.feeder.wait()
                     self.feeder = None
+                    if self.stopping:
+                        return
                 try:
                     item = await iterator.__anext__()
                 except StopAsyncIteration:
@@ -178,7 +188,7 @@ class _MapRun:
                     self.wake_consumer()
                     if not self.busy:
                         self.wake_feeder()
-            if self.ended:
+            if self.ended or self.stopping:
                 return
             event = anyio.Event()
             self.idle.append(event)
@@ -268,7 +278,7 @@ class concurrent_map(AbstractSegment[T, U], Generic[T, U]):
                 async for value in steps:
                     yield value
         finally:
-            state.tasks.cancel()
+            state.stop()
 
 
 class thread_map(concurrent_map[T, U]):
@@ -362,6 +372,7 @@ class buffer(AbstractSegment[T, T], Generic[T]):
                 yield local.popleft()
         finally:
             channel.abort()
+            credit.stop()
             tasks.cancel()
 
 
@@ -378,10 +389,18 @@ class _Credit:
         if self.waiting is not None:
             self.waiting.set()
 
+    def stop(self) -> None:
+        """The consumer is gone: the feeder returns instead of waiting for credit."""
+        self.allowed = -1
+        if self.waiting is not None:
+            self.waiting.set()
+
     async def feed(self, channel: Channel, items: AsyncIterator[Any]) -> None:
         iterator = items.__aiter__()
         while True:
             while self.pulled >= self.allowed:
+                if self.allowed < 0:
+                    return
                 self.waiting = anyio.Event()
                 await self.waiting.wait()
                 self.waiting = None
