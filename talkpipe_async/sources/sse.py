@@ -107,8 +107,11 @@ class SSEParser:
             return []
         self.scanned += len(text)
         end = max(text.rfind("\n"), text.rfind("\r"))
-        if end < 0:
-            self._hold(text)
+        if end < 0:  # the middle of a long line: only held (the common case of small chunks)
+            self._held += len(text)
+            if self._held > self.max_line_chars:
+                raise self._too_long()
+            self._pieces.append(text)
             return []
         head, rest = text[: end + 1], text[end + 1 :]
         self._skip_lf = not rest and text[end] == "\r"
