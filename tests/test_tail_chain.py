@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -210,3 +211,18 @@ async def test_a_restart_after_a_copytruncate_reads_the_copy_then_the_truncated_
     assert saved["offset"] == b.offset and [n["start"] for n in saved["next"]] == [b.offset, 0]
     async with tail_file(log, start="beginning", checkpoint=ckpt, **FAST).stream() as items:
         assert await texts(items, 3) == ["c", "d", "e"]
+
+
+async def test_an_error_in_the_scout_thread_ends_the_run_with_it(tmp_path: Path) -> None:
+    """No exception is lost in the scout thread: a directory put at the path fails the run, naming it."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the scout wakes on inotify (Linux); elsewhere it looks every poll_min, here 60 s")
+    log = tmp_path / "app.log"
+    log.write_bytes(b"a\n")
+    source = tail_file(log, start="beginning", rotate_grace=3600, text=True, poll_min=60.0, poll_max=60.0)
+    with pytest.raises(IsADirectoryError, match=r"app\.log"):
+        async with source.stream() as items:
+            assert await take(items, 1) == ["a"]
+            os.rename(log, tmp_path / "app.log.1")
+            log.mkdir()  # the scout wakes on the directory change, the poll 60 s later: the scout sees it
+            await take(items, 1, timeout=10)
