@@ -365,3 +365,19 @@ async def test_a_client_that_leaves_closes_the_pipeline(web: AppServer) -> None:
     assert await anyio.to_thread.run_sync(PROBE.closed.wait, 5), "the server's pipeline was not closed"
 
 
+
+
+async def test_sse_error_and_end_events_are_configurable() -> None:
+    async def broken(request: Request) -> PipelineResponse:
+        return streaming_response(
+            Pipeline(failing()), format="sse", error_event="oops", end_event="done", end_id="fin", id_of=str
+        )
+
+    app = Starlette(routes=[Route("/", broken)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
+        events = SSEParser().feed((await client.get("http://local/")).content)
+    assert [(e.event, e.id) for e in events] == [("message", "1"), ("oops", "1"), ("done", "fin")]
+    assert events[1].data == "ValueError: boom in the pipeline"
+    assert json.loads(events[2].data) == {"items": 1, "failed": True}
+    with pytest.raises(ValueError, match="CR, LF or NUL"):
+        streaming_response(Pipeline(failing()), format="sse", end_event="two\nlines")
