@@ -111,6 +111,20 @@ async def test_leaving_a_source_to_sink_pipeline_closes_both_connections_cleanly
     assert len(peer.received) == 200
 
 
+async def test_every_one_of_many_runs_closes_cleanly(peer: Peer) -> None:
+    rounds = 15
+    for n in range(1, rounds + 1):  # leaving at a different point each time, the server still sending
+        async with Pipeline(websocket_messages(peer.url("/feed"))).stream() as items:
+            got = 0
+            async for _message in items:
+                got += 1
+                if got == n * 7:
+                    break
+        await peer.wait(n)
+        peer.finished.clear()
+    assert [code for _path, code, _reason in peer.closes] == [1000] * rounds
+
+
 @pytest.mark.parametrize("how", ["break", "cancel", "error"])
 async def test_the_close_code_asked_for_reaches_the_server(peer: Peer, how: str) -> None:
     source = websocket_messages(peer.url("/feed"), close_code=4001)
