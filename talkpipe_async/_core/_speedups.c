@@ -520,6 +520,7 @@ typedef struct {
     unaryfunc anext;
     PyObject *pending;     /* awaitable iterator left suspended by a bypass */
     PyObject *bypass_type; /* the _Bypass class */
+    PyObject *step;        /* reused when nobody else holds it */
     PyObject *dict;
 } Intercept;
 
@@ -549,6 +550,21 @@ awaitable_iter(PyObject *aw)
         PyErr_Format(PyExc_TypeError, "__await__ returned a non-iterator %.100s", Py_TYPE(it)->tp_name);
         Py_CLEAR(it);
     }
+    return it;
+}
+
+/* awaitable_iter(aw), stealing aw: an async generator's awaitable is its own iterator, taken as is. */
+static PyObject *
+awaitable_iter_steal(PyObject *aw)
+{
+    if (asend_type == NULL && strcmp(Py_TYPE(aw)->tp_name, "async_generator_asend") == 0) {
+        asend_type = Py_TYPE(aw); /* a static type of the interpreter: never freed */
+    }
+    if (Py_TYPE(aw) == asend_type) {
+        return aw;
+    }
+    PyObject *it = awaitable_iter(aw);
+    Py_DECREF(aw);
     return it;
 }
 
@@ -681,12 +697,28 @@ step_close(InterceptStep *s, PyObject *Py_UNUSED(unused))
     return res;
 }
 
-static void
-step_dealloc(InterceptStep *s)
+static int
+step_traverse(InterceptStep *s, visitproc visit, void *arg)
+{
+    Py_VISIT(s->owner);
+    Py_VISIT(s->inner);
+    return 0;
+}
+
+static int
+step_clear(InterceptStep *s)
 {
     Py_CLEAR(s->inner);
     Py_CLEAR(s->owner);
-    PyObject_Free(s);
+    return 0;
+}
+
+static void
+step_dealloc(InterceptStep *s)
+{
+    PyObject_GC_UnTrack(s);
+    step_clear(s);
+    PyObject_GC_Del(s);
 }
 
 static PyMethodDef step_methods[] = {
@@ -708,7 +740,9 @@ static PyTypeObject InterceptStepType = {
     .tp_basicsize = sizeof(InterceptStep),
     .tp_dealloc = (destructor)step_dealloc,
     .tp_as_async = &step_as_async,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)step_traverse,
+    .tp_clear = (inquiry)step_clear,
     .tp_iter = PyObject_SelfIter,
     .tp_iternext = (iternextfunc)step_next,
     .tp_methods = step_methods,
@@ -744,6 +778,7 @@ intercept_traverse(Intercept *self, visitproc visit, void *arg)
     Py_VISIT(self->upstream);
     Py_VISIT(self->pending);
     Py_VISIT(self->bypass_type);
+    Py_VISIT(self->step);
     Py_VISIT(self->dict);
     return 0;
 }
@@ -751,6 +786,7 @@ intercept_traverse(Intercept *self, visitproc visit, void *arg)
 static int
 intercept_clear(Intercept *self)
 {
+    Py_CLEAR(self->step);
     Py_CLEAR(self->upstream);
     Py_CLEAR(self->pending);
     Py_CLEAR(self->bypass_type);
@@ -780,13 +816,18 @@ intercept_anext(Intercept *self)
         if (aw == NULL) {
             return NULL;
         }
-        inner = awaitable_iter(aw);
-        Py_DECREF(aw);
+        inner = awaitable_iter_steal(aw);
         if (inner == NULL) {
             return NULL;
         }
     }
-    InterceptStep *s = PyObject_New(InterceptStep, &InterceptStepType);
+    InterceptStep *s = (InterceptStep *)self->step;
+    if (s != NULL && Py_REFCNT(s) == 1 && s->inner == NULL && s->owner == self) {
+        s->inner = inner; /* nobody else holds the last step: reuse it */
+        Py_INCREF(s);
+        return (PyObject *)s;
+    }
+    s = PyObject_GC_New(InterceptStep, &InterceptStepType);
     if (s == NULL) {
         Py_DECREF(inner);
         return NULL;
@@ -794,6 +835,9 @@ intercept_anext(Intercept *self)
     s->inner = inner;
     Py_INCREF(self);
     s->owner = self;
+    PyObject_GC_Track(s);
+    Py_INCREF(s); /* kept for reuse (a cycle with its owner, which the GC sees through tp_traverse) */
+    Py_XSETREF(self->step, (PyObject *)s);
     return (PyObject *)s;
 }
 
@@ -875,15 +919,7 @@ strip_fetch(StripStep *s)
     if (aw == NULL) {
         return -1;
     }
-    if (asend_type == NULL && strcmp(Py_TYPE(aw)->tp_name, "async_generator_asend") == 0) {
-        asend_type = Py_TYPE(aw); /* a static type of the interpreter: never freed */
-    }
-    if (Py_TYPE(aw) == asend_type) { /* an async generator's awaitable is its own iterator */
-        s->inner = aw;
-        return 0;
-    }
-    s->inner = awaitable_iter(aw);
-    Py_DECREF(aw);
+    s->inner = awaitable_iter_steal(aw);
     return s->inner == NULL ? -1 : 0;
 }
 
