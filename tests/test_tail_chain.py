@@ -226,3 +226,23 @@ async def test_an_error_in_the_scout_thread_ends_the_run_with_it(tmp_path: Path)
             os.rename(log, tmp_path / "app.log.1")
             log.mkdir()  # the scout wakes on the directory change, the poll 60 s later: the scout sees it
             await take(items, 1, timeout=10)
+
+
+async def test_lines_read_ahead_come_in_batches_of_chunk_size_and_in_order(tmp_path: Path) -> None:
+    """The scout reads ahead in big reads while the consumer is busy; the poll hands them on in chunk_size
+    pieces, split across lines, nothing lost or repeated."""
+    log = tmp_path / "app.log"
+    log.write_bytes(b"")
+    stats = FileStats()
+    source = tail_file(log, start="beginning", chunk_size=100, stats=stats, text=True, **FAST)
+    expected = [f"line-{i:05d}" for i in range(3000)]
+    async with source.stream() as items:
+        with open(log, "ab") as f:
+            f.write(b"first\n")
+        assert await take(items, 1) == ["first"]
+        with open(log, "ab") as f:  # the consumer is not pulling
+            for i in range(0, 3000, 100):
+                f.write("".join(f"{x}\n" for x in expected[i : i + 100]).encode())
+                f.flush()
+        assert await take(items, 3000, timeout=20) == expected
+    assert stats.polls >= 3000 * 11 // 100  # batches of at most chunk_size bytes

@@ -353,6 +353,23 @@ class _Tailer:
                 h.ahead.append(data)
                 h.ahead_len += len(data)
 
+    @staticmethod
+    def _take_ahead(h: Held, limit: int) -> bytes:
+        """Up to *limit* bytes the scout read ahead (a poll's batch stays ``chunk_size``).  Under ``h.lock``."""
+        parts: list[bytes] = []
+        n = 0
+        while h.ahead and n < limit:
+            chunk = h.ahead[0]
+            if n + len(chunk) <= limit:
+                del h.ahead[0]
+            else:
+                h.ahead[0] = chunk[limit - n :]
+                chunk = chunk[: limit - n]
+            parts.append(chunk)
+            n += len(chunk)
+        h.ahead_len -= n
+        return b"".join(parts)
+
     def _check_truncation(self, cur: Held) -> bool:
         """Whether *cur*'s file was truncated (then it is cut).  Under ``cur.lock``."""
         st = os.fstat(cur.fd)
@@ -493,9 +510,7 @@ class _Tailer:
             with cur.lock:
                 ahead = cur.ahead_len > 0
                 if ahead:
-                    data = b"".join(cur.ahead)
-                    cur.ahead.clear()
-                    cur.ahead_len = 0
+                    data = self._take_ahead(cur, src.chunk_size)
                 elif cur.cut:
                     data = b""  # what the descriptor holds now is the next generation's
                 elif self._check_truncation(cur):
