@@ -122,7 +122,7 @@ def start_worker(broker: str, url: str, stream: str, group: str, results: str, n
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    cmd = [sys.executable, "-m", os.environ.get("TALKPIPE_TEST_WORKER", "tests.scaleout_worker"), "--broker", broker, "--url", url, "--stream", stream,
+    cmd = [sys.executable, "-m", "tests.scaleout_worker", "--broker", broker, "--url", url, "--stream", stream,
            "--group", group, "--results", results, "--name", name, "--batch", str(batch),
            "--claim-idle", str(claim_idle), "--idle-exit", str(idle_exit), *extra]
     env = {**os.environ, "PYTHONPATH": str(root)}

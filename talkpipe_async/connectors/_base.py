@@ -148,22 +148,26 @@ class AckToken(ABC):
     cannot acknowledge twice).
     """
 
-    __slots__ = ("_on_settle", "deliveries", "id", "settled", "suspect")
+    __slots__ = ("_tracker", "deliveries", "id", "settled", "suspect")
 
     def __init__(self, id: str, deliveries: int, suspect: bool = False) -> None:
         self.id = id
         self.deliveries = deliveries
         self.settled = False
         self.suspect = suspect
-        self._on_settle: Callable[[AckToken], None] | None = None
+        self._tracker: BrokerSession | None = None
 
     def _settle(self) -> bool:
         """Mark the token settled; False if it already was (the caller then does nothing)."""
         if self.settled:
             return False
         self.settled = True
-        if self._on_settle is not None:
-            self._on_settle(self)
+        tracker = self._tracker
+        if tracker is not None:  # inlined BrokerSession.untrack: this runs once per message
+            held = tracker.held
+            held.pop(self.id, None)
+            if not held and tracker._drained is not None:
+                tracker._drained.set()
         return True
 
     @abstractmethod
@@ -394,8 +398,11 @@ async def consume(
                 result = handler(arg)
                 if is_async:
                     await result
-            for message in messages_in(item):
-                await message.token.ack()
+            if type(item) is Message:
+                await item.token.ack()
+            else:
+                for message in messages_in(item):
+                    await message.token.ack()
             count += 1
             if limit is not None and count >= limit:
                 break
@@ -422,13 +429,8 @@ class BrokerSession(ABC):
 
     def track(self, token: AckToken) -> None:
         """Remember a token handed downstream until it is settled."""
-        token._on_settle = self._settled
+        token._tracker = self
         self.held[token.id] = token
-
-    def _settled(self, token: AckToken) -> None:
-        self.held.pop(token.id, None)
-        if not self.held and self._drained is not None:
-            self._drained.set()
 
     async def wait_drained(self, limit: float) -> bool:
         """Wait (at most *limit* s) until every message handed downstream is settled."""
@@ -552,6 +554,7 @@ class BrokerSource(AbstractSource[Message[Any]]):
                 last = anyio.current_time()
                 session.unyielded_from = 0
                 session.unyielded = messages
+                held = session.held
                 for index, message in enumerate(messages, 1):
                     if self.stopping:
                         break
@@ -559,11 +562,15 @@ class BrokerSource(AbstractSource[Message[Any]]):
                     if token.suspect:
                         await session.wait_drained(self.isolate_timeout)
                         stats.isolated += 1
-                    track(token)
+                        track(token)
+                        session.unyielded_from = index
+                        yield message
+                        await session.wait_drained(self.isolate_timeout)
+                        continue
+                    token._tracker = session  # BrokerSession.track, inlined: once per message
+                    held[token.id] = token
                     session.unyielded_from = index
                     yield message
-                    if token.suspect:
-                        await session.wait_drained(self.isolate_timeout)
             rest = [m.token for m in session.unyielded[session.unyielded_from:] if not m.token.settled]
             session.unyielded = []
             if rest:

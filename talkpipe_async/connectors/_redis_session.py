@@ -39,13 +39,35 @@ class RedisToken(AckToken):
     __slots__ = ("_session",)
 
     def __init__(self, session: RedisSession, id: str, deliveries: int, suspect: bool = False) -> None:
-        super().__init__(id, deliveries, suspect)
+        # AckToken.__init__, written out: one token per message
+        self.id = id
+        self.deliveries = deliveries
+        self.settled = False
+        self.suspect = suspect
+        self._tracker = None
         self._session = session
 
     async def ack(self) -> None:
         """Queue an ``XACK`` (sent in a batch, see the module doc)."""
-        if self._settle():
-            await self._session.queue_ack(self.id)
+        if self.settled:
+            return
+        # AckToken._settle and RedisSession.queue_ack written out: this runs once per message
+        self.settled = True
+        tracker = self._tracker
+        if tracker is not None:
+            held = tracker.held
+            held.pop(self.id, None)
+            if not held and tracker._drained is not None:
+                tracker._drained.set()
+        session = self._session
+        if session.failure is not None:
+            raise session.failure
+        acks = session.acks
+        acks.append(self.id)
+        if len(acks) >= session.ack_batch:
+            await session.flush_acks()
+        elif len(acks) == 1:
+            session.ack_waiting.set()
 
     async def nak(self, delay: float | None = None) -> None:
         """Make the message claimable again after about *delay* seconds (default: at once).
@@ -81,6 +103,7 @@ class RedisSession(BrokerSession):
         self.group = source.group
         self.consumer = consumer
         self.acks: list[str] = []
+        self.ack_batch = source.ack_batch
         self.returned: set[str] = set()  # ids handed back (counted once)
         self.ack_waiting = anyio.Event()
         self.next_claim = 0.0
@@ -96,26 +119,17 @@ class RedisSession(BrokerSession):
         self.own_cursor = "0-0"
         self.own_suspect = False
 
-    async def queue_ack(self, id: str) -> None:
-        if self.failure is not None:
-            raise self.failure
-        acks = self.acks
-        acks.append(id)
-        self.stats.acked += 1
-        if len(acks) >= self.src.ack_batch:
-            await self.flush_acks()
-        elif len(acks) == 1:
-            self.ack_waiting.set()
-
     async def flush_acks(self) -> None:
         if not self.acks:
             return
         ids, self.acks = self.acks, []
+        self.stats.acked += len(ids)
         try:
             await self.guard.call("XACK", self.client.xack, self.stream, self.group, *ids)
         except BaseException:
             # cancelled (the run is closing) or failed: keep them for the final flush; XACK is idempotent
             self.acks[:0] = ids
+            self.stats.acked -= len(ids)
             raise
 
     async def nak(self, id: str, delay: float) -> None:
@@ -180,6 +194,10 @@ class RedisSession(BrokerSession):
         key = src.field_key
         max_deliveries = src.max_deliveries
         stats = self.stats
+        if not deliveries and not suspect and key is not None:
+            fast = self._decode_fresh(entries, poison)
+            if fast is not None:
+                return fast
         for raw_id, fields in entries:
             id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
             count = deliveries.get(raw_id, 1)
@@ -203,6 +221,22 @@ class RedisSession(BrokerSession):
                 stats.redelivered += 1
             out.append(Message(data, RedisToken(self, id, count, suspect)))
         stats.delivered += len(out)
+        return out
+
+    def _decode_fresh(self, entries: list[Any], poison: Poison) -> list[Message[Any]] | None:
+        """``decode`` for a fresh read (first deliveries); None when an entry needs the full path."""
+        out: list[Message[Any]] = []
+        append = out.append
+        decode = self.src.decode
+        key = self.src.field_key
+        try:
+            for raw_id, fields in entries:
+                id = raw_id.decode() if type(raw_id) is bytes else raw_id
+                raw = fields[key]
+                append(Message(raw if decode is None else decode(raw), RedisToken(self, id, 1)))
+        except Exception:  # a malformed or missing payload: the full path dead-letters it with its reason
+            return None
+        self.stats.delivered += len(out)
         return out
 
     async def _counts(self, entries: list[Any]) -> dict[Any, int]:

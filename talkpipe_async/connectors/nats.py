@@ -49,8 +49,21 @@ CULPRIT_DELAY = 2.0
 handed back with it are handled first."""
 
 
-def _json_decode(raw: bytes) -> Any:
-    return json.loads(raw)
+def _delivery(msg: Any) -> tuple[int, str]:
+    """(delivery count, stream sequence) of a JetStream message, read from its reply subject.
+
+    The reply is ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>...``
+    (9 tokens) or, with a domain and an account hash, 11 or 12 tokens; the
+    client's ``msg.metadata`` parses the same subject into several objects.
+    """
+    tokens = msg.reply.split(".")
+    n = len(tokens)
+    if n == 9:
+        return int(tokens[4]), tokens[5]
+    if n >= 11 and tokens[0] == "$JS":
+        return int(tokens[6]), tokens[7]
+    metadata = msg.metadata  # raises the client's own error for a message that is not from JetStream
+    return int(metadata.num_delivered), str(metadata.sequence.stream)
 
 
 def _json_encode(value: Any) -> bytes:
@@ -135,15 +148,29 @@ class JetStreamToken(AckToken):
     __slots__ = ("_msg", "_session")
 
     def __init__(self, session: _JetStreamSession, msg: Any, id: str, deliveries: int, suspect: bool) -> None:
-        super().__init__(id, deliveries, suspect)
+        # AckToken.__init__, written out: one token per message
+        self.id = id
+        self.deliveries = deliveries
+        self.settled = False
+        self.suspect = suspect
+        self._tracker = None
         self._session = session
         self._msg = msg
 
     async def ack(self) -> None:
         """``+ACK`` (sent without waiting for the server; flushed at the end of the run)."""
-        if self._settle():
-            self._session.stats.acked += 1
-            await self._msg.ack()
+        if self.settled:
+            return
+        # AckToken._settle written out: this runs once per message
+        self.settled = True
+        tracker = self._tracker
+        if tracker is not None:
+            held = tracker.held
+            held.pop(self.id, None)
+            if not held and tracker._drained is not None:
+                tracker._drained.set()
+        self._session.stats.acked += 1
+        await self._msg.ack()
 
     async def nak(self, delay: float | None = None) -> None:
         """``-NAK``: redeliver (after *delay* seconds)."""
@@ -213,8 +240,7 @@ class _JetStreamSession(BrokerSession):
         stats = self.stats
         suspects = 0
         for msg in raw:
-            metadata = msg.metadata
-            deliveries = metadata.num_delivered
+            deliveries, seq = _delivery(msg)
             if deliveries > max_deliveries:
                 await self.dead_letter(msg, f"delivered {deliveries} times (max_deliveries={max_deliveries})",
                                        deliveries)
@@ -228,8 +254,7 @@ class _JetStreamSession(BrokerSession):
             if deliveries > 1:
                 stats.redelivered += 1
                 suspects += 1
-            out.append(Message(data, JetStreamToken(self, msg, str(metadata.sequence.stream), deliveries,
-                                                    deliveries > 1)))
+            out.append(Message(data, JetStreamToken(self, msg, seq, deliveries, deliveries > 1)))
         stats.delivered += len(out)
         # while redeliveries come, fetch one at a time (a delivery raises only the fetched message's count)
         self.isolating = suspects > 0
@@ -308,7 +333,7 @@ class JetStreamSource(BrokerSource):
         max_ack_pending: int = 1000,
         max_deliveries: int = 5,
         dead_letter: DeadLetter = None,
-        decode: Callable[[bytes], Any] | None = _json_decode,
+        decode: Callable[[bytes], Any] | None = json.loads,
         create: bool = True,
         idle_exit: float | None = None,
         retries: int = 3,

@@ -46,10 +46,6 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def _json_decode(raw: bytes) -> Any:
-    return json.loads(raw)
-
-
 def _json_encode(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
@@ -144,7 +140,7 @@ class RedisStreamSource(BrokerSource):
         batch: int = 100,
         block: float = 1.0,
         field: str | None = "data",
-        decode: Callable[[bytes], Any] | None = _json_decode,
+        decode: Callable[[bytes], Any] | None = json.loads,
         claim_idle: float = 30.0,
         claim_interval: float | None = None,
         max_deliveries: int = 5,
