@@ -8,6 +8,11 @@ fail_after guards that turn a hang into a failure, never timed asserts.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -17,7 +22,7 @@ import pytest
 
 from talkpipe_async import segment, source
 
-pytestmark = pytest.mark.anyio
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 async def _until_set(event: threading.Event) -> None:
@@ -27,6 +32,7 @@ async def _until_set(event: threading.Event) -> None:
             await anyio.sleep(0.001)  # polls a signal; the promise under test does not depend on it
 
 
+@pytest.mark.anyio
 async def test_a_lone_item_from_a_blocked_source_reaches_a_consumer_that_was_busy() -> None:
     blocked = threading.Event()
     release = threading.Event()
@@ -52,6 +58,7 @@ async def test_a_lone_item_from_a_blocked_source_reaches_a_consumer_that_was_bus
             release.set()  # the worker must not outlive a failed assertion
 
 
+@pytest.mark.anyio
 async def test_a_lone_item_from_a_blocked_segment_reaches_the_consumer() -> None:
     blocked = threading.Event()
     release = threading.Event()
@@ -80,3 +87,80 @@ async def test_a_lone_item_from_a_blocked_segment_reaches_the_consumer() -> None
             assert [x async for x in it] == [3]
         finally:
             release.set()
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+SIGINT_CHILD = textwrap.dedent(
+    """
+    import os, sys, anyio
+    from talkpipe_async import segment, source
+    from talkpipe_async.operators import thread_map
+
+    started = []
+
+    def work(x):
+        started.append(x)
+        if x == 0:
+            os.write(1, b"inside\\n")
+            sys.stdin.readline()          # the test lets this item end once the run has seen the interrupt
+        return x
+
+    @segment
+    def sync_work(items):
+        for x in items:
+            yield work(x)
+
+    @source
+    async def numbers():
+        i = 0
+        while True:
+            yield i
+            i += 1
+            if i % 64 == 0:
+                await anyio.sleep(0)
+
+    @segment
+    async def marker(items):
+        try:
+            async for x in items:
+                yield x
+        finally:
+            os.write(1, b"closing\\n")    # runs after the stage before it has closed
+
+    kind, backend = sys.argv[1], sys.argv[2]
+    stage = thread_map(work, 1) if kind == "thread_map" else sync_work()
+
+    async def main():
+        async with (numbers() | stage | marker()).stream() as items:
+            async for _ in items:
+                pass
+
+    try:
+        anyio.run(main, backend=backend)
+    except BaseException as exc:
+        print(type(exc).__name__, getattr(exc, "__notes__", None), started, flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("kind", ["sync_segment", "thread_map"])
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_ctrl_c_starts_no_new_item_and_surfaces_as_keyboard_interrupt(kind: str, backend: str) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", SIGINT_CHILD, kind, backend], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    try:
+        assert child.stdin is not None and child.stdout is not None
+        assert child.stdout.readline() == "inside\n"
+        child.send_signal(signal.SIGINT)
+        assert child.stdout.readline() == "closing\n"  # the run has seen the interrupt and closed the stages
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        out, err = child.communicate(timeout=30)
+    finally:
+        child.kill()
+        child.wait()
+    assert out.strip() == "KeyboardInterrupt None [0]", out + err

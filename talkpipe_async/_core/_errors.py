@@ -105,8 +105,13 @@ def _attach(exc: BaseException, ctx: ErrorContext) -> None:
 
 
 def annotate(exc: BaseException, frames: dict[FrameType, str]) -> None:
-    """Attach the failing stage's name and item to *exc* (once)."""
-    if not frames or error_context(exc) is not None:
+    """Attach the failing stage's name and item to *exc* (once).
+
+    Only errors (``Exception``) are attributed: an interrupt, an exit or a
+    cancellation reaches whatever stage happens to be running and is not that
+    stage's failure, so it leaves the run as it came.
+    """
+    if not frames or not isinstance(exc, Exception) or error_context(exc) is not None:
         return
     found: tuple[FrameType, str] | None = None
     tb = exc.__traceback__

@@ -114,6 +114,8 @@ class ThreadStage:
         self.inbox = Channel(batch) if upstream is not None else None
         self.outbox = Channel(2 * batch)
         self._out = _Outbox(self.outbox, batch, latency)
+        # Set when the run closes (interrupted, cancelled, consumer gone): no new item enters the worker.
+        self._stopped = False
 
     def start(self, tg: Any) -> None:
         """Start the feeder task (for a segment) and the worker thread (``tg``: the run, or a task group)."""
@@ -129,6 +131,7 @@ class ThreadStage:
 
     def abort(self) -> None:
         """Wake and stop the feeder and the worker (the run is closing)."""
+        self._stopped = True
         if self.inbox is not None:
             self.inbox.abort()
         self.outbox.abort()
@@ -142,6 +145,7 @@ class ThreadStage:
         except ChannelClosed:
             return
         except anyio.get_cancelled_exc_class():
+            self._stopped = True  # the worker takes no new item once the run is cancelled
             inbox.close()
             raise
         except BaseException as exc:  # handed to the worker, in order
@@ -169,6 +173,8 @@ class ThreadStage:
                     else:
                         self._counter.dropped += 1
                 else:
+                    if self._stopped:
+                        raise ChannelClosed(f"{self.label}: the run is closing; no new item enters the stage")
                     yield item
 
     def _work(self) -> None:
@@ -180,6 +186,8 @@ class ThreadStage:
             self._on_frame(gen)
             for item in gen:
                 out.add(item)
+                if self._stopped:  # a source produces no new item once the run is closing
+                    raise ChannelClosed(f"{self.label}: the run is closing")
         except ChannelClosed:
             return
         except BaseException as exc:  # travels to the consumer, in order
