@@ -31,6 +31,7 @@ import anyio.to_thread
 from ._channel import Channel, ChannelClosed
 from ._metadata import Metadata
 from ._plumbing import MetaCounter
+from ._thread_errors import ThreadWatch
 
 __all__ = ["ThreadStage"]
 
@@ -56,6 +57,7 @@ class _Outbox:
         self.first_at = 0.0
         self.wanted = False
         self.lock = threading.Lock()
+        self.token: Any = None  # the loop's token: threads the sync code starts reach the loop with it
 
     def add(self, item: Any) -> None:
         with self.lock:
@@ -70,13 +72,13 @@ class _Outbox:
             ):
                 return
             self.pending, self.wanted = [], False
-        anyio.from_thread.run(self.channel.put_batch, pending)
+        anyio.from_thread.run(self.channel.put_batch, pending, token=self.token)
 
     def flush(self) -> None:
         with self.lock:
             batch, self.pending = self.pending, []
         if batch:  # handed over in order: the worker adds nothing new until this put has returned
-            anyio.from_thread.run(self.channel.put_batch, batch)
+            anyio.from_thread.run(self.channel.put_batch, batch, token=self.token)
 
     def take(self) -> list[Any]:
         """Consumer side (the loop): what is pending now, or a wish for the next item."""
@@ -154,7 +156,10 @@ class ThreadStage:
             inbox.close()
 
     async def _run_worker(self) -> None:
-        await anyio.to_thread.run_sync(self._work)
+        import anyio.lowlevel
+
+        self._out.token = anyio.lowlevel.current_token()
+        await anyio.to_thread.run_sync(self._watched_work)
 
     def _inputs(self, out: _Outbox) -> Iterator[Any]:
         assert self.inbox is not None
@@ -162,7 +167,7 @@ class ThreadStage:
         while True:
             out.flush()
             try:
-                batch = anyio.from_thread.run(inbox.get_batch, self._batch)
+                batch = anyio.from_thread.run(inbox.get_batch, self._batch, token=out.token)
             except anyio.EndOfStream:
                 return
             for item in batch:
@@ -177,7 +182,21 @@ class ThreadStage:
                         raise ChannelClosed(f"{self.label}: the run is closing; no new item enters the stage")
                     yield item
 
-    def _work(self) -> None:
+    def _watched_work(self) -> None:
+        watch = ThreadWatch(self._thread_failed)
+        try:
+            self._work(watch)
+        finally:
+            watch.close()
+
+    def _thread_failed(self, exc: BaseException) -> None:
+        """A thread the sync code started died: the consumer raises its error."""
+        try:
+            anyio.from_thread.run_sync(self.outbox.close, exc, token=self._out.token)
+        except BaseException:  # the loop is gone: the worker raises it when it ends
+            pass
+
+    def _work(self, watch: ThreadWatch) -> None:
         out = self._out
         gen = None
         error: BaseException | None = None
@@ -195,6 +214,7 @@ class ThreadStage:
         finally:
             if gen is not None and hasattr(gen, "close"):
                 gen.close()
+        error = error or watch.error
         try:
             out.flush()
             anyio.from_thread.run_sync(self.outbox.close, error)
