@@ -20,8 +20,8 @@ pipeline is consumed, and items flow one at a time::
             print(x)
 """
 
-from ._backoff import Backoff
-from ._blocking import BlockingStream, EventLoopRunningError
+from typing import TYPE_CHECKING, Any
+
 from ._core._errors import ErrorContext, error_context
 from ._core._fields import assign_field, extract_field
 from ._core._metadata import Flush, Metadata, create_metadata, is_metadata
@@ -38,7 +38,31 @@ from ._core._segment import (
 )
 from ._core._stats import RunStats, StageSnapshot
 
+if TYPE_CHECKING:
+    from ._backoff import Backoff
+    from ._blocking import BlockingStream, EventLoopRunningError
+
 __version__ = "0.1.0"
+
+# Names whose modules load on first use: the blocking wrapper brings asyncio, threads and
+# concurrent.futures, which a program that only streams inside its own event loop never needs.
+_LAZY = {"Backoff": "._backoff", "BlockingStream": "._blocking", "EventLoopRunningError": "._blocking"}
+
+
+def __getattr__(name: str) -> Any:
+    """Load the lazily imported public names on first use (``talkpipe_async.BlockingStream``)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "AbstractFieldSegment",
