@@ -67,6 +67,21 @@ def _trio_pending_error(task: Any) -> Any:
     return getattr(getattr(task, "_next_send", None), "error", None)
 
 
+def _let_cancel_point_raise(task: Any) -> None:
+    """If *task* takes the cancellation at a cancel point, let it leave that point as a cancellation.
+
+    trio's ``checkpoint()`` raises ``Cancelled`` from a scope of its own
+    (already cancelled, deadline -inf) that catches the exception unless a
+    cancellation is still visible around it.  Once the guard is shielded none
+    is, and the stop would be lost; so that scope is told it is not cancelled
+    any more (it is left at once, in the task's next step).
+    """
+    status = getattr(task, "_cancel_status", None)
+    scope = getattr(status, "_scope", None)
+    if scope is not None and scope.cancel_called and scope.deadline == -math.inf:
+        status.effectively_cancelled = False  # type: ignore[union-attr]
+
+
 class _TrioWatch:
     """A trio instrument: shields the guard the moment ``Cancelled`` is delivered to the task.
 
@@ -94,6 +109,7 @@ class _TrioWatch:
                 self.delivered = weakref.ref(error)
                 if not self.rearming:  # (else rearm() shields once trio's recalculation is over)
                     owner._shield_guard()
+                    _let_cancel_point_raise(task)
 
     def rearm(self) -> None:
         """Deliver the cancellation again if the last one was caught (a blocked task gets it at once)."""
@@ -108,6 +124,7 @@ class _TrioWatch:
             self.rearming = False
         if self.delivered is not None:
             self.owner._shield_guard()
+            _let_cancel_point_raise(self.owner._task)
 
     def remove(self) -> None:
         if self.active:
