@@ -8,10 +8,8 @@ once per function from its source) is the item it was processing.
 
 from __future__ import annotations
 
-import ast
 import inspect
 import reprlib
-import textwrap
 from dataclasses import dataclass
 from functools import lru_cache
 from types import CodeType, FrameType
@@ -56,6 +54,9 @@ def _input_name(code: CodeType) -> str | None:
 @lru_cache(maxsize=512)
 def _loop_variable(code: CodeType) -> str | None:
     """The name bound by ``for x in <input>`` in the function of *code*."""
+    import ast  # parsing is needed only when an error is being explained
+    import textwrap
+
     source_name = _input_name(code)
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(code)))

@@ -22,11 +22,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.from_thread
-import anyio.to_thread
+
+if TYPE_CHECKING:  # loaded by the first thread stage (_run_worker): most programs never start one
+    import anyio.from_thread
+    import anyio.to_thread
 
 from ._channel import Channel, ChannelClosed
 from ._metadata import Metadata
@@ -156,7 +158,9 @@ class ThreadStage:
             inbox.close()
 
     async def _run_worker(self) -> None:
+        import anyio.from_thread  # the worker thread uses it
         import anyio.lowlevel
+        import anyio.to_thread
 
         self._out.token = anyio.lowlevel.current_token()
         await anyio.to_thread.run_sync(self._watched_work)
