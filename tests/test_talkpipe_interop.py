@@ -75,3 +75,130 @@ async def test_fork_branch_error_reaches_the_consumer() -> None:
     fork = ForkSegment(branches=[tp.segment(fail_on(2))(), tp_double()])
     with pytest.raises(ValueError, match="bad item 2"):
         await (anums(n=5) | fork).collect()
+
+
+# ---- metadata across the edge ----
+
+
+async def test_talkpipe_flush_n_flushes_our_batch() -> None:
+    from talkpipe.pipe.metadata import flushN
+
+    from talkpipe_async.operators import batch
+
+    out = await (anums(n=5) | flushN(n=2) | batch(10)).collect()
+    assert out == [[0, 1], [2, 3], [4]]
+
+
+async def test_talkpipe_metadata_reaches_the_consumer_as_ours() -> None:
+    from talkpipe.pipe.metadata import flushN
+
+    from talkpipe_async import Flush
+
+    out = await (anums(n=3) | flushN(n=2)).collect(metadata=True)
+    assert out == [0, 1, Flush(), 2]
+
+
+async def test_our_flush_reaches_a_talkpipe_segment_that_takes_metadata_as_talkpipes() -> None:
+    from talkpipe.pipe.metadata import CollectMetadata
+    from talkpipe.pipe.metadata import Flush as TPFlush
+
+    from talkpipe_async import Flush, Metadata
+
+    @segment
+    async def inc(items: AsyncIterator[int]) -> AsyncIterator[int]:
+        async for x in items:
+            yield x + 1
+
+    out = await (inc() | CollectMetadata()).collect([1, Flush(), 2, Metadata(action="mark", n=3)])
+    assert out == [str(TPFlush), str(tp.Metadata)]
+
+
+async def test_talkpipe_segment_sees_our_metadata_fields() -> None:
+    from talkpipe_async import Metadata
+
+    @tp.segment(process_metadata=True)
+    def fields(items: Iterable[Any]) -> Iterator[Any]:
+        for item in items:
+            if tp.is_metadata(item):
+                yield dict(item.model_extra or {})
+
+    from talkpipe_async.interop import from_talkpipe
+
+    out = await from_talkpipe(fields()).collect([1, Metadata(action="mark", n=3)])
+    assert out == [{"action": "mark", "n": 3}]
+
+
+def test_is_metadata_recognises_talkpipes_metadata() -> None:
+    from talkpipe.pipe.basic import firstN
+    from talkpipe.pipe.metadata import Flush as TPFlush
+
+    from talkpipe_async import is_metadata
+    from talkpipe_async.interop import from_talkpipe
+
+    from_talkpipe(firstN(n=1))  # a TalkPipe stage built: TalkPipe is in use
+
+    assert is_metadata(TPFlush()) and is_metadata(tp.Metadata(x=1))
+    assert not is_metadata({"x": 1})
+
+
+def test_is_metadata_does_not_import_talkpipe() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from talkpipe_async import is_metadata; import talkpipe_async.interop;"
+        "assert not is_metadata(1); assert not any(m.startswith('talkpipe.') for m in sys.modules), sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---- TalkPipe first ----
+
+
+async def test_a_talkpipe_source_starts_a_pipeline() -> None:
+    from talkpipe_async import Pipeline
+
+    @tp.source()
+    def tp_nums(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    @segment
+    async def inc(items: AsyncIterator[int]) -> AsyncIterator[int]:
+        async for x in items:
+            yield x + 1
+
+    assert await Pipeline(tp_nums(n=3), inc()).collect() == [1, 2, 3]
+    assert await (Pipeline(tp_nums(n=3)) | inc()).collect() == [1, 2, 3]
+
+
+async def test_from_talkpipe_starts_a_chain_with_a_talkpipe_segment_or_pipeline() -> None:
+    from talkpipe.pipe.basic import firstN
+
+    from talkpipe_async.interop import from_talkpipe
+
+    @tp.source()
+    def tp_nums(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    @segment
+    async def inc(items: AsyncIterator[int]) -> AsyncIterator[int]:
+        async for x in items:
+            yield x + 1
+
+    assert await (from_talkpipe(firstN(n=2)) | inc()).collect([5, 6, 7]) == [6, 7]
+    pipe = from_talkpipe(tp_nums(n=5) | firstN(n=3)) | inc()
+    # TalkPipe's class names label its stages
+    assert [stage.label for stage in pipe.stages] == ["tp_numsInput", "firstNOperation", "inc"]
+    assert await pipe.collect() == [1, 2, 3]
+
+
+def test_talkpipe_or_first_says_what_to_write() -> None:
+    from talkpipe.pipe.basic import firstN
+
+    @segment
+    async def inc(items: AsyncIterator[int]) -> AsyncIterator[int]:
+        async for x in items:
+            yield x + 1
+
+    with pytest.raises(TypeError, match=r"from_talkpipe\(tp_object\) \| stage"):
+        firstN(n=2) | inc()

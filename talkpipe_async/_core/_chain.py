@@ -17,7 +17,7 @@ run the pipeline of the stage alone; :class:`Pipeline` has its own.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, Protocol, TypeVar, overload
 
 from ._metadata import Metadata
 
@@ -51,6 +51,12 @@ class Chain(Generic[In, Out]):
     ``In`` is the item type a stage reads (``Never`` for a source: it reads
     nothing), ``Out`` the item type it yields.
     """
+
+    def registerUpstream(self, upstream: Any) -> NoReturn:  # TalkPipe's name
+        """Called by TalkPipe's ``|`` in ``talkpipe_object | this``: raise what to write instead."""
+        from ._talkpipe import talkpipe_or_error
+
+        raise talkpipe_or_error(upstream, self)
 
     def then(self, stage: AbstractSegment[Out, V] | Pipeline[Out, V]) -> Pipeline[In, V]:
         """``self | stage``, with the stage's item type inferred from this one's."""

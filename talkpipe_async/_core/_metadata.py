@@ -37,9 +37,15 @@ class Flush(Metadata):
     """Metadata asking batching and windowing segments to emit what they hold."""
 
 
+# TalkPipe's Metadata class, once TalkPipe's core is loaded and a TalkPipe stage is built (see _talkpipe.py):
+# is_metadata() recognises it without importing TalkPipe.  The runner's own checks never need it: TalkPipe's
+# metadata is converted to ours at the edge of every TalkPipe stage.
+foreign_metadata: tuple[type, ...] = ()
+
+
 def is_metadata(obj: object) -> bool:
-    """Return True when *obj* is a :class:`Metadata` control item."""
-    return isinstance(obj, Metadata)
+    """Return True when *obj* is a :class:`Metadata` control item (or TalkPipe's, once TalkPipe is in use)."""
+    return isinstance(obj, Metadata) or (bool(foreign_metadata) and isinstance(obj, foreign_metadata))
 
 
 def create_metadata(**fields: Any) -> Metadata:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, NoReturn, ParamSpec
 
 from ._chain import Chain, In, Out
 from ._fields import assign_field, extract_field
-from ._metadata import is_metadata
+from ._metadata import Metadata
 
 if TYPE_CHECKING:
     from typing_extensions import Never
@@ -202,6 +202,11 @@ def wrap_callable(obj: Any) -> AbstractSegment[Any, Any] | AbstractSource[Any]:
     """Return *obj* if it is a source or segment, else wrap a callable segment."""
     if isinstance(obj, (AbstractSegment, AbstractSource)):
         return obj
+    from ._talkpipe import adapt_talkpipe  # a TalkPipe object: by class name, TalkPipe is not imported here
+
+    adapted = adapt_talkpipe(obj)
+    if adapted is not None:
+        return adapted
     if callable(obj):
         return CallableSegment(obj)
     raise TypeError(f"cannot use {obj!r} in a pipeline: not a source, segment or callable")
@@ -362,7 +367,7 @@ class AbstractFieldSegment(AbstractSegment[Any, Any]):
         is_async = inspect.iscoroutinefunction(self.process_value)
         field = self.field
         async for item in items:
-            if is_metadata(item):
+            if isinstance(item, Metadata):  # TalkPipe's metadata is converted to ours at its stages
                 yield item
                 continue
             value = extract_field(item, field)
