@@ -110,3 +110,38 @@ def test_blocking_calls_and_an_interrupt_in_a_notebook_cell(tmp_path: Path) -> N
     errors = [out for out in nb.cells[1].outputs if out.get("output_type") == "error"]
     assert [e["ename"] for e in errors] == ["KeyboardInterrupt"], nb.cells[1].outputs
     assert _text(nb.cells[2]).strip() == "closed ['source closed'] new threads []", nb.cells[2].outputs
+
+
+PROGRESS_CELL = textwrap.dedent(
+    """
+    from talkpipe_async import source
+    from talkpipe_async.observe import progress
+
+    @source
+    async def ticks(n=200):
+        for i in range(n):
+            yield i
+
+    show = progress()                      # in a notebook: a table in the cell, updated in place
+    assert show.backend == "notebook", show.backend
+    async with ticks().stream(stats_every=0.01, on_stats=show) as items:   # top-level await
+        print(len([x async for x in items]))
+    """
+)
+
+
+def test_progress_draws_a_table_in_the_cell(tmp_path: Path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(PROGRESS_CELL)]
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=30, resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    outputs = nb.cells[0].outputs
+    tables = [out["data"]["text/html"] for out in outputs if out.get("output_type") == "display_data"]
+    assert len(tables) == 1, outputs  # one display, updated in place
+    assert "<td>ticks</td>" in tables[0] and "<td>200</td>" in tables[0] and "done" in tables[0], tables
+    assert _text(nb.cells[0]).strip() == "200"
