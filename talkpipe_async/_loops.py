@@ -208,6 +208,7 @@ def _after_fork_in_child() -> None:
     """Forget the parent's loop threads without calling into them (the lock may be held by a parent thread)."""
     global generation, _loops_lock
     generation += 1
+    _this_thread.loop = False  # forked from a loop thread: in the child this thread runs no loop of ours
     _loops_lock = threading.Lock()
     _inherited.extend(_loops.values())
     _loops.clear()
