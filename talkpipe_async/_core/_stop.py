@@ -36,6 +36,10 @@ import sniffio
 
 __all__ = ["Stoppable", "current_task"]
 
+# asyncio: loop turns checked one by one for the delivery of a stop, then every _SLOW_CHECK seconds.
+_FAST_CHECKS = 64
+_SLOW_CHECK = 0.002
+
 
 def current_task() -> Any:
     """The running task object of the current backend."""
@@ -253,12 +257,19 @@ class Stoppable:
 
         loop = asyncio.get_running_loop()
 
+        turns = 0
+
         def check() -> None:  # once per loop turn, right after anyio's own retry of the delivery
+            nonlocal turns
             if self._exited or self._guard.shield:
                 return
             if _asyncio_cancels(task) != before:
                 self._shield_guard()
-            else:
+                return
+            turns += 1
+            if turns < _FAST_CHECKS:
                 loop.call_soon(check)
+            else:  # a long shielded wait (a worker thread finishing its item): do not spin the loop
+                loop.call_later(_SLOW_CHECK, check)
 
         loop.call_soon(check)
