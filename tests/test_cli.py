@@ -147,7 +147,7 @@ def test_tail_follows_appended_lines(tmp_path: Path) -> None:
         _append(log, '{"level":"error","n":4}')
         assert json.loads(c.line())["n"] == 4
         c.signal(SIGINT)
-        assert c.wait() == 130
+        assert c.wait() == 130, c.drain_stderr()
         assert c.rest() == []
         assert "skipped 1 line(s)" in "\n".join(c.drain_stderr())
 
@@ -162,7 +162,7 @@ def test_sigint_flushes_and_checkpoint_resumes_exactly(tmp_path: Path, backend: 
         _append(log, "line 5", "line 6")
         assert c.lines(2) == ["line 5", "line 6"]
         c.signal(SIGINT)
-        assert c.wait() == 130
+        assert c.wait() == 130, c.drain_stderr()
         assert c.rest() == []
     state = json.loads(ck.read_text())
     assert state["offset"] == log.stat().st_size  # every printed line is acknowledged, nothing more
@@ -281,7 +281,7 @@ def test_unreachable_exits_3_after_the_bounded_retries() -> None:
     ):
         done = run_cli(*args, *QUICK)
         assert done.returncode == 3, (args, done.stderr)
-        assert _one_error_line(done.stderr).startswith("talkpipe-async: unreachable:")
+        assert _one_error_line(done.stderr).startswith("talkpipe-async: unreachable:"), (args, done.stderr)
 
 
 def test_connect_retries_are_counted_and_spaced_in_virtual_time() -> None:

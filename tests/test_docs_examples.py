@@ -43,9 +43,7 @@ BACKENDS = ["asyncio", "uvloop", "trio"]
 BLOCK_TIMEOUT = 40.0
 
 #: the blocks opted out with ``<!-- no-run: reason -->``, per page: keep this list short and each reason real
-NO_RUN: dict[str, int] = {
-    "scale-out.md": 1,  # the worker script of a multi-process deployment; the Redis example runs the same pipeline
-}
+NO_RUN: dict[str, int] = {}
 
 _STARTERS: dict[str, Callable[[], AbstractContextManager[str]]] = {
     "redis-server": redis_server,
@@ -77,11 +75,14 @@ def test_docs_example(block: Block, backend: str, tmp_path: Path) -> None:
         env = _block_env(block, stack)
         outcome = run_block(block, backend, tmp_path, env, BLOCK_TIMEOUT)
     where = f"docs/{block.test_id} on {backend}"
-    assert not outcome.timed_out, f"{where} did not end within {BLOCK_TIMEOUT} s: {outcome.describe()}"
-    assert outcome.returncode == 0, f"{where} failed: {outcome.describe()}"
-    if prints(block.code):
-        assert outcome.stdout.strip(), f"{where} calls print but printed nothing: {outcome.describe()}"
-    assert "Exception ignored" not in outcome.stderr, f"{where} swallowed an error: {outcome.describe()}"
+    if outcome.timed_out:
+        pytest.fail(f"{where} did not end within {BLOCK_TIMEOUT} s: {outcome.describe()}", pytrace=False)
+    if outcome.returncode != 0:
+        pytest.fail(f"{where} failed: {outcome.describe()}", pytrace=False)
+    if prints(block.code) and not outcome.stdout.strip():
+        pytest.fail(f"{where} calls print but printed nothing: {outcome.describe()}", pytrace=False)
+    if "Exception ignored" in outcome.stderr:
+        pytest.fail(f"{where} swallowed an error: {outcome.describe()}", pytrace=False)
 
 
 @pytest.mark.parametrize("block", _ALL_BLOCKS, ids=[b.test_id for b in _ALL_BLOCKS])

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from talkpipe_async import Flush, segment
+from talkpipe_async import Flush, error_context, segment, source
 from talkpipe_async.operators import drop_while, every_n, everyN, firstN, skip, take, take_while, until
 from tests.ops_a_helpers import LOOPS, Gate, items_of, run_collect
 
@@ -120,7 +120,76 @@ async def test_break_in_consumer_closes_until_feeder() -> None:
 
 
 def test_validation() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^take: n must be at least 0, not -1$"):
         take(-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^skip: n must be at least 0, not -1$"):
+        skip(-1)
+    with pytest.raises(ValueError, match=r"^every_n: n must be at least 1, not 0$"):
         every_n(0)
+    with pytest.raises(ValueError, match=r"^until: n must be at least 1, not 0$"):
+        until(anyio.Event(), read_ahead=0)
+
+
+async def test_predicates_may_be_sync_or_async_and_see_each_item() -> None:
+    xs = [1, 2, 5, 1]
+
+    def small(x: int) -> bool:
+        return x < 3
+
+    async def async_small(x: int) -> bool:
+        return x < 3
+
+    async def async_big(x: int) -> bool:
+        return x >= 3
+
+    for pred in (small, async_small):
+        assert await take_while(pred).collect(xs) == [1, 2]
+        assert await drop_while(pred).collect(xs) == [5, 1]
+    assert await until(async_big).collect(xs) == [1, 2]
+    assert await until(async_big, inclusive=True).collect(xs) == [1, 2, 5]
+
+
+async def test_until_is_exclusive_by_default() -> None:
+    assert await until(lambda x: x == 2).collect([1, 2, 3]) == [1]
+
+
+async def test_an_error_in_a_predicate_names_the_stage() -> None:
+    def bad(x: int) -> bool:
+        raise ValueError(f"bad {x}")
+
+    for stage, name in ((take_while(bad), "take_while"), (drop_while(bad), "drop_while"), (until(bad), "until"),
+                        (take_while(bad, name="gate"), "gate")):
+        with pytest.raises(ValueError, match="bad 7") as info:
+            await stage.collect([7])
+        context = error_context(info.value)
+        assert context is not None and context.segment == name
+
+
+async def _pulled_while_the_consumer_holds_the_first_item(stage: until[int]) -> tuple[int, set[str]]:
+    """How many items the upstream gave while the consumer sits on item 0; the names of the tasks then running."""
+    pulled = 0
+
+    @source
+    async def counting() -> Any:
+        nonlocal pulled
+        for i in range(100):
+            pulled += 1
+            yield i
+
+    async with (counting() | stage).stream() as items:
+        async for _ in items:
+            await anyio.wait_all_tasks_blocked()  # the feeder has filled its read-ahead and waits
+            return pulled, {t.name or "" for t in anyio.get_running_tasks()}
+    raise AssertionError("no item")
+
+
+async def test_until_event_reads_ahead_one_item_by_default_in_named_tasks() -> None:
+    default, names = await _pulled_while_the_consumer_holds_the_first_item(until(anyio.Event()))
+    one, _ = await _pulled_while_the_consumer_holds_the_first_item(until(anyio.Event(), read_ahead=1))
+    three, _ = await _pulled_while_the_consumer_holds_the_first_item(until(anyio.Event(), read_ahead=3))
+    # The consumer holds item 0: read_ahead items wait in the feed, up to read_ahead - 1 more came with item 0, and
+    # the feeder holds one: at most 2 * read_ahead items read ahead (docs/operators-a.md).
+    assert (default, one, three) == (1 + 2 * 1, 1 + 2 * 1, 1 + 2 * 3)
+    assert {"talkpipe_async feed of until", "talkpipe_async stop watch of until"} <= names
+    _, named = await _pulled_while_the_consumer_holds_the_first_item(until(anyio.Event(), name="halt"))
+    assert {"talkpipe_async feed of halt", "talkpipe_async stop watch of halt"} <= named
