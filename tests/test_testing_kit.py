@@ -159,18 +159,15 @@ def test_kit_under_pytest_asyncio_auto_mode(tmp_path: Path) -> None:
             """
             import pytest
             from talkpipe_async.operators import batch, time_window
-            from talkpipe_async.testing import VirtualClockPolicy, assert_emits, assert_marbles
+            from talkpipe_async.testing import assert_emits, assert_marbles
 
             async def test_plain_async_test_runs_in_auto_mode():
                 await assert_emits(batch(2), [1, 2, 3], [[1, 2], [3]])
                 await assert_marbles(time_window(0.04), "-a-b-c-d--|", "----x---y-|",
                                      {"x": ["a", "b"], "y": ["c", "d"]})
 
-            @pytest.fixture
-            def event_loop_policy(virtual_event_loop_policy):
-                return virtual_event_loop_policy
-
-            async def test_virtual_loop_from_the_plugin_fixture():
+            @pytest.mark.asyncio(loop_factories=["virtual"])
+            async def test_virtual_loop_from_the_loop_factories_hook():
                 import anyio
                 from talkpipe_async.testing import clock_is_virtual
                 assert clock_is_virtual()
@@ -179,8 +176,19 @@ def test_kit_under_pytest_asyncio_auto_mode(tmp_path: Path) -> None:
             """
         )
     )
+    (tmp_path / "conftest.py").write_text(
+        textwrap.dedent(
+            """
+            import asyncio
+            from talkpipe_async.testing import VirtualClockLoop
+
+            def pytest_asyncio_loop_factories(config, item):
+                return {"real": asyncio.new_event_loop, "virtual": VirtualClockLoop}
+            """
+        )
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-o", "asyncio_mode=auto", str(test)]
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=50, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "2 passed" in done.stdout
+    assert "3 passed" in done.stdout  # the plain test on both factories, the marked one on "virtual"
