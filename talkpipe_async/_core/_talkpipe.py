@@ -120,9 +120,12 @@ class TalkPipeSource(AbstractSource[Any]):
         return _outputs(self.source(), self._meta)
 
 
-def adapt_talkpipe(obj: Any) -> TalkPipeSegment | TalkPipeSource | None:
+def adapt_talkpipe(obj: Any) -> AbstractSegment[Any, Any] | AbstractSource[Any] | None:
     """The stage for a TalkPipe object, or None when *obj* is not one."""
     kind = _talkpipe_kind(obj)
+    ours = getattr(obj, "talkpipe_async_stage", None)  # one of our stages, registered in ChatterLang
+    if kind is not None and ours is not None:
+        return ours  # type: ignore[no-any-return]
     if kind == "source":
         return TalkPipeSource(obj)
     if kind is not None:
@@ -148,7 +151,9 @@ def from_talkpipe(obj: Any, *, blocking: bool = False) -> Pipeline[Any, Any]:
     ops = obj.operations if kind == "pipeline" else [obj]
     stages: list[Any] = []
     for op in ops:
-        if _talkpipe_kind(op) == "pipeline":
+        if getattr(op, "talkpipe_async_stage", None) is not None:
+            stages.append(op.talkpipe_async_stage)
+        elif _talkpipe_kind(op) == "pipeline":
             stages.extend(from_talkpipe(op, blocking=blocking).stages)
         elif _talkpipe_kind(op) == "source":
             stages.append(TalkPipeSource(op, blocking=blocking))

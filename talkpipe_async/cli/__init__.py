@@ -54,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             return EXIT_INTERRUPTED
         return EXIT_OK
+    if args.command == "chatterlang":
+        from .chatterlang import run_chatterlang_command
+
+        return run_chatterlang_command(args)
     if args.command == "worker":
         from .worker import run_worker_command
 

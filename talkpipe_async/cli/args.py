@@ -203,7 +203,8 @@ def _common(debug_only: bool = False) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full parser: ``tail``, ``read``, ``http``, ``tcp``, ``listen``, ``exec``, ``run``, ``worker``, ``demo``."""
+    """The full parser: ``tail``, ``read``, ``http``, ``tcp``, ``listen``, ``exec``, ``run``, ``chatterlang``,
+    ``worker``, ``demo``."""
     parser = argparse.ArgumentParser(
         prog="talkpipe-async",
         description="Run streaming pipelines from the command line: read a source, filter, write to destinations.",
@@ -268,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
               "(or an awaitable of one). A pipeline that does not start with a source reads standard input lines. "
               "The current directory is importable.")
     run.add_argument("target", metavar="MODULE:ATTRIBUTE")
+
+    chatter = add("chatterlang", "run a TalkPipe ChatterLang script (needs TalkPipe 1.2)",
+                  "Compile a ChatterLang script with TalkPipe's own compiler and run it here (see docs/migration.md). "
+                  "Its output items go to the destinations; a script that does not start with INPUT FROM reads "
+                  "standard input lines. Our stages are available as async_<name>. A bad script is exit 2.")
+    chatter.add_argument("script", nargs="?", help="the script (or give -f FILE)")
+    chatter.add_argument("-f", "--file", metavar="FILE", help="read the script from FILE")
+    chatter.add_argument("--blocking", action="store_true", help="run TalkPipe's stages in worker threads")
+    chatter.add_argument("--discard", action="store_true",
+                         help="write none of the output items (for a script that ends with print)")
 
     worker = sub.add_parser(
         "worker", help="run a broker pipeline (module:attribute) as a worker; stop cleanly on SIGTERM/SIGINT",
