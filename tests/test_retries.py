@@ -228,3 +228,9 @@ async def test_tcp_sink_reconnect_gives_up_on_a_peer_that_resets_after_each_read
     # how many writes each connection took before the reset showed is the kernel's business; the count is not
     assert connections == 3
     assert stats.reconnects == 2 and stats.errors == 3
+
+
+def test_healthy_after_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="healthy_after"):
+        Backoff(healthy_after=-1)
+    assert Backoff().healthy_after == 10.0
