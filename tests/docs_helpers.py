@@ -38,8 +38,8 @@ _REQUIRES = re.compile(r"^\s*<!--\s*requires:\s*(?P<names>[^>]*?)\s*-->\s*$")
 
 #: the servers a block may require, and the environment variable that receives the server's URL
 SERVERS = {"redis-server": "REDIS_URL", "nats-server": "NATS_URL"}
-#: requirements that are not servers
-BACKEND_REQUIREMENTS = {"asyncio"}
+#: requirements that are not servers (``talkpipe``: the real TalkPipe 1.2 package, installed by .ci/run)
+BACKEND_REQUIREMENTS = {"asyncio", "talkpipe"}
 
 
 @dataclass(frozen=True)

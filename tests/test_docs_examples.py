@@ -37,6 +37,7 @@ from .docs_helpers import (
     shows_something,
 )
 from .servers import nats_server, redis_server
+from .talkpipe_helpers import require_talkpipe
 
 BACKENDS = ["asyncio", "uvloop", "trio"]
 #: a block's process is killed after this many seconds (below pytest-timeout's 60 s, so the test reports it)
@@ -71,6 +72,8 @@ def test_docs_example(block: Block, backend: str, tmp_path: Path) -> None:
         pytest.skip(f"{block.test_id} runs on asyncio only (<!-- requires: asyncio -->)")
     if backend == "uvloop" and not HAVE_UVLOOP:
         pytest.skip("no uvloop")
+    if "talkpipe" in block.requires:
+        require_talkpipe()  # skipped here, a failure in CI, when TalkPipe 1.2 is missing
     with ExitStack() as stack:
         env = _block_env(block, stack)
         outcome = run_block(block, backend, tmp_path, env, BLOCK_TIMEOUT)
