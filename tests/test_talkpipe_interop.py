@@ -202,3 +202,27 @@ def test_talkpipe_or_first_says_what_to_write() -> None:
 
     with pytest.raises(TypeError, match=r"from_talkpipe\(tp_object\) \| stage"):
         firstN(n=2) | inc()
+
+
+# ---- thread stages: blocking=True, and the hook is scoped to the run ----
+
+
+async def test_talkpipe_segment_with_blocking_reads_its_input_in_its_own_thread() -> None:
+    from talkpipe_async.interop import from_talkpipe
+
+    debounce = from_talkpipe(Debounce(key_field="k", debounce_seconds=0.05), blocking=True)
+    assert all(stage.blocking for stage in debounce.stages)
+    out = await (anums(n=6) | akeyed() | debounce).collect()
+    assert sorted(d["v"] for d in out) == [4, 5]
+
+
+async def test_thread_error_with_blocking_fails_the_run_and_the_hook_is_restored() -> None:
+    import threading
+
+    from talkpipe_async.interop import from_talkpipe
+
+    before = threading.excepthook
+    debounce = from_talkpipe(Debounce(key_field="k", debounce_seconds=0.05), blocking=True)
+    with pytest.raises(ValueError, match="bad item 3"):
+        await (anums(n=6) | akeyed() | fail_on(3) | debounce).collect()
+    assert threading.excepthook is before
