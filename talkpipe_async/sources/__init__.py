@@ -3,6 +3,7 @@
 from .files import *  # noqa: F403
 from .http import *  # noqa: F403
 from .process import *  # noqa: F403
+from .small import *  # noqa: F403
 from .sockets import *  # noqa: F403
 from .sse import *  # noqa: F403
 from .tail import *  # noqa: F403
