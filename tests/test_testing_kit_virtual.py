@@ -131,3 +131,25 @@ def test_virtual_backend_names() -> None:
     assert virtual_backend("trio")[1]["clock"] is not options["clock"]  # a fresh clock per test
     with pytest.raises(ValueError, match="asyncio' or 'trio"):
         virtual_backend("uvloop")
+
+
+@pytest.mark.anyio
+async def test_sse_source_reconnects_through_a_scripted_transport() -> None:
+    import httpx
+
+    from talkpipe_async import Backoff
+    from talkpipe_async.sources.sse import sse_events
+    from talkpipe_async.testing import Cut, scripted_transport, split_every, sse
+
+    first = sse("one", id="1") + sse("two", id="2") + b"data: half"
+    requests: list[httpx.Request] = []
+    transport = scripted_transport([*split_every(first, 7), Cut()], [sse("three", id="3")], requests=requests)
+    backoff = Backoff(initial=30.0, jitter="none", exact_first=True, max_attempts=3)
+    start = anyio.current_time()
+    async with httpx.AsyncClient(transport=transport) as client:
+        events = await run_stage(sse_events("http://feed.test/events", client=client, backoff=backoff), timeout=600)
+    assert [(e.data, e.id) for e in events] == [("one", "1"), ("two", "2"), ("three", "3")]
+    assert [r.headers.get("last-event-id") for r in requests] == [None, "2", "3"]  # resumed where it left
+    # two reconnection waits (after the cut, and after the second body's orderly end, which SSE also retries),
+    # then the 204 ends the source: a virtual minute
+    assert anyio.current_time() - start == 60.0

@@ -18,7 +18,7 @@ from any test.
 """
 
 from ._clock import VirtualClockLoop, VirtualClockPolicy, clock_is_virtual, in_virtual_time, virtual_backend
-from ._feeds import Cut, ScriptedFeed, Stall, ndjson, split_every, sse
+from ._feeds import Cut, ScriptedFeed, Stall, ndjson, scripted_transport, split_every, sse
 from ._marbles import (
     DEFAULT_UNIT,
     MarbleError,
@@ -50,6 +50,7 @@ __all__ = [
     "parse_marbles",
     "record_marbles",
     "run_stage",
+    "scripted_transport",
     "split_every",
     "sse",
     "virtual_backend",
