@@ -226,3 +226,33 @@ async def test_thread_error_with_blocking_fails_the_run_and_the_hook_is_restored
     with pytest.raises(ValueError, match="bad item 3"):
         await (anums(n=6) | akeyed() | fail_on(3) | debounce).collect()
     assert threading.excepthook is before
+
+
+async def test_a_dead_reader_thread_fails_the_run_even_when_the_segment_waits_forever() -> None:
+    import queue
+    import threading
+
+    release = threading.Event()
+
+    @tp.segment()
+    def stuck(items: Iterable[int]) -> Iterator[int]:
+        got: queue.Queue[int] = queue.Queue()
+
+        def reader() -> None:
+            for x in items:
+                if x == 2:
+                    raise ValueError("reader died")
+                got.put(x)
+
+        threading.Thread(target=reader, daemon=True).start()
+        while not release.is_set():  # waits for the reader's items forever, as a segment whose reader died would
+            try:
+                yield got.get(timeout=0.05)
+            except queue.Empty:
+                continue
+
+    try:
+        with pytest.raises(ValueError, match="reader died"):
+            await (anums(n=5) | stuck()).collect()
+    finally:
+        release.set()  # let the abandoned worker end
