@@ -153,3 +153,34 @@ async def test_sse_source_reconnects_through_a_scripted_transport() -> None:
     # two reconnection waits (after the cut, and after the second body's orderly end, which SSE also retries),
     # then the 204 ends the source: a virtual minute
     assert anyio.current_time() - start == 60.0
+
+
+def test_marble_runs_are_identical_on_both_clocks_and_every_time() -> None:
+    from talkpipe_async.operators import debounce, merge, throttle
+    from talkpipe_async.testing import marble_source, record_marbles
+
+    def pipeline() -> Any:
+        left = marble_source("-a-b-(cd)----e--f|")
+        right = marble_source("--x---y-(zw)---|")
+        return merge(left, right) | throttle(40, burst=2) | debounce(0.015) | batch(2, timeout=0.03)
+
+    async def once() -> list[Any]:
+        return await record_marbles(pipeline(), None, until=100)
+
+    runs = []
+    for name in ("asyncio", "trio") * 5:
+        backend, options = virtual_backend(name)
+        runs.append(anyio.run(once, backend=backend, backend_options=options))
+    assert runs[0][-1].kind == "end" and sum(e.kind == "item" for e in runs[0]) >= 3
+    assert all(run == runs[0] for run in runs), runs
+
+
+@pytest.mark.asyncio
+async def test_asyncio_native_timers_follow_the_virtual_loop() -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    fired: list[float] = []
+    loop.call_later(7.5, lambda: fired.append(loop.time() - start))
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(asyncio.sleep(100), 10)
+    assert fired == [7.5] and loop.time() - start == 10
