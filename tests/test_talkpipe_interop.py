@@ -256,3 +256,18 @@ async def test_a_dead_reader_thread_fails_the_run_even_when_the_segment_waits_fo
             await (anums(n=5) | stuck()).collect()
     finally:
         release.set()  # let the abandoned worker end
+
+
+async def test_talkpipe_flush_n_inline_after_a_sync_source_and_in_iter_sync() -> None:
+    from talkpipe.pipe.metadata import flushN
+
+    from talkpipe_async import Flush, Pipeline
+    from talkpipe_async.operators import batch
+
+    @tp.source()
+    def tp_nums(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    assert await Pipeline(tp_nums(n=5), flushN(n=2), batch(10)).collect() == [[0, 1], [2, 3], [4]]
+    assert await Pipeline(flushN(n=2), batch(10)).collect(range(5)) == [[0, 1], [2, 3], [4]]
+    assert list(Pipeline(tp_nums(n=3), flushN(n=2)).iter_sync(metadata=True)) == [0, 1, Flush(), 2]
