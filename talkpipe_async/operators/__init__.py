@@ -4,11 +4,14 @@ Families: transform, select, batch and time (part A); concurrency, combine,
 errors and embedding (part B).  Each module defines ``__all__``.
 """
 
+from .aggregate import *  # noqa: F403
 from .batch import *  # noqa: F403
 from .combine import *  # noqa: F403
 from .concurrency import *  # noqa: F403
 from .embed import *  # noqa: F403
 from .errors import *  # noqa: F403
+from .processes import *  # noqa: F403
 from .select import *  # noqa: F403
+from .sequence import *  # noqa: F403
 from .time import *  # noqa: F403
 from .transform import *  # noqa: F403
