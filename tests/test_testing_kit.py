@@ -10,6 +10,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -24,6 +25,7 @@ from talkpipe_async.testing import (
     ScriptedFeed,
     StageTimedOut,
     Stall,
+    VirtualClockLoop,
     assert_emits,
     assert_marbles,
     clock_is_virtual,
@@ -148,8 +150,24 @@ async def test_scripted_sse_feed_cut_mid_event_leaves_a_partial_event() -> None:
     assert parser.partial
 
 
-def test_plugin_is_loaded_and_offers_fixtures_by_name(pytestconfig: pytest.Config) -> None:
+def test_plugin_is_loaded_and_offers_fixtures_by_name(
+    pytestconfig: pytest.Config, virtual_anyio_backend: Any, virtual_event_loop_policy: Any
+) -> None:
     assert pytestconfig.pluginmanager.has_plugin("talkpipe_async")
+    assert virtual_anyio_backend("asyncio") == ("asyncio", {"loop_factory": VirtualClockLoop})
+    loop = virtual_event_loop_policy.new_event_loop()
+    try:
+        assert isinstance(loop, VirtualClockLoop) and loop.time() == 0.0
+    finally:
+        loop.close()
+
+
+@pytest.mark.anyio
+async def test_marble_failure_lists_values_without_a_symbol() -> None:
+    with pytest.raises(AssertionError) as info:
+        await assert_marbles(map(lambda s: {"key": s}), "-a|", "-A|", {"A": {"key": "b"}})
+    text = str(info.value)
+    assert "got:      -?|" in text and "? at frame 1: {'key': 'a'}" in text
 
 
 def test_kit_under_pytest_asyncio_auto_mode(tmp_path: Path) -> None:
