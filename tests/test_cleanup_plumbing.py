@@ -183,6 +183,26 @@ async def test_thread_stage_inbox_holds_exactly_one_batch(no_latency_flush: None
         gate.set()
 
 
+async def test_thread_stage_outbox_holds_exactly_two_batches_and_one_waiting(no_latency_flush: None) -> None:
+    made = Count()
+
+    @source(blocking=True)
+    def made_in_thread() -> Iterator[int]:
+        i = 0
+        while True:
+            made.n += 1
+            yield i
+            i += 1
+
+    size = _threads.DEFAULT_BATCH
+    run = made_in_thread().stream()
+    async with run as items:
+        outbox = run._build.threads[0].outbox  # type: ignore[union-attr]
+        await outbox.wait_blocked_put()  # the worker waits with its third batch: the thread made no more
+        assert (len(outbox), made.n) == (2 * size, 3 * size)
+        assert await items.__anext__() == 0
+
+
 # --- on_error closes the generator it wraps ----------------------------------------------------
 
 

@@ -37,6 +37,8 @@ class Channel:
         self._aborted = False
         self.consumer_waiting = False
         self.high_water = 0
+        self.blocked_puts = 0
+        self._blocked: anyio.Event | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -47,6 +49,9 @@ class Channel:
 
     async def _wait_space(self) -> None:
         while len(self._items) >= self.capacity and not self._aborted:
+            self.blocked_puts += 1
+            if self._blocked is not None:
+                self._blocked.set()
             event = self._space
             await event.wait()
         if self._aborted:
@@ -69,6 +74,12 @@ class Channel:
         if len(self._items) > self.high_water:
             self.high_water = len(self._items)
         self._wake_consumer()
+
+    async def wait_blocked_put(self) -> None:
+        """Wait until a producer has waited for room (``blocked_puts`` > 0): the channel was full."""
+        while not self.blocked_puts:
+            self._blocked = anyio.Event()
+            await self._blocked.wait()
 
     def close(self, error: BaseException | None = None) -> None:
         """End the stream; the consumer raises *error* (if any) after the items."""
