@@ -40,7 +40,8 @@ class batch(AbstractSegment[T, list[T]]):
         batch(100, timeout=0.5)   # lists of up to 100 items, none older than 0.5 s
 
     Buffers: the open batch (< ``size`` items).  With a timeout the upstream
-    is read by one task of the run and runs ahead by at most ``size`` items.
+    is read by one task of the run and runs ahead by at most ``size + 1``
+    items (``size`` waiting in its channel, one in the reading task's hand).
     TalkPipe's ``makeLists`` is an alias.
     """
 
