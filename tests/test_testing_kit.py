@@ -210,3 +210,33 @@ def test_kit_under_pytest_asyncio_auto_mode(tmp_path: Path) -> None:
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=50, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "3 passed" in done.stdout  # the plain test on both factories, the marked one on "virtual"
+
+
+def _cells() -> Any:
+    from hypothesis import strategies as st
+
+    letter = st.sampled_from("abcxyz")
+    group = st.lists(letter, min_size=2, max_size=3).map(lambda g: "(" + "".join(g) + ")")
+    return st.lists(st.one_of(st.just("-"), letter, group), max_size=20)
+
+
+def test_marble_drawing_round_trips() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from talkpipe_async.testing._marbles import render
+
+    def shape(events: list[MarbleEvent]) -> list[tuple[int, str, Any]]:
+        return [(e.frame, e.kind, e.value if e.kind == "item" else None) for e in events]
+
+    @settings(max_examples=200, deadline=None)
+    @given(cells=_cells(), end=st.sampled_from(["|", "#", ""]))
+    def check(cells: list[str], end: str) -> None:
+        diagram = "".join(cells) + end
+        events = parse_marbles(diagram)
+        drawn, notes = render(events, {})
+        expected = diagram.rstrip("-") if not end else diagram
+        assert drawn == expected and shape(parse_marbles(drawn)) == shape(events)
+        assert notes == ([f"# at frame {events[-1].frame}: {events[-1].value!r}"] if end == "#" else [])
+
+    check()
