@@ -149,6 +149,13 @@ async def test_predicates_may_be_sync_or_async_and_see_each_item() -> None:
     assert await until(async_big, inclusive=True).collect(xs) == [1, 2, 5]
 
 
+def test_default_stage_names() -> None:
+    """The names that stats, progress tables and error notes show."""
+    stages = (take(1), skip(1), every_n(1), take_while(bool), drop_while(bool), until(bool), until(anyio.Event()))
+    assert [s.name for s in stages] == ["take", "skip", "every_n", "take_while", "drop_while", "until", "until"]
+    assert [take(1, name="first").name, skip(1, name="rest").name] == ["first", "rest"]
+
+
 async def test_until_is_exclusive_by_default() -> None:
     assert await until(lambda x: x == 2).collect([1, 2, 3]) == [1]
 
