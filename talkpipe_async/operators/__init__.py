@@ -10,7 +10,9 @@ from .combine import *  # noqa: F403
 from .concurrency import *  # noqa: F403
 from .embed import *  # noqa: F403
 from .errors import *  # noqa: F403
+from .latest import *  # noqa: F403
 from .processes import *  # noqa: F403
+from .recover import *  # noqa: F403
 from .select import *  # noqa: F403
 from .sequence import *  # noqa: F403
 from .time import *  # noqa: F403

@@ -1,0 +1,88 @@
+"""Operators driven by another stream or by the latest value: take_until.
+
+The other stream runs with its own ``stream()`` in a task of the run,
+started when this stage starts; this stage never yields inside that task's
+scope.  Closing or cancelling the run stops the task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+import anyio
+
+from .._core._pipeline import Pipeline
+from .._core._segment import AbstractSegment, AbstractSource
+from .combine import as_source_pipeline
+from .concurrency import TaskScopes
+from .select import until
+
+__all__ = ["take_until"]
+
+T = TypeVar("T")
+
+
+class _Signal:
+    """The first item (or the error) of the other stream, seen by a watcher task."""
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.error: BaseException | None = None
+
+    async def watch(self, pipeline: Pipeline[Any, Any]) -> None:
+        try:
+            async with pipeline.stream() as items:
+                async for _ in items:
+                    break
+                else:
+                    return  # the other stream ended without an item: nothing stops this one
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # raised in the consumer, after the items before it
+            self.error = exc
+        self.event.set()
+
+
+class take_until(AbstractSegment[T, T]):
+    """Yield the items until *other* (a source or pipeline) emits its first item, then end.
+
+    ::
+
+        ticks() | take_until(timer(60.0))       # one minute of ticks
+        events() | take_until(shutdown_signal())
+
+    *other* starts when this stage starts, in a task of the run, and is
+    closed as soon as it has emitted (or when this stream ends first).  If
+    *other* ends without an item, this stream goes on; if it fails, this
+    stream ends with that error.  The upstream is read by one task of the
+    run, running ahead by at most ``read_ahead`` items (items read but not
+    yet yielded when *other* emits are left out).  Metadata passes through
+    in order.
+    """
+
+    def __init__(
+        self, other: AbstractSource[Any] | Pipeline[Any, Any], *, read_ahead: int = 1, name: str | None = None
+    ) -> None:
+        super().__init__(process_metadata=True)
+        self.other = as_source_pipeline(other)
+        if read_ahead < 1:
+            raise ValueError(f"take_until: read_ahead must be at least 1, not {read_ahead!r}")
+        self.read_ahead = read_ahead
+        self.name = name or "take_until"
+
+    async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
+        """Yield the items until the other stream emits."""
+        signal = _Signal()
+        tasks = TaskScopes()
+        tasks.start(signal.watch, self.other, name=f"talkpipe_async watcher of {self.label}")
+        inner: until[T] = until(signal.event, read_ahead=self.read_ahead, name=self.label)
+        try:
+            async with aclosing(inner.transform(items)) as steps:  # type: ignore[type-var]
+                async for x in steps:
+                    yield x
+        finally:
+            tasks.cancel()
+        if signal.error is not None:
+            raise signal.error
