@@ -184,3 +184,25 @@ async def test_asyncio_native_timers_follow_the_virtual_loop() -> None:
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(asyncio.sleep(100), 10)
     assert fired == [7.5] and loop.time() - start == 10
+
+
+@pytest.mark.anyio
+async def test_a_stage_on_a_worker_thread_meets_the_timeout_and_is_told_why() -> None:
+    import threading
+
+    from talkpipe_async.testing import StageTimedOut
+
+    release = threading.Event()
+
+    @source
+    async def slow_thread() -> AsyncIterator[int]:
+        yield 1
+        await anyio.to_thread.run_sync(release.wait, 10, abandon_on_cancel=True)  # the clock does not wait
+        yield 2
+
+    try:
+        with pytest.raises(StageTimedOut, match="clock is virtual") as info:
+            await run_stage(slow_thread(), timeout=5)
+    finally:
+        release.set()
+    assert info.value.items == [1]

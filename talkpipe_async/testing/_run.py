@@ -9,6 +9,8 @@ from typing import Any
 
 import anyio
 
+from ._clock import clock_is_virtual
+
 __all__ = ["StageTimedOut", "assert_emits", "describe_difference", "run_stage"]
 
 _SHORT = reprlib.Repr()
@@ -49,10 +51,11 @@ async def run_stage(
             async for x in items:
                 out.append(x)
     if scope.cancelled_caught:
-        raise StageTimedOut(
-            f"{_name(stage)} did not finish within {timeout} s; it emitted {len(out)} items so far: {_SHORT.repr(out)}",
-            out,
-        )
+        message = f"{_name(stage)} did not finish within {timeout} s; it emitted {len(out)} items so far: "
+        message += _SHORT.repr(out)
+        if clock_is_virtual():
+            message += " (the clock is virtual: it jumps to this timeout while the stage waits on a worker thread)"
+        raise StageTimedOut(message, out)
     return out
 
 
