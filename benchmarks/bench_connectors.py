@@ -65,7 +65,12 @@ def _results(scenario: str, subject: str, samples: dict[str, list[float]], raw: 
     return out
 
 
+SKIP_FASTSTREAM = False
+
+
 def _faststream() -> Any:
+    if SKIP_FASTSTREAM:
+        return None
     try:
         import faststream
     except ImportError:
@@ -237,9 +242,10 @@ def run(quick: bool) -> list[Result]:
 def _main(argv: Any = None) -> None:
     import sys
 
+    global SKIP_FASTSTREAM
     args = argv or sys.argv
+    SKIP_FASTSTREAM = "--no-faststream" in args
     n_arg = [a for a in args if a.startswith("--n=")]
-    global run
     if n_arg:
         n = int(n_arg[0][4:])
         results = (_redis(n, 5) if "--nats" not in args else []) + (_nats(n, 5) if "--redis" not in args else [])

@@ -423,7 +423,6 @@ class BrokerSession(ABC):
     def __init__(self) -> None:
         self.held: dict[str, AckToken] = {}
         self.unyielded: list[Message[Any]] = []
-        self.unyielded_from = 0
         self.failure: BaseException | None = None
         self._drained: anyio.Event | None = None
 
@@ -457,7 +456,7 @@ class BrokerSession(ABC):
     def leftovers(self) -> list[AckToken]:
         """Tokens not settled: handed downstream and unfinished, or never handed out."""
         tokens = [t for t in self.held.values() if not t.settled]
-        tokens += [m.token for m in self.unyielded[self.unyielded_from:] if not m.token.settled]
+        tokens += [m.token for m in self.unyielded if m.token._tracker is None and not m.token.settled]
         self.unyielded = []
         return tokens
 
@@ -552,10 +551,9 @@ class BrokerSource(AbstractSource[Message[Any]]):
                 if not messages:
                     continue
                 last = anyio.current_time()
-                session.unyielded_from = 0
                 session.unyielded = messages
                 held = session.held
-                for index, message in enumerate(messages, 1):
+                for message in messages:
                     if self.stopping:
                         break
                     token = message.token
@@ -563,15 +561,13 @@ class BrokerSource(AbstractSource[Message[Any]]):
                         await session.wait_drained(self.isolate_timeout)
                         stats.isolated += 1
                         track(token)
-                        session.unyielded_from = index
                         yield message
                         await session.wait_drained(self.isolate_timeout)
                         continue
                     token._tracker = session  # BrokerSession.track, inlined: once per message
                     held[token.id] = token
-                    session.unyielded_from = index
                     yield message
-            rest = [m.token for m in session.unyielded[session.unyielded_from:] if not m.token.settled]
+            rest = [m.token for m in session.unyielded if m.token._tracker is None and not m.token.settled]
             session.unyielded = []
             if rest:
                 await _close_shielded(lambda: session.hand_back(rest))
