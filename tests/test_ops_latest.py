@@ -1,4 +1,4 @@
-"""Operators driven by another stream or by the latest value: take_until."""
+"""Operators driven by another stream or by the latest value: take_until, sample."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from talkpipe_async import Flush
-from talkpipe_async.operators import interval, map, take, take_until, timer
+from talkpipe_async.operators import interval, map, sample, take, take_until, timer
 from talkpipe_async.sources import empty, just, never, throw
 from tests.ops_a_helpers import LOOPS, Gate, on_mock_clock, run_collect, timed
 
@@ -72,3 +72,45 @@ async def test_error_of_the_other_stream_ends_this_one(anyio_backend: Any) -> No
     assert "watch" in "".join(getattr(info.value, "__notes__", []))
     with pytest.raises(ValueError):
         take_until(never(), read_ahead=0)
+
+
+def _sample_reference(schedule: list[tuple[float, int]], every: float) -> list[tuple[float, int]]:
+    out: list[tuple[float, int]] = []
+    latest: int | None = None
+    tick = every
+    for at, x in schedule:
+        while tick < at:
+            if latest is not None:
+                out.append((round(tick, 6), latest))
+                latest = None
+            tick += every
+        latest = x
+    if latest is not None:
+        out.append((schedule[-1][0], latest))  # the end of the stream yields the waiting item at once
+    return out
+
+
+@PROPS
+@given(times=st.lists(st.integers(0, 40), max_size=20, unique=True))
+def test_sample_matches_reference_on_virtual_time(times: list[int]) -> None:
+    # Items at 0.03 + k/10 s, ticks every 0.25 s: never at the same instant.
+    schedule = [(round(0.03 + t / 10, 6), t) for t in sorted(times)]
+    stage = sample(0.25)
+    assert on_mock_clock(timed(schedule) | stage) == _sample_reference(schedule, 0.25)
+    assert stage.dropped == len(schedule) - len(_sample_reference(schedule, 0.25))
+
+
+def test_sample_skips_empty_ticks_and_flushes() -> None:
+    flush = Flush()
+    schedule = [(0.1, "a"), (0.2, "b"), (1.6, "c"), (1.7, flush), (2.2, "d")]
+    out = on_mock_clock(timed(schedule) | sample(0.5), metadata=True)
+    assert out == [(0.5, "b"), (1.7, "c"), (1.7, flush), (2.2, "d")]
+
+
+async def test_sample_closes_upstream_on_early_stop(anyio_backend: Any) -> None:
+    gate = Gate([1])
+    with anyio.fail_after(10):
+        assert await (gate.source() | sample(0.01) | take(1)).collect() == [1]
+        await gate.closed.wait()
+    with pytest.raises(ValueError):
+        sample(0)

@@ -1,4 +1,4 @@
-"""Operators driven by another stream or by the latest value: take_until.
+"""Operators driven by another stream or by the latest value: take_until, sample.
 
 The other stream runs with its own ``stream()`` in a task of the run,
 started when this stage starts; this stage never yields inside that task's
@@ -13,13 +13,15 @@ from typing import Any, TypeVar
 
 import anyio
 
+from .._core._metadata import Flush, Metadata
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
+from ._clock import Feed
 from .combine import as_source_pipeline
 from .concurrency import TaskScopes
 from .select import until
 
-__all__ = ["take_until"]
+__all__ = ["sample", "take_until"]
 
 T = TypeVar("T")
 
@@ -86,3 +88,71 @@ class take_until(AbstractSegment[T, T]):
             tasks.cancel()
         if signal.error is not None:
             raise signal.error
+
+
+class _Nothing:
+    """Marks "no item waiting" (never an item)."""
+
+
+_NOTHING: Any = _Nothing()
+
+
+class sample(AbstractSegment[T, T]):
+    """Every *seconds*, yield the latest item if one arrived since the last tick.
+
+    Ticks follow a fixed grid from when the stage starts (ticks missed while
+    the consumer was slow are skipped, not bursted).  A tick with no new
+    item yields nothing.  An item replaced by a newer one before a tick is
+    left out by design, counted in ``dropped`` (over every run of this
+    instance).  At the end of the stream, and on a :class:`Flush`, the
+    waiting item is yielded at once, so the last value is never lost::
+
+        sensor() | sample(1.0)   # at most one reading a second, always the newest
+
+    Holds one item.  The upstream is read by one task of the run, running
+    ahead by at most 256 items; metadata passes through in order.
+    """
+
+    def __init__(self, seconds: float, *, name: str | None = None) -> None:
+        super().__init__(process_metadata=True)
+        if not seconds > 0:
+            raise ValueError(f"sample: seconds must be positive, not {seconds!r}")
+        self.seconds = seconds
+        self.dropped = 0
+        self.name = name or "sample"
+
+    async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Yield the newest item at each tick."""
+        seconds = self.seconds
+        now = anyio.current_time
+        feed = Feed(items, 256, name=self.label)
+        tick = now() + seconds
+        latest: Any = _NOTHING
+        try:
+            while True:
+                t = now()
+                if t >= tick:
+                    while tick <= t:
+                        tick += seconds
+                    if latest is not _NOTHING:
+                        x, latest = latest, _NOTHING
+                        yield x
+                    continue
+                try:
+                    got = await feed.get(256, tick)
+                except anyio.EndOfStream:
+                    break
+                for x in got:
+                    if isinstance(x, Metadata):
+                        if isinstance(x, Flush) and latest is not _NOTHING:
+                            held, latest = latest, _NOTHING
+                            yield held
+                        yield x
+                        continue
+                    if latest is not _NOTHING:
+                        self.dropped += 1
+                    latest = x
+            if latest is not _NOTHING:
+                yield latest
+        finally:
+            feed.close()
