@@ -29,6 +29,48 @@ return_self(PyObject *self)
     return self;
 }
 
+#if PY_VERSION_HEX >= 0x030C0000 && !defined(Py_GIL_DISABLED)
+/*
+ * From Python 3.12 the interpreter's SEND resumes a C awaitable through tp_iternext, so every item a C step
+ * hands to a Python frame finishes with StopIteration(value).  Creating that exception (a call of the class,
+ * its argument tuple, the implicit chaining of _PyErr_SetObject) costs about as much as a generator stage;
+ * the interpreter only reads its .value and lets it go at once.  So one instance is kept and raised again
+ * while nothing else holds it, its .value set to the item (its args stay empty), its traceback and context
+ * reset.  The value it keeps after the raise is dropped when the step's owner goes (stop_cache_forget).
+ */
+static PyObject *stop_cache;
+
+static PyObject *
+raise_stop(PyObject *value)
+{
+    PyObject *exc = stop_cache;
+    if (exc == NULL || Py_REFCNT(exc) != 1) {
+        PyObject *fresh = PyObject_CallNoArgs(PyExc_StopIteration);
+        if (fresh == NULL) {
+            Py_DECREF(value);
+            return NULL;
+        }
+        Py_XSETREF(stop_cache, fresh);
+        exc = fresh;
+    }
+    else {
+        PyException_SetTraceback(exc, Py_None);
+        PyException_SetContext(exc, NULL);
+    }
+    Py_XSETREF(((PyStopIterationObject *)exc)->value, value);
+    PyErr_SetRaisedException(Py_NewRef(exc));
+    return NULL;
+}
+
+/* Drop the last value the kept StopIteration holds (an item must not outlive its stream there). */
+static void
+stop_cache_forget(void)
+{
+    if (stop_cache != NULL && Py_REFCNT(stop_cache) == 1) {
+        Py_CLEAR(((PyStopIterationObject *)stop_cache)->value);
+    }
+}
+#else
 /* Finish an iterator step with *value* (stolen): raise StopIteration(value), a tuple kept as one value. */
 static PyObject *
 raise_stop(PyObject *value)
@@ -41,6 +83,12 @@ raise_stop(PyObject *value)
     }
     return NULL;
 }
+
+static void
+stop_cache_forget(void)
+{
+}
+#endif
 
 /* Raise what throw(type[, value[, traceback]]) or throw(instance) was given. */
 static PyObject *
@@ -192,6 +240,7 @@ items_clear(BatchItems *self)
 static void
 items_dealloc(BatchItems *self)
 {
+    stop_cache_forget();
     PyObject_GC_UnTrack(self);
     if (self->weakrefs != NULL) {
         PyObject_ClearWeakRefs((PyObject *)self);
@@ -223,6 +272,7 @@ items_ready(BatchItems *self, PyObject *item)
 static PyObject *
 items_anext(BatchItems *self)
 {
+    stop_cache_forget(); /* the last item went to its consumer long ago */
     PyObject *batch = self->batch;
     if (batch != NULL) {
         Py_ssize_t n = PyList_GET_SIZE(batch);
@@ -797,6 +847,7 @@ intercept_clear(Intercept *self)
 static void
 intercept_dealloc(Intercept *self)
 {
+    stop_cache_forget();
     PyObject_GC_UnTrack(self);
     intercept_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -805,6 +856,7 @@ intercept_dealloc(Intercept *self)
 static PyObject *
 intercept_anext(Intercept *self)
 {
+    stop_cache_forget(); /* the last item went to its consumer long ago */
     if (self->upstream == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Intercept has no upstream");
         return NULL;
@@ -1169,6 +1221,7 @@ strip_clear(Strip *self)
 static void
 strip_dealloc(Strip *self)
 {
+    stop_cache_forget();
     PyObject_GC_UnTrack(self);
     strip_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -1177,6 +1230,7 @@ strip_dealloc(Strip *self)
 static PyObject *
 strip_anext(Strip *self)
 {
+    stop_cache_forget(); /* the last item went to its consumer long ago */
     if (self->upstream == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Strip has no upstream");
         return NULL;
