@@ -1,16 +1,18 @@
-"""Operators driven by another stream or by the latest value: take_until, sample."""
+"""Operators driven by another stream or by the latest value: take_until, sample, switch_map."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from talkpipe_async import Flush
-from talkpipe_async.operators import interval, map, sample, take, take_until, timer
+from talkpipe_async.operators import interval, map, merge, sample, switch_map, take, take_until, timer
 from talkpipe_async.sources import empty, just, never, throw
 from tests.ops_a_helpers import LOOPS, Gate, on_mock_clock, run_collect, timed
 
@@ -114,3 +116,80 @@ async def test_sample_closes_upstream_on_early_stop(anyio_backend: Any) -> None:
         await gate.closed.wait()
     with pytest.raises(ValueError):
         sample(0)
+
+
+def _inner_schedule(x: int) -> list[tuple[float, Any]]:
+    # Item x's inner stream: x values, 0.1 s apart, starting 0.05 s after the item.
+    return [(0.05 + 0.1 * j, (x, j)) for j in range(x)]
+
+
+def _switch_reference(schedule: list[tuple[float, int]]) -> list[tuple[float, Any]]:
+    out: list[tuple[float, Any]] = []
+    for i, (at, x) in enumerate(schedule):
+        until = schedule[i + 1][0] if i + 1 < len(schedule) else float("inf")
+        out += [(round(at + d, 6), y) for d, y in _inner_schedule(x) if at + d < until]
+    return out
+
+
+@PROPS
+@given(times=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 5)), max_size=12, unique_by=lambda p: p[0]))
+def test_switch_map_matches_reference_on_virtual_time(times: list[tuple[int, int]]) -> None:
+    # Items at whole tenths, inner values at tenths + 0.05: a switch never ties with an inner value.
+    schedule = [(t / 10, n) for t, n in sorted(times)]
+    out = on_mock_clock(timed(schedule) | switch_map(lambda x: timed(_inner_schedule(x))))
+    assert out == _switch_reference(schedule)
+
+
+async def test_switch_map_accepts_every_kind_of_inner(anyio_backend: Any) -> None:
+    async def agen(x: int) -> AsyncIterator[int]:
+        yield x
+        yield -x
+
+    async def alist(x: int) -> list[int]:
+        await anyio.lowlevel.checkpoint()
+        return [x, x]
+
+    with anyio.fail_after(10):
+        # one upstream item: its inner stream runs to its end
+        assert await (just(3) | switch_map(agen)).collect() == [3, -3]
+        assert await (just(3) | switch_map(alist)).collect() == [3, 3]
+        assert await (just(3) | switch_map(lambda x: [x] * x)).collect() == [3, 3, 3]
+        assert await (just(2) | switch_map(lambda x: just(x) | map(str))).collect() == ["2"]
+        flush = Flush()
+        assert await (just(flush, 1) | switch_map(lambda x: [x])).collect(metadata=True) == [flush, 1]
+
+
+async def test_switch_map_cancels_and_closes_the_previous_inner(anyio_backend: Any) -> None:
+    upstream = Gate(["a"], ["b"])
+    inners: dict[str, Gate] = {"a": Gate(["a1"]), "b": Gate(["b1"], ["b2"])}
+    with anyio.fail_after(10):
+        async with (upstream.source() | switch_map(lambda k: inners[k].source())).stream() as items:
+            assert await items.__anext__() == "a1"
+            await inners["a"].waiting.wait()
+            upstream.release.set()  # "b" arrives: the inner stream of "a" is cancelled and closed
+            assert await items.__anext__() == "b1"
+            assert inners["a"].closed.is_set()
+            inners["b"].release.set()
+            assert [x async for x in items] == ["b2"]  # upstream ended: the last inner runs to its end
+        await inners["b"].closed.wait()
+        # stopping early closes the running inner stream and the upstream
+        gate, up = Gate(["x"]), Gate([1])
+        assert await (up.source() | switch_map(lambda _: gate.source()) | take(1)).collect() == ["x"]
+        await gate.closed.wait()
+        await up.closed.wait()
+
+
+async def test_switch_map_errors_name_the_stage_and_item(anyio_backend: Any) -> None:
+    def boom(x: int) -> list[int]:
+        raise KeyError(x)
+
+    with anyio.fail_after(10):
+        with pytest.raises(KeyError) as info:
+            await (just(7) | switch_map(boom)).collect()
+        notes = "".join(getattr(info.value, "__notes__", []))
+        assert "switch_map(boom)" in notes and "7" in notes
+        # an inner error while the upstream waits ends the stream with that error
+        with pytest.raises(ValueError, match="inner"):
+            await (merge(just(1), never()) | switch_map(lambda _: throw(ValueError("inner")))).collect()
+        with pytest.raises(ValueError, match="up"):
+            await (throw(ValueError("up")) | switch_map(lambda x: [x])).collect()

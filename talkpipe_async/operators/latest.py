@@ -1,4 +1,4 @@
-"""Operators driven by another stream or by the latest value: take_until, sample.
+"""Operators driven by another stream or by the latest value: take_until, sample, switch_map.
 
 The other stream runs with its own ``stream()`` in a task of the run,
 started when this stage starts; this stage never yields inside that task's
@@ -7,23 +7,28 @@ scope.  Closing or cancelling the run stops the task.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import anyio
 
+from .._core._channel import Channel, ChannelClosed
+from .._core._closing import CLEANUP_TIMEOUT
+from .._core._errors import attach_context
 from .._core._metadata import Flush, Metadata
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
 from ._clock import Feed
-from .combine import as_source_pipeline
+from .combine import DEFAULT_LANE, as_source_pipeline, produced
 from .concurrency import TaskScopes
 from .select import until
 
-__all__ = ["sample", "take_until"]
+__all__ = ["sample", "switch_map", "take_until"]
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 class _Signal:
@@ -156,3 +161,130 @@ class sample(AbstractSegment[T, T]):
                 yield latest
         finally:
             feed.close()
+
+
+class _Inner:
+    """One inner stream of a switch_map run: its cancel scope and when it has finished."""
+
+    def __init__(self) -> None:
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
+
+
+class switch_map(AbstractSegment[T, U]):
+    """For each item, run the stream ``fn(item)``; a new item cancels the stream still running.
+
+    ``fn`` returns a source or pipeline, an async iterable (an async
+    generator) or an iterable, or is ``async def`` returning one of these::
+
+        queries() | switch_map(lambda q: search(q))   # only the newest query's results keep coming
+
+    Only one inner stream runs at a time: on a new item the running one is
+    cancelled and has finished (its ``finally`` blocks run) before the next
+    starts, and none of its items comes out after the switch.  When the
+    upstream ends, the last inner stream runs to its end.  An error of
+    ``fn`` or of an inner stream ends the stream with that error (naming
+    this stage and the item); so does an upstream error.  The upstream and
+    the inner streams run in one producer task of the run; ``capacity``
+    items wait between it and this stage.  Metadata of the upstream passes
+    through in order; an inner stream's metadata is not passed on.
+    """
+
+    @overload
+    def __init__(
+        self, fn: Callable[[T], AbstractSource[U]], *, capacity: int = DEFAULT_LANE, name: str | None = None
+    ) -> None: ...
+    @overload
+    def __init__(
+        self, fn: Callable[[T], Pipeline[Any, U]], *, capacity: int = DEFAULT_LANE, name: str | None = None
+    ) -> None: ...
+    @overload
+    def __init__(
+        self, fn: Callable[[T], AsyncIterable[U]], *, capacity: int = DEFAULT_LANE, name: str | None = None
+    ) -> None: ...
+    @overload
+    def __init__(
+        self, fn: Callable[[T], Awaitable[Iterable[U]]], *, capacity: int = DEFAULT_LANE, name: str | None = None
+    ) -> None: ...
+    @overload
+    def __init__(
+        self, fn: Callable[[T], Iterable[U]], *, capacity: int = DEFAULT_LANE, name: str | None = None
+    ) -> None: ...
+    def __init__(self, fn: Callable[[T], Any], *, capacity: int = DEFAULT_LANE, name: str | None = None) -> None:
+        super().__init__(process_metadata=True)
+        if capacity < 1:
+            raise ValueError(f"switch_map: capacity must be at least 1, not {capacity!r}")
+        self.fn = fn
+        self.capacity = capacity
+        self.name = name or f"switch_map({getattr(fn, '__name__', type(fn).__name__)})"
+
+    async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[U]:
+        """Yield the items of the newest inner stream."""
+        async with aclosing(produced(self.label, self.capacity, self._switch, items)) as steps:
+            async for x in steps:
+                yield x
+
+    async def _switch(self, channel: Channel, items: AsyncIterator[Any]) -> None:
+        failed: list[BaseException] = []
+        async with anyio.create_task_group() as group:
+            current: _Inner | None = None
+            try:
+                async for x in items:
+                    if isinstance(x, Metadata):
+                        await channel.put(x)
+                        continue
+                    if current is not None:
+                        current.scope.cancel()
+                        await current.done.wait()
+                        if failed:
+                            break
+                    current = _Inner()
+                    group.start_soon(self._inner, channel, x, current, failed, group.cancel_scope)
+            except Exception as exc:  # raised after the task group, keeping its type
+                failed.append(exc)
+                group.cancel_scope.cancel()
+        if failed:
+            raise failed[0]
+
+    async def _inner(
+        self, channel: Channel, item: Any, inner: _Inner, failed: list[BaseException], group: anyio.CancelScope
+    ) -> None:
+        try:
+            with inner.scope:
+                made = self.fn(item)
+                if inspect.isawaitable(made):
+                    made = await made
+                await self._pour(channel, made, inner.scope)
+        except Exception as exc:  # ChannelClosed too: the consumer is gone, the producer ends
+            if not isinstance(exc, ChannelClosed):
+                attach_context(exc, self.label, item)
+            failed.append(exc)
+            group.cancel()
+        finally:
+            inner.done.set()
+
+    @staticmethod
+    async def _pour(channel: Channel, made: Any, scope: anyio.CancelScope) -> None:
+        if isinstance(made, (AbstractSource, Pipeline)):
+            async with as_source_pipeline(made).stream() as ys:
+                async for y in ys:
+                    if scope.cancel_called:  # switched while this item was on its way
+                        return
+                    await channel.put(y)
+        elif isinstance(made, AsyncIterable):
+            it = made.__aiter__()
+            try:
+                async for y in it:
+                    if scope.cancel_called:
+                        return
+                    await channel.put(y)
+            finally:
+                close = getattr(it, "aclose", None)
+                if close is not None:  # its finally blocks may await, even when switched away
+                    with anyio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                        await close()
+        else:
+            for y in made:
+                if scope.cancel_called:
+                    return
+                await channel.put(y)
