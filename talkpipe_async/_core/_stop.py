@@ -7,11 +7,10 @@ with anyio's cancel scopes on asyncio) a cancellation is level-triggered:
 every later ``await`` inside the cancelled scope raises again, so a stage
 whose ``finally`` awaits (to close a connection, to flush) would be cut short.
 
-:class:`Stoppable` wraps the task's work in three scopes::
+:class:`Stoppable` wraps the task's work in two scopes::
 
-    barrier (shielded: cancellations from outside the run do not reach in)
-      stop    (cancelled once, by stop())
-        guard (shielded, with the cleanup deadline, once the cancellation has arrived)
+    stop    (shielded: cancellations from outside the run do not reach in; cancelled once, by stop())
+      guard (shielded, with the cleanup deadline, once that cancellation has arrived)
 
 ``stop()`` cancels ``stop``; as soon as that cancellation has been delivered
 to the task (an exception is on its way up through the stage's frames), the
@@ -151,7 +150,6 @@ class Stoppable:
     """
 
     __slots__ = (
-        "_barrier",
         "_deadline",
         "_entered",
         "_exited",
@@ -162,9 +160,8 @@ class Stoppable:
         "stopped",
     )
 
-    def __init__(self, *, barrier: bool = True) -> None:
-        self._barrier = anyio.CancelScope(shield=True) if barrier else None
-        self._stop = anyio.CancelScope()
+    def __init__(self) -> None:
+        self._stop = anyio.CancelScope(shield=True)  # a shield stops outer cancellations, not its own
         self._guard = anyio.CancelScope()
         self._task: Any = None
         self._watch: _TrioWatch | None = None
@@ -174,8 +171,6 @@ class Stoppable:
         self.stopped = False
 
     def __enter__(self) -> Stoppable:
-        if self._barrier is not None:
-            self._barrier.__enter__()
         self._stop.__enter__()
         self._guard.__enter__()
         self._task = current_task()
@@ -189,9 +184,7 @@ class Stoppable:
         if self._watch is not None:
             self._watch.remove()
         swallowed = False
-        for scope in (self._guard, self._stop, self._barrier):
-            if scope is None:
-                continue
+        for scope in (self._guard, self._stop):
             if swallowed:
                 scope.__exit__(None, None, None)
             elif scope.__exit__(exc_type, exc, tb):
