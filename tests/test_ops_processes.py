@@ -100,6 +100,14 @@ async def test_dead_worker_raises_broken_pool_naming_the_batch() -> None:
     assert children() == before
 
 
+async def test_unpicklable_item_names_that_item() -> None:
+    gen = (i for i in range(1))  # generators cannot be pickled
+    with pytest.raises(TypeError, match="pickle") as info:
+        await (from_list([1, gen, 3]) | process_map(work.triple, workers=1, batch_size=8)).collect()
+    ctx = error_context(info.value)
+    assert ctx is not None and "generator" in (ctx.item or "")
+
+
 def test_unpicklable_function_names_the_stage() -> None:
     with pytest.raises(TypeError, match=r"process_map\(.*<lambda>\).*picklable"):
         process_map(lambda x: x)

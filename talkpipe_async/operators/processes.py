@@ -71,6 +71,16 @@ def _own_copy(exc: Exception) -> Exception:
     return fresh
 
 
+def _culprit(items: list[Any]) -> Any:
+    """The first item of a failed batch that cannot be pickled, else its first item."""
+    for item in items:
+        try:
+            pickle.dumps(item)
+        except Exception:
+            return item
+    return items[0]
+
+
 def _default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -134,6 +144,9 @@ class _PoolRun:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+        manager = getattr(self.pool, "_executor_manager_thread", None)
+        if manager is not None:  # it notices the dead workers at once and fails the futures still out
+            manager.join(CLEANUP_TIMEOUT)
         self.tasks.cancel()
 
     @staticmethod
@@ -221,7 +234,7 @@ class _PoolRun:
                 if self.stopping:
                     return
                 values, error = [], _own_copy(exc)
-                attach_context(error, self.label, batch.items[0])
+                attach_context(error, self.label, _culprit(batch.items))
                 add_note(error, f"talkpipe_async: the batch held {len(batch.items)} items")
             batch.values, batch.error = values, error
             self.busy -= 1
@@ -299,7 +312,8 @@ class process_map(AbstractSegment[T, U], Generic[T, U]):
     type, a note naming this stage and the item, and a note with the
     traceback text from the worker process.  The results of the items of its
     batch before it are delivered first.  A worker process that dies raises
-    ``BrokenProcessPool`` naming the first item of its batch.  An upstream
+    ``BrokenProcessPool`` naming the first item of its batch; an item that
+    cannot be pickled raises the pickling error naming that item.  An upstream
     error arrives after the items read before it.
 
     Cleanup: when the run ends, is cancelled or fails, the worker processes
