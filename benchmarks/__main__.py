@@ -1,10 +1,12 @@
-"""Run the benchmark suite: ``python -m benchmarks [--quick] [--only NAME] [--out DIR] [--docs]``.
+"""Run the benchmark suite: ``python -m benchmarks [--quick] [--only NAME] [--out DIR] [--docs] [--no-pythons]``.
 
 Each ``benchmarks/bench_*.py`` module exposes ``run(quick) -> list[Result]``.
 The suite writes ``results.json``, ``results.md`` (a table) and ``ratios.png``
 (a chart) into ``--out``; with ``--docs`` it also rewrites the results section
 of ``docs/benchmarks.md`` and copies the chart to ``docs/benchmarks.png``.
 A scenario that fails is reported (with its error) and does not stop the others.
+When ``bench_core`` runs, it also runs on every other Python found (see
+``benchmarks/_pythons.py``), and the page gets a table with a column per Python.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pkgutil
 import platform
 import shutil
 import sys
+import sysconfig
 import time
 import traceback
 from pathlib import Path
@@ -69,6 +72,23 @@ def _table(results: list[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _python_table(by_python: dict[str, list[dict[str, Any]]]) -> str:
+    """One row per core comparison, one ratio column per Python (``**x**``: target missed)."""
+    versions = sorted(by_python, key=lambda v: tuple(int(p) for p in v.split(".")))
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for version in versions:
+        for r in by_python[version]:
+            row = rows.setdefault((r["scenario"], r["baseline"]), {"target": r["target"]})
+            ratio = f"{r['ratio']:.3f}"
+            row[version] = f"**{ratio}**" if r["met"] is False else ratio
+    head = "| scenario | baseline | " + " | ".join(f"Python {v}" for v in versions) + " | target |"
+    lines = [head, "|---|---|" + "---|" * len(versions) + "---|"]
+    for (scenario, baseline), row in rows.items():
+        cells = " | ".join(row.get(v, "-") for v in versions)
+        lines.append(f"| {_cell(scenario)} | {_cell(baseline)} | {cells} | {row['target'] or '-'} |")
+    return "\n".join(lines)
+
+
 def _chart(results: list[dict[str, Any]], path: Path) -> bool:
     try:
         import matplotlib
@@ -94,13 +114,15 @@ def _chart(results: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def _write_docs(table: str, header: str) -> None:
+def _write_docs(table: str, header: str, pythons: str = "") -> None:
     text = DOCS.read_text() if DOCS.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     if BEGIN not in text:
         text += f"\n{BEGIN}\n{END}\n"
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    DOCS.write_text(f"{head}{BEGIN}\n{header}\n\n{table}\n\n![ratios](benchmarks.png)\n{END}{tail}")
+    per_python = f"\n\n### The core scenarios on every Python (ratios)\n\n{pythons}" if pythons else ""
+    body = f"{header}\n\n{table}{per_python}\n\n![ratios](benchmarks.png)"
+    DOCS.write_text(f"{head}{BEGIN}\n{body}\n{END}{tail}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="run only modules whose name contains this text")
     parser.add_argument("--out", default="benchmark-results", help="output directory")
     parser.add_argument("--docs", action="store_true", help="write the results into docs/benchmarks.md")
+    parser.add_argument(
+        "--no-pythons", action="store_true", help="run the core scenarios on this Python only"
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,14 +157,22 @@ def main(argv: list[str] | None = None) -> int:
             results.append(d)
             print(f"   {r.scenario}: ratio {r.ratio:.3f} vs {r.baseline} (target {r.target or '-'}, met {r.met})")
         print(f"   ({time.perf_counter() - t0:.1f} s)")
+    pythons = ""
+    core = [r for r in results if r["module"] == "bench_core"]
+    if core and not args.no_pythons:
+        from ._pythons import core_on_other_pythons
+
+        by_python = {sysconfig.get_python_version(): core, **core_on_other_pythons(args.quick)}
+        pythons = _python_table(by_python)
+        (out / "pythons.json").write_text(json.dumps(by_python, indent=1))
     mode = "quick" if args.quick else "full"
     header = f"Mode: {mode}. Machine: {_machine()}. Run on {time.strftime('%Y-%m-%d')}."
     (out / "results.json").write_text(json.dumps({"machine": _machine(), "mode": mode, "results": results}, indent=1))
     table = _table(results)
-    (out / "results.md").write_text(f"{header}\n\n{table}\n")
+    (out / "results.md").write_text(f"{header}\n\n{table}\n" + (f"\n{pythons}\n" if pythons else ""))
     charted = _chart(results, out / "ratios.png") if results else False
     if args.docs:
-        _write_docs(table, header)
+        _write_docs(table, header, pythons)
         if charted:
             shutil.copy(out / "ratios.png", DOCS.parent / "benchmarks.png")
     print(f"wrote {out}/results.json, results.md{', ratios.png' if charted else ''} "

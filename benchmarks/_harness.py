@@ -45,11 +45,11 @@ class Result:
         return data
 
 
-def timed(func: Callable[[], Any]) -> float:
-    """Seconds taken by one call of *func*."""
-    start = time.perf_counter()
+def timed(func: Callable[[], Any], clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds taken by one call of *func* (wall-clock time unless another *clock* is given)."""
+    start = clock()
     func()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def _spread(samples: list[float]) -> float:
@@ -63,12 +63,17 @@ def compare(
     *,
     repeat: int,
     targets: dict[str, tuple[str, Callable[[float], bool]]] | None = None,
+    cpu: bool = False,
 ) -> list[Result]:
     """Time *subject* and each baseline *repeat* times, interleaved.
 
     ``targets`` maps a baseline name to ``(text, check(ratio) -> bool)``,
     for example ``{"hand-written": ("<= 1.10", lambda r: r <= 1.10)}``.
+    ``cpu=True`` times with the process's CPU time (every thread of it): for
+    CPU-bound scenarios, so that other work on a shared machine stays out of
+    the figures (on a quiet machine it equals the wall-clock time).
     """
+    clock = time.process_time if cpu else time.perf_counter
     names = [subject[0]] + [name for name, _ in baselines]
     funcs = [subject[1]] + [func for _, func in baselines]
     for func in funcs:  # warm-up
@@ -76,7 +81,7 @@ def compare(
     samples: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeat):
         for name, func in zip(names, funcs, strict=True):
-            samples[name].append(timed(func))
+            samples[name].append(timed(func, clock))
     results = []
     subject_s = statistics.median(samples[subject[0]])
     for name in names[1:]:

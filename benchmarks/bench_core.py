@@ -1,25 +1,107 @@
-"""Core chain costs (issue 2): user segments, metadata flowing, the no-loop sync path."""
+"""Core chain costs: what users write, against hand-written code doing the same work.
+
+Every subject is one of the forms the README shows, and every baseline has
+the same number of generators fed by the same kind of source:
+
+- **README form**: an ``@source`` async generator and five ``@segment``
+  async generators, consumed with ``stream()``; baseline: the same six async
+  generators chained by hand (one over ``range(n)``, five that add 1).
+- **caller-input form**: five ``@segment`` stages over ``stream(range(n))``;
+  baseline: an async generator over ``range(n)`` and the five hand-chained
+  generators (the pipeline turns the caller's iterable into an async
+  iterator with one generator: the same count).
+- **one Flush every 1,000 items**: the README form whose source also
+  yields a ``Flush`` every 1,000 items, consumed with ``metadata=True`` (the
+  Flush goes past the five segments); baseline: the metadata-free
+  hand-chained floor (the subject does more work: a strict bar).
+- **statistics**: the README form with ``stats=True`` against itself with
+  statistics off.
+- **sync form**: a sync ``@source`` and five sync ``@segment`` generators,
+  through ``iter_sync()`` (no event loop); baseline: the same six plain
+  generators chained by hand.  And the same pipeline inside ``stream()``
+  (an async consumer); baseline: the six plain generators consumed through
+  one async generator.
+
+All of them are CPU-bound and timed in the process's CPU time (``cpu=True``:
+other work on a shared machine stays out of the figures).  The async
+scenarios run on asyncio, uvloop and trio (``loops`` below);
+``python -m benchmarks`` runs them on every Python it finds as well.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from typing import Any
 
-from talkpipe_async import Flush, segment
+from talkpipe_async import Flush, Pipeline, segment, source
 
 from ._harness import Result, compare, measure_async
 
-__all__ = ["run"]
+__all__ = ["chain_hand", "loops", "readme_pipeline", "run", "sync_pipeline"]
 
 
-async def _inc(items: AsyncIterator[int]) -> AsyncIterator[int]:
+# ---------------------------------------------------------------- the subjects, as a user writes them
+
+
+@source
+async def numbers(n: int) -> AsyncIterator[int]:
+    """The README's source: the ints 0..n-1."""
+    for i in range(n):
+        yield i
+
+
+@source
+async def numbers_with_flush(n: int, every: int) -> AsyncIterator[Any]:
+    """The ints 0..n-1 with a Flush before every *every*-th."""
+    for i in range(n):
+        if i % every == 0:
+            yield Flush()
+        yield i
+
+
+@segment
+async def inc(items: AsyncIterator[int]) -> AsyncIterator[int]:
+    """The README's segment: add 1."""
     async for x in items:
         yield x + 1
 
 
-def _inc_sync(items: Iterable[int]) -> Iterator[int]:
+@source
+def numbers_sync(n: int) -> Iterator[int]:
+    """The sync mirror of :func:`numbers`."""
+    yield from range(n)
+
+
+@segment
+def inc_sync(items: Iterable[int]) -> Iterator[int]:
+    """The sync mirror of :func:`inc`."""
     for x in items:
         yield x + 1
+
+
+def readme_pipeline(n: int) -> Pipeline[Any, Any]:
+    """``numbers(n) | inc() | inc() | inc() | inc() | inc()``."""
+    return numbers(n) | inc() | inc() | inc() | inc() | inc()
+
+
+def sync_pipeline(n: int) -> Pipeline[Any, Any]:
+    """The sync README form: ``numbers_sync(n) | inc_sync() x 5``."""
+    return numbers_sync(n) | inc_sync() | inc_sync() | inc_sync() | inc_sync() | inc_sync()
+
+
+def drain(pipeline: Pipeline[Any, Any], input: Any = None, **options: Any) -> Callable[[], Coroutine[Any, Any, None]]:
+    """``async with pipeline.stream(input, **options) as items: async for _ in items``."""
+
+    async def run() -> None:
+        async with pipeline.stream(input, **options) as items:
+            async for _ in items:
+                pass
+
+    return run
+
+
+# ---------------------------------------------------------------- the same work, by hand
 
 
 async def _numbers(n: int) -> AsyncIterator[int]:
@@ -27,47 +109,22 @@ async def _numbers(n: int) -> AsyncIterator[int]:
         yield i
 
 
-async def _numbers_with_flush(n: int, every: int) -> AsyncIterator[Any]:
-    for i in range(n):
-        if i % every == 0:
-            yield Flush()
-        yield i
-
-
-inc = segment(_inc)
-inc_sync = segment(_inc_sync)
-
-
-@segment(process_metadata=True)
-async def passthrough(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """Metadata-aware last stage (receives the Flush items)."""
+async def _inc(items: AsyncIterator[int]) -> AsyncIterator[int]:
     async for x in items:
-        yield x
+        yield x + 1
 
 
-def _with_flush_list(n: int, every: int) -> list[Any]:
-    out: list[Any] = []
-    for i in range(n):
-        if i % every == 0:
-            out.append(Flush())
-        out.append(i)
-    return out
+def _numbers_sync(n: int) -> Iterator[int]:
+    yield from range(n)
 
 
-def chain_subject(n: int, **options: Any) -> Callable[[], Coroutine[Any, Any, None]]:
-    """Five ``@segment`` stages over ``range(n)``, consumed with ``stream(**options)``."""
-    chain5 = inc() | inc() | inc() | inc() | inc()
-
-    async def subject() -> None:
-        async with chain5.stream(range(n), **options) as items:
-            async for _ in items:
-                pass
-
-    return subject
+def _inc_sync(items: Iterable[int]) -> Iterator[int]:
+    for x in items:
+        yield x + 1
 
 
 def chain_hand(n: int) -> Callable[[], Coroutine[Any, Any, None]]:
-    """The same five generators chained by hand (the floor)."""
+    """Six async generators chained by hand: one over ``range(n)``, five that add 1 (the floor)."""
 
     async def hand() -> None:
         g: AsyncIterator[int] = _numbers(n)
@@ -79,81 +136,139 @@ def chain_hand(n: int) -> Callable[[], Coroutine[Any, Any, None]]:
     return hand
 
 
-def sync_subject(n: int) -> Callable[[], None]:
-    """Five sync ``@segment`` stages through ``iter_sync()`` (no event loop)."""
-    sync5 = inc_sync() | inc_sync() | inc_sync() | inc_sync() | inc_sync()
+def sync_hand(n: int) -> Callable[[], None]:
+    """Six plain generators chained by hand."""
 
-    def subject() -> None:
-        for _ in sync5.iter_sync(range(n)):
-            pass
-
-    return subject
-
-
-def sync_plain(n: int) -> Callable[[], None]:
-    """The same five plain generators chained by hand."""
-
-    def plain() -> None:
-        g: Iterable[int] = range(n)
+    def hand() -> None:
+        g: Iterable[int] = _numbers_sync(n)
         for _ in range(5):
             g = _inc_sync(g)
         for _ in g:
             pass
 
-    return plain
+    return hand
+
+
+def sync_hand_async(n: int) -> Callable[[], Coroutine[Any, Any, None]]:
+    """Six plain generators chained by hand, consumed through one async generator."""
+
+    async def adapt(items: Iterable[int]) -> AsyncIterator[int]:
+        for x in items:
+            yield x
+
+    async def hand() -> None:
+        g: Iterable[int] = _numbers_sync(n)
+        for _ in range(5):
+            g = _inc_sync(g)
+        async for _ in adapt(g):
+            pass
+
+    return hand
+
+
+def sync_subject(n: int) -> Callable[[], None]:
+    """The sync README form through ``iter_sync()``."""
+    pipeline = sync_pipeline(n)
+
+    def subject() -> None:
+        for _ in pipeline.iter_sync():
+            pass
+
+    return subject
+
+
+# ---------------------------------------------------------------- the scenarios
+
+
+def loops() -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, anyio backend, backend options) of every event loop installed."""
+    found: list[tuple[str, str, dict[str, Any]]] = [("asyncio", "asyncio", {})]
+    if importlib.util.find_spec("uvloop") is not None:
+        found.append(("uvloop", "asyncio", {"use_uvloop": True}))
+    if importlib.util.find_spec("trio") is not None:
+        found.append(("trio", "trio", {}))
+    return found
+
+
+HAND = "hand-chained async generators (6, same work)"
+
+
+def _bar(limit: float) -> tuple[str, Callable[[float], bool]]:
+    return f"<= {limit:.2f}", lambda r: r <= limit
 
 
 def run(quick: bool) -> list[Result]:
-    """Run the core scenarios; 1,000,000 ints in full mode."""
+    """The core scenarios; 1,000,000 ints in full mode (100,000 in quick mode)."""
     n = 100_000 if quick else 1_000_000
-    repeat = 3 if quick else 5
-    subject, hand = chain_subject(n), chain_hand(n)
+    repeat = 3 if quick else 7
+    results: list[Result] = []
+    for label, backend, options in loops():
 
-    results = compare(
-        "5 @segment async generators, no metadata",
-        ("talkpipe_async", measure_async(subject)),
-        [("hand-chained async generators", measure_async(hand))],
-        repeat=repeat,
-        targets={"hand-chained async generators": ("<= 1.10", lambda r: r <= 1.10)},
-    )
+        def on_loop(func: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], Any]:
+            return measure_async(func, backend, **options)  # noqa: B023 - called at once, in this iteration
 
-    subject_stats, subject_timed = chain_subject(n, stats=True), chain_subject(n, stats="timed")
+        hand = on_loop(chain_hand(n))
+        results += compare(
+            f"README form: @source + 5 @segment ({label})",
+            ("talkpipe_async stream()", on_loop(drain(readme_pipeline(n)))),
+            [(HAND, hand)],
+            repeat=repeat,
+            cpu=True,
+            targets={HAND: _bar(1.05)},
+        )
+        results += compare(
+            f"caller-input form: 5 @segment over stream(range(n)) ({label})",
+            ("talkpipe_async stream(range(n))", on_loop(drain(inc() | inc() | inc() | inc() | inc(), range(n)))),
+            [(HAND, hand)],
+            repeat=repeat,
+            cpu=True,
+            targets={HAND: _bar(1.05)},
+        )
+        results += compare(
+            f"README form, one Flush per 1,000 items, metadata=True ({label})",
+            (
+                "talkpipe_async stream(metadata=True)",
+                on_loop(drain(numbers_with_flush(n, 1000) | inc() | inc() | inc() | inc() | inc(), metadata=True)),
+            ),
+            [("hand-chained async generators (6, no metadata)", hand)],
+            repeat=repeat,
+            cpu=True,
+            targets={"hand-chained async generators (6, no metadata)": _bar(1.15)},
+        )
+        results += compare(
+            f"sync form inside stream(): sync @source + 5 sync @segment ({label})",
+            ("talkpipe_async stream()", on_loop(drain(sync_pipeline(n)))),
+            [("6 plain generators through one async generator", on_loop(sync_hand_async(n)))],
+            repeat=repeat,
+            cpu=True,
+            targets={"6 plain generators through one async generator": _bar(1.10)},
+        )
 
     results += compare(
-        "5 @segment async generators, statistics on (stats=True; stats='timed')",
-        ("talkpipe_async stats=True", measure_async(subject_stats)),
-        [("talkpipe_async stats off", measure_async(subject)), ("stats='timed'", measure_async(subject_timed))],
-        repeat=repeat if quick else 21,  # a 5% bar on a 4-5% cost: more samples for a steadier median
-        targets={"talkpipe_async stats off": ("<= 1.05", lambda r: r <= 1.05)},
+        "README form, statistics on (stats=True; stats='timed') (asyncio)",
+        ("talkpipe_async stats=True", measure_async(drain(readme_pipeline(n), stats=True))),
+        [
+            ("talkpipe_async stats off", measure_async(drain(readme_pipeline(n)))),
+            ("stats='timed'", measure_async(drain(readme_pipeline(n), stats="timed"))),
+        ],
+        repeat=repeat if quick else 21,  # a 3% bar: more samples for a steadier median
+        cpu=True,
+        targets={"talkpipe_async stats off": _bar(1.03)},
     )
-
-    flushed = _with_flush_list(n, 1000)
-    chain_meta = inc() | inc() | inc() | inc() | inc()
-
-    async def subject_meta() -> None:
-        async with chain_meta.stream(flushed, metadata=True) as items:
-            async for _ in items:
-                pass
-
     results += compare(
-        "5 @segment async generators, one Flush per 1,000 items",
-        ("talkpipe_async", measure_async(subject_meta)),
-        [("hand-chained async generators", measure_async(hand))],
-        repeat=repeat,
-        targets={"hand-chained async generators": ("<= 2.0", lambda r: r <= 2.0)},
-    )
-
-    results += compare(
-        "5 sync segments, no-loop path",
-        ("talkpipe_async iter_sync", sync_subject(n)),
-        [("plain chained generators", sync_plain(n))],
-        repeat=repeat,
-        targets={"plain chained generators": ("<= 1.15", lambda r: r <= 1.15)},
+        "sync form: sync @source + 5 sync @segment, iter_sync() (no event loop)",
+        ("talkpipe_async iter_sync()", sync_subject(n)),
+        [("6 plain generators chained by hand", sync_hand(n))],
+        repeat=repeat if quick else 11,
+        cpu=True,
+        targets={"6 plain generators chained by hand": _bar(1.10)},
     )
     return results
 
 
 if __name__ == "__main__":
-    for r in run(quick=False):
+    import sys
+
+    for r in run(quick="--quick" in sys.argv):
         print(f"{r.scenario}: {r.subject_s:.3f}s vs {r.baseline}: {r.baseline_s:.3f}s")
         print(f"    ratio {r.ratio:.3f}, target {r.target}, met={r.met}")

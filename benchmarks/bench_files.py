@@ -92,14 +92,14 @@ def _lines_scenarios(tmp: Path, quick: bool) -> list[Result]:
             ("read_lines with the pure-Python item step (no C extension)", measure_async(twin)),
         ],
         repeat=repeat,
-        targets={"plain open() iteration": ("<= 2.0", lambda r: r <= 2.0)},
+        targets={"plain open() iteration": ("<= 1.3", lambda r: r <= 1.3)},
     )
     results += compare(
         f"read_lines, {n:,} lines of 53 bytes (trio)",
         ("talkpipe_async read_lines", measure_async(subject, backend="trio")),
         [("plain open() iteration", plain)],
         repeat=repeat,
-        targets={"plain open() iteration": ("<= 2.0", lambda r: r <= 2.0)},
+        targets={"plain open() iteration": ("<= 1.3", lambda r: r <= 1.3)},
     )
 
     small = tmp / "small.txt"

@@ -1,8 +1,10 @@
 """Operators part A (issue 4): a chain of 5 built-in map/filter operators over 1,000,000 ints.
 
-Subject: ``map | filter | map | filter | map`` from ``talkpipe_async.operators``
-(fused into one stage).  Baselines: five hand-written chained async
-generators doing the same work, and aiostream's ``pipe.map``/``pipe.filter``.
+Subject: an ``@source`` async generator and ``map | filter | map | filter |
+map`` from ``talkpipe_async.operators`` (fused into one stage).  Baselines:
+the same source generator and five hand-written chained async generators
+doing the same work, and aiostream's ``pipe.map``/``pipe.filter`` over
+``stream.iterate(range(n))``.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from ._harness import Result, compare, measure_async
 __all__ = ["run"]
 
 
-@source(emits_metadata=False)
+@source
 async def numbers(n: int) -> AsyncIterator[int]:
-    """The ints 0..n-1."""
+    """The ints 0..n-1 (the README's plain @source: the runner strips metadata after it, as for a user)."""
     for i in range(n):
         yield i
 

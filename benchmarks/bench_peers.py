@@ -1,10 +1,13 @@
-"""The 5-stage chain on every event loop and against the async peers (issue 6).
+"""The 5-stage chain against the async peers, with equal work.
 
-Subject: five ``@segment`` async generators (``x + 1``) over N ints.
-Baselines: the same five hand-written async generators on asyncio, uvloop and
-trio (the floor), aiostream's ``pipe.map`` chain, asyncstdlib's ``map`` chain,
-and TalkPipe 1.2 for the sync path when it is installed (it is optional: its
-install is heavy).
+Each peer runs the chain its own way over the same source as our subject:
+aiostream's ``stream.iterate(range(n)) | pipe.map(...)`` x5 against our
+caller-input form (five ``@segment`` stages over ``stream(range(n))``);
+asyncstdlib's ``map`` x5 over an async generator against our README form
+(an ``@source`` async generator and five ``@segment`` stages); TalkPipe 1.2's
+five sync segments over ``range(n)`` against ours through ``iter_sync()``
+(TalkPipe is optional: its install is heavy).  The per-loop floors (hand
+written generators) are in ``bench_core``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ._harness import Result, compare, measure_async
-from .bench_core import _numbers, chain_hand, chain_subject, sync_plain, sync_subject
+from .bench_core import _numbers, drain, inc, inc_sync, readme_pipeline
 
 __all__ = ["run"]
 
@@ -23,17 +26,11 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _backends() -> list[tuple[str, str, dict[str, Any]]]:
-    found = [("asyncio", "asyncio", {})]
-    if _has("uvloop"):
-        found.append(("uvloop", "asyncio", {"use_uvloop": True}))
-    if _has("trio"):
-        found.append(("trio", "trio", {}))
-    return found
-
-
-def _peer_baselines(n: int) -> list[tuple[str, Any]]:
-    peers: list[tuple[str, Any]] = []
+def run(quick: bool) -> list[Result]:
+    """Our forms against aiostream, asyncstdlib and TalkPipe 1.2."""
+    n = 100_000 if quick else 1_000_000
+    repeat = 3 if quick else 5
+    results: list[Result] = []
     if _has("aiostream"):
         from aiostream import pipe, stream
 
@@ -48,7 +45,12 @@ def _peer_baselines(n: int) -> list[tuple[str, Any]]:
                 async for _ in items:
                     pass
 
-        peers.append(("aiostream pipe.map x5", measure_async(aiostream_chain)))
+        results += compare(
+            "5 stages over range(n) against aiostream (asyncio)",
+            ("talkpipe_async stream(range(n))", measure_async(drain(inc() | inc() | inc() | inc() | inc(), range(n)))),
+            [("aiostream pipe.map x5 over stream.iterate(range(n))", measure_async(aiostream_chain))],
+            repeat=repeat,
+        )
     if _has("asyncstdlib"):
         import asyncstdlib as a
 
@@ -59,32 +61,12 @@ def _peer_baselines(n: int) -> list[tuple[str, Any]]:
             async for _ in it:
                 pass
 
-        peers.append(("asyncstdlib map x5", measure_async(asyncstdlib_chain)))
-    return peers
-
-
-def run(quick: bool) -> list[Result]:
-    """Floor on each loop, then the peers, for the 5-stage chain."""
-    n = 100_000 if quick else 1_000_000
-    repeat = 3 if quick else 5
-    results: list[Result] = []
-    for label, backend, options in _backends():
         results += compare(
-            f"5-stage chain on {label}",
-            ("talkpipe_async", measure_async(chain_subject(n), backend, **options)),
-            [(f"hand-written async generators ({label})", measure_async(chain_hand(n), backend, **options))],
-            repeat=repeat,
-            targets={f"hand-written async generators ({label})": ("<= 1.10", lambda r: r <= 1.10)},
-        )
-    peers = _peer_baselines(n)
-    if peers:
-        results += compare(
-            "5-stage chain against the async peers (asyncio)",
-            ("talkpipe_async", measure_async(chain_subject(n))),
-            peers,
+            "source + 5 stages against asyncstdlib (asyncio)",
+            ("talkpipe_async README form", measure_async(drain(readme_pipeline(n)))),
+            [("asyncstdlib map x5 over an async generator", measure_async(asyncstdlib_chain))],
             repeat=repeat,
         )
-    baselines: list[tuple[str, Any]] = []
     if _has("talkpipe"):
         from talkpipe.pipe.core import segment as tp_segment
 
@@ -94,20 +76,22 @@ def run(quick: bool) -> list[Result]:
                 yield x + 1
 
         tp_chain = tp_inc() | tp_inc() | tp_inc() | tp_inc() | tp_inc()
+        ours = inc_sync() | inc_sync() | inc_sync() | inc_sync() | inc_sync()
 
         def talkpipe_run() -> None:
             for _ in tp_chain(range(n)):
                 pass
 
-        baselines.append(("TalkPipe 1.2 (sync)", talkpipe_run))
+        def ours_run() -> None:
+            for _ in ours.iter_sync(range(n)):
+                pass
+
+        results += compare(
+            "5 sync stages over range(n) against TalkPipe 1.2",
+            ("talkpipe_async iter_sync(range(n))", ours_run),
+            [("TalkPipe 1.2 (sync)", talkpipe_run)],
+            repeat=repeat,
+        )
     else:
         print("   TalkPipe not installed: skipping the TalkPipe 1.2 baseline (pip install talkpipe to include it)")
-
-    results += compare(
-        "5-stage sync chain, no-loop path",
-        ("talkpipe_async iter_sync", sync_subject(n)),
-        [("plain generators", sync_plain(n)), *baselines],
-        repeat=repeat,
-        targets={"plain generators": ("<= 1.15", lambda r: r <= 1.15)},
-    )
     return results
