@@ -216,3 +216,27 @@ async def test_unreachable_server_fails_clearly_after_bounded_retries() -> None:
 
 def test_trio_is_refused_clearly() -> None:
     check_refused_on_trio(lambda: JetStreamSource("S", "d", servers="nats://127.0.0.1:1"))
+
+
+async def test_default_dead_letter_keeps_a_copy(nats_url: str, env: Env) -> None:
+    await env.js.publish(env.subject, b"{not json")
+    await env.fill([1])
+    src = JetStreamSource(env.stream, env.durable, servers=nats_url, fetch_wait=0.1, idle_exit=5.0)
+    assert src.dead_letter_subject == f"dlq.{env.stream}"
+    assert await consume(src, limit=1) == 1
+    dead = await env.read_all(f"{env.stream}_DLQ")
+    assert [d.data for d in dead] == [b"{not json"] and dead[0].headers["dlq-reason"].startswith("malformed")
+
+
+async def test_dead_letter_false_drops_explicitly_and_says_so(
+    nats_url: str, env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    await env.js.publish(env.subject, b"{not json")
+    await env.fill([1])
+    src = source(nats_url, env, dead_letter=False)
+    with caplog.at_level("WARNING", logger="talkpipe_async.connectors"):
+        assert await consume(src, limit=1) == 1
+    assert src.stats.dead_lettered == 1 and await env.ack_pending() == 0
+    assert any("dropped (dead_letter=False)" in r.getMessage() for r in caplog.records)
+    with pytest.raises(nats.js.errors.NotFoundError):
+        await env.js.stream_info(f"{env.stream}_DLQ")
