@@ -1,4 +1,7 @@
-"""Operators driven by another stream or by the latest value: take_until, sample, switch_map."""
+"""Operators driven by another stream or by the latest value.
+
+take_until, sample, switch_map, with_latest_from, combine_latest.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from talkpipe_async import Flush
-from talkpipe_async.operators import interval, map, merge, sample, switch_map, take, take_until, timer
+from talkpipe_async import Flush, source
+from talkpipe_async.operators import (
+    combine_latest,
+    interval,
+    map,
+    merge,
+    sample,
+    switch_map,
+    take,
+    take_until,
+    timer,
+    with_latest_from,
+)
 from talkpipe_async.sources import empty, just, never, throw
 from tests.ops_a_helpers import LOOPS, Gate, on_mock_clock, run_collect, timed
 
@@ -193,3 +207,82 @@ async def test_switch_map_errors_name_the_stage_and_item(anyio_backend: Any) -> 
             await (merge(just(1), never()) | switch_map(lambda _: throw(ValueError("inner")))).collect()
         with pytest.raises(ValueError, match="up"):
             await (throw(ValueError("up")) | switch_map(lambda x: [x])).collect()
+
+
+# Two timed streams for the latest-value operators: items at whole tenths (upstream) and at tenths + 0.05 (other),
+# so no two arrivals tie.
+_TIMES = st.lists(st.integers(0, 30), max_size=12, unique=True)
+
+
+def _schedules(up: list[int], other: list[int]) -> tuple[list[tuple[float, Any]], list[tuple[float, Any]]]:
+    return [(t / 10, f"u{t}") for t in sorted(up)], [(t / 10 + 0.05, f"o{t}") for t in sorted(other)]
+
+
+@PROPS
+@given(up=_TIMES, other=_TIMES)
+def test_with_latest_from_matches_reference(up: list[int], other: list[int]) -> None:
+    ups, others = _schedules(up, other)
+    expected = []
+    for at, x in ups:
+        seen = [y for bt, y in others if bt < at]
+        if seen:
+            expected.append((at, (x, seen[-1])))
+    stage = with_latest_from(timed(others))
+    assert on_mock_clock(timed(ups) | stage) == expected
+    assert stage.skipped == len(ups) - len(expected)
+
+
+@PROPS
+@given(up=_TIMES, other=_TIMES)
+def test_combine_latest_matches_reference(up: list[int], other: list[int]) -> None:
+    ups, others = _schedules(up, other)
+    events = sorted([(t, 0, x) for t, x in ups] + [(t, 1, y) for t, y in others])
+    expected: list[tuple[float, Any]] = []
+    last: list[Any] = [None, None]
+    if not ups or not others:
+        events = []  # an input that ends without an item ends the stream at once
+    for t, i, x in events:
+        last[i] = x
+        if None not in last:
+            expected.append((round(t, 6), tuple(last)))
+    out = on_mock_clock(timed(ups) | combine_latest(timed(others)))
+    assert out == expected
+
+
+async def test_latest_operators_pass_metadata_and_close_the_others(anyio_backend: Any) -> None:
+    flush = Flush()
+    with anyio.fail_after(10):
+        g1, g2 = Gate(["o"]), Gate(["o"])
+        up = Gate([])
+
+        @source
+        async def after_other() -> AsyncIterator[Any]:
+            await g1.waiting.wait()  # the other stream has emitted
+            yield 1
+            yield flush
+            yield 2
+
+        out = await (after_other() | with_latest_from(g1.source())).collect(metadata=True)
+        assert out == [(1, "o"), flush, (2, "o")]
+        await g1.closed.wait()
+        out = await (just(1, flush) | combine_latest(g2.source()) | take(1)).collect(metadata=True)
+        assert out in ([(1, "o")], [flush, (1, "o")])
+        await g2.closed.wait()
+        # an other stream that ends without an item: combine_latest ends at once, closing the upstream
+        assert await (up.source() | combine_latest(empty())).collect() == []
+        await up.closed.wait()
+
+
+async def test_latest_operators_fail_with_the_other_stream(anyio_backend: Any) -> None:
+    with anyio.fail_after(10):
+        with pytest.raises(ValueError, match="rates down") as info:
+            await (never() | with_latest_from(throw(ValueError("rates down"), name="rates"))).collect()
+        assert "rates" in "".join(getattr(info.value, "__notes__", []))
+        with pytest.raises(ValueError, match="rates down"):
+            await (never() | combine_latest(throw(ValueError("rates down")))).collect()
+        with pytest.raises(ValueError, match="up"):
+            await (throw(ValueError("up")) | combine_latest(never())).collect()
+    with pytest.raises(TypeError):
+        with_latest_from()
+    with pytest.raises(TypeError):
+        combine_latest()

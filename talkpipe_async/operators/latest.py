@@ -1,4 +1,6 @@
-"""Operators driven by another stream or by the latest value: take_until, sample, switch_map.
+"""Operators driven by another stream or by the latest value.
+
+take_until, sample, switch_map, with_latest_from, combine_latest.
 
 The other stream runs with its own ``stream()`` in a task of the run,
 started when this stage starts; this stage never yields inside that task's
@@ -21,11 +23,11 @@ from .._core._metadata import Flush, Metadata
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
 from ._clock import Feed
-from .combine import DEFAULT_LANE, as_source_pipeline, produced
+from .combine import DEFAULT_LANE, FanIn, as_source_pipeline, produced
 from .concurrency import TaskScopes
 from .select import until
 
-__all__ = ["sample", "switch_map", "take_until"]
+__all__ = ["combine_latest", "sample", "switch_map", "take_until", "with_latest_from"]
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -288,3 +290,168 @@ class switch_map(AbstractSegment[T, U]):
                 if scope.cancel_called:
                     return
                 await channel.put(y)
+
+
+class _Latest:
+    """The latest item of each other stream, kept by one watcher task per stream."""
+
+    def __init__(self, n: int) -> None:
+        self.values: list[Any] = [_NOTHING] * n
+        self.missing = n
+        self.failed = anyio.Event()
+        self.error: BaseException | None = None
+
+    async def watch(self, i: int, pipeline: Pipeline[Any, Any]) -> None:
+        try:
+            async with pipeline.stream() as items:
+                async for x in items:
+                    if self.values[i] is _NOTHING:
+                        self.missing -= 1
+                    self.values[i] = x
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            self.error = exc
+            self.failed.set()
+
+
+class with_latest_from(AbstractSegment[T, tuple[Any, ...]]):
+    """Pair each item with the latest item of each other stream: ``(item, latest1, latest2, ...)``.
+
+    ::
+
+        trades() | with_latest_from(exchange_rates())   # each trade with the rate in force
+
+    The others start with this stage, each read by a task of the run, and
+    are closed when this stream ends.  Items that come before every other
+    stream has emitted are left out, counted in ``skipped`` (over every run
+    of this instance).  An other stream that ends keeps its last item; one
+    that fails ends this stream with its error, even while the upstream is
+    waiting.  The upstream is read by one task of the run, running ahead by
+    one item.  Holds one item per other stream; metadata passes through in
+    order.
+    """
+
+    def __init__(self, *others: AbstractSource[Any] | Pipeline[Any, Any], name: str | None = None) -> None:
+        super().__init__(process_metadata=True)
+        if not others:
+            raise TypeError("with_latest_from: give at least one other stream")
+        self.others = [as_source_pipeline(o) for o in others]
+        self.skipped = 0
+        self.name = name or "with_latest_from"
+
+    async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[Any]:
+        """Yield each item with the others' latest items (metadata passes)."""
+        latest = _Latest(len(self.others))
+        tasks = TaskScopes()
+        for i, other in enumerate(self.others):
+            tasks.start(latest.watch, i, other, name=f"talkpipe_async watcher {i} of {self.label}")
+        inner: until[Any] = until(latest.failed, name=self.label)
+        try:
+            async with aclosing(inner.transform(items)) as steps:  # type: ignore[type-var]
+                async for x in steps:
+                    if isinstance(x, Metadata):
+                        yield x
+                    elif latest.missing:
+                        self.skipped += 1
+                    else:
+                        yield (x, *latest.values)
+        finally:
+            tasks.cancel()
+        if latest.error is not None:
+            raise latest.error
+
+
+async def _lane(fan: FanIn, i: int, stream: Callable[[], Any]) -> None:
+    """Producer task: put the items of ``stream()`` (an async iterable) into lane *i*, then end it."""
+    try:
+        async for x in stream():
+            await fan.put(i, x)
+    except ChannelClosed:
+        return
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception as exc:  # travels in the lane, after its items
+        fan.close(i, exc)
+        return
+    fan.close(i)
+
+
+async def _pipeline_items(pipeline: Pipeline[Any, Any]) -> AsyncIterator[Any]:
+    async with pipeline.stream() as items:
+        async for x in items:
+            yield x
+
+
+class combine_latest(AbstractSegment[Any, tuple[Any, ...]]):
+    """Whenever the upstream or any other stream emits, yield the latest item of each: ``(up, o1, o2, ...)``.
+
+    ::
+
+        temperature() | combine_latest(humidity(), wind())   # a full reading on every change
+
+    Nothing is yielded until every stream has emitted once; an item replaced
+    before then is left out, counted in ``skipped``.  The stream ends when
+    all inputs have ended, or at once when one ends without ever emitting
+    (no tuple can come any more).  An error of any input ends the stream
+    with it, after the tuples before it.  Every input is read by its own
+    task of the run into a lane of at most ``capacity`` items, taken in
+    turn; the others are closed when this stream ends.  Holds one item per
+    input.  The upstream's metadata passes through in order; the others'
+    is not passed on.
+    """
+
+    def __init__(
+        self, *others: AbstractSource[Any] | Pipeline[Any, Any], capacity: int = DEFAULT_LANE, name: str | None = None
+    ) -> None:
+        super().__init__(process_metadata=True)
+        if not others:
+            raise TypeError("combine_latest: give at least one other stream")
+        self.others = [as_source_pipeline(o) for o in others]
+        self.capacity = capacity
+        self.skipped = 0
+        self.name = name or "combine_latest"
+
+    async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Yield the latest items of all inputs on every change (metadata passes)."""
+        n = len(self.others) + 1
+        fan = FanIn(n, self.capacity)
+        tasks = TaskScopes()
+        tasks.start(_lane, fan, 0, lambda: items, name=f"talkpipe_async feeder of {self.label}")
+        for i, other in enumerate(self.others, 1):
+            label = f"talkpipe_async input {i} of {self.label}"
+            tasks.start(_lane, fan, i, lambda o=other: _pipeline_items(o), name=label)
+        values: list[Any] = [_NOTHING] * n
+        missing = n
+        active = set(range(n))
+        try:
+            while active:
+                progressed = False
+                for i in sorted(active):
+                    lane = fan.lanes[i]
+                    if lane.items:
+                        progressed = True
+                        x = fan.take(i)
+                        if isinstance(x, Metadata):
+                            yield x
+                            continue
+                        if values[i] is _NOTHING:
+                            missing -= 1
+                        elif missing:
+                            self.skipped += 1
+                        values[i] = x
+                        if not missing:
+                            yield tuple(values)
+                    elif lane.closed:
+                        progressed = True
+                        active.discard(i)
+                        if lane.error is not None:
+                            error, lane.error = lane.error, None
+                            raise error
+                        if values[i] is _NOTHING:
+                            return
+                if not progressed:
+                    await fan.wait()
+        finally:
+            fan.abort()
+            tasks.cancel()
