@@ -122,6 +122,26 @@ async def test_break_leaves_no_child_process() -> None:
     assert children() == before
 
 
+@settings(max_examples=8, deadline=None)
+@given(stop_at=st.integers(0, 300), batch=st.integers(1, 20), ordered=st.booleans())
+async def test_break_anywhere_leaves_no_child_process(stop_at: int, batch: int, ordered: bool) -> None:
+    before = children()
+    stage = process_map(work.triple, workers=2, batch_size=batch, ordered=ordered)
+    async with (from_list(list(range(300))) | stage).stream() as items:
+        async for n, _ in aenumerate(items):
+            if n == stop_at:
+                break
+    assert children() == before
+
+
+async def aenumerate(items: AsyncIterator[Any]) -> AsyncIterator[tuple[int, Any]]:
+    """``enumerate`` for an async iterator."""
+    n = 0
+    async for x in items:
+        yield n, x
+        n += 1
+
+
 async def test_cancel_during_a_long_call_leaves_no_child_process(tmp_path: Path) -> None:
     before = children()
     mark = tmp_path / "started"

@@ -289,6 +289,10 @@ class process_map(AbstractSegment[T, U], Generic[T, U]):
     ``"fork"``, a multiprocessing context, or ``None`` for Python's default).
     ``fn`` and the items must be picklable: ``fn`` a module-level function
     (checked when the stage is built: a ``TypeError`` names the stage).
+    Python's default start method on Linux before 3.14 is ``"fork"``, which
+    forks a process that has threads (the event loop's worker threads); if
+    ``fn`` or a library it uses may deadlock after a fork, pass
+    ``mp_context="forkserver"`` or ``"spawn"``.
 
     Batches: items go to the workers in batches of up to ``batch_size``,
     made of what has been read and not sent yet (a slow upstream sends small
