@@ -108,6 +108,11 @@ async def test_unpicklable_item_names_that_item() -> None:
     assert ctx is not None and "generator" in (ctx.item or "")
 
 
+def test_unknown_start_method_fails_when_built() -> None:
+    with pytest.raises(ValueError):
+        process_map(work.triple, mp_context="teleport")
+
+
 def test_unpicklable_function_names_the_stage() -> None:
     with pytest.raises(TypeError, match=r"process_map\(.*<lambda>\).*picklable"):
         process_map(lambda x: x)

@@ -351,6 +351,7 @@ class process_map(AbstractSegment[T, U], Generic[T, U]):
         self.batch_size = batch_size
         self.max_pending = max_pending
         self.mp_context = mp_context
+        self.context()  # an unknown start method fails here, not in the middle of a run
         self.name = name or f"process_map({getattr(fn, '__qualname__', type(fn).__name__)})"
         try:
             pickle.dumps(fn)
