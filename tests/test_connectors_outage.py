@@ -147,3 +147,51 @@ def test_json_payloads_stay_plain() -> None:
     """The dedup header does not touch the payload (a regression guard for readers of the stream)."""
     sink = JetStreamSink("x")
     assert sink.encode({"a": 1}) == json.dumps({"a": 1}, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("kind", ["redis", "nats"])
+def test_worker_process_exits_with_the_error_when_the_budget_is_spent(kind: str) -> None:
+    """A worker whose broker stays down exits non-zero with BrokerUnavailable, never 0 without an error."""
+    import time
+
+    from tests.broker_helpers import nats_count, start_worker, wait_until
+
+    server = RestartableServer(kind)
+    server.start()
+    proc: Any = None
+    try:
+        url = server.url
+        if kind == "redis":
+            import redis
+
+            client = redis.Redis.from_url(url)
+            pipe = client.pipeline(transaction=False)
+            for i in range(20_000):
+                pipe.xadd("feed", {"data": json.dumps({"i": i})})
+            pipe.execute()
+            stream, group, results = "feed", "g", "res"
+
+            def handled() -> int:
+                return int(client.xlen("res"))
+        else:
+            anyio.run(lambda: nats_fill(url, "feed.x", [{"i": i} for i in range(20_000)],
+                                        streams={"FEED": ["feed.>"], "RES": ["res.>"]}))
+            stream, group, results = "FEED", "g", "res.x"
+
+            def handled() -> int:
+                return int(anyio.run(nats_count, url, "RES"))
+
+        proc = start_worker(kind, url, stream, group, results, "w0", idle_exit=30.0,
+                            extra=("--outage-budget", str(BUDGET), "--delay", "0.001"))
+        wait_until(lambda: proc.poll() is not None or handled() > 100, time.monotonic() + 30,
+                   "the worker to handle messages")
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        server.stop()
+        _, err = proc.communicate(timeout=BOUND + 10)
+        assert proc.returncode not in (0, None), err[-3000:]
+        assert "BrokerUnavailable" in err and f"{kind} at {url}" in err, err[-3000:]
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        server.close()

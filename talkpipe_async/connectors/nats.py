@@ -408,11 +408,24 @@ class _JetStreamWriter(BatchWriter):
     def _outage_started(self) -> None:
         self.sink.stats.outages += 1
 
-    def _retryable(self, exc: BaseException) -> bool:
+    async def _retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, self.guard.transient):
             return True
-        # right after a reconnection JetStream answers "no responders" until its streams are recovered
-        return isinstance(exc, self.no_stream) and self.link.ever_down
+        if not isinstance(exc, self.no_stream):
+            return False
+        # "no responders": no stream stores the subject, or JetStream is shutting down or not recovered yet
+        # (a restart); only a JetStream that answers "no stream matches" makes it final
+        if self.link.ever_down:
+            return True
+        nats = import_client("nats", "nats")
+        try:
+            with anyio.fail_after(self.sink.timeout):
+                await self.js.find_stream_name_by_subject(self.sink.subject)
+        except nats.js.errors.NotFoundError:
+            return False
+        except Exception:  # JetStream does not answer: unavailable, not misconfigured
+            return True
+        return True
 
     async def write(self, payloads: list[Any]) -> None:
         sink = self.sink
@@ -427,7 +440,7 @@ class _JetStreamWriter(BatchWriter):
             if not failed:
                 self.guard.recovered()
                 return
-            if cause is not None and not self._retryable(cause):
+            if cause is not None and not await self._retryable(cause):
                 raise cause
             sink.stats.rewritten += len(failed)
             await self.guard.failed("publish", cause or TimeoutError("no publish acknowledgement in time"))
