@@ -286,3 +286,57 @@ async def test_latest_operators_fail_with_the_other_stream(anyio_backend: Any) -
         with_latest_from()
     with pytest.raises(TypeError):
         combine_latest()
+
+
+async def test_switch_map_never_leaks_items_of_a_switched_stream(anyio_backend: Any) -> None:
+    # A fast upstream against inner streams that pause at every item: switches happen at every step. Whatever the
+    # scheduling, the output is ordered by upstream item, each inner stream's items are a prefix of it, and the
+    # last inner stream is complete.
+    closed: list[int] = []
+
+    async def inner(x: int) -> AsyncIterator[tuple[int, int]]:
+        try:
+            for j in range(5):
+                await anyio.lowlevel.checkpoint()
+                yield (x, j)
+        finally:
+            await anyio.lowlevel.checkpoint()  # a finally that awaits, even when cancelled
+            closed.append(x)
+
+    @source
+    async def fast() -> AsyncIterator[int]:
+        for i in range(2000):
+            for _ in range(i % 9):  # from no pause to longer than an inner stream: switches cut them anywhere
+                await anyio.lowlevel.checkpoint()
+            yield i
+
+    with anyio.fail_after(50):
+        out = await (fast() | switch_map(inner)).collect()
+    xs = [x for x, _ in out]
+    assert xs == sorted(xs)
+    per_item: dict[int, list[int]] = {}
+    for x, j in out:
+        per_item.setdefault(x, []).append(j)
+    assert all(js == list(range(len(js))) for js in per_item.values())
+    assert out[-5:] == [(1999, j) for j in range(5)]
+    lengths = {len(js) for js in per_item.values()}
+    assert len(per_item) > 100 and {1, 5} <= lengths  # streams were cut short and others ran to their end
+    assert sorted(closed) == sorted(set(closed)) and closed[-1] == 1999  # each inner stream closed once, in turn
+
+
+async def test_cancelling_the_run_closes_the_inner_and_other_streams(anyio_backend: Any) -> None:
+    inner, other, up1, up2 = Gate(["i"]), Gate(["o"]), Gate([1]), Gate([1])
+    with anyio.fail_after(10):
+        for pipeline, gates in (
+            (up1.source() | switch_map(lambda _: inner.source()), [inner, up1]),
+            (up2.source() | combine_latest(other.source()), [other, up2]),
+        ):
+            with anyio.CancelScope() as scope:
+                async with pipeline.stream() as items:
+                    async for _ in items:
+                        for gate in gates:
+                            await gate.waiting.wait()
+                        scope.cancel()
+            assert scope.cancelled_caught
+            for gate in gates:
+                await gate.closed.wait()
