@@ -340,3 +340,29 @@ async def test_cancelling_the_run_closes_the_inner_and_other_streams(anyio_backe
             assert scope.cancelled_caught
             for gate in gates:
                 await gate.closed.wait()
+
+
+@source
+async def _counting(n: int, every: int) -> AsyncIterator[int]:
+    for i in range(n):
+        if i % every == 0:
+            await anyio.lowlevel.checkpoint()
+        yield i
+
+
+async def test_latest_operators_at_a_high_rate_keep_their_counts(anyio_backend: Any) -> None:
+    # Whatever the interleaving: tuples only move forward, the last one holds every input's last item, and every
+    # item is accounted for (yielded in a tuple, counted as skipped, or the first of an input before all emitted).
+    with anyio.fail_after(50):
+        stage = combine_latest(_counting(3000, 7), _counting(2000, 3), capacity=8)
+        out = await (_counting(4000, 5) | stage).collect()
+        assert out[-1] == (3999, 2999, 1999)
+        for k in range(3):
+            column = [t[k] for t in out]
+            assert column == sorted(column)
+        assert len(out) == 9000 - stage.skipped - 2
+        pairing = with_latest_from(_counting(3000, 2))
+        paired = await (_counting(4000, 3) | pairing).collect()
+        assert len(paired) == 4000 - pairing.skipped
+        assert [u for u, _ in paired] == sorted(u for u, _ in paired)
+        assert [o for _, o in paired] == sorted(o for _, o in paired)
