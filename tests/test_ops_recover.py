@@ -76,6 +76,8 @@ async def test_other_errors_and_replacement_errors_propagate(anyio_backend: Any)
         assert "backup" in "".join(getattr(info.value, "__notes__", []))
     with pytest.raises(TypeError):
         catch(42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        catch(just(1), errors=BaseException)  # type: ignore[arg-type]
 
 
 async def test_replacement_is_closed_on_early_stop(anyio_backend: Any) -> None:

@@ -38,8 +38,9 @@ class catch(AbstractSegment[T, T]):
 
     *replacement* is a source or a pipeline that starts with one, or a
     function taking the exception and returning such a source (sync or
-    ``async def``).  Only exceptions of the types in *errors* (default:
-    ``Exception``) are caught; others, and cancellation, propagate::
+    ``async def``).  Only exceptions of the types in *errors* (``Exception``
+    subclasses; default: ``Exception``) are caught; others, and
+    cancellation, propagate::
 
         live_feed() | catch(read_jsonl("backup.jsonl"))        # switch to the backup
         src() | parse() | catch(lambda exc: just({"error": str(exc)}))
@@ -58,7 +59,7 @@ class catch(AbstractSegment[T, T]):
         self,
         replacement: Replacement | Callable[[BaseException], Any],
         *,
-        errors: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+        errors: type[Exception] | tuple[type[Exception], ...] = Exception,
         capacity: int = DEFAULT_LANE,
         name: str | None = None,
     ) -> None:
@@ -70,6 +71,10 @@ class catch(AbstractSegment[T, T]):
             self.factory = replacement
         else:
             raise TypeError(f"catch: expected a source, a pipeline or a function, got {replacement!r}")
+        kinds = errors if isinstance(errors, tuple) else (errors,)
+        if not all(isinstance(k, type) and issubclass(k, Exception) for k in kinds):
+            # cancellation and the generator's own close must always get through
+            raise TypeError(f"catch: errors must be Exception types, not {errors!r}")
         self.errors = errors
         self.capacity = capacity
         self.caught = 0
