@@ -482,3 +482,28 @@ def test_sync_run_collected_with_a_cycle(sync_mode: str) -> None:
     del items, holder
     gc.collect()
     assert ref() is None and sorted(log) == ["check closed", "source closed"]  # the collector picks the order
+
+
+def test_sync_run_c_type_directly() -> None:
+    # From Python 3.12 iter_sync() uses the generator (see run_sync); the C type is checked on every Python here.
+    if _items._speedups is None:
+        pytest.skip("C extension not built")
+    seen: list[BaseException] = []
+    closed: list[bool] = []
+    run = _items._speedups.SyncRun(iter([1, 2]), seen.append, lambda: closed.append(True))
+    assert list(run) == [1, 2] and closed == [True] and seen == []
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise KeyError("x")
+
+    run = _items._speedups.SyncRun(failing(), seen.append, lambda: closed.append(True))
+    assert next(run) == 1
+    with pytest.raises(KeyError):
+        next(run)
+    assert isinstance(seen[0], KeyError) and closed == [True, True]
+    run = _items._speedups.SyncRun(iter([1, 2]), seen.append, lambda: closed.append(True))
+    del run
+    assert closed == [True, True, True]  # dropped: closed at once
+    with pytest.raises(TypeError):
+        _items._speedups.SyncRun([1], seen.append, lambda: None)
