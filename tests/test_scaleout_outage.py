@@ -36,6 +36,9 @@ from tests.broker_helpers import (
     wait_until,
 )
 
+# Broker restarts, crashes and signals to worker processes: long attacks, run once per CI run (see .ci/run).
+pytestmark = pytest.mark.soak
+
 N = 4000
 BATCH = 50
 DELAY = 0.0008  # seconds of work per message: the workers are mid-stream when the broker goes down

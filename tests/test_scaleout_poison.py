@@ -28,6 +28,9 @@ import pytest
 from tests import servers
 from tests.broker_helpers import nats_fill, nats_read, start_worker
 
+# Broker restarts, crashes and signals to worker processes: long attacks, run once per CI run (see .ci/run).
+pytestmark = pytest.mark.soak
+
 N = 1000
 POISON = 137
 BATCH = 50

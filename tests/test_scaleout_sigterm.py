@@ -27,6 +27,9 @@ import pytest
 from tests import servers
 from tests.broker_helpers import counter, nats_count, nats_fill, nats_read, start_worker, wait_all, wait_until
 
+# Broker restarts, crashes and signals to worker processes: long attacks, run once per CI run (see .ci/run).
+pytestmark = pytest.mark.soak
+
 N = 3000
 BATCH = 50
 NEVER = 120.0  # claim_idle / ack_wait: no reclaim by time within the test
