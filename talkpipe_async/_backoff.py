@@ -85,6 +85,10 @@ class Backoff:
             attempt += 1
 
 
+#: How far below ``healthy_after`` a measured uptime may round and still count (one microsecond).
+_CLOCK_SLACK = 1e-6
+
+
 class Retries:
     """The retry rule every reconnecting stage shares: what counts as a failure, and the wait before the next try.
 
@@ -120,9 +124,11 @@ class Retries:
     def healthy(self) -> bool:
         """True when the current attempt delivered data and has been open for ``healthy_after`` seconds."""
         since = self._opened_at
-        return (
-            since is not None and self._productive and anyio.current_time() - since >= self.backoff.healthy_after
-        )
+        if since is None or not self._productive:
+            return False
+        # Clock readings are floats: an attempt up for exactly ``healthy_after`` seconds must count even when the
+        # subtraction rounds a few ulps below it (far from zero, as a long-running clock is).
+        return anyio.current_time() - since >= self.backoff.healthy_after - _CLOCK_SLACK
 
     def failed(self, base: float | None = None) -> float | None:
         """The current attempt ended: count it; the wait before the next one, or None once ``max_attempts`` are used.
