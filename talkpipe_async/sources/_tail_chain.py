@@ -486,7 +486,6 @@ class _Tailer:
         """One poll: returns the new items (lines and events) and whether more data is waiting."""
         src = self.src
         out: list[Any] = []
-        self.stats.polls += 1
         if self.scout_error is not None:
             error, self.scout_error = self.scout_error, None
             raise error
@@ -497,6 +496,8 @@ class _Tailer:
                 self.write_checkpoint()
         with self.chain_lock:
             self.discover()
+            # Counted once the path was looked at: a poll counted here has fixed where start="end" begins.
+            self.stats.polls += 1
             if not self.chain:
                 self._report_missing(out)
                 return out, False
