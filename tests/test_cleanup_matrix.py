@@ -273,7 +273,7 @@ async def leave_asyncio_wait_for_timeout(p: Pipeline[Any, Any]) -> None:
     import asyncio
 
     # The source waits forever after its items: wait_for's own timeout is what ends the block.
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):  # the builtin TimeoutError from Python 3.11 on
         await asyncio.wait_for(consume(p), timeout=0.2)
 
 

@@ -163,4 +163,7 @@ def test_ctrl_c_starts_no_new_item_and_surfaces_as_keyboard_interrupt(kind: str,
     finally:
         child.kill()
         child.wait()
-    assert out.strip() == "KeyboardInterrupt None [0]", out + err
+    # Before Python 3.11, anyio.run on asyncio turns Ctrl-C into CancelledError for any program (asyncio's tasks
+    # cannot be un-cancelled there); what this library adds, no stage blamed and no new item, holds all the same.
+    plain_anyio = "CancelledError" if sys.version_info < (3, 11) and backend == "asyncio" else "KeyboardInterrupt"
+    assert out.strip() == f"{plain_anyio} None [0]", out + err

@@ -181,7 +181,7 @@ async def test_asyncio_native_timers_follow_the_virtual_loop() -> None:
     start = loop.time()
     fired: list[float] = []
     loop.call_later(7.5, lambda: fired.append(loop.time() - start))
-    with pytest.raises(TimeoutError):
+    with pytest.raises(asyncio.TimeoutError):  # the builtin TimeoutError from Python 3.11 on
         await asyncio.wait_for(asyncio.sleep(100), 10)
     assert fired == [7.5] and loop.time() - start == 10
 
