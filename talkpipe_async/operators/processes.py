@@ -19,7 +19,7 @@ import traceback
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from multiprocessing.context import BaseContext
 from typing import Any, Generic, TypeVar
 
@@ -147,6 +147,8 @@ class _PoolRun:
         manager = getattr(self.pool, "_executor_manager_thread", None)
         if manager is not None:  # it notices the dead workers at once and fails the futures still out
             manager.join(CLEANUP_TIMEOUT)
+            if not manager.is_alive():
+                _forget_wakeup(manager)
         self.tasks.cancel()
 
     @staticmethod
@@ -377,3 +379,18 @@ class process_map(AbstractSegment[T, U], Generic[T, U]):
                     yield value
         finally:
             state.stop()
+
+
+def _forget_wakeup(manager: object) -> None:
+    """Drop a finished pool's entry from concurrent.futures' exit hook.
+
+    At interpreter exit that hook wakes every pool it still lists; for a pool whose workers were terminated, the
+    wake-up pipe may be closing in another thread at that moment, which prints "Exception ignored ... Bad file
+    descriptor".  The pool is finished, so there is nothing left to wake.
+    """
+    from concurrent.futures import process
+
+    wakeups = getattr(process, "_threads_wakeups", None)
+    if wakeups is not None:
+        with getattr(process, "_global_shutdown_lock", nullcontext()):
+            wakeups.pop(manager, None)
