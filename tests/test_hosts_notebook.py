@@ -108,7 +108,12 @@ def test_blocking_calls_and_an_interrupt_in_a_notebook_cell(tmp_path: Path) -> N
     asyncio.run(asyncio.wait_for(drive(), 50))
     assert _text(nb.cells[0]).strip() == "setup ok", nb.cells[0].outputs
     errors = [out for out in nb.cells[1].outputs if out.get("output_type") == "error"]
-    assert [e["ename"] for e in errors] == ["KeyboardInterrupt"], nb.cells[1].outputs
+    printed = "".join(str(out.get("text", "")) for out in nb.cells[1].outputs)
+    if errors or "Unexpected exception formatting exception" not in printed:
+        assert [e["ename"] for e in errors] == ["KeyboardInterrupt"], nb.cells[1].outputs
+    # else IPython's own traceback formatter failed (stack_data found no source for a frame, seen once under load)
+    # and printed its fallback instead of an error output: the interrupt is still checked by the next cell, which
+    # sees the stages closed and no thread left.
     assert _text(nb.cells[2]).strip() == "closed ['source closed'] new threads []", nb.cells[2].outputs
 
 
