@@ -22,7 +22,7 @@ pipeline is consumed, and items flow one at a time::
 
 from typing import TYPE_CHECKING, Any
 
-from ._core._errors import ErrorContext, error_context
+from ._core._errors import ErrorContext, TalkpipeAsyncError, error_context
 from ._core._fields import assign_field, extract_field
 from ._core._metadata import Flush, Metadata, create_metadata, is_metadata
 from ._core._pipeline import Pipeline, PipelineRun
@@ -79,6 +79,7 @@ __all__ = [
     "PipelineRun",
     "RunStats",
     "StageSnapshot",
+    "TalkpipeAsyncError",
     "assign_field",
     "create_metadata",
     "error_context",

@@ -41,6 +41,7 @@ import anyio
 import anyio.from_thread
 
 from . import _loops
+from ._core._errors import TalkpipeAsyncError
 from ._core._pipeline import BLOCKING_BATCH, BLOCKING_BUFFER, BLOCKING_LATENCY
 from ._loops import BACKENDS, LOOP_THREAD_PREFIX, loop_thread, shutdown
 from ._loops import get_loop as _get_loop
@@ -75,7 +76,7 @@ TIME_CHECK_EVERY = 32
 CLOSE_GRACE = 10.0
 
 
-class EventLoopRunningError(RuntimeError):
+class EventLoopRunningError(RuntimeError, TalkpipeAsyncError):
     """A blocking call was made from one of the wrapper's own loop threads.
 
     Waiting there would deadlock (the run needs that loop); this happens when a

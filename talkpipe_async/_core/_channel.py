@@ -15,10 +15,12 @@ from typing import Any
 
 import anyio
 
+from ._errors import TalkpipeAsyncError
+
 __all__ = ["Channel", "ChannelClosed"]
 
 
-class ChannelClosed(Exception):
+class ChannelClosed(TalkpipeAsyncError):
     """Raised to a producer whose consumer went away (the run is ending)."""
 
 

@@ -15,9 +15,21 @@ from functools import lru_cache
 from types import CodeType, FrameType
 from typing import Any
 
-__all__ = ["ErrorContext", "add_note", "annotate", "attach_context", "error_context"]
+__all__ = ["ErrorContext", "TalkpipeAsyncError", "add_note", "annotate", "attach_context", "error_context"]
 
 _MISSING = object()
+
+
+class TalkpipeAsyncError(Exception):
+    """The root of every exception this library raises itself.
+
+    ``except TalkpipeAsyncError`` catches any of them.  Each one also keeps the standard-library base that
+    describes it (a lost connection is a ``ConnectionError``, a malformed record a ``ValueError``, a stage
+    timeout a ``TimeoutError``), so code written against those bases keeps working.  Exceptions raised by
+    user code inside a stage pass through unchanged: they get a note naming the stage and the item, not
+    this base.
+    """
+
 _repr = reprlib.Repr()
 _repr.maxstring = 120
 _repr.maxother = 120

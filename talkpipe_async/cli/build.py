@@ -32,7 +32,7 @@ import httpx
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-from .._core._errors import error_context
+from .._core._errors import TalkpipeAsyncError, error_context
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
 from ..observe import progress
@@ -135,7 +135,7 @@ class CliState:
     sources: list[Any] = field(default_factory=list)
 
 
-class BadTarget(ValueError):
+class BadTarget(ValueError, TalkpipeAsyncError):
     """``run MODULE:ATTRIBUTE`` names nothing usable (exit code 2)."""
 
 

@@ -30,6 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .._core._errors import TalkpipeAsyncError
+
 __all__ = ["MAX_DEPTH", "MAX_LENGTH", "Condition", "ConditionError", "parse_condition"]
 
 MAX_LENGTH = 2000
@@ -50,7 +52,7 @@ _KEYWORDS = {"and", "or", "not", "exists", "missing", "true", "false", "null"}
 _MISSING = object()
 
 
-class ConditionError(ValueError):
+class ConditionError(ValueError, TalkpipeAsyncError):
     """A ``--where`` condition that does not parse; the message points at the column."""
 
 

@@ -37,6 +37,7 @@ from typing import Any, Generic, Literal, TypeVar
 import anyio
 
 from .._core._channel import Channel, ChannelClosed
+from .._core._errors import TalkpipeAsyncError
 from .._core._run import current_run
 from .._core._segment import AbstractSegment, AbstractSource
 from ._outage import BrokerUnavailable
@@ -69,11 +70,11 @@ logger = logging.getLogger("talkpipe_async.connectors")
 CLOSE_TIMEOUT = 5.0
 
 
-class MissingClient(ImportError):
+class MissingClient(ImportError, TalkpipeAsyncError):
     """The optional client library of a connector is not installed."""
 
 
-class BackendNotSupported(RuntimeError):
+class BackendNotSupported(RuntimeError, TalkpipeAsyncError):
     """The connector's client library cannot run on the current event loop (trio)."""
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .._backoff import Backoff
+from .._core._errors import TalkpipeAsyncError
 
 __all__ = ["DEFAULT_OUTAGE_BUDGET", "BrokerUnavailable", "OutageGuard"]
 
@@ -30,7 +31,7 @@ OUTAGE_BACKOFF = Backoff(initial=0.05, maximum=1.0, jitter="equal")
 WARN_EVERY = 5.0
 
 
-class BrokerUnavailable(ConnectionError):
+class BrokerUnavailable(ConnectionError, TalkpipeAsyncError):
     """The broker could not be reached: the first connection failed, or an outage outlasted its budget."""
 
 

@@ -25,6 +25,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._core._channel import Channel
+from .._core._errors import TalkpipeAsyncError
 from .._core._metadata import Metadata
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
@@ -80,11 +81,11 @@ def require_asyncio(what: str, instead: str) -> None:
         ) from None
 
 
-class FeedClosed(Exception):
+class FeedClosed(TalkpipeAsyncError):
     """``push`` on a :class:`Feed` that was closed, or whose pipeline has stopped."""
 
 
-class DrainTimeout(Exception):
+class DrainTimeout(TalkpipeAsyncError):
     """``stop(drain=True, grace=...)`` ran out of time and the run was cancelled.
 
     ``accepted``: items whose ``push`` returned; ``entered``: of those, the

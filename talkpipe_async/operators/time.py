@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 
 import anyio
 
+from .._core._errors import TalkpipeAsyncError
 from .._core._metadata import Flush, Metadata
 from .._core._segment import AbstractSegment, AbstractSource
 from ._clock import Feed
@@ -37,7 +38,7 @@ def _positive(name: str, value: float, what: str) -> None:
         raise ValueError(f"{name}: {what} must be positive, not {value!r}")
 
 
-class StageTimeout(TimeoutError):
+class StageTimeout(TimeoutError, TalkpipeAsyncError):
     """A :class:`timeout` or :class:`deadline` stage ran out of time; ``stage`` names it."""
 
     def __init__(self, message: str, stage: str, seconds: float) -> None:

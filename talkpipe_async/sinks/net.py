@@ -23,6 +23,7 @@ import anyio.abc
 import httpx
 
 from .._backoff import Retries
+from .._core._errors import TalkpipeAsyncError
 from .._core._metadata import Flush, is_metadata
 from .._core._segment import AbstractSegment
 from ..sources.http import _client_for
@@ -34,7 +35,7 @@ __all__ = ["DeliveryFailed", "http_post_batches", "stdout_sink", "tcp_sink", "un
 Format = Literal["lines", "jsonl"]
 
 
-class DeliveryFailed(ConnectionError):
+class DeliveryFailed(ConnectionError, TalkpipeAsyncError):
     """A batch could not be delivered after every retry; ``items`` holds the undelivered batch."""
 
     def __init__(self, message: str, items: list[Any]) -> None:

@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
+from .._core._errors import TalkpipeAsyncError
+
 __all__ = ["DEFAULT_MAX_LINE", "READ_SIZE", "ConnectionLost", "LineFramer", "LineTooLong", "NetStats", "Overlong"]
 
 log = logging.getLogger("talkpipe_async.net")
@@ -21,11 +23,11 @@ DEFAULT_MAX_LINE = 1 << 20
 Overlong = Literal["raise", "skip"]
 
 
-class LineTooLong(ValueError):
+class LineTooLong(ValueError, TalkpipeAsyncError):
     """A line exceeded ``max_line_bytes`` (raised with policy ``on_overlong="raise"``)."""
 
 
-class ConnectionLost(ConnectionError):
+class ConnectionLost(ConnectionError, TalkpipeAsyncError):
     """A stream ended abnormally (reset, protocol error, read timeout) and reconnecting is off."""
 
 

@@ -41,6 +41,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .._core._channel import Channel, ChannelClosed
+from .._core._errors import TalkpipeAsyncError
 from .._core._items import BatchSource
 from .._core._run import current_run
 
@@ -119,7 +120,7 @@ class FileStats:
         return asdict(self)
 
 
-class RecordError(ValueError):
+class RecordError(ValueError, TalkpipeAsyncError):
     """A line or record that the stage's error policy refused: names the stage, the file and the line."""
 
     def __init__(

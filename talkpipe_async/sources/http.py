@@ -21,6 +21,7 @@ import anyio
 import httpx
 
 from .._backoff import Retries
+from .._core._errors import TalkpipeAsyncError
 from .._core._segment import AbstractSource
 from .sockets import DEFAULT_MAX_LINE, Backoff, ConnectionLost, LineFramer, NetStats, Overlong
 
@@ -38,7 +39,7 @@ OnDisconnect = Literal["raise", "reconnect"]
 OnError = Literal["raise", "skip"] | Callable[["MalformedRecord"], Any]
 
 
-class MalformedRecord(ValueError):
+class MalformedRecord(ValueError, TalkpipeAsyncError):
     """A record that could not be parsed; ``line_number`` is 1-based, ``line`` its first 200 bytes."""
 
     def __init__(self, message: str, *, source: str, line_number: int, line: bytes) -> None:

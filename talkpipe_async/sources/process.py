@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 
+from .._core._errors import TalkpipeAsyncError
 from .._core._run import current_run
 from .sockets import DEFAULT_MAX_LINE, READ_SIZE, NetStats, Overlong, _FramedSource
 
@@ -19,7 +20,7 @@ __all__ = ["ProcessFailed", "process_lines", "stdin_lines"]
 KILL_TIMEOUT = 5.0
 
 
-class ProcessFailed(subprocess.CalledProcessError):
+class ProcessFailed(subprocess.CalledProcessError, TalkpipeAsyncError):
     """The process exited with a non-zero status; ``stderr`` holds (the end of) its error output."""
 
     def __str__(self) -> str:

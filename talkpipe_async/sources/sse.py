@@ -21,6 +21,7 @@ import anyio
 import httpx
 
 from .._backoff import Retries
+from .._core._errors import TalkpipeAsyncError
 from .._core._segment import AbstractSource
 from .http import _client_for, _timeout
 from .sockets import Backoff, NetStats
@@ -31,7 +32,7 @@ _LINE_END = re.compile(r"\r\n|\r|\n")
 DEFAULT_MAX_LINE_CHARS = 1 << 20
 
 
-class SSEError(Exception):
+class SSEError(TalkpipeAsyncError):
     """The event stream cannot continue: a non-200 status, a wrong content type, an over-long line."""
 
 

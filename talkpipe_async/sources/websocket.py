@@ -34,6 +34,7 @@ import anyio
 import httpx
 
 from .._backoff import Retries
+from .._core._errors import TalkpipeAsyncError
 from .._core._segment import AbstractSource
 from .http import MalformedRecord, _client_for
 from .sockets import READ_SIZE, Backoff, ConnectionLost, NetStats, Overlong
@@ -139,7 +140,7 @@ def http_url(url: str) -> str:
     return url
 
 
-class MessageTooLarge(ValueError):
+class MessageTooLarge(ValueError, TalkpipeAsyncError):
     """A message exceeded ``max_message_bytes`` (raised with ``on_oversize="raise"``)."""
 
 
@@ -156,7 +157,7 @@ class WebSocketClosed(ConnectionLost):
         self.reason = reason
 
 
-class WebSocketRejected(ConnectionError):
+class WebSocketRejected(ConnectionError, TalkpipeAsyncError):
     """The server refused the WebSocket handshake; ``status_code`` is its HTTP answer."""
 
     def __init__(self, message: str, *, status_code: int) -> None:

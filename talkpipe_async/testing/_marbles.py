@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import anyio
 
+from .._core._errors import TalkpipeAsyncError
 from .._core._metadata import Flush
 from .._core._segment import AbstractSource
 from ._clock import in_virtual_time
@@ -28,7 +29,7 @@ DEFAULT_UNIT = 0.01
 _AFTER_END = 10
 
 
-class MarbleError(Exception):
+class MarbleError(TalkpipeAsyncError):
     """The error a ``#`` of an input diagram raises (unless ``values`` maps ``#`` to an exception)."""
 
 

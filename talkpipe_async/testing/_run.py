@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 
+from .._core._errors import TalkpipeAsyncError
 from ._clock import clock_is_virtual
 
 __all__ = ["StageTimedOut", "assert_emits", "describe_difference", "run_stage"]
@@ -18,7 +19,7 @@ _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = 8
 _SHORT.maxstring = _SHORT.maxother = 60
 
 
-class StageTimedOut(AssertionError):
+class StageTimedOut(AssertionError, TalkpipeAsyncError):
     """The stage did not finish within the test's timeout; ``items`` holds what it emitted before."""
 
     def __init__(self, message: str, items: list[Any]) -> None:
