@@ -24,6 +24,7 @@ import anyio.to_thread
 from .._core._channel import Channel
 from .._core._closing import CLEANUP_TIMEOUT
 from .._core._errors import attach_context
+from .._core._fields import extract_field
 from .._core._metadata import Metadata
 from .._core._run import current_run
 from .._core._segment import AbstractSegment
@@ -69,18 +70,82 @@ class TaskScopes:
 class _Slot:
     """One item's result: filled in by a worker, read by the consumer."""
 
-    __slots__ = ("done", "ok", "value")
+    __slots__ = ("done", "key", "ok", "value")
 
     def __init__(self, done: bool = False, value: Any = None) -> None:
         self.done = done
         self.ok = True
         self.value = value
+        self.key: Any = None
 
 
-class _MapRun:
+KeyFunc = Callable[[Any], Any]
+
+
+def key_function(key: str | KeyFunc) -> KeyFunc:
+    """A callable on the item: *key* itself, or reading the dotted field *key* (``"_"``: the item)."""
+    if isinstance(key, str):
+        path = key
+        return lambda item: extract_field(item, path)
+    if not callable(key):
+        raise TypeError(f"key must be a callable or a field name, not {key!r}")
+    return key
+
+
+class ResultWindow:
+    """The consumer side of a pool of workers: results leave in the order of ``out``.
+
+    ``out`` holds entries with a ``done`` flag: every entry in input order
+    (ordered: the reorder window, whose head may still be running), or only
+    finished ones (unordered).  Workers set ``done`` and call
+    :meth:`wake_consumer`; the feeder sets ``ended`` (and ``end_error``)
+    when the upstream is over.
+    """
+
+    out: deque[Any]
+    consumer: anyio.Event | None
+    ended: bool
+    end_error: BaseException | None
+    busy: int
+
+    def wake_consumer(self) -> None:
+        if self.consumer is not None:
+            self.consumer.set()
+
+    def finished(self) -> bool:
+        """Nothing more can come: the upstream ended and every entry has left."""
+        return self.ended and not self.out and not self.busy
+
+    async def next_done(self) -> Any:
+        """The next finished entry, in order; ``None`` at the end (or the upstream's error)."""
+        out = self.out
+        while True:
+            if out and out[0].done:
+                return out.popleft()
+            if self.finished():
+                if self.end_error is not None:
+                    error, self.end_error = self.end_error, None
+                    raise error
+                return None
+            self.consumer = anyio.Event()
+            try:
+                await self.consumer.wait()
+            finally:
+                self.consumer = None
+
+
+class _MapRun(ResultWindow):
     """Per-run state of a concurrent map (see :class:`concurrent_map`)."""
 
-    def __init__(self, fn: Callable[[Any], Awaitable[Any]], limit: int, window: int, ordered: bool, label: str):
+    def __init__(
+        self,
+        fn: Callable[[Any], Awaitable[Any]],
+        limit: int,
+        window: int,
+        ordered: bool,
+        label: str,
+        key: KeyFunc | None = None,
+    ):
         self.fn = fn
         self.limit = limit
         self.window = window
@@ -99,19 +164,19 @@ class _MapRun:
         self.stopping = False
         self.end_error: BaseException | None = None
         self.high_water = 0
+        self.key = key
+        # keyed: the keys with an item running, each with its later items waiting their turn (arrival order)
+        self.queued: dict[Any, deque[tuple[_Slot, Any]]] = {}
 
     def stop(self) -> None:
         """The consumer is gone: wake the feeder and idle workers so they return, and stop the tasks."""
         self.stopping = True
         self.inq.clear()
+        self.queued.clear()
         self.wake_feeder()
         for event in self.idle:
             event.set()
         self.tasks.cancel()
-
-    def wake_consumer(self) -> None:
-        if self.consumer is not None:
-            self.consumer.set()
 
     def wake_feeder(self) -> None:
         if self.feeder is not None:
@@ -147,8 +212,10 @@ class _MapRun:
                 slot = _Slot()
                 if self.ordered:
                     self.out.append(slot)
-                self.inq.append((slot, item))
                 self.busy += 1
+                if self.key is not None and not self.admit(slot, item):
+                    continue  # its key is busy: it runs when the earlier items of its key are done
+                self.inq.append((slot, item))
                 if self.idle:
                     self.idle.pop().set()
                 elif self.workers < self.limit:
@@ -163,12 +230,55 @@ class _MapRun:
             event.set()
         self.wake_consumer()
 
+    def admit(self, slot: _Slot, item: Any) -> bool:
+        """Keyed: True if *item* may run now; else it waits behind the earlier items of its key.
+
+        A key function that fails fails the item (its error takes the item's place).
+        """
+        try:
+            k = self.key(item)  # type: ignore[misc]
+            waiting = self.queued.get(k)
+        except Exception as exc:
+            blame(exc, self.label, item)
+            self.finish(slot, False, exc)
+            return False
+        slot.key = k
+        if waiting is None:
+            self.queued[k] = deque()
+            return True
+        waiting.append((slot, item))
+        return False
+
+    def next_of_key(self, slot: _Slot) -> None:
+        """Keyed: *slot* is done; the next item of its key (if any) becomes ready to run."""
+        waiting = self.queued[slot.key]
+        if waiting:
+            self.inq.append(waiting.popleft())
+        else:
+            del self.queued[slot.key]
+
+    def finish(self, slot: _Slot, ok: bool, value: Any) -> None:
+        """Record *slot*'s result and hand it towards the consumer."""
+        slot.ok = ok
+        slot.value = value
+        slot.done = True
+        self.busy -= 1
+        if self.ordered:
+            if self.out[0] is slot:
+                self.wake_consumer()
+        else:
+            self.out.append(slot)
+            self.wake_consumer()
+            if not self.busy:
+                self.wake_feeder()
+
     async def work(self) -> None:
         """A worker task: applies the function to dispatched items until the end."""
         fn = self.fn
         inq = self.inq
         out = self.out
         ordered = self.ordered
+        keyed = self.key is not None
         while True:
             while inq:
                 slot, item = inq.popleft()
@@ -180,6 +290,8 @@ class _MapRun:
                     slot.value = exc
                 slot.done = True
                 self.busy -= 1
+                if keyed and not self.stopping:
+                    self.next_of_key(slot)
                 if ordered:
                     if out[0] is slot:
                         self.wake_consumer()
@@ -196,27 +308,13 @@ class _MapRun:
 
     async def results(self) -> AsyncGenerator[Any, None]:
         """The consumer side, in the stage's own generator."""
-        out = self.out
-        while True:
-            if out and out[0].done:
-                slot = out.popleft()
-                self.held -= 1
-                if self.feeder is not None:
-                    self.feeder.set()
-                if not slot.ok:
-                    raise slot.value
-                yield slot.value
-                continue
-            if self.ended and not out and not self.busy:
-                if self.end_error is not None:
-                    error, self.end_error = self.end_error, None
-                    raise error
-                return
-            self.consumer = anyio.Event()
-            try:
-                await self.consumer.wait()
-            finally:
-                self.consumer = None
+        while (slot := await self.next_done()) is not None:
+            self.held -= 1
+            if self.feeder is not None:
+                self.feeder.set()
+            if not slot.ok:
+                raise slot.value
+            yield slot.value
 
 
 class concurrent_map(AbstractSegment[T, U], Generic[T, U]):
@@ -243,6 +341,15 @@ class concurrent_map(AbstractSegment[T, U], Generic[T, U]):
     Metadata: ordered, it keeps its position; unordered, it is a barrier (it
     leaves after every item read before it, and items read after it wait
     until it has been queued).
+
+    Keys: with ``key`` (a callable on the item, or a dotted field name),
+    items of one key run one at a time, in arrival order, while items of
+    different keys run concurrently (up to ``limit``).  ``ordered=True``
+    still yields in global input order; ``ordered=False`` yields as calls
+    finish, which keeps the input order within each key.  The items of a
+    busy key wait inside the window, so one slow key holds back the others
+    only once the window is full of its items (or, ordered, of items waiting
+    behind its oldest one).  A failing key function fails that item.
     """
 
     def __init__(
@@ -252,6 +359,7 @@ class concurrent_map(AbstractSegment[T, U], Generic[T, U]):
         *,
         ordered: bool = True,
         window: int | None = None,
+        key: str | Callable[[T], Any] | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(process_metadata=True)
@@ -264,6 +372,7 @@ class concurrent_map(AbstractSegment[T, U], Generic[T, U]):
         self.limit = limit
         self.window = window
         self.ordered = ordered
+        self.key = None if key is None else key_function(key)
         self.name = name or f"concurrent_map({getattr(fn, '__name__', type(fn).__name__)})"
 
     def _function(self) -> Callable[[Any], Awaitable[Any]]:
@@ -271,7 +380,7 @@ class concurrent_map(AbstractSegment[T, U], Generic[T, U]):
 
     async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[U]:
         """Yield ``fn(item)`` for every item (see the class docs for order)."""
-        state = _MapRun(self._function(), self.limit, self.window, self.ordered, self.label)
+        state = _MapRun(self._function(), self.limit, self.window, self.ordered, self.label, self.key)
         state.tasks.start(state.feed, items, name=f"talkpipe feeder for {self.label}")
         try:
             async with aclosing(state.results()) as steps:

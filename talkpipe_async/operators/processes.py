@@ -30,7 +30,7 @@ from .._core._closing import CLEANUP_TIMEOUT
 from .._core._errors import add_note, attach_context
 from .._core._metadata import Metadata
 from .._core._segment import AbstractSegment
-from .concurrency import TaskScopes
+from .concurrency import ResultWindow, TaskScopes
 
 __all__ = ["process_map"]
 
@@ -100,7 +100,7 @@ class _Batch:
         self.error: BaseException | None = None
 
 
-class _PoolRun:
+class _PoolRun(ResultWindow):
     """Per-run state of a :class:`process_map`."""
 
     def __init__(self, stage: process_map[Any, Any]) -> None:
@@ -248,31 +248,20 @@ class _PoolRun:
         self.waiting.append(event)
         await event.wait()
 
+    def finished(self) -> bool:
+        return super().finished() and not self.inq
+
     async def results(self) -> AsyncGenerator[Any, None]:
         """The consumer side, in the stage's own generator."""
-        out = self.out
-        while True:
-            if out and out[0].done:
-                batch = out.popleft()
-                for value in batch.values:
-                    self.held -= 1
-                    self.wake(self.feeder)
-                    yield value
-                if batch.error is not None:
-                    self.held -= 1
-                    error, batch.error = batch.error, None
-                    raise error
-                continue
-            if self.ended and not out and not self.busy and not self.inq:
-                if self.end_error is not None:
-                    error, self.end_error = self.end_error, None
-                    raise error
-                return
-            self.consumer = anyio.Event()
-            try:
-                await self.consumer.wait()
-            finally:
-                self.consumer = None
+        while (batch := await self.next_done()) is not None:
+            for value in batch.values:
+                self.held -= 1
+                self.wake(self.feeder)
+                yield value
+            if batch.error is not None:
+                self.held -= 1
+                error, batch.error = batch.error, None
+                raise error
 
 
 class process_map(AbstractSegment[T, U], Generic[T, U]):
