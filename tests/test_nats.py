@@ -162,7 +162,7 @@ async def test_nak_then_dead_letter_after_max_deliveries(nats_url: str, env: Env
     dead = await env.read_all(f"DEAD{env.dead.split('.')[1]}")
     assert len(dead) == 1 and json.loads(dead[0].data) == "bad"
     assert "delivered 3 times" in dead[0].headers["dlq-reason"]
-    assert mapper.errors == 2 and src.stats.dead_lettered == 1 and src.stats.naked == 2
+    assert mapper.errors == 2 and src.stats.dead_lettered == 1 and src.stats.nacked == 2
     assert await env.ack_pending() == 0
 
 

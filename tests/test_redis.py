@@ -254,3 +254,16 @@ async def test_unreachable_server_fails_clearly_after_bounded_retries() -> None:
 
 def test_trio_is_refused_clearly() -> None:
     check_refused_on_trio(lambda: RedisStreamSource("s", "g", url="redis://127.0.0.1:1/0"))
+
+
+def test_stats_naked_is_a_deprecated_alias_of_nacked() -> None:
+    from talkpipe_async.connectors import ConnectorStats
+
+    stats = ConnectorStats()
+    stats.nacked = 3
+    with pytest.warns(DeprecationWarning, match="nacked"):
+        assert stats.naked == 3
+    with pytest.warns(DeprecationWarning, match="nacked"):
+        stats.naked = 4
+    assert stats.nacked == 4
+    assert "naked" not in stats.as_dict() and stats.as_dict()["nacked"] == 4

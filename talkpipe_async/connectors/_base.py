@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, fields
@@ -113,7 +114,7 @@ class ConnectorStats:
     """Messages yielded that had been delivered before (reclaimed or redelivered)."""
     acked: int = 0
     """Acknowledgements issued."""
-    naked: int = 0
+    nacked: int = 0
     """Negative acknowledgements (redeliver later)."""
     dead_lettered: int = 0
     """Messages moved to the dead-letter stream/subject (poison, malformed or terminated)."""
@@ -139,6 +140,19 @@ class ConnectorStats:
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def naked(self) -> int:
+        """Deprecated spelling of :attr:`nacked` (kept for one release)."""
+        warnings.warn("ConnectorStats.naked is deprecated: use ConnectorStats.nacked", DeprecationWarning,
+                      stacklevel=2)
+        return self.nacked
+
+    @naked.setter
+    def naked(self, value: int) -> None:
+        warnings.warn("ConnectorStats.naked is deprecated: use ConnectorStats.nacked", DeprecationWarning,
+                      stacklevel=2)
+        self.nacked = value
 
 
 class AckToken(ABC):
@@ -215,7 +229,7 @@ class Message(Generic[T]):
 
     @property
     def settled(self) -> bool:
-        """True once the message was acked, naked or terminated."""
+        """True once the message was acked, nacked or terminated."""
         return self.token.settled
 
     def with_data(self, data: Any) -> Message[Any]:

@@ -133,7 +133,7 @@ class RedisSession(BrokerSession):
             raise
 
     async def nak(self, id: str, delay: float) -> None:
-        self.stats.naked += 1
+        self.stats.nacked += 1
         idle_ms = max(0, int((self.src.claim_idle - delay) * 1000))
         await self.guard.call("XCLAIM (nak)", self.client.xclaim, self.stream, self.group, self.consumer, 0, [id],
                               idle=idle_ms, justid=True)

@@ -175,7 +175,7 @@ class JetStreamToken(AckToken):
     async def nak(self, delay: float | None = None) -> None:
         """``-NAK``: redeliver (after *delay* seconds)."""
         if self._settle():
-            self._session.stats.naked += 1
+            self._session.stats.nacked += 1
             await self._msg.nak(delay=delay)
 
     async def term(self, reason: str) -> None:
