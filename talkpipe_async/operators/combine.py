@@ -25,6 +25,7 @@ import anyio
 import anyio.lowlevel
 
 from .._core._channel import Channel, ChannelClosed
+from .._core._counters import Counters
 from .._core._metadata import Metadata
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
@@ -527,8 +528,8 @@ class chain_with(AbstractSegment[Any, Any]):
 
 
 @dataclass
-class ForkStats:
-    """Counters of one fork run: per branch, items delivered and dropped.
+class ForkStats(Counters):
+    """Counters of a fork (accumulated over all its runs): per branch, items delivered and dropped.
 
     ``dropped[i]`` counts items the ``drop_oldest`` policy discarded because
     branch ``i`` was too slow; ``delivered[i]`` counts items handed to branch
@@ -679,8 +680,8 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
     Errors: a branch's error is raised downstream (with its type) and ends
     the fork; an upstream error is raised after every branch has finished the
     items it received.  A branch that ends early simply stops receiving
-    items.  ``stats`` (a :class:`ForkStats`) is filled in by the run; without
-    one, each run makes its own, and ``last_stats`` points at the latest.
+    items.  ``stats`` (a :class:`ForkStats`: the one given, else the fork's
+    own) counts over all its runs; ``last_stats`` is the same object.
     """
 
     def __init__(
@@ -709,7 +710,7 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
         self.buffer = buffer
         self.policy = policy
         self.copy = copy
-        self.stats = stats
+        self.stats = stats if stats is not None else ForkStats()
         self.last_stats: ForkStats | None = None
         self.name = name or ("fork" if mode == "broadcast" else "split")
 
@@ -717,8 +718,8 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
         """Feed the branches and yield their merged outputs."""
         n = len(self.branches)
         stats = self.stats if self.stats is not None else ForkStats()
-        stats.delivered = [0] * n
-        stats.dropped = [0] * n
+        if len(stats.delivered) != n or len(stats.dropped) != n:  # a fresh ForkStats; a used one keeps counting
+            stats.delivered, stats.dropped = [0] * n, [0] * n
         self.last_stats = stats
         inputs = [_BranchInput(i, self.buffer, self.policy == "drop_oldest", stats, self.label) for i in range(n)]
         fan = FanIn(n, self.buffer)

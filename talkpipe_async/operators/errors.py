@@ -30,6 +30,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from .._backoff import Backoff, Retries
 from .._core._channel import Channel, ChannelClosed
+from .._core._counters import Counters
 from .._core._errors import add_note
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
@@ -70,8 +71,8 @@ class DeadLetter:
 
 
 @dataclass
-class ErrorStats:
-    """Counters of one :class:`on_error` run."""
+class ErrorStats(Counters):
+    """Counters of an :class:`on_error` stage (accumulated over all its runs)."""
 
     failed: int = 0
     skipped: int = 0
@@ -153,7 +154,8 @@ class on_error(AbstractSegment[T, U], Generic[T, U]):
     that fails before reading any new item is not restarted (the error is
     raised).  Upstream errors are never handled here.  Metadata: the wrapper
     takes metadata exactly when ``inner`` does.  Counters: ``stats`` (an
-    :class:`ErrorStats`) if given, else a fresh one per run at ``last_stats``.
+    :class:`ErrorStats`: the one given, else the stage's own) counts over all
+    the stage's runs; ``last_stats`` is the same object.
     """
 
     @overload
@@ -211,7 +213,7 @@ class on_error(AbstractSegment[T, U], Generic[T, U]):
         self.value = value
         self.sink = sink
         self.errors = errors
-        self.stats = stats
+        self.stats = stats if stats is not None else ErrorStats()
         self.last_stats: ErrorStats | None = None
         self.inner_label = inner_label
         self.name = name or f"on_error({inner_label}, {policy})"

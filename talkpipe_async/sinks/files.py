@@ -20,6 +20,7 @@ import anyio
 import anyio.to_thread
 
 from .._core._channel import Channel, ChannelClosed
+from .._core._counters import Counters
 from .._core._fields import extract_field
 from .._core._metadata import Flush, Metadata
 from .._core._run import current_run
@@ -30,7 +31,7 @@ __all__ = ["SinkStats", "write_jsonl", "write_lines"]
 
 
 @dataclass
-class SinkStats:
+class SinkStats(Counters):
     """Counters of a file sink (accumulated over all runs of the stage)."""
 
     items: int = 0

@@ -41,6 +41,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .._core._channel import Channel, ChannelClosed
+from .._core._counters import Counters
 from .._core._errors import TalkpipeAsyncError
 from .._core._items import BatchSource
 from .._core._run import current_run
@@ -73,7 +74,7 @@ OnError = Literal["raise", "skip"]
 
 
 @dataclass
-class FileStats:
+class FileStats(Counters):
     """Counters of a file or tail source (accumulated over all runs of the stage).
 
     Nothing is dropped without being counted here; the ``max_line`` drops and
@@ -100,6 +101,8 @@ class FileStats:
     """Tail: times the file was truncated (or replaced in place) and reading restarted at 0."""
     rotations: int = 0
     """Tail: times the path was rotated (renamed, deleted and recreated) and the tail switched files."""
+    recovered: int = 0
+    """Tail: rotated files that left the path before the tail could open them there, found by their new name."""
     missing: int = 0
     """Tail: times the path was found missing (reported once per absence)."""
     partial_discarded: int = 0
