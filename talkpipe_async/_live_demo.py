@@ -19,9 +19,10 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
+from ._backoff import Backoff
 from ._core._pipeline import Pipeline
 from ._core._segment import segment
-from .sources.sockets import Backoff, NetStats
+from .sources.sockets import NetStats
 from .sources.sse import SSEEvent, sse_events
 
 __all__ = ["run_live_demo"]

@@ -32,6 +32,7 @@ import httpx
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
+from .._backoff import Backoff
 from .._core._errors import TalkpipeAsyncError, error_context
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
@@ -46,7 +47,7 @@ from ..sinks.net import DeliveryFailed, http_post_batches, stdout_sink, tcp_sink
 from ..sources.files import read_lines
 from ..sources.http import http_lines, http_ndjson
 from ..sources.process import process_lines, stdin_lines
-from ..sources.sockets import Backoff, ConnectionLost, NetStats, tcp_lines, tcp_server_lines
+from ..sources.sockets import ConnectionLost, NetStats, tcp_lines, tcp_server_lines
 from ..sources.sse import SSEError, SSEEvent, sse_events
 from ..sources.tail import Line, tail_file
 from .args import (

@@ -22,12 +22,13 @@ import anyio
 import anyio.abc
 import httpx
 
-from .._backoff import Retries
+from .._backoff import Backoff, Retries
 from .._core._errors import TalkpipeAsyncError
 from .._core._metadata import Flush, is_metadata
 from .._core._segment import AbstractSegment
-from ..sources.http import _client_for
-from ..sources.sockets import Backoff, ConnectionLost, NetStats, _check_unix_path, _connect_tcp, _connect_unix
+from .._net.connect import check_unix_path, connect_tcp, connect_unix
+from .._net.framing import ConnectionLost, NetStats
+from .._net.http import client_for
 from ._ndjson import ndjson_dumps
 
 __all__ = ["DeliveryFailed", "http_post_batches", "stdout_sink", "tcp_sink", "unix_sink"]
@@ -255,7 +256,7 @@ class tcp_sink(_SocketSink):
 
     async def _open(self) -> Any:
         with anyio.fail_after(self.connect_timeout):
-            return await _connect_tcp(self.host, self.port, self.tls, self.ssl_context, self.tls_hostname)
+            return await connect_tcp(self.host, self.port, self.tls, self.ssl_context, self.tls_hostname)
 
 
 class unix_sink(_SocketSink):
@@ -277,13 +278,13 @@ class unix_sink(_SocketSink):
         super().__init__(format=format, serializer=serializer, flush_every=flush_every, stats=stats, name=name)
         self.reconnect = reconnect
         self.backoff = backoff or Backoff()
-        self.path = _check_unix_path(path)
+        self.path = check_unix_path(path)
 
     def _where(self) -> str:
         return str(self.path)
 
     async def _open(self) -> Any:
-        return await _connect_unix(self.path)
+        return await connect_unix(self.path)
 
 
 class stdout_sink(_ByteSink):
@@ -406,7 +407,7 @@ class http_post_batches(AbstractSegment[Any, Any]):
         stats = self.stats if self.stats is not None else NetStats()
         batch: list[Any] = []
         held: list[Any] = []  # items and metadata in arrival order since the last POST
-        async with _client_for(self.client) as client:
+        async with client_for(self.client) as client:
             async for item in items:
                 held.append(item)
                 if is_metadata(item):

@@ -11,9 +11,9 @@ import httpx
 
 from .._core._run import current_run
 from .._core._segment import AbstractSegment
-from ..sources.http import _client_for
-from ..sources.sockets import ConnectionLost
-from ..sources.websocket import (
+from .._net.framing import ConnectionLost
+from .._net.http import client_for
+from .._net.websocket import (
     Mode,
     WebSocketStats,
     check_close_code,
@@ -105,7 +105,7 @@ class websocket_send(AbstractSegment[Any, Any]):
         stats = self.stats if self.stats is not None else WebSocketStats()
         where = f"{self.label} ({self.url})"
         encode = self._encoder(where)
-        async with _client_for(self.client) as client, AsyncExitStack() as stack:
+        async with client_for(self.client) as client, AsyncExitStack() as stack:
             try:
                 session = await stack.enter_async_context(
                     connect(

@@ -13,17 +13,17 @@ import json
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Mapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
 import httpx
 
-from .._backoff import Retries
+from .._backoff import Backoff, Retries
 from .._core._errors import TalkpipeAsyncError
 from .._core._segment import AbstractSource
-from .sockets import DEFAULT_MAX_LINE, Backoff, ConnectionLost, LineFramer, NetStats, Overlong
+from .._net.framing import DEFAULT_MAX_LINE, ConnectionLost, LineFramer, NetStats, Overlong
+from .._net.http import client_for, http_timeout
 
 __all__ = [
     "MalformedRecord",
@@ -47,24 +47,6 @@ class MalformedRecord(ValueError, TalkpipeAsyncError):
         self.source = source
         self.line_number = line_number
         self.line = line[:200]
-
-
-@asynccontextmanager
-async def _client_for(client: httpx.AsyncClient | None) -> AsyncIterator[httpx.AsyncClient]:
-    """The caller's client (left open), or a private one closed on exit."""
-    if client is not None:
-        yield client
-        return
-    own = httpx.AsyncClient()
-    try:
-        yield own
-    finally:
-        with anyio.CancelScope(shield=True):
-            await own.aclose()
-
-
-def _timeout(read: float | None, connect: float) -> httpx.Timeout:
-    return httpx.Timeout(connect=connect, read=read, write=30.0, pool=30.0)
 
 
 @dataclass(frozen=True)
@@ -111,9 +93,9 @@ class _HttpStream(AbstractSource[Any]):
     async def _chunks(self, stats: NetStats, restarted: list[int]) -> AsyncGenerator[bytes, None]:
         """Yield body chunks; on a reconnect, bump ``restarted[0]`` before the new body's chunks."""
         req = self.request
-        timeout = _timeout(self.read_timeout, self.connect_timeout)
+        timeout = http_timeout(self.read_timeout, self.connect_timeout)
         retries = Retries(self.backoff)
-        async with _client_for(self.client) as client:
+        async with client_for(self.client) as client:
             while True:
                 received = 0
                 try:
@@ -385,7 +367,7 @@ class http_poll(AbstractSource[Any]):
         last_digest = b""
         seen: OrderedDict[Hashable, None] = OrderedDict()
         next_tick = anyio.current_time()
-        async with _client_for(self.client) as client:
+        async with client_for(self.client) as client:
             while True:
                 await anyio.sleep_until(next_tick)
                 next_tick = max(next_tick + self.interval, anyio.current_time())

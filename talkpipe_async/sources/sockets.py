@@ -3,7 +3,7 @@
 Also re-exports the pieces every network stage shares: :class:`LineFramer`
 (64 KiB reads split into lines in Python, with a hard line-length cap) and
 :class:`NetStats` (counters a caller can read while and after a run), from
-``_framing``, and :class:`Backoff` (capped exponential backoff with jitter).
+the private transport layer, and :class:`Backoff` (capped exponential backoff with jitter).
 """
 
 from __future__ import annotations
@@ -13,27 +13,27 @@ import os
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 from anyio.abc import SocketAttribute
-from anyio.streams.tls import TLSListener, TLSStream
 
 from .._backoff import Backoff, Retries
 from .._core._channel import Channel, ChannelClosed
 from .._core._items import BatchSource
 from .._core._run import current_run
 from .._core._segment import AbstractSource
-from ._framing import DEFAULT_MAX_LINE as DEFAULT_MAX_LINE
-from ._framing import READ_SIZE as READ_SIZE
-from ._framing import ConnectionLost as ConnectionLost
-from ._framing import LineFramer as LineFramer
-from ._framing import LineTooLong as LineTooLong
-from ._framing import NetStats as NetStats
-from ._framing import Overlong as Overlong
+from .._net.connect import UnixAcceptor, check_unix_path, connect_tcp, connect_unix
+from .._net.framing import DEFAULT_MAX_LINE as DEFAULT_MAX_LINE
+from .._net.framing import READ_SIZE as READ_SIZE
+from .._net.framing import ConnectionLost as ConnectionLost
+from .._net.framing import LineFramer as LineFramer
+from .._net.framing import LineTooLong as LineTooLong
+from .._net.framing import NetStats as NetStats
+from .._net.framing import Overlong as Overlong
+from .._net.tls import CountingTLSListener, hang_up
 
 __all__ = [
     "Backoff",
@@ -52,34 +52,7 @@ __all__ = [
 
 log = logging.getLogger("talkpipe_async.net")
 
-#: how long a server waits for a TLS client's close_notify after sending its own
-TLS_SHUTDOWN_TIMEOUT = 2.0
-UNIX_PATH_MAX = 107  # sun_path holds 108 bytes, one of them the terminating NUL
-
 ItemT = TypeVar("ItemT")
-
-
-def _check_unix_path(path: str | os.PathLike[str]) -> str:
-    text = os.fspath(path)
-    if len(os.fsencode(text)) > UNIX_PATH_MAX:
-        raise ValueError(
-            f"unix socket path is {len(os.fsencode(text))} bytes, the limit is {UNIX_PATH_MAX}: {text!r} "
-            "(use a shorter directory, e.g. a tempfile.mkdtemp() under /tmp)"
-        )
-    return text
-
-
-async def _connect_tcp(
-    host: str, port: int, tls: bool, ssl_context: ssl.SSLContext | None, tls_hostname: str | None
-) -> anyio.abc.ByteStream:
-    """``anyio.connect_tcp`` with or without TLS."""
-    if not tls:
-        return await anyio.connect_tcp(host, port)
-    if ssl_context is None:
-        ssl_context = ssl.create_default_context()
-    return await anyio.connect_tcp(host, port, ssl_context=ssl_context, tls_hostname=tls_hostname or host)
-
-
 class _FramedSource(AbstractSource[ItemT]):
     """Shared options of the sources that split a byte stream with a :class:`LineFramer`."""
 
@@ -270,7 +243,7 @@ class tcp_lines(_StreamClient):
         return f"{self.host}:{self.port}"
 
     async def _connect(self) -> anyio.abc.ByteStream:
-        return await _connect_tcp(self.host, self.port, self.tls, self.ssl_context, self.tls_hostname)
+        return await connect_tcp(self.host, self.port, self.tls, self.ssl_context, self.tls_hostname)
 
 
 class tcp_bytes(tcp_lines):
@@ -314,13 +287,13 @@ class unix_lines(_StreamClient):
             stats=stats,
             name=name,
         )
-        self.path = _check_unix_path(path)
+        self.path = check_unix_path(path)
 
     def _where(self) -> str:
         return self.path
 
     async def _connect(self) -> anyio.abc.ByteStream:
-        return await _connect_unix(self.path)
+        return await connect_unix(self.path)
 
 
 class unix_bytes(unix_lines):
@@ -391,7 +364,7 @@ class _ServerSource(_FramedSource[str]):
             nonlocal active
             if active >= self.max_connections:
                 stats.rejected += 1
-                await _hang_up(stream)
+                await hang_up(stream)
                 return
             active += 1
             stats.connections += 1
@@ -427,53 +400,13 @@ class _ServerSource(_FramedSource[str]):
                 channel.close(exc)
             finally:
                 active -= 1
-                await _hang_up(stream)
+                await hang_up(stream)
 
         try:
             async with listener:
                 await listener.serve(handle)
         except Exception as exc:
             channel.close(exc)
-
-
-async def _hang_up(stream: anyio.abc.ByteStream) -> None:
-    """Close a served connection; a TLS one first with close_notify, so a standard client sees a clean end.
-
-    The server then waits (shielded, ``TLS_SHUTDOWN_TIMEOUT`` seconds at
-    most) for the client's close_notify or its end of stream, which also
-    drains what the client still sends: closing a socket with unread data
-    would make the kernel reset the connection, and the client could lose
-    our close_notify.
-    """
-    if isinstance(stream, TLSStream):
-        with anyio.move_on_after(TLS_SHUTDOWN_TIMEOUT, shield=True):
-            try:
-                await stream.unwrap()
-            except ssl.SSLError:  # data after our close_notify: send it if still held, drop the rest until EOF
-                await _flush_and_drain(stream)
-            except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError):
-                pass  # the client closed without its own close_notify, or reset: ours went out first
-    await anyio.aclose_forcefully(stream)
-
-
-async def _flush_and_drain(stream: TLSStream) -> None:
-    """Send what the TLS layer still holds (our close_notify, when the client's data came first), then drain."""
-    outgoing = getattr(stream, "_write_bio", None)  # anyio keeps it private; without it only the drain runs
-    try:
-        if isinstance(outgoing, ssl.MemoryBIO) and outgoing.pending:
-            await stream.transport_stream.send(outgoing.read())
-    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-        return
-    await _drain(stream.transport_stream)
-
-
-async def _drain(stream: anyio.abc.AnyByteReceiveStream) -> None:
-    """Read and drop what *stream* brings until its end (the caller bounds the time)."""
-    try:
-        while True:
-            await stream.receive()
-    except (OSError, anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError):
-        pass
 
 
 class tcp_server_lines(_ServerSource):
@@ -539,25 +472,11 @@ class tcp_server_lines(_ServerSource):
         address = tcp.listeners[0].extra(SocketAttribute.local_address)
         if self.ssl_context is None:
             return tcp, address
-        listener = _CountingTLSListener(
+        listener = CountingTLSListener(
             tcp, self.ssl_context, standard_compatible=False, handshake_timeout=self.tls_handshake_timeout
         )
         listener.stats = stats
         return listener, address
-
-
-class _CountingTLSListener(TLSListener):
-    """A TLS listener that counts failed handshakes (``stats.tls_failures``) instead of logging tracebacks."""
-
-    stats: NetStats
-
-    async def handle_handshake_error(self, exc: BaseException, stream: anyio.abc.AnyByteStream) -> None:  # type: ignore[override]
-        """Close the connection and count the failure; cancellation goes on."""
-        await anyio.aclose_forcefully(stream)
-        if not isinstance(exc, Exception):
-            raise exc
-        self.stats.tls_failures += 1
-        self.stats.last_error = repr(exc)
 
 
 class unix_server_lines(_ServerSource):
@@ -593,7 +512,7 @@ class unix_server_lines(_ServerSource):
             stats=stats,
             name=name,
         )
-        self.path = _check_unix_path(path)
+        self.path = check_unix_path(path)
 
     async def _listen(self, stats: NetStats) -> tuple[anyio.abc.Listener[Any], Any]:
         try:
@@ -617,112 +536,7 @@ class unix_server_lines(_ServerSource):
                 pass
 
         current_run().on_close(remove)
-        return _UnixAcceptor(sock), path
-
-
-class _RawUnixStream(anyio.abc.ByteStream):
-    """A Unix stream socket read and written through ``anyio.wait_readable``/``wait_writable``.
-
-    (anyio 4.16's asyncio ``UNIXSocketStream`` removes its reader in a done
-    callback, so a receive cancelled while data arrives makes the loop report
-    ``InvalidStateError``; this class has no such window.)
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        sock.setblocking(False)
-        self.sock = sock
-
-    async def receive(self, max_bytes: int = READ_SIZE) -> bytes:
-        """Up to *max_bytes* bytes; ``EndOfStream`` at EOF, ``BrokenResourceError`` on reset."""
-        while True:
-            try:
-                data = self.sock.recv(max_bytes)
-            except (BlockingIOError, InterruptedError):
-                await anyio.wait_readable(self.sock)
-                continue
-            except OSError as err:
-                if self.sock.fileno() < 0:
-                    raise anyio.ClosedResourceError from None
-                raise anyio.BrokenResourceError from err
-            if not data:
-                raise anyio.EndOfStream
-            return data
-
-    async def send(self, item: bytes) -> None:
-        """Send all of *item*, waiting while the socket buffer is full."""
-        view = memoryview(item)
-        while view:
-            try:
-                sent = self.sock.send(view)
-            except (BlockingIOError, InterruptedError):
-                await anyio.wait_writable(self.sock)
-                continue
-            except OSError as err:
-                raise anyio.BrokenResourceError from err
-            view = view[sent:]
-
-    async def send_eof(self) -> None:
-        """Shut down the sending side."""
-        self.sock.shutdown(socket.SHUT_WR)
-
-    async def aclose(self) -> None:
-        """Close the socket."""
-        if self.sock.fileno() >= 0:
-            anyio.notify_closing(self.sock)
-            self.sock.close()
-        await anyio.lowlevel.checkpoint()
-
-
-async def _connect_unix(path: str) -> _RawUnixStream:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        try:
-            sock.connect(path)
-        except (BlockingIOError, InterruptedError):
-            await anyio.wait_writable(sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, os.strerror(err), path) from None
-    except BaseException:
-        sock.close()
-        raise
-    return _RawUnixStream(sock)
-
-
-class _UnixAcceptor(anyio.abc.Listener[_RawUnixStream]):
-    """Accept loop on a listening Unix socket through ``anyio.wait_readable``.
-
-    (anyio 4.16's asyncio ``UNIXSocketListener`` can call ``set_result`` on a
-    cancelled future when a pending ``accept()`` is cancelled.)
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    async def serve(
-        self,
-        handler: Callable[[_RawUnixStream], Any],
-        task_group: anyio.abc.TaskGroup | None = None,
-    ) -> None:
-        """Accept connections forever, one handler task each."""
-        async with anyio.create_task_group() as tg:
-            while True:
-                await anyio.wait_readable(self.sock)
-                try:
-                    client, _ = self.sock.accept()
-                except (BlockingIOError, InterruptedError):
-                    continue
-                tg.start_soon(handler, _RawUnixStream(client))
-
-    async def aclose(self) -> None:
-        """Close the listening socket."""
-        self.sock.close()
-
-    @property
-    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        """No typed attributes."""
-        return {}
+        return UnixAcceptor(sock), path
 
 
 class udp_datagrams(AbstractSource[Any]):

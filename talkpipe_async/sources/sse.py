@@ -20,11 +20,11 @@ from typing import Any
 import anyio
 import httpx
 
-from .._backoff import Retries
+from .._backoff import Backoff, Retries
 from .._core._errors import TalkpipeAsyncError
 from .._core._segment import AbstractSource
-from .http import _client_for, _timeout
-from .sockets import Backoff, NetStats
+from .._net.framing import NetStats
+from .._net.http import client_for, http_timeout
 
 __all__ = ["SSEError", "SSEEvent", "SSEParser", "sse_events"]
 
@@ -219,11 +219,11 @@ class sse_events(AbstractSource[SSEEvent]):
     async def generate(self) -> AsyncIterator[SSEEvent]:
         """Connect, parse, yield events; reconnect until a 204, an error or the end of the run."""
         stats = self.stats if self.stats is not None else NetStats()
-        timeout = _timeout(self.read_timeout, self.connect_timeout)
+        timeout = http_timeout(self.read_timeout, self.connect_timeout)
         last_id = self.last_event_id
         retry_ms: int | None = None
         retries = Retries(self.backoff)
-        async with _client_for(self.client) as client:
+        async with client_for(self.client) as client:
             while True:
                 headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache", **self.headers}
                 if last_id:
