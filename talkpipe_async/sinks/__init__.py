@@ -1,9 +1,10 @@
-"""Sinks: where pipelines deliver their items (files, sockets, stdout, HTTP, web responses).
+"""Sinks: where pipelines deliver their items (files, sockets, stdout, HTTP, web responses, a live fan-out hub).
 
 ``talkpipe_async.sinks.web`` (streaming HTTP responses) needs starlette and is imported on its own.
 """
 
 from .basic import *  # noqa: F403
 from .files import *  # noqa: F403
+from .hub import *  # noqa: F403
 from .net import *  # noqa: F403
 from .websocket import *  # noqa: F403
