@@ -274,7 +274,7 @@ async def test_drain_with_queued_items_and_no_pushers() -> None:
     assert feed.accepted == 100
 
 
-async def test_drain_deadline_reports_the_exact_count_not_delivered() -> None:
+async def test_drain_deadline_counts_the_item_stuck_in_the_sink() -> None:
     from talkpipe_async.operators import DrainTimeout
     from talkpipe_async.sinks import callback
 
@@ -294,6 +294,165 @@ async def test_drain_deadline_reports_the_exact_count_not_delivered() -> None:
     error = caught.value
     assert error.accepted == 10
     assert error.entered == 1  # strict pull: the stuck sink asked for one item only
-    assert error.not_delivered == 9 and error.items == list(range(1, 10))
-    assert run.not_delivered == 9
-    assert "9 accepted items" in str(error)
+    assert error.delivered == 0
+    assert error.not_delivered == 10  # the nine never taken and the one the sink never finished
+    assert error.items == list(range(1, 10)) and error.not_entered == 9
+    assert run.not_delivered == 10 and run.delivered == 0 and run.accepted == 10
+    assert "10 of 10 accepted items" in str(error)
+
+
+async def test_drain_deadline_counts_items_held_by_a_batch() -> None:
+    """A batch in the sink never finishes: the items of that batch and of the partial one behind it are counted."""
+    from talkpipe_async.operators import DrainTimeout
+    from talkpipe_async.sinks import callback
+
+    feed: Feed[int] = Feed(maxsize=100)
+    written: list[int] = []
+    stuck_on = anyio.Event()
+
+    async def write(rows: list[int]) -> None:
+        if 4 in rows:
+            stuck_on.set()
+            await anyio.sleep_forever()
+        written.extend(rows)
+
+    async with background(feed | batch(3) | callback(write), units=len) as run:
+        for i in range(8):
+            await feed.push(i)
+        await stuck_on.wait()  # [0, 1, 2] written, [3, 4, 5] in the sink, 6 and 7 behind it
+        with pytest.raises(DrainTimeout) as caught:
+            await run.stop(drain=True, grace=0.05)
+    error = caught.value
+    assert written == [0, 1, 2]
+    assert (error.accepted, error.delivered, error.not_delivered) == (8, 3, 5)
+    assert error.not_entered == len(error.items) == error.accepted - error.entered
+    assert run.not_delivered == 5
+
+
+async def test_drain_deadline_counts_items_in_flight_in_a_concurrent_map() -> None:
+    from talkpipe_async.operators import DrainTimeout
+
+    feed: Feed[int] = Feed(maxsize=100)
+    out: list[int] = []
+    five_out = anyio.Event()
+
+    async def work(x: int) -> int:
+        if x == 5:
+            await anyio.sleep_forever()
+        return x
+
+    def deliver(x: int) -> None:
+        out.append(x)
+        if len(out) == 5:
+            five_out.set()
+
+    async with background(feed | concurrent_map(work, 4), on_item=deliver) as run:
+        for i in range(10):
+            await feed.push(i)
+        await five_out.wait()  # 0..4 out; 5 never ends; 6.. finished or queued behind it
+        with pytest.raises(DrainTimeout) as caught:
+            await run.stop(drain=True, grace=0.05)
+    error = caught.value
+    assert out == [0, 1, 2, 3, 4]
+    assert (error.accepted, error.delivered, error.not_delivered) == (10, 5, 5)
+    assert run.count == 5 and run.not_delivered == 5
+
+
+async def test_drain_deadline_counts_items_in_a_thread_stage() -> None:
+    import threading
+
+    from talkpipe_async.operators import DrainTimeout, thread_map
+
+    feed: Feed[int] = Feed(maxsize=100)
+    release = threading.Event()
+    out: list[int] = []
+    three_out = anyio.Event()
+
+    def work(x: int) -> int:
+        if x == 3:
+            release.wait()  # a blocking call that only the test ends (a thread cannot be interrupted)
+        return x
+
+    def deliver(x: int) -> None:
+        out.append(x)
+        if len(out) == 3:
+            three_out.set()
+
+    async def release_once_cancelled(run: Any) -> None:
+        await until(lambda: run.cancelled)
+        release.set()
+
+    async with background(feed | thread_map(work, 2), on_item=deliver) as run:
+        for i in range(6):
+            await feed.push(i)
+        await three_out.wait()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(release_once_cancelled, run)
+            with pytest.raises(DrainTimeout) as caught:
+                await run.stop(drain=True, grace=0.05)
+    error = caught.value
+    assert out == [0, 1, 2]
+    assert (error.accepted, error.delivered, error.not_delivered) == (6, 3, 3)
+
+
+async def test_drain_deadline_of_another_source_raises_with_the_count() -> None:
+    """Not only a Feed: a drain that times out on any source raises, counting what the gate let in."""
+    from talkpipe_async.operators import DrainTimeout
+    from talkpipe_async.sinks import callback
+
+    @source
+    async def ten_then_idle() -> AsyncIterator[int]:
+        for i in range(10):
+            yield i
+        await anyio.sleep_forever()
+
+    stuck_on = anyio.Event()
+    written: list[int] = []
+
+    async def write(x: int) -> None:
+        if x == 4:
+            stuck_on.set()
+            await anyio.sleep_forever()
+        written.append(x)
+
+    async with background(ten_then_idle() | callback(write)) as run:
+        await stuck_on.wait()
+        with pytest.raises(DrainTimeout) as caught:
+            await run.stop(drain=True, grace=0.05)
+    error = caught.value
+    assert written == [0, 1, 2, 3]
+    assert (error.accepted, error.delivered, error.not_delivered, error.items) == (5, 4, 1, [])
+
+
+async def test_a_completed_drain_counts_filtered_and_batched_items_as_delivered() -> None:
+    """Once the run has ended normally every accepted item is finished, whatever the stages made of it."""
+    from talkpipe_async.operators import filter as filter_
+
+    feed: Feed[int] = Feed(maxsize=100)
+    got: list[list[int]] = []
+    async with background(feed | filter_(lambda x: x % 2 == 0) | batch(4), on_item=got.append) as run:
+        for i in range(20):
+            await feed.push(i)
+        await run.stop(drain=True, grace=30)
+    assert got == [[0, 2, 4, 6], [8, 10, 12, 14], [16, 18]]
+    assert (run.accepted, run.delivered, run.not_delivered) == (20, 20, 0)
+
+
+async def test_cancel_counts_every_accepted_item_not_finished() -> None:
+    feed: Feed[int] = Feed(maxsize=100)
+    out: list[int] = []
+    two_out = anyio.Event()
+
+    async def deliver(x: int) -> None:
+        out.append(x)
+        if len(out) == 2:
+            two_out.set()
+            await anyio.sleep_forever()  # the consumer itself is busy with the second item
+
+    async with background(feed | double(), on_item=deliver) as run:
+        for i in range(6):
+            await feed.push(i)
+        await two_out.wait()
+        await run.stop(drain=False)
+    assert out == [0, 2]
+    assert (run.accepted, run.delivered, run.not_delivered) == (6, 1, 5)

@@ -123,3 +123,27 @@ async def test_to_queue(anyio_backend: Any) -> None:
     quiet: asyncio.Queue[Any] = asyncio.Queue()
     await count(from_list([1]) | to_queue(quiet, end=None))
     assert quiet.qsize() == 1
+
+
+async def test_queue_stages_refuse_trio_with_one_error(anyio_backend: Any) -> None:
+    """from_queue and to_queue fail the same way on trio: one error type, naming the stage and what to use."""
+    from talkpipe_async import TalkpipeAsyncError
+    from talkpipe_async.operators import BackendNotSupported, from_queue
+
+    if anyio_backend[0] != "trio":
+        pytest.skip("asyncio and uvloop run asyncio queues")
+    with pytest.raises(BackendNotSupported, match=r"^to_queue: .*asyncio.*to_stream\(\)") as sink_error:
+        await count(from_list([1]) | to_queue(object()))
+    with pytest.raises(BackendNotSupported, match=r"^from_queue: .*asyncio.*from_stream\(\)") as source_error:
+        await collect(from_queue(object()))
+    for error in (sink_error.value, source_error.value):
+        assert isinstance(error, RuntimeError) and isinstance(error, TalkpipeAsyncError)
+
+
+def test_queue_end_is_one_marker_for_sources_and_sinks() -> None:
+    import talkpipe_async.operators.embed as embed
+    import talkpipe_async.sinks.basic as basic
+
+    assert basic.QUEUE_END is embed.QUEUE_END is QUEUE_END
+    assert repr(QUEUE_END) == "QUEUE_END" and type(QUEUE_END)() is QUEUE_END
+    assert to_queue(asyncio.Queue()).end is QUEUE_END

@@ -3,14 +3,14 @@
 An operator that must act when *no* item arrives (a batch timeout, a
 debounce, a flush every t seconds, a stop event) cannot wait on its upstream
 directly: cancelling an upstream step would break the upstream generator.
-Instead one long-lived task of the run (:class:`Feed`) reads the upstream
+Instead one long-lived task of the run (:class:`ReadAhead`) reads the upstream
 into a bounded :class:`Channel`, and the operator waits on the channel with a
 deadline.  Every upstream step runs in that one task, so a source's own
 timeouts and context variables keep working.  The operator's ``yield`` is
 never inside the cancel scope: the scope wraps only ``get_batch``.
 
 Because the upstream runs in another task, metadata cannot bypass an
-operator that uses a :class:`Feed`: such operators set
+operator that uses a :class:`ReadAhead`: such operators set
 ``process_metadata=True`` and pass the metadata through themselves.
 """
 
@@ -25,10 +25,10 @@ from .._core._channel import Channel, ChannelClosed
 from .._core._closing import CLEANUP_TIMEOUT
 from .._core._run import current_run
 
-__all__ = ["Feed"]
+__all__ = ["ReadAhead"]
 
 
-class Feed:
+class ReadAhead:
     """The upstream of one operator run, read ahead by one task into a bounded channel.
 
     The upstream runs ahead of the operator by at most ``capacity`` items.
@@ -79,3 +79,8 @@ class Feed:
         """
         self.channel.abort()
         self._task.stop(CLEANUP_TIMEOUT)
+
+
+# The earlier name, kept while the operators that import it move to ReadAhead
+# (it clashed with the public ``Feed`` source of ``talkpipe_async.operators``).
+Feed = ReadAhead

@@ -24,6 +24,7 @@ import anyio
 import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from .._aio import QUEUE_END, BackendNotSupported, require_asyncio
 from .._core._channel import Channel
 from .._core._errors import TalkpipeAsyncError
 from .._core._metadata import Metadata
@@ -33,6 +34,7 @@ from .concurrency import TaskScopes
 
 __all__ = [
     "QUEUE_END",
+    "BackendNotSupported",
     "BackgroundRun",
     "DrainTimeout",
     "Feed",
@@ -48,39 +50,6 @@ logger = logging.getLogger("talkpipe_async.operators.embed")
 _repr = reprlib.Repr()
 
 
-class _QueueEnd:
-    """The type of :data:`QUEUE_END`."""
-
-    _instance: _QueueEnd | None = None
-
-    def __new__(cls) -> _QueueEnd:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "QUEUE_END"
-
-
-QUEUE_END: Any = _QueueEnd()
-"""Put this into an ``asyncio.Queue`` to end a :class:`from_queue` source
-(``to_queue`` sinks put it when their pipeline ends).  ``None`` is an ordinary
-item."""
-
-
-def require_asyncio(what: str, instead: str) -> None:
-    """Raise ``RuntimeError`` unless an asyncio event loop runs this task."""
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise RuntimeError(
-            f"{what} uses an asyncio.Queue, which can only be awaited under asyncio (this is another "
-            f"event loop, e.g. trio); use {instead}() with anyio.create_memory_object_stream() instead"
-        ) from None
-
-
 class FeedClosed(TalkpipeAsyncError):
     """``push`` on a :class:`Feed` that was closed, or whose pipeline has stopped."""
 
@@ -88,22 +57,30 @@ class FeedClosed(TalkpipeAsyncError):
 class DrainTimeout(TalkpipeAsyncError):
     """``stop(drain=True, grace=...)`` ran out of time and the run was cancelled.
 
-    ``accepted``: items whose ``push`` returned; ``entered``: of those, the
-    items the pipeline took; ``not_delivered`` (``accepted - entered``, exact):
-    accepted items that never entered the pipeline, given back in order in
-    ``items`` so the application can keep them.  Items that had entered a stage
-    were cancelled with it: whether their effect happened is the stage's to
-    tell (a sink's acknowledgements, an idempotent write).
+    Counted in input items (see :class:`BackgroundRun`): ``accepted``, items
+    the run accepted (a :class:`Feed`: pushes that returned); ``delivered``,
+    of those, the items that reached the end of the pipeline before the
+    cancel; ``not_delivered`` (``accepted - delivered``), every other one:
+    never taken by the pipeline, or inside a stage (held in a batch, in
+    flight in a concurrent or thread stage, in a sink that had not finished
+    with it).  ``entered`` is how many the pipeline took; the
+    ``not_entered`` (``accepted - entered``) it never took are given back
+    in order in ``items``.  Whether the effect of an item that was inside
+    a stage happened is the stage's to tell (a sink's acknowledgements, an
+    idempotent write).
     """
 
-    def __init__(self, label: str, grace: float, accepted: int, entered: int, items: list[Any]) -> None:
+    def __init__(self, label: str, grace: float, accepted: int, entered: int, delivered: int, items: list[Any]) -> None:
         self.accepted = accepted
         self.entered = entered
+        self.delivered = delivered
         self.items = items
-        self.not_delivered = len(items)
+        self.not_entered = len(items)
+        self.not_delivered = accepted - delivered
         super().__init__(
-            f"{label}: the drain did not finish within {grace} s; {self.not_delivered} accepted items never "
-            f"entered the pipeline (kept in .items); the items inside its stages were cancelled with it"
+            f"{label}: the drain did not finish within {grace} s; {self.not_delivered} of {accepted} accepted "
+            f"items not delivered ({self.not_entered} never entered the pipeline, kept in .items; "
+            f"{self.not_delivered - self.not_entered} were inside its stages and were cancelled with it)"
         )
 
 
@@ -191,7 +168,7 @@ class from_queue(AbstractSource[T], Generic[T]):
         """Yield queue items until the end marker."""
         import asyncio
 
-        require_asyncio("from_queue", "from_stream")
+        require_asyncio(self.label, "an asyncio.Queue", "from_stream() with anyio.create_memory_object_stream()")
 
         queue = self.queue
         end = self.end
@@ -325,7 +302,8 @@ class _Gate(AbstractSegment[Any, Any]):
     Strict pull (one feeder task asks the source for an item only when the
     pipeline asks the gate), so a drain loses nothing that the source handed
     over before the stop; an item the source hands over after the stop is
-    counted in ``BackgroundRun.not_delivered`` and logged.
+    accepted and counted in ``BackgroundRun.not_delivered``.  ``entered``
+    counts the items it let in.
     """
 
     def __init__(self, run: BackgroundRun) -> None:
@@ -346,11 +324,15 @@ class _Gate(AbstractSegment[Any, Any]):
                     item = await iterator.__anext__()
                 except StopAsyncIteration:
                     break
-                if run.gate_closed:
-                    if not isinstance(item, Metadata):
-                        run.not_delivered += 1
-                        logger.warning("%s: %s arrived after stop(drain=True); not delivered", run, _repr.repr(item))
+                if isinstance(item, Metadata):
+                    if run.gate_closed:
+                        return
+                elif run.gate_closed:
+                    run.late += 1
+                    logger.warning("%s: %s arrived after stop(drain=True); not delivered", run, _repr.repr(item))
                     return
+                else:
+                    run.gate_in += 1
                 await channel.put(item)
         except anyio.get_cancelled_exc_class():
             channel.close()
@@ -382,22 +364,53 @@ class _Gate(AbstractSegment[Any, Any]):
             tasks.cancel()
 
 
+class _EndTap(AbstractSegment[Any, Any]):
+    """Put before a sink that hands on nothing: counts the items the sink has finished with.
+
+    A sink asks for its next item only after it has handled the one before,
+    so an item is counted when the sink asks past it (or its input ends),
+    never while the sink is still writing it.
+    """
+
+    def __init__(self, run: BackgroundRun, units: Callable[[Any], int] | None) -> None:
+        super().__init__()
+        self.run = run
+        self.units = units
+        self.name = "background delivery count"
+
+    async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """Pass every item on; count it once the sink asks for the next."""
+        run, units = self.run, self.units
+        async for item in items:
+            yield item
+            run.delivered += 1 if units is None else units(item)
+
+
 class BackgroundRun:
     """The handle of a pipeline running in the background (see :class:`background`).
 
     ``count``: items that came out of the pipeline; ``done``: an event set
-    when the run has ended; ``error``: the exception that ended it, if any;
-    ``not_delivered``: items accepted and never delivered: those a
-    :class:`Feed` source had accepted when the run ended without taking them
-    (they are in ``feed.unread``), or those any other source handed over
-    after ``stop(drain=True)``.
+    when the run has ended; ``error``: the exception that ended it, if any.
+
+    Delivery is counted in input items, exactly: ``accepted`` (a
+    :class:`Feed`: pushes that returned; any other source: items the run
+    took from it), ``delivered`` (items that reached the end: handed to
+    ``on_item`` or out of the pipeline, or finished by a sink that hands on
+    nothing; each counts as ``units(item)`` input items, one by default) and
+    ``not_delivered`` (``accepted - delivered``, set when the run ends).  A
+    run that ends normally has finished every item it took, so then
+    ``delivered`` is every item it took (those a filter dropped or a batch
+    merged included) and ``not_delivered`` the accepted items it never took.
     """
 
     def __init__(self, label: str, feed: Feed[Any] | None = None) -> None:
         self.label = label
         self.feed = feed
         self.count = 0
+        self.delivered = 0
         self.not_delivered = 0
+        self.gate_in = 0
+        self.late = 0
         self.error: BaseException | None = None
         self.stopping = False
         self.gate_closed = False
@@ -406,6 +419,28 @@ class BackgroundRun:
         self._scope = anyio.CancelScope()
         self._gates: list[Channel] = []
         self._reported = False
+
+    @property
+    def accepted(self) -> int:
+        """Items the run accepted: pushes that returned (a Feed), else items taken from the source."""
+        feed = self.feed
+        if feed is None:
+            return self.gate_in + self.late
+        # A push whose item the pipeline (or ``unread``) took counts before the push itself returns.
+        return max(feed.accepted, feed.entered + len(feed.unread))
+
+    @property
+    def entered(self) -> int:
+        """Accepted items the pipeline took (the rest are in ``feed.unread``)."""
+        return self.gate_in if self.feed is None else self.feed.entered
+
+    def _settle(self, finished: bool) -> None:
+        """Fix the counts when the run ends (*finished*: it ended normally, every item it took was handled)."""
+        if finished:
+            self.delivered = self.entered
+        self.not_delivered = self.accepted - self.delivered
+        if self.not_delivered:
+            logger.warning("%s: %d accepted items not delivered", self, self.not_delivered)
 
     def __repr__(self) -> str:
         return f"<background run of {self.label}>"
@@ -448,9 +483,9 @@ class BackgroundRun:
         if not self.done.is_set():
             self.cancel()
         await self.done.wait()
-        if timed_out and self.feed is not None and self.error is None:
-            feed = self.feed
-            raise DrainTimeout(self.label, grace or 0.0, feed.entered + len(feed.unread), feed.entered, feed.unread)
+        if timed_out and self.error is None:
+            items = [] if self.feed is None else self.feed.unread
+            raise DrainTimeout(self.label, grace or 0.0, self.accepted, self.entered, self.delivered, items)
         self._raise()
 
     def _begin_drain(self) -> None:
@@ -492,40 +527,47 @@ class background:
         *,
         on_item: Callable[[Any], Any] | None = None,
         on_exit: Literal["cancel", "drain", "wait"] = "cancel",
+        units: Callable[[Any], int] | None = None,
     ) -> None:
         if on_exit not in ("cancel", "drain", "wait"):
             raise ValueError(f"unknown on_exit {on_exit!r}")
         self.pipeline = pipeline if isinstance(pipeline, Pipeline) else Pipeline(pipeline)
         self.input = input
         self.on_item = on_item
+        self.units = units
         self.on_exit = on_exit
         self._tg: anyio.abc.TaskGroup | None = None
         self._run: BackgroundRun | None = None
 
-    def _gated(self, run: BackgroundRun) -> Pipeline[Any, Any]:
-        stages = self.pipeline.stages
-        gate = _Gate(run)
-        if self.pipeline.has_source:
-            return Pipeline(stages[0], gate, *stages[1:])
-        return Pipeline(gate, *stages)
+    def _gated(self, run: BackgroundRun) -> tuple[Pipeline[Any, Any], bool]:
+        """The pipeline with the gate after its source, and a delivery count before a sink that hands on nothing."""
+        stages = list(self.pipeline.stages)
+        head = [stages.pop(0)] if self.pipeline.has_source else []
+        tapped = bool(stages) and getattr(stages[-1], "passthrough", None) is False
+        if tapped:
+            stages.insert(len(stages) - 1, _EndTap(run, self.units))
+        return Pipeline(*head, _Gate(run), *stages), tapped
 
     async def _main(self, run: BackgroundRun) -> None:
-        on_item = self.on_item
+        on_item, units = self.on_item, self.units
+        pipeline, tapped = self._gated(run)
+        finished = False
         try:
             with run._scope:
-                async with self._gated(run).stream(self.input) as items:
+                async with pipeline.stream(self.input) as items:
                     async for item in items:
                         run.count += 1
                         if on_item is not None:
                             result = on_item(item)
                             if inspect.isawaitable(result):
                                 await result
+                        if not tapped:
+                            run.delivered += 1 if units is None else units(item)
+                finished = True
         except Exception as exc:  # kept for wait()/stop()/exit
             run.error = exc
         finally:
-            if run.feed is not None and run.feed.unread:
-                run.not_delivered += len(run.feed.unread)
-                logger.warning("%s: %d accepted items not delivered (feed.unread)", run, len(run.feed.unread))
+            run._settle(finished)
             run.done.set()
 
     async def __aenter__(self) -> BackgroundRun:

@@ -26,9 +26,9 @@ from typing import IO, Any, Generic, TypeVar, cast
 
 from anyio.streams.memory import MemoryObjectSendStream
 
+from .._aio import QUEUE_END, require_asyncio
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
-from ..operators.embed import QUEUE_END, require_asyncio
 
 __all__ = ["callback", "collect", "count", "log_items", "print_items", "reduce", "to_queue", "to_stream"]
 
@@ -246,7 +246,7 @@ class to_queue(_Sink[T], Generic[T]):
 
     async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
         """Put every item, then the end marker."""
-        require_asyncio("to_queue", "to_stream")
+        require_asyncio(self.label, "an asyncio.Queue", "to_stream() with anyio.create_memory_object_stream()")
         async with aclosing(cast("AsyncGenerator[T, None]", super().transform(items))) as steps:
             async for item in steps:
                 yield item
