@@ -8,6 +8,9 @@
 Sources yield :class:`Message` items (``.data`` plus an acknowledgement
 token); end the pipeline with :func:`ack` (or run it with :func:`consume`)
 so each message is acknowledged after it has been fully handled.
+Partitioned by key: a sink given ``key=`` and ``partitions=n`` sends each
+item to the partition :func:`partition_for` names, and a source given
+``partitions=n`` reads partitions it owns, each in order.
 :func:`run_worker` / :func:`serve` run such a pipeline as a worker process
 that stops cleanly on SIGTERM / SIGINT.  The client
 libraries are imported only when a stage runs, with a clear error when
@@ -36,6 +39,7 @@ from ._base import (
     messages_in,
 )
 from ._outage import DEFAULT_OUTAGE_BUDGET
+from ._partitions import partition_for
 from ._worker import WorkerResult, run_worker, serve
 from .nats import JetStreamSink, JetStreamSource, connect_nats
 from .redis import RedisStreamSink, RedisStreamSource, connect_redis, ensure_group
@@ -68,6 +72,7 @@ __all__ = [
     "filter_data",
     "map_data",
     "messages_in",
+    "partition_for",
     "run_worker",
     "serve",
 ]

@@ -42,6 +42,7 @@ from .._core._errors import TalkpipeAsyncError
 from .._core._run import current_run
 from .._core._segment import AbstractSegment, AbstractSource
 from ._outage import BrokerUnavailable
+from ._partitions import KeyOf, check_partitions, key_function, partition_for
 
 __all__ = [
     "Ack",
@@ -595,8 +596,8 @@ class BatchWriter(ABC):
     """The write side of a sink: one batch per round trip."""
 
     @abstractmethod
-    async def write(self, payloads: list[Any]) -> None:
-        """Write the payloads; return once the broker has acknowledged all of them."""
+    async def write(self, payloads: list[Any], partitions: list[int] | None = None) -> None:
+        """Write the payloads (payload ``i`` to partition ``partitions[i]`` when given); return once all are stored."""
 
     @abstractmethod
     async def aclose(self) -> None:
@@ -627,14 +628,28 @@ class BrokerSink(AbstractSegment[Any, Any]):
     acknowledges only what is durably written.
     """
 
-    def __init__(self, *, batch: int, encode: Callable[[Any], Any], name: str) -> None:
+    def __init__(self, *, batch: int, encode: Callable[[Any], Any], name: str, key: KeyOf | None = None,
+                 partitions: int | None = None) -> None:
         super().__init__()
         if batch < 1:
             raise ValueError("batch must be at least 1")
+        if (key is None) != (partitions is None):
+            raise ValueError("key= and partitions= go together: the key chooses one of the partitions")
+        if partitions is not None:
+            check_partitions(partitions)
         self.batch = batch
         self.encode = encode
         self.name = name
+        self.key_of = key_function(key) if key is not None else None
+        self.partitions = partitions
         self.stats = ConnectorStats()
+
+    def partitions_of(self, items: list[Any]) -> list[int] | None:
+        """The partition of each item (by its payload's key), or None when the sink is not partitioned."""
+        key_of, n = self.key_of, self.partitions
+        if key_of is None or n is None:
+            return None
+        return [partition_for(key_of(x.data if isinstance(x, Message) else x), n) for x in items]
 
     @abstractmethod
     async def _open_writer(self) -> BatchWriter:
@@ -655,7 +670,7 @@ class BrokerSink(AbstractSegment[Any, Any]):
                 except anyio.EndOfStream:
                     return
                 payloads = [encode(x.data if isinstance(x, Message) else x) for x in batch]
-                await writer.write(payloads)
+                await writer.write(payloads, self.partitions_of(batch))
                 stats.written += len(batch)
                 stats.write_batches += 1
                 for item in batch:

@@ -427,8 +427,10 @@ class _JetStreamWriter(BatchWriter):
             return True
         return True
 
-    async def write(self, payloads: list[Any]) -> None:
+    async def write(self, payloads: list[Any], partitions: list[int] | None = None) -> None:
         sink = self.sink
+        subjects = [sink.subject] * len(payloads) if partitions is None else \
+            [f"{sink.subject}.{p}" for p in partitions]
         ids: list[str | None] = [None] * len(payloads)
         if sink.dedup:
             base = self.sequence
@@ -436,7 +438,7 @@ class _JetStreamWriter(BatchWriter):
             ids = [f"{self.prefix}-{base + i}" for i in range(len(payloads))]
         todo = list(range(len(payloads)))
         while todo:
-            failed, cause = await self._publish(payloads, ids, todo)
+            failed, cause = await self._publish(payloads, subjects, ids, todo)
             if not failed:
                 self.guard.recovered()
                 return
@@ -446,17 +448,16 @@ class _JetStreamWriter(BatchWriter):
             await self.guard.failed("publish", cause or TimeoutError("no publish acknowledgement in time"))
             todo = failed
 
-    async def _publish(self, payloads: list[Any], ids: list[str | None],
+    async def _publish(self, payloads: list[Any], subjects: list[str], ids: list[str | None],
                        todo: list[int]) -> tuple[list[int], BaseException | None]:
         """Publish *todo*; return those not stored in time (and the last error) once all settled or timed out."""
         js = self.js
-        subject = self.sink.subject
         futures: dict[int, asyncio.Future[Any]] = {}
         cause: BaseException | None = None
         try:
             for i in todo:
                 headers = None if ids[i] is None else {"Nats-Msg-Id": ids[i]}
-                futures[i] = await js.publish_async(subject, payloads[i], headers=headers,
+                futures[i] = await js.publish_async(subjects[i], payloads[i], headers=headers,
                                                     wait_stall=self.sink.timeout)
         except self.guard.transient as exc:
             cause = exc

@@ -34,6 +34,8 @@ from ._base import (
     import_client,
 )
 from ._outage import DEFAULT_OUTAGE_BUDGET, BrokerUnavailable, OutageGuard
+from ._partitions import KeyOf, check_partitions
+from ._redis_partitions import RedisPartitionSession
 from ._redis_session import RedisSession, RedisToken
 
 __all__ = [
@@ -128,6 +130,13 @@ class RedisStreamSource(BrokerSource):
     * When the run ends, entries this consumer still owns are handed back:
       ``XCLAIM ... IDLE <large> JUSTID`` makes them claimable by the others'
       next scan at once, without raising their delivery counts.
+    * ``partitions``: read the partition streams ``<stream>:0`` ..
+      ``<stream>:<n-1>`` written by a sink with ``key=``, each owned by one
+      instance at a time through a lease renewed every ``lease_ttl / 3``
+      seconds and lapsing after ``lease_ttl``; within a partition entries
+      are handled strictly in order (see ``docs/scale-out.md``,
+      Partitioning).  ``claim_idle`` does not apply: a new owner takes over
+      what is pending in its partition first.
     """
 
     def __init__(
@@ -155,10 +164,20 @@ class RedisStreamSource(BrokerSource):
         timeout: float = 2.0,
         outage_budget: float = DEFAULT_OUTAGE_BUDGET,
         isolate_timeout: float = 10.0,
+        partitions: int | None = None,
+        lease_ttl: float = 5.0,
         name: str | None = None,
     ) -> None:
         super().__init__(batch=batch, idle_exit=idle_exit, wait=block, name=name or f"redis:{stream}",
                          isolate_timeout=isolate_timeout)
+        if partitions is not None:
+            check_partitions(partitions)
+        if lease_ttl <= 0:
+            raise ValueError("lease_ttl must be positive")
+        self.partitions = partitions
+        self.lease_ttl = lease_ttl
+        self.owned_partitions: list[int] = []
+        """The partitions this source holds the lease of now (``partitions=n``)."""
         self.stream_name = stream
         self.group = group
         self.url = url
@@ -181,6 +200,14 @@ class RedisStreamSource(BrokerSource):
 
     async def _open(self) -> BrokerSession:
         client = await connect_redis(self.url, retries=self.retries, connect_timeout=self.timeout)
+        if self.partitions is not None:
+            session = RedisPartitionSession(self, client, self.consumer or default_consumer_name(), redis_transient())
+            try:
+                await session.start()
+            except BaseException:
+                await client.aclose()
+                raise
+            return session
         try:
             if self.create_group:
                 await ensure_group(client, self.stream_name, self.group, self.start_id)
@@ -210,9 +237,11 @@ class _RedisWriter(BatchWriter):
     def _outage_started(self) -> None:
         self.sink.stats.outages += 1
 
-    async def write(self, payloads: list[Any]) -> None:
+    async def write(self, payloads: list[Any], partitions: list[int] | None = None) -> None:
         sink = self.sink
         attempts = 0
+        streams = [sink.stream_name] * len(payloads) if partitions is None else \
+            [f"{sink.stream_name}:{p}" for p in partitions]
 
         async def attempt() -> Any:
             nonlocal attempts
@@ -220,9 +249,9 @@ class _RedisWriter(BatchWriter):
             if attempts > 1:  # the failed round trip may have stored some of them: at least once
                 sink.stats.rewritten += len(payloads)
             pipe = self.client.pipeline(transaction=False)
-            for payload in payloads:
+            for stream, payload in zip(streams, payloads, strict=True):
                 fields = payload if sink.field is None else {sink.field: payload}
-                pipe.xadd(sink.stream_name, fields, maxlen=sink.maxlen, approximate=sink.approximate)
+                pipe.xadd(stream, fields, maxlen=sink.maxlen, approximate=sink.approximate)
             return await pipe.execute()
 
         await self.guard.call("XADD", attempt)
@@ -238,7 +267,10 @@ class RedisStreamSink(BrokerSink):
     ``field`` (None: the encoded value must be a field dict).  ``maxlen``
     caps the stream (``approximate=True``: ``MAXLEN ~``, cheaper).  Place
     ``ack()`` after the sink to acknowledge the source's messages once their
-    results are written.
+    results are written.  ``key`` (a field name of the payload, or a
+    function of it) with ``partitions=n``: each item goes to stream
+    ``<stream>:<crc32(key) % n>``, read by ``RedisStreamSource(...,
+    partitions=n)`` in order per key.
     """
 
     def __init__(
@@ -254,9 +286,12 @@ class RedisStreamSink(BrokerSink):
         retries: int = 3,
         timeout: float = 2.0,
         outage_budget: float = DEFAULT_OUTAGE_BUDGET,
+        key: KeyOf | None = None,
+        partitions: int | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(batch=batch, encode=encode, name=name or f"redis-sink:{stream}")
+        super().__init__(batch=batch, encode=encode, name=name or f"redis-sink:{stream}", key=key,
+                         partitions=partitions)
         self.stream_name = stream
         self.url = url
         self.field = field

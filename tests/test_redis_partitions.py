@@ -1,0 +1,156 @@
+"""Partitioning by key on Redis Streams, in one process against a real redis-server.
+
+* The sink sends each item to ``<stream>:<crc32(key) % n>`` (a stable hash).
+* One partitioned source reads every partition, in order per key.
+* A partition left with pending entries (its owner died) is taken over
+  first, in order, one entry at a time, before new entries are read.
+* Two sources in one process share the partitions: each owns its share
+  (leases), every message is handled once, in order per key.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import pytest
+import redis.asyncio as aioredis
+
+from talkpipe_async.connectors import Message, RedisStreamSink, RedisStreamSource, partition_for
+from tests import servers
+from tests.broker_helpers import ASYNCIO_LOOPS
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(servers.redis_binary() is None, reason="redis-server not installed"),
+]
+N = 4
+
+
+@pytest.fixture(params=ASYNCIO_LOOPS)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """redis.asyncio needs asyncio: run on asyncio and uvloop."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A real redis-server for this module."""
+    with servers.redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[Any]:
+    """A plain redis.asyncio client for set-up and checks."""
+    c = aioredis.Redis.from_url(redis_url)
+    try:
+        yield c
+    finally:
+        await c.aclose()
+
+
+def feed(keys: int, per_key: int) -> list[dict[str, Any]]:
+    """Messages ``{"k": key, "s": n-th of its key}``, keys interleaved."""
+    return [{"k": f"key-{k}", "s": s} for s in range(per_key) for k in range(keys)]
+
+
+def test_partition_for_is_crc32_of_the_key_bytes() -> None:
+    assert partition_for("user-7", 8) == zlib.crc32(b"user-7") % 8
+    assert partition_for(b"user-7", 8) == partition_for("user-7", 8)
+    assert partition_for(42, 5) == zlib.crc32(b"42") % 5
+    with pytest.raises(ValueError, match="go together"):
+        RedisStreamSink("s", key="k")
+    with pytest.raises(ValueError, match="at least 1"):
+        RedisStreamSource("s", "g", partitions=0)
+
+
+async def test_sink_routes_each_item_by_its_key(redis_url: str, client: Any) -> None:
+    stream = f"p-{uuid.uuid4().hex[:6]}"
+    items = feed(10, 3)
+    sink = RedisStreamSink(stream, url=redis_url, key="k", partitions=N)
+    assert await sink.collect(items) == items
+    for p in range(N):
+        stored = [json.loads(f[b"data"]) for _, f in await client.xrange(f"{stream}:{p}")]
+        expected = [x for x in items if zlib.crc32(x["k"].encode()) % N == p]
+        assert stored == expected
+    by_function = RedisStreamSink(stream + "f", url=redis_url, key=lambda x: x["k"], partitions=N)
+    await by_function.collect(items)
+    assert await client.xlen(f"{stream}f:{partition_for('key-0', N)}") >= 3
+
+
+async def test_one_source_reads_every_partition_in_order_per_key(redis_url: str) -> None:
+    stream = f"p-{uuid.uuid4().hex[:6]}"
+    items = feed(10, 20)
+    await RedisStreamSink(stream, url=redis_url, key="k", partitions=N).collect(items)
+    src = RedisStreamSource(stream, "g", url=redis_url, partitions=N, block=0.05, idle_exit=0.5, lease_ttl=2.0)
+    seen: dict[str, list[int]] = {}
+
+    async def handle(x: dict[str, Any]) -> None:
+        seen.setdefault(x["k"], []).append(x["s"])
+
+    from talkpipe_async.connectors import consume
+
+    with anyio.fail_after(30):
+        assert await consume(src, handle) == len(items)
+    assert seen == {f"key-{k}": list(range(20)) for k in range(10)}
+    assert src.stats.acked == len(items)
+
+
+async def test_pending_entries_of_a_dead_owner_come_first_in_order(redis_url: str, client: Any) -> None:
+    stream = f"p-{uuid.uuid4().hex[:6]}"
+    items = [{"k": "a", "s": s} for s in range(10)]
+    await RedisStreamSink(stream, url=redis_url, key="k", partitions=1).collect(items[:6])
+    await client.xgroup_create(f"{stream}:0", "g", id="0")
+    # a dead owner: it read four entries (pending) and never acknowledged them; its lease lapsed
+    await client.xreadgroup("g", "dead", {f"{stream}:0": ">"}, count=4)
+    await RedisStreamSink(stream, url=redis_url, key="k", partitions=1).collect(items[6:])
+    src = RedisStreamSource(stream, "g", url=redis_url, partitions=1, block=0.05, idle_exit=0.5, lease_ttl=2.0)
+    got: list[Message[Any]] = []
+    async with src.stream() as messages:
+        async for message in messages:
+            got.append(message)
+            await message.ack()
+    assert [m.data["s"] for m in got] == list(range(10))
+    assert [m.deliveries for m in got] == [2, 2, 2, 2] + [1] * 6
+    assert all(m.id.startswith("0:") for m in got)
+    assert src.stats.isolated == 4 and src.stats.redelivered == 4
+    assert int((await client.xpending(f"{stream}:0", "g"))["pending"]) == 0
+
+
+async def test_two_sources_share_the_partitions_by_lease(redis_url: str, client: Any) -> None:
+    stream = f"p-{uuid.uuid4().hex[:6]}"
+    items = feed(12, 60)
+    await RedisStreamSink(stream, url=redis_url, key="k", partitions=N).collect(items)
+    seen: dict[str, list[tuple[str, int]]] = {}
+    sources = [RedisStreamSource(stream, "g", url=redis_url, consumer=name, partitions=N, block=0.05,
+                                 idle_exit=1.0, lease_ttl=1.0, batch=5) for name in ("a", "b")]
+    started = anyio.Event()
+
+    async def run(src: RedisStreamSource) -> None:
+        async with src.stream() as messages:
+            async for message in messages:
+                seen.setdefault(message.data["k"], []).append((src.consumer or "", message.data["s"]))
+                await anyio.sleep(0.001)  # the work of one message
+                await message.ack()
+                if not started.is_set():
+                    started.set()
+                    # "a" holds every partition; on its first message it waits until "b" has joined the group
+                    while b"b" not in await client.zrange(f"{stream}:g:members", 0, -1):
+                        await anyio.sleep(0.01)
+
+    with anyio.fail_after(40):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, sources[0])
+            await started.wait()  # "a" owns every partition; "b" joins and the partitions are rebalanced
+            tg.start_soon(run, sources[1])
+    assert {k: [s for _, s in v] for k, v in seen.items()} == {f"key-{k}": list(range(60)) for k in range(12)}
+    workers = {w for v in seen.values() for w, _ in v}
+    assert workers == {"a", "b"}, "the second source never got a partition"
+    assert sources[0].owned_partitions == [] and sources[1].owned_partitions == []
+    rest = await client.keys(f"{stream}:g:lease:*")
+    assert rest == [], "a lease outlived its owner's run"
