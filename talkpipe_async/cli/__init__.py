@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         import anyio
 
-        from .._live_demo import run_live_demo
+        from .._live_demo import run_live_demo  # the demo's server and pipeline load only for this command
 
         try:
             anyio.run(run_live_demo, args.count)

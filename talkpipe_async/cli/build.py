@@ -409,12 +409,12 @@ def _sink(spec: SinkSpec, args: argparse.Namespace, acking: bool) -> Any:
         return _PostOutputs(spec.target, batch_size=args.post_batch, backoff=_backoff(args), timeout=10.0,
                             name=f"POST {spec.target}")
     if spec.kind == "redis":
-        from ..connectors import RedisStreamSink
+        from ..connectors import RedisStreamSink  # redis-py loads only for a redis: destination
 
         return RedisStreamSink(spec.target, url=args.redis_url, encode=lambda o: _dumps(o.payload),
                                retries=args.retries)
     if spec.kind == "nats":
-        from ..connectors import JetStreamSink
+        from ..connectors import JetStreamSink  # nats-py loads only for a nats: destination
 
         return JetStreamSink(spec.target, servers=args.nats_url, encode=lambda o: _dumps(o.payload).encode(),
                              retries=args.retries)

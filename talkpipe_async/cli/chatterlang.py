@@ -44,7 +44,7 @@ def run_chatterlang_command(args: argparse.Namespace) -> int:
         print(f"{PROG}: chatterlang: give a script, or -f FILE", file=sys.stderr)
         return EXIT_BAD_ARGS
     try:
-        from ..interop.chatterlang import compile_chatterlang
+        from ..interop.chatterlang import compile_chatterlang  # TalkPipe loads only for this command
 
         pipeline = compile_chatterlang(text, blocking=args.blocking)
     except ImportError as exc:
@@ -55,7 +55,7 @@ def run_chatterlang_command(args: argparse.Namespace) -> int:
         print(f"{PROG}: bad script: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS
     if args.discard:
-        from ..operators import filter as filter_op
+        from ..operators import filter as filter_op  # lazy like every import of this command
 
         pipeline = pipeline | filter_op(lambda _: False, name="--discard")
     _compiled.append(pipeline)

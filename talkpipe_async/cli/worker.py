@@ -15,7 +15,7 @@ PROG = "talkpipe-async"
 
 
 async def _build(obj: Any, target: str) -> Any:
-    from .._core._pipeline import Pipeline
+    from .._core._pipeline import Pipeline  # lazy like every import of the worker command
     from .build import BadTarget
 
     if not isinstance(obj, Pipeline) and callable(obj):
@@ -31,7 +31,7 @@ def run_worker_command(args: argparse.Namespace) -> int:
     """Load the target and run it with :func:`talkpipe_async.connectors.serve`; return the exit code."""
     import anyio
 
-    from ..connectors import BrokerUnavailable, serve
+    from ..connectors import BrokerUnavailable, serve  # the brokers' client libraries load only for this command
     from .build import BadTarget, load_target
 
     async def main() -> int:
