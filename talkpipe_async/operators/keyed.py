@@ -191,16 +191,22 @@ class _Lanes:
         await self.out.put(item)
 
     def open(self, group: _Group) -> None:
-        """Start *group*'s sub-pipeline."""
+        """Make *group*'s sub-pipeline (here, in key order) and start it in a task of the run."""
+        try:
+            pipeline = self.factory(group.key)
+        except Exception as exc:
+            attach_context(exc, self.label)
+            add_note(exc, f"talkpipe_async: making the sub-pipeline of key {group.key!r} of {self.label}")
+            raise
         self.running += 1
         self.stats.opened += 1
         self.stats.live += 1
-        group.handle = self.start(self.run_group, group, name=f"talkpipe group {group.key!r} of {self.label}")
+        name = f"talkpipe group {group.key!r} of {self.label}"
+        group.handle = self.start(self.run_group, group, pipeline, name=name)
 
-    async def run_group(self, group: _Group) -> None:
+    async def run_group(self, group: _Group, pipeline: Pipeline[Any, Any]) -> None:
         """Group task: run the key's sub-pipeline over its inbox into the output channel."""
         try:
-            pipeline = self.factory(group.key)
             async with pipeline.stream(group.inbox, metadata=True) as outputs:
                 async for item in outputs:
                     await self.deliver(group, item)
@@ -485,7 +491,7 @@ class _PartitionRun(_Lanes):
         if not live:
             await self.emit(item)
             return
-        self.pending[id(item)] = [item, len(live)]
+        self.pending[id(item)] = [item, len(live), anyio.Event()]
         for i in live:  # no await in this loop: every lane gets it, none can leave half-way
             inbox = self.lanes[i].inbox
             inbox.items.append(item)
@@ -499,28 +505,38 @@ class _PartitionRun(_Lanes):
             for k, m in enumerate(owed):
                 if m is item:
                     del owed[k]
-                    if not self.settle(item):
-                        return
-                    break
+                    await self.settle(item)
+                    return
         await self.emit(item)
 
-    def settle(self, item: Any) -> bool:
-        """One lane passed *item* on: True once every lane has (it may leave the stage)."""
+    async def settle(self, item: Any) -> None:
+        """One lane passed *item* on: the last one sends it on; the others wait until it has left.
+
+        So a lane's outputs after a metadata item never overtake it.
+        """
         entry = self.pending.get(id(item))
         if entry is None or entry[0] is not item:
-            return True
+            await self.emit(item)
+            return
         entry[1] -= 1
         if entry[1] > 0:
-            return False
+            await entry[2].wait()
+            return
         del self.pending[id(item)]
-        return True
+        try:
+            await self.emit(item)
+        finally:
+            entry[2].set()
 
     async def ended(self, group: _Group) -> None:
         self.stats.dropped += group.inbox.leave()  # no metadata reaches it from now on
         owed, self.owed[group.key] = self.owed[group.key], []
         for item in owed:  # metadata the lane received but never passed on: released by its end
-            if self.settle(item):
-                await self.emit(item)
+            entry = self.pending.get(id(item))
+            if entry is not None and entry[0] is item and entry[1] > 1:
+                entry[1] -= 1  # an ended lane does not wait for the others
+            else:
+                await self.settle(item)
 
 
 class partition(AbstractSegment[T, U], Generic[T, U]):
@@ -542,8 +558,9 @@ class partition(AbstractSegment[T, U], Generic[T, U]):
     Order: per key (and per lane), as the lane's sub-pipeline yields; across
     lanes, in the order the lanes produce.  Metadata goes to every lane and
     leaves the stage once every lane has passed it on (so a ``Flush`` that
-    makes each lane flush comes after their flushed output); a lane that
-    ends without passing it on releases it when it ends.
+    makes each lane flush comes after their flushed output, and before any
+    output of the items after it); a lane that ends without passing it on
+    releases it when it ends.
 
     Bounds: each lane's input holds at most ``buffer`` items (when the lane
     of the next item is full the feeder waits) and ``buffer`` outputs wait
