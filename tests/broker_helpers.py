@@ -1,9 +1,15 @@
-"""Helpers shared by the broker connector tests (test_redis, test_nats)."""
+"""Helpers shared by the broker connector tests: servers, worker processes, reads of the results.
+
+The fixtures here (``redis_url``, ``nats_url``: one real server per test
+module; ``restartable_redis``, ``restartable_nats``: a server per test that
+the test may stop and start again) reach a test module through
+``pytest_plugins = ["tests.broker_helpers"]``.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import anyio
@@ -111,6 +117,45 @@ class RestartableServer:
 
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A real redis-server for the test module (fails in CI, skips elsewhere, when it is not installed)."""
+    from tests import servers
+
+    with servers.redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def nats_url() -> Iterator[str]:
+    """A real nats-server with JetStream for the test module."""
+    from tests import servers
+
+    with servers.nats_server() as url:
+        yield url
+
+
+def _restartable(kind: str) -> Iterator[RestartableServer]:
+    server = RestartableServer(kind)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def restartable_redis() -> Iterator[RestartableServer]:
+    """A redis-server for one test that keeps its data across a restart."""
+    yield from _restartable("redis")
+
+
+@pytest.fixture
+def restartable_nats() -> Iterator[RestartableServer]:
+    """A nats-server with JetStream for one test that keeps its data across a restart."""
+    yield from _restartable("nats")
 
 
 def start_worker(broker: str, url: str, stream: str, group: str, results: str, name: str, *, batch: int = 50,

@@ -10,6 +10,8 @@ It exits after ``--idle-exit`` seconds without a message and prints
 ``"poison": true`` raises (the run fails, the process exits 1) unless
 ``--on-error`` says otherwise; ``--serve`` runs the pipeline with
 ``run_worker`` (SIGTERM / SIGINT stop it cleanly; the exit code is its own).
+``--partitions n`` reads a feed partitioned by key (payloads ``{"i", "k":
+key, "s": place in its key}``); the record then carries ``k`` and ``s``.
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ def make_record(name: str, delay: float) -> Any:
                 raise Poisoned(f"poison message {message.data['i']}")
             if delay:
                 await anyio.sleep(delay)  # the work of one message
-            yield message.with_data({"i": message.data["i"], "mid": message.id, "w": name,
-                                     "d": message.deliveries})
+            record = {"i": message.data["i"], "mid": message.id, "w": name, "d": message.deliveries}
+            if "k" in message.data:  # a keyed feed: the key and the message's place in it
+                record.update(k=message.data["k"], s=message.data["s"])
+            yield message.with_data(record)
 
     return record()
 
@@ -59,6 +63,7 @@ async def main(args: argparse.Namespace) -> None:
         src: Any = RedisStreamSource(
             args.stream, args.group, url=args.url, consumer=args.name, batch=args.batch, block=0.1,
             claim_idle=args.claim_idle, idle_exit=args.idle_exit, outage_budget=budget,
+            partitions=args.partitions, lease_ttl=args.lease_ttl,
         )
         sink: Any = RedisStreamSink(args.results, url=args.url, batch=args.batch, outage_budget=budget)
     else:
@@ -97,6 +102,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--outage-budget", type=float, default=60.0)
     p.add_argument("--serve", action="store_true")
+    p.add_argument("--partitions", type=int, default=None)
+    p.add_argument("--lease-ttl", type=float, default=5.0)
     return p.parse_args()
 
 

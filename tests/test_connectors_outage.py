@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -26,6 +26,8 @@ from talkpipe_async.connectors import (
 )
 from tests.broker_helpers import ASYNCIO_LOOPS, RestartableServer, nats_fill, nats_read
 
+pytest_plugins = ["tests.broker_helpers"]
+
 pytestmark = pytest.mark.anyio
 
 BUDGET = 1.0
@@ -36,28 +38,6 @@ BOUND = BUDGET + 8.0  # the budget, plus one call deadline (timeout + 5 s), plus
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     """The broker clients need asyncio: asyncio and uvloop."""
     return request.param
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RestartableServer]:
-    """A redis-server that can be stopped and restarted."""
-    server = RestartableServer("redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def nats_server() -> Iterator[RestartableServer]:
-    """A nats-server (JetStream) that can be stopped and restarted."""
-    server = RestartableServer("nats")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 async def stop_after(items: int, server: RestartableServer) -> AsyncIterator[int]:
@@ -75,14 +55,14 @@ def check_error(err: BaseException, broker: str, url: str) -> None:
     assert err.__cause__ is not None and type(err.__cause__).__name__ in text, text
 
 
-async def test_redis_source_fails_after_its_budget(redis_server: RestartableServer) -> None:
-    url = redis_server.url
+async def test_redis_source_fails_after_its_budget(restartable_redis: RestartableServer) -> None:
+    url = restartable_redis.url
     await RedisStreamSink("feed", url=url).collect([{"i": i} for i in range(10)])
     src = RedisStreamSource("feed", "g", url=url, block=0.05, outage_budget=BUDGET)
 
     async def stop_server(_: Any) -> None:
-        if redis_server.proc is not None:
-            await anyio.to_thread.run_sync(redis_server.stop)
+        if restartable_redis.proc is not None:
+            await anyio.to_thread.run_sync(restartable_redis.stop)
 
     with anyio.fail_after(BOUND), pytest.raises(BrokerUnavailable) as info:
         await consume(src, stop_server)
@@ -90,48 +70,48 @@ async def test_redis_source_fails_after_its_budget(redis_server: RestartableServ
     assert src.stats.outages >= 1
 
 
-async def test_redis_sink_fails_after_its_budget(redis_server: RestartableServer) -> None:
-    url = redis_server.url
+async def test_redis_sink_fails_after_its_budget(restartable_redis: RestartableServer) -> None:
+    url = restartable_redis.url
     sink = RedisStreamSink("out", url=url, batch=1, outage_budget=BUDGET)
     with anyio.fail_after(BOUND), pytest.raises(BrokerUnavailable) as info:
-        await sink.collect(stop_after(5, redis_server))
+        await sink.collect(stop_after(5, restartable_redis))
     check_error(info.value, "redis", url)
     assert 1 <= sink.stats.written <= 5  # the feeder reads ahead: the server may stop before the 5th write
 
 
-async def test_jetstream_source_fails_after_its_budget(nats_server: RestartableServer) -> None:
-    url = nats_server.url
+async def test_jetstream_source_fails_after_its_budget(restartable_nats: RestartableServer) -> None:
+    url = restartable_nats.url
     await nats_fill(url, "feed.x", [{"i": i} for i in range(10)], streams={"FEED": ["feed.>"]})
     src = JetStreamSource("FEED", "d", servers=url, fetch_wait=0.05, outage_budget=BUDGET)
 
     async def stop_server(_: Any) -> None:
-        if nats_server.proc is not None:
-            await anyio.to_thread.run_sync(nats_server.stop)
+        if restartable_nats.proc is not None:
+            await anyio.to_thread.run_sync(restartable_nats.stop)
 
     with anyio.fail_after(BOUND), pytest.raises(BrokerUnavailable) as info:
         await consume(src, stop_server)
     check_error(info.value, "nats", url)
 
 
-async def test_jetstream_sink_fails_after_its_budget_instead_of_hanging(nats_server: RestartableServer) -> None:
-    url = nats_server.url
+async def test_jetstream_sink_fails_after_its_budget_instead_of_hanging(restartable_nats: RestartableServer) -> None:
+    url = restartable_nats.url
     await nats_fill(url, "out.x", [], streams={"OUT": ["out.>"]})
     sink = JetStreamSink("out.x", servers=url, batch=1, timeout=0.5, outage_budget=BUDGET)
     with anyio.fail_after(BOUND), pytest.raises(BrokerUnavailable) as info:
-        await sink.collect(stop_after(5, nats_server))
+        await sink.collect(stop_after(5, restartable_nats))
     check_error(info.value, "nats", url)
     assert 1 <= sink.stats.written <= 5  # the feeder reads ahead: the server may stop before the 5th write
 
 
-async def test_jetstream_sink_rides_a_restart_and_stores_each_item_once(nats_server: RestartableServer) -> None:
-    url = nats_server.url
+async def test_jetstream_sink_rides_a_restart_and_stores_each_item_once(restartable_nats: RestartableServer) -> None:
+    url = restartable_nats.url
     await nats_fill(url, "out.x", [], streams={"OUT": ["out.>"]})
     n = 400
 
     async def items() -> AsyncIterator[int]:
         for i in range(n):
             if i == n // 2:
-                await anyio.to_thread.run_sync(nats_server.outage, 0.5)
+                await anyio.to_thread.run_sync(restartable_nats.outage, 0.5)
             yield i
 
     sink = JetStreamSink("out.x", servers=url, batch=20, timeout=0.5)

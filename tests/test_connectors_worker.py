@@ -18,7 +18,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,8 @@ import redis.asyncio as aioredis
 
 from talkpipe_async.connectors import RedisStreamSource, serve
 from talkpipe_async.connectors._redis_session import HAND_BACK_IDLE_MS
-from tests import servers
+
+pytest_plugins = ["tests.broker_helpers"]
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,13 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def anyio_backend() -> Any:
     """Signal handling through the asyncio loop (redis.asyncio needs asyncio)."""
     return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A real redis-server for this module."""
-    with servers.redis_server() as url:
-        yield url
 
 
 @pytest.fixture

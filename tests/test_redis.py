@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,6 +29,8 @@ from talkpipe_async.connectors import (
 from tests import servers
 from tests.broker_helpers import ASYNCIO_LOOPS, check_refused_on_trio, check_unreachable
 
+pytest_plugins = ["tests.broker_helpers"]
+
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.skipif(servers.redis_binary() is None, reason="redis-server not installed"),
@@ -39,13 +41,6 @@ pytestmark = [
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     """redis.asyncio needs asyncio: run on asyncio and uvloop (trio: see test_trio_is_refused_clearly)."""
     return request.param
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A real redis-server for this module."""
-    with servers.redis_server() as url:
-        yield url
 
 
 @pytest.fixture

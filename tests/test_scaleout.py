@@ -15,66 +15,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 import redis
 
-from tests import servers
+from tests.broker_helpers import counter, nats_count, start_worker, wait_all
 
-ROOT = Path(__file__).resolve().parents[1]
+pytest_plugins = ["tests.broker_helpers"]
 N = 20_000
 BATCH = 50
 DEADLINE = 35.0
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A real redis-server for this module."""
-    if servers.redis_binary() is None:
-        pytest.skip("redis-server not installed")
-    with servers.redis_server() as url:
-        yield url
-
-
-def start_worker(broker: str, url: str, stream: str, group: str, results: str, name: str,
-                 claim_idle: float, idle_exit: float) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "tests.scaleout_worker", "--broker", broker, "--url", url, "--stream", stream,
-           "--group", group, "--results", results, "--name", name, "--batch", str(BATCH),
-           "--claim-idle", str(claim_idle), "--idle-exit", str(idle_exit)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_all(procs: list[subprocess.Popen[str]], deadline: float) -> list[tuple[int, str, str]]:
-    """Wait (bounded) for every worker; return (code, stdout, stderr) each."""
-    out = []
-    for p in procs:
-        try:
-            stdout, stderr = p.communicate(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            stdout, stderr = p.communicate()
-            raise AssertionError(f"worker did not finish in time: {stderr[-2000:]}") from None
-        out.append((p.returncode, stdout, stderr))
-    return out
-
-
-def counter(stdout: str, name: str) -> int:
-    """A ``name=<n>`` counter printed by a worker."""
-    match = re.search(rf"{name}=(\d+)", stdout)
-    assert match, f"worker printed no {name}: {stdout!r}"
-    return int(match.group(1))
 
 
 def fill_redis(client: Any, stream: str, group: str) -> None:
@@ -96,7 +51,8 @@ def test_redis_three_workers_exactly_once(redis_url: str) -> None:
     stream, group, results = f"feed-{tag}", f"workers-{tag}", f"results-{tag}"
     fill_redis(client, stream, group)
     deadline = time.monotonic() + DEADLINE
-    procs = [start_worker("redis", redis_url, stream, group, results, f"w{k}", 30.0, 1.0) for k in range(3)]
+    procs = [start_worker("redis", redis_url, stream, group, results, f"w{k}", batch=BATCH, idle_exit=1.0)
+             for k in range(3)]
     outcomes = wait_all(procs, deadline)
     assert all(code == 0 for code, _, _ in outcomes), [err[-2000:] for _, _, err in outcomes]
     records = redis_results(client, results)
@@ -117,7 +73,8 @@ def test_redis_kill_one_worker_mid_stream(redis_url: str) -> None:
     fill_redis(client, stream, group)
     deadline = time.monotonic() + DEADLINE
     claim_idle = 1.5
-    procs = [start_worker("redis", redis_url, stream, group, results, f"w{k}", claim_idle, claim_idle * 2.5)
+    procs = [start_worker("redis", redis_url, stream, group, results, f"w{k}", batch=BATCH,
+                          claim_idle=claim_idle, idle_exit=claim_idle * 2.5)
              for k in range(3)]
     victim = procs[0]
     # kill -9 the victim once the group is well into the stream and the victim holds messages
@@ -152,15 +109,6 @@ def test_redis_kill_one_worker_mid_stream(redis_url: str) -> None:
 
 
 # --- NATS JetStream ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def nats_url() -> Iterator[str]:
-    """A real nats-server (JetStream) for this module."""
-    if servers.nats_binary() is None:
-        pytest.skip("nats-server not installed")
-    with servers.nats_server() as url:
-        yield url
 
 
 async def _nats_setup(url: str, tag: str) -> None:
@@ -200,22 +148,11 @@ def test_nats_kill_one_worker_mid_stream(nats_url: str) -> None:
     anyio.run(_nats_setup, nats_url, tag)
     deadline = time.monotonic() + DEADLINE
     ack_wait = 1.5
-    procs = [start_worker("nats", nats_url, f"FEED{tag}", "workers", f"res{tag}.out", f"w{k}", ack_wait,
-                          ack_wait * 2.5) for k in range(3)]
+    procs = [start_worker("nats", nats_url, f"FEED{tag}", "workers", f"res{tag}.out", f"w{k}", batch=BATCH,
+                          claim_idle=ack_wait, idle_exit=ack_wait * 2.5) for k in range(3)]
     victim = procs[0]
 
-    async def results_count() -> int:
-        import nats
-
-        nc = await nats.connect(nats_url)
-        try:
-            return int((await nc.jetstream().stream_info(f"RES{tag}")).state.messages)
-        except nats.js.errors.NotFoundError:
-            return 0
-        finally:
-            await nc.close()
-
-    while anyio.run(results_count) < N // 5:
+    while anyio.run(nats_count, nats_url, f"RES{tag}") < N // 5:
         assert time.monotonic() < deadline, "workers made no progress"
         assert victim.poll() is None, "victim exited early"
         time.sleep(0.005)  # polling a server-side counter with a bound; no event crosses processes

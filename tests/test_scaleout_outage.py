@@ -19,7 +19,6 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -36,6 +35,8 @@ from tests.broker_helpers import (
     wait_until,
 )
 
+pytest_plugins = ["tests.broker_helpers"]
+
 # Broker restarts, crashes and signals to worker processes: long attacks, run once per CI run (see .ci/run).
 pytestmark = pytest.mark.soak
 
@@ -50,28 +51,6 @@ OUTAGES = [
     pytest.param(10.0, id="10s", marks=pytest.mark.skipif(
         os.environ.get("TALKPIPE_LONG_OUTAGE") != "1", reason="set TALKPIPE_LONG_OUTAGE=1 for the 10 s outage")),
 ]
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RestartableServer]:
-    """A redis-server that keeps its data across a restart."""
-    server = RestartableServer("redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
-def nats_server() -> Iterator[RestartableServer]:
-    """A nats-server with JetStream that keeps its data across a restart."""
-    server = RestartableServer("nats")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def report(kind: str, seconds: float, counts: Counter[int], outcomes: list[tuple[int, str, str]]) -> None:
@@ -90,10 +69,11 @@ def check(counts: Counter[int], outcomes: list[tuple[int, str, str]]) -> None:
 
 
 @pytest.mark.parametrize("seconds", OUTAGES)
-def test_redis_outage_two_workers_lose_nothing(redis_server: RestartableServer, seconds: float) -> None:
+def test_redis_outage_two_workers_lose_nothing(restartable_redis: RestartableServer, seconds: float) -> None:
     import redis
 
-    url = redis_server.url
+
+    url = restartable_redis.url
     client = redis.Redis.from_url(url)
     tag = uuid.uuid4().hex[:6]
     stream, group, results = f"feed-{tag}", f"workers-{tag}", f"results-{tag}"
@@ -107,7 +87,7 @@ def test_redis_outage_two_workers_lose_nothing(redis_server: RestartableServer, 
                           extra=("--delay", str(DELAY))) for k in range(2)]
     wait_until(lambda: client.xlen(results) >= N // 4, deadline, "a quarter of the results")
     client.close()
-    redis_server.outage(seconds)
+    restartable_redis.outage(seconds)
     outcomes = wait_all(procs, deadline)
     client = redis.Redis.from_url(url)
     counts = Counter(json.loads(f[b"data"])["i"] for _, f in client.xrange(results))
@@ -118,8 +98,8 @@ def test_redis_outage_two_workers_lose_nothing(redis_server: RestartableServer, 
 
 
 @pytest.mark.parametrize("seconds", OUTAGES)
-def test_nats_outage_two_workers_lose_nothing(nats_server: RestartableServer, seconds: float) -> None:
-    url = nats_server.url
+def test_nats_outage_two_workers_lose_nothing(restartable_nats: RestartableServer, seconds: float) -> None:
+    url = restartable_nats.url
     tag = uuid.uuid4().hex[:6]
     feed, res = f"FEED{tag}", f"RES{tag}"
     anyio.run(lambda: nats_fill(url, f"feed{tag}.x", [{"i": i} for i in range(N)],
@@ -128,7 +108,7 @@ def test_nats_outage_two_workers_lose_nothing(nats_server: RestartableServer, se
     procs = [start_worker("nats", url, feed, "workers", f"res{tag}.out", f"w{k}", batch=BATCH, claim_idle=5.0,
                           idle_exit=seconds + 7, extra=("--delay", str(DELAY))) for k in range(2)]
     wait_until(lambda: anyio.run(nats_count, url, res) >= N // 4, deadline, "a quarter of the results")
-    nats_server.outage(seconds)
+    restartable_nats.outage(seconds)
     outcomes = wait_all(procs, deadline)
     records: list[Any] = anyio.run(nats_read, url, res)
     counts = Counter(r["i"] for r in records)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -23,6 +23,8 @@ import redis.asyncio as aioredis
 from talkpipe_async.connectors import Message, RedisStreamSink, RedisStreamSource, partition_for
 from tests import servers
 from tests.broker_helpers import ASYNCIO_LOOPS
+
+pytest_plugins = ["tests.broker_helpers"]
 
 pytestmark = [
     pytest.mark.anyio,
@@ -35,13 +37,6 @@ N = 4
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     """redis.asyncio needs asyncio: run on asyncio and uvloop."""
     return request.param
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A real redis-server for this module."""
-    with servers.redis_server() as url:
-        yield url
 
 
 @pytest.fixture

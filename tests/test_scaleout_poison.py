@@ -19,14 +19,14 @@ import json
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import pytest
 
-from tests import servers
 from tests.broker_helpers import nats_fill, nats_read, start_worker
+
+pytest_plugins = ["tests.broker_helpers"]
 
 # Broker restarts, crashes and signals to worker processes: long attacks, run once per CI run (see .ci/run).
 pytestmark = pytest.mark.soak
@@ -63,20 +63,6 @@ def supervise(start: Any, names: list[str], deadline: float) -> tuple[int, list[
             assert crashes <= MAX_RESTARTS, "the poison keeps crashing workers: it never reached the dead letter"
             procs[name] = start(name)
     return crashes, logs
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A real redis-server for this module."""
-    with servers.redis_server() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def nats_url() -> Iterator[str]:
-    """A real nats-server (JetStream) for this module."""
-    with servers.nats_server() as url:
-        yield url
 
 
 def check(records: list[dict[str, Any]], dead_ids: list[int], crashes: int, kind: str) -> None:

@@ -18,14 +18,14 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import anyio
 import pytest
 
-from tests import servers
 from tests.broker_helpers import counter, nats_count, nats_fill, nats_read, start_worker, wait_all, wait_until
+
+pytest_plugins = ["tests.broker_helpers"]
 
 # Broker restarts, crashes and signals to worker processes: long attacks, run once per CI run (see .ci/run).
 pytestmark = pytest.mark.soak
@@ -35,20 +35,6 @@ BATCH = 50
 NEVER = 120.0  # claim_idle / ack_wait: no reclaim by time within the test
 DEADLINE = 50.0
 EXTRA = ("--delay", "0.001", "--serve")
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    """A real redis-server for this module."""
-    with servers.redis_server() as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def nats_url() -> Iterator[str]:
-    """A real nats-server (JetStream) for this module."""
-    with servers.nats_server() as url:
-        yield url
 
 
 def check(records: list[dict[str, Any]], victim: tuple[int, str, str], others: list[tuple[int, str, str]],
