@@ -18,27 +18,27 @@ cancellation; the consumer's own exception goes on unchanged.
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.abc
-import anyio.lowlevel
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 from ._errors import annotate, attach_context, error_context
+from ._logs import logger
 from ._run import RESTOP_AFTER, RunContext
 from ._stop import Stoppable
+
+if TYPE_CHECKING:
+    import anyio.abc
 
 __all__ = ["CLEANUP_TIMEOUT", "RunScope", "close_one"]
 
 CLEANUP_TIMEOUT = 10.0
-_log = logging.getLogger("talkpipe_async")
 
 
 def _cancelled(exc: BaseException) -> bool:
@@ -57,7 +57,7 @@ async def close_one(gen: Any) -> BaseException | None:
             return err
     except BaseException as err:  # reported once every stage is closed
         if _cancelled(err):
-            _log.error("a stage's cleanup was cut short: the %.0f s cleanup deadline passed", CLEANUP_TIMEOUT)
+            logger().error("a stage's cleanup was cut short: the %.0f s cleanup deadline passed", CLEANUP_TIMEOUT)
             return None
         return err
     return None
@@ -83,8 +83,10 @@ async def _deliver_outside_cancellation() -> BaseException | None:
     """
     with anyio.CancelScope():  # noqa: ASYNC100  # leaving it is the point
         pass
+    from anyio.lowlevel import checkpoint
+
     try:
-        await anyio.lowlevel.checkpoint()
+        await checkpoint()
     except anyio.get_cancelled_exc_class() as err:
         return err
     return None
@@ -150,7 +152,7 @@ class RunScope:
             for gen in busy:
                 error = error or await close_one(gen)
         except anyio.get_cancelled_exc_class():  # the cleanup deadline passed
-            _log.error("the run's cleanup passed its %.0f s deadline: cancelling what still runs", CLEANUP_TIMEOUT)
+            logger().error("the run's cleanup passed its %.0f s deadline: cancelling what still runs", CLEANUP_TIMEOUT)
             run._stop_all(0.0)
         self._body.__exit__(None, None, None)
         if self._closed is not None:
@@ -167,7 +169,7 @@ class RunScope:
             outer = await _deliver_outside_cancellation()
         if run.failure is not None:  # a task's failure comes first: it is what stopped the run
             if error is not None and error is not run.failure:
-                _log.error("a stage also failed while the run was closing", exc_info=error)
+                logger().error("a stage also failed while the run was closing", exc_info=error)
             error = run.failure
         return error, outer
 
@@ -186,7 +188,7 @@ def outcome(
     """
     if exc is not None and not _cancelled(exc):  # the consumer's (or an inline stage's) exception goes on
         if error is not None and error is not exc:
-            _log.error("a task of the run failed too", exc_info=error)
+            logger().error("a task of the run failed too", exc_info=error)
         return None
     if error is not None:
         annotate(error, frames)

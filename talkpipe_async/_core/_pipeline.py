@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import anyio
-import anyio.abc
 
 from ._chain import Chain, In, Out, Runner
 from ._closing import RunScope, close_one, outcome
 from ._errors import annotate, error_context
+from ._logs import logger
 from ._metadata import Metadata
 from ._plumbing import MetaCounter, make_intercept, release_sync, run_sync, strip_async, strip_sync, sync_to_async
 from ._run import RunContext, _current
-from ._sampler import Sampler
 from ._segment import AbstractSegment, AbstractSource, _Node, wrap_callable
-from ._stats import RunStats, StageStats, counted_async, counted_sync, observe_async, observe_sync, snapshot
-from ._threads import ThreadStage
 
 if TYPE_CHECKING:
     from .._blocking import BlockingStream
+    from ._sampler import Sampler
+    from ._stats import RunStats, StageStats
+    from ._threads import ThreadStage
 
 V = TypeVar("V")
 
@@ -33,8 +32,6 @@ __all__ = ["Pipeline", "PipelineRun"]
 BLOCKING_BATCH = 512
 BLOCKING_BUFFER = 2048
 BLOCKING_LATENCY = 0.005
-_log = logging.getLogger("talkpipe_async")
-_stats_log = logging.getLogger("talkpipe_async.stats")
 
 # Inputs of these types cannot hold Metadata: no plumbing is installed after them.
 _PLAIN_INPUTS = (range, str, bytes, bytearray, memoryview)
@@ -396,6 +393,8 @@ class _Build:
         """With statistics on, count what *gen* yields (a step closed with the run)."""
         if self.stats is None:
             return gen
+        from ._stats import StageStats, counted_async, counted_sync, observe_async, observe_sync
+
         stats = StageStats(label, node)
         self.stats.append(stats)
         frame = _frame_of(gen)
@@ -481,6 +480,8 @@ class PipelineRun(Generic[Out]):
         build = self._build
         stages = build.stats if build is not None and build.stats is not None else []
         timed = build is not None and build.timed
+        from ._stats import snapshot
+
         return snapshot(stages, self._errors, self._started, self.metadata_dropped, self._running, timed)
 
     async def _report(self, every: float) -> None:
@@ -493,7 +494,7 @@ class PipelineRun(Generic[Out]):
         if self._on_stats is not None:
             self._on_stats(snap)
         else:
-            _stats_log.info("pipeline %s\n%s", self._pipeline, snap.format())
+            logger("talkpipe_async.stats").info("pipeline %s\n%s", self._pipeline, snap.format())
 
     async def __aenter__(self) -> AsyncIterator[Out]:
         build = self._build = _Build(self._pipeline, self._metadata)
@@ -512,6 +513,8 @@ class PipelineRun(Generic[Out]):
             if self._stats_every is not None:
                 run.start_soon(self._report, self._stats_every, name="talkpipe stats reporter")
             if build.stats is not None and not build.timed:
+                from ._sampler import Sampler
+
                 self._sampler = Sampler(build.frame_stats)
                 self._sampler.start()
         except BaseException as exc:
@@ -556,7 +559,9 @@ class PipelineRun(Generic[Out]):
         try:
             self._emit_stats()
         except Exception:
-            _stats_log.exception("the on_stats hook failed on the final snapshot of a cancelled run")
+            logger("talkpipe_async.stats").exception(
+                "the on_stats hook failed on the final snapshot of a cancelled run"
+            )
 
     def _count_error(self, exc: BaseException) -> None:
         ctx = error_context(exc)
@@ -683,6 +688,8 @@ class PipelineRun(Generic[Out]):
             if items is None:
                 return iter(stage.generate())  # type: ignore[attr-defined]
             return iter(stage.transform(items))  # type: ignore[attr-defined]
+
+        from ._threads import ThreadStage
 
         thread_stats: list[StageStats] = []  # filled below, before the thread starts
         thread = ThreadStage(

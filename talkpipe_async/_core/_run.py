@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.abc
 
+from ._logs import logger
 from ._stop import Stoppable
+
+if TYPE_CHECKING:
+    import anyio.abc
 
 __all__ = ["RunContext", "current_run"]
 
 _current: ContextVar[RunContext | None] = ContextVar("talkpipe_async_run", default=None)
-_log = logging.getLogger("talkpipe_async")
 RESTOP_AFTER = 0.25
 
 
@@ -80,7 +81,7 @@ class RunContext:
     def _fail(self, exc: BaseException, name: str | None) -> None:
         if self.failure is not None:
             if exc is not self.failure:
-                _log.error("another task of the run failed too", exc_info=exc)
+                logger().error("another task of the run failed too", exc_info=exc)
             return
         self.failure = exc
         self.failed_task = name

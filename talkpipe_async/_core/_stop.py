@@ -31,7 +31,6 @@ from types import TracebackType
 from typing import Any, cast
 
 import anyio
-import sniffio
 
 __all__ = ["Stoppable", "current_task"]
 
@@ -42,6 +41,8 @@ _SLOW_CHECK = 0.002
 
 def current_task() -> Any:
     """The running task object of the current backend."""
+    import sniffio
+
     if sniffio.current_async_library() == "trio":
         import trio
 
@@ -212,6 +213,8 @@ class Stoppable:
         if self._task is current_task():  # stopping itself: a plain cancellation at its next await
             self._stop.cancel()
             return
+        import sniffio
+
         if sniffio.current_async_library() == "trio":
             self._stop_trio()
         else:
