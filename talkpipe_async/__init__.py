@@ -26,6 +26,7 @@ from ._core._errors import ErrorContext, TalkpipeAsyncError, error_context
 from ._core._fields import assign_field, extract_field
 from ._core._metadata import Flush, Metadata, create_metadata, is_metadata
 from ._core._pipeline import Pipeline, PipelineRun
+from ._core._public import present, show_as_public
 from ._core._segment import (
     AbstractFieldSegment,
     AbstractSegment,
@@ -57,6 +58,7 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     value = getattr(importlib.import_module(module, __name__), name)
+    present(value, __name__)
     globals()[name] = value
     return value
 
@@ -90,3 +92,5 @@ __all__ = [
     "source",
     "wrap_callable",
 ]
+
+show_as_public(globals())

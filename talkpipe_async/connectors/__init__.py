@@ -76,3 +76,7 @@ __all__ = [
     "run_worker",
     "serve",
 ]
+
+from .._core._public import show_as_public
+
+show_as_public(globals())

@@ -17,3 +17,7 @@ from .chatterlang import compile_chatterlang
 __all__ = ["TalkPipeSegment", "TalkPipeSource", "compile_chatterlang", "from_talkpipe"]
 
 register_loaded()  # is_metadata() recognises TalkPipe's metadata from now on if TalkPipe is loaded
+
+from .._core._public import show_as_public
+
+show_as_public(globals())

@@ -4,6 +4,7 @@ Families: transform, select, batch and time (part A); concurrency, combine,
 errors and embedding (part B).  Each module defines ``__all__``.
 """
 
+from .._core._public import show_as_public
 from .aggregate import *  # noqa: F403
 from .batch import *  # noqa: F403
 from .combine import *  # noqa: F403
@@ -19,3 +20,5 @@ from .select import *  # noqa: F403
 from .sequence import *  # noqa: F403
 from .time import *  # noqa: F403
 from .transform import *  # noqa: F403
+
+show_as_public(globals())

@@ -55,3 +55,7 @@ __all__ = [
     "sse",
     "virtual_backend",
 ]
+
+from .._core._public import show_as_public
+
+show_as_public(globals())
