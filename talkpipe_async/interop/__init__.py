@@ -11,13 +11,12 @@ when a ChatterLang script is compiled.
 
 from __future__ import annotations
 
+from .._core._public import show_as_public
 from .._core._talkpipe import TalkPipeSegment, TalkPipeSource, from_talkpipe, register_loaded
 from .chatterlang import compile_chatterlang
 
 __all__ = ["TalkPipeSegment", "TalkPipeSource", "compile_chatterlang", "from_talkpipe"]
 
 register_loaded()  # is_metadata() recognises TalkPipe's metadata from now on if TalkPipe is loaded
-
-from .._core._public import show_as_public
 
 show_as_public(globals())
