@@ -20,6 +20,7 @@ one by hand with e.g. ``TALKPIPE_SOAK_SECONDS=120 python3 -m pytest -q tests/tes
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -48,9 +49,9 @@ pytestmark.append(pytest.mark.timeout(SECONDS * 6 + 60))
 
 _WRITER = textwrap.dedent(
     """
-    import os, signal, sys, time
+    import json, os, signal, sys, time
 
-    path, rate, seconds, late = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+    path, rate, seconds, late, grace = sys.argv[1], *map(float, sys.argv[2:6])
     total = int(rate * seconds)
     pad = b" " + b"x" * 40 + b"\\n"
     reopen_at = None
@@ -68,18 +69,38 @@ _WRITER = textwrap.dedent(
     sys.stdin.readline()
     start = time.monotonic()
     n = 0
+    # Lines written to a rotated file more than rotate_grace after both the write before and the rename
+    # (this process descheduled on a loaded machine): the tail may have closed the file before them.  The
+    # file's ctime before a write is the later of the two; read against the clock after the write, the
+    # pause is bounded from above, so no line the tail must read is counted here.
+    risky, risky_from = [], None
+
+    def at_path(ino):
+        try:
+            return os.stat(path).st_ino == ino
+        except FileNotFoundError:  # between the rename and the create
+            return False
     while n < total:
         now = time.monotonic()
         if reopen_at is not None and now >= reopen_at:
             reopen_at = None
             os.close(fd)
             fd = open_log()
+            if risky_from is not None:
+                risky.append((risky_from, n - 1))
+                risky_from = None
         target = min(total, int((now - start) * rate) + 1)
         while n < target:
+            st = os.fstat(fd)
             os.write(fd, b"%d" % n + pad)
+            if risky_from is None and time.time() - st.st_ctime > grace and not at_path(st.st_ino):
+                risky_from = n  # and every line after it in this file: the tail may have closed it
             n += 1
         time.sleep(0.0002)
+    if risky_from is not None:
+        risky.append((risky_from, n - 1))
     print("written", n, flush=True)
+    print("risky", json.dumps(risky), flush=True)
     sys.stdin.readline()  # exit only once the rotator has stopped sending SIGHUP
     os.close(fd)
     """
@@ -174,6 +195,8 @@ class Soak:
         self.gnu: list[int] = []
         self.rotations = 0
         self.thrown: set[int] = set()
+        self.risky: set[int] = set()  # written to a rotated file after the writer paused > rotate_grace
+        self.held_by: dict[int, str] = {}  # line number -> the file on disk that holds it after the soak
 
     async def run(self) -> None:
         self.log.write_bytes(b"")
@@ -195,12 +218,12 @@ class Soak:
                 await wait_for(lambda: last_line_is(self.gnu_out, last), 30, "GNU tail to reach the last line")
         self.ours = numbers(self.ours_out.read_bytes(), self.total)
         self.gnu = numbers(self.gnu_out.read_bytes(), self.total)
-        kept: set[int] = set()
-        for f in self.dir.iterdir():
+        for f in sorted(self.dir.iterdir()):
             if f.name.startswith("app.log"):
-                kept.update(numbers(f.read_bytes(), self.total))
+                for n in numbers(f.read_bytes(), self.total):
+                    self.held_by.setdefault(n, f.name)
         # Lines the rotation itself threw away: written between the end of a copy and the truncate.
-        self.thrown = set(range(self.total)) - kept
+        self.thrown = set(range(self.total)) - self.held_by.keys()
 
     async def _consume(self, items: Any, last: int) -> None:
         with anyio.fail_after(SECONDS * 4 + 30):
@@ -215,7 +238,7 @@ class Soak:
         """Start the writer, then the rotator; stop the rotator when the writer has written every line."""
         py = sys.executable
         writer = subprocess.Popen(
-            [py, "-c", _WRITER, str(self.log), str(RATE), str(SECONDS), str(LATE)],
+            [py, "-c", _WRITER, str(self.log), str(RATE), str(SECONDS), str(LATE), str(self.rotate_grace)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -233,6 +256,8 @@ class Soak:
             writer.stdin.write("go\n")
             writer.stdin.flush()
             assert writer.stdout.readline() == f"written {self.total}\n"
+            for lo, hi in json.loads(writer.stdout.readline().split(" ", 1)[1]):
+                self.risky.update(range(lo, hi + 1))
             out, _ = rotator.communicate("stop\n", timeout=30)
             assert rotator.returncode == 0
             self.rotations = int(out.split("rotations ")[1].split()[0])
@@ -258,13 +283,97 @@ class Soak:
             f"; thrown away by the rotation {len(self.thrown)}, of which read in time by tail_file "
             f"{len(self.thrown & set(self.ours))}, by GNU tail {len(self.thrown & set(self.gnu))}"
             if self.style == "copytruncate"
-            else ""
+            else f"; written late after a writer pause > rotate_grace {len(self.risky)}, "
+            f"of which lost by tail_file {len(self.risky - set(self.ours))}"
         )
         return (
             f"{self.style} every {self.period * 1000:.0f} ms, rotate_grace {self.rotate_grace} s, "
             f"{self.total} lines, {self.rotations} rotations: lost by tail_file {self.lost(self.ours)}, "
-            f"by GNU tail -F {self.lost(self.gnu)}{thrown}"
+            f"by GNU tail -F {self.lost(self.gnu)}{thrown}; tail_file opened {self.stats.files} files "
+            f"({self.stats.recovered} found after they left the path)"
         )
+
+    def diagnosis(self, got: list[int], allowed: set[int] | None = None) -> str:
+        """A few lines saying what went wrong: lost and repeated numbers as ranges, where the lost ones are
+        on disk, and the tail's counters against the rotator's (never the whole list)."""
+        lost = sorted(self.missing(got) - (allowed or set()))
+        counts: dict[int, int] = {}
+        for n in got:
+            counts[n] = counts.get(n, 0) + 1
+        repeated = sorted(n for n, c in counts.items() if c > 1)
+        out_of_order = sum(1 for a, b in itertools.pairwise(got) if a >= b)
+        lines = [
+            self.report(),
+            f"tail_file: files opened {self.stats.files}, rotations seen {self.stats.rotations}, "
+            f"recovered {self.stats.recovered} (rotator: {self.rotations} rotations); "
+            f"out of order {out_of_order}",
+            f"lost {len(lost)} in {len(ranges(lost))} ranges{' (not counting the allowed)' if allowed else ''}: "
+            f"{self.where(lost)}",
+            f"repeated {len(repeated)}: {shown_ranges(ranges(repeated))}",
+        ]
+        return "\n".join(lines)
+
+    def where(self, lost: list[int]) -> str:
+        """Each range of lost numbers with the files on disk that hold them (the first ranges only)."""
+        per_file: dict[str, int] = {}
+        for name in self.held_by.values():
+            per_file[name] = per_file.get(name, 0) + 1
+        lost_in: dict[str, int] = {}
+        for n in lost:
+            name = self.held_by.get(n, "no file")
+            lost_in[name] = lost_in.get(name, 0) + 1
+        parts = []
+        for lo, hi in ranges(lost)[:MAX_RANGES]:
+            files = sorted({self.held_by.get(n, "no file") for n in range(lo, hi + 1)}, key=file_order)
+            shown = [
+                f"{f} {'whole' if lost_in[f] == per_file.get(f) else f'{lost_in[f]} of {per_file.get(f, 0)}'}"
+                for f in files
+            ]
+            parts.append(f"{span(lo, hi)} ({', '.join(shown)})")
+        more = len(ranges(lost)) - MAX_RANGES
+        return "; ".join(parts) + (f"; ... {more} more ranges" if more > 0 else "")
+
+
+MAX_RANGES = 8
+
+
+def ranges(numbers_: list[int]) -> list[tuple[int, int]]:
+    """Sorted numbers as (first, last) runs of consecutive numbers."""
+    out: list[tuple[int, int]] = []
+    for n in numbers_:
+        if out and n == out[-1][1] + 1:
+            out[-1] = (out[-1][0], n)
+        else:
+            out.append((n, n))
+    return out
+
+
+def span(lo: int, hi: int) -> str:
+    return f"{lo}" if lo == hi else f"{lo}-{hi} ({hi - lo + 1})"
+
+
+def shown_ranges(runs: list[tuple[int, int]]) -> str:
+    more = len(runs) - MAX_RANGES
+    return ", ".join(span(lo, hi) for lo, hi in runs[:MAX_RANGES]) + (f", ... {more} more" if more > 0 else "")
+
+
+def file_order(name: str) -> tuple[int, str]:
+    """app.log.K by K (app.log itself last: it is the newest)."""
+    suffix = name.rsplit(".", 1)[-1]
+    return (int(suffix), name) if suffix.isdigit() else (1 << 30, name)
+
+
+def test_the_diagnosis_is_a_few_lines(tmp_path: Path) -> None:
+    """A failing soak says what was lost and where, in a few lines, whatever the size of the run."""
+    soak = Soak(tmp_path, "create", 0.1, 0.05)
+    soak.total, soak.rotations = 60_000, 59
+    soak.held_by = {n: f"app.log.{n // 1000 + 1}" for n in range(soak.total)}
+    got = [n for n in range(soak.total) if not 12_000 <= n < 13_000 and n != 30_500] + [59_999]
+    text = soak.diagnosis(got)
+    assert len(text.splitlines()) == 4 and len(text) < 800
+    assert "lost 1001 in 2 ranges: 12000-12999 (1000) (app.log.13 whole); 30500 (app.log.31 1 of 1000)" in text
+    assert "repeated 1: 59999" in text
+    assert "out of order 1" in text
 
 
 def in_order(got: list[int]) -> bool:
@@ -285,8 +394,11 @@ async def test_create_rotation_loses_nothing(tmp_path: Path, period: float, grac
     await soak.run()
     print(soak.report())
     assert soak.rotations >= SECONDS / period / 2
-    assert in_order(soak.ours)
-    assert soak.ours == list(range(soak.total)), soak.report()
+    assert in_order(soak.ours), soak.diagnosis(soak.ours, soak.risky)
+    # Nothing is lost but lines the writer wrote to a rotated file after pausing longer than rotate_grace
+    # (descheduled on a loaded machine): the grace is how long a quiet rotated file is waited for.
+    only_risky = soak.missing(soak.ours) <= soak.risky  # compared apart: pytest would print both sets
+    assert only_risky, soak.diagnosis(soak.ours, soak.risky)
 
 
 @pytest.mark.parametrize("period", [1.0, 0.1])
@@ -299,8 +411,9 @@ async def test_copytruncate_loses_only_what_the_rotation_threw_away(tmp_path: Pa
     await soak.run()
     print(soak.report())
     assert soak.rotations >= SECONDS / period / 2
-    assert in_order(soak.ours)
-    assert soak.missing(soak.ours) <= soak.thrown, soak.report()
+    assert in_order(soak.ours), soak.diagnosis(soak.ours, soak.thrown)
+    only_thrown = soak.missing(soak.ours) <= soak.thrown  # compared apart: pytest would print both sets
+    assert only_thrown, soak.diagnosis(soak.ours, soak.thrown)
 
 
 def test_gnu_tail_is_coreutils() -> None:
