@@ -7,11 +7,14 @@ import os
 import shutil
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from talkpipe_async.sources import FileStats, Line, TailEvent, tail_file
+from talkpipe_async.sources import FileStats, Line, TailEvent, _tail_chain, tail_file
+from talkpipe_async.sources._tail_chain import _Tailer
 
 from .test_tail import FAST, follow, take, texts, wait_until
 
@@ -246,3 +249,110 @@ async def test_lines_read_ahead_come_in_batches_of_chunk_size_and_in_order(tmp_p
                 f.flush()
         assert await take(items, 3000, timeout=20) == expected
     assert stats.polls >= 3000 * 11 // 100  # batches of at most chunk_size bytes
+
+
+def polled(tailer: _Tailer) -> list[str]:
+    """Poll in this thread (no scout) until nothing more comes: the texts of the lines read."""
+    out: list[str] = []
+    for _ in range(100):
+        items, more = tailer.poll()
+        out += [str(x) for x in items if isinstance(x, Line)]
+        if not items and not more:
+            return out
+    raise AssertionError(f"still reading after 100 polls: {out}")
+
+
+@pytest.fixture
+def chain_tailer(tmp_path: Path) -> Iterator[tuple[_Tailer, FileStats]]:
+    """A tail's reading side driven by hand: polls in the test's thread, no scout; renames followed."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("files renamed away unseen are found through inotify's rename events (Linux)")
+    stats = FileStats()
+    tailer = _Tailer(tail_file(tmp_path / "app.log", start="beginning", rotate_grace=0, stats=stats))
+    tailer.watch_renames()
+    try:
+        yield tailer, stats
+    finally:
+        tailer.close()
+
+
+def test_files_at_the_path_between_two_looks_are_read_in_their_place(
+    tmp_path: Path, chain_tailer: tuple[_Tailer, FileStats]
+) -> None:
+    """Two files come and go at the path between two looks of the tail (a rotation faster than a starved
+    tail): they are found by their new names and read, in rotation order, between the file before and the
+    file after; a rotation from before the tail started is not read."""
+    tailer, stats = chain_tailer
+    log = tmp_path / "app.log"
+    (tmp_path / "app.log.0").write_bytes(b"before the tail\n")
+    log.write_bytes(b"a1\n")
+    assert polled(tailer) == ["a1"]
+    rotate(log, 1, b"b1\n")
+    with open(tmp_path / "app.log.1", "ab") as f:
+        f.write(b"a2\n")  # a late write to the rotated file
+    with open(log, "ab") as f:
+        f.write(b"b2\n")
+    rotate(log, 2, b"c1\n")  # the file with b1 and b2 leaves the path unseen
+    rotate(log, 3, b"d1\n")  # and so does the one with c1
+    os.rename(tmp_path / "app.log.2", tmp_path / "app.log.2.old")  # followed through a later rename
+    assert polled(tailer) == ["a2", "b1", "b2", "c1", "d1"]
+    assert (stats.recovered, stats.rotations, stats.files) == (2, 3, 4)
+
+
+def test_only_files_renamed_away_from_the_path_unseen_are_recovered(
+    tmp_path: Path, chain_tailer: tuple[_Tailer, FileStats]
+) -> None:
+    """A file the tail held is never read twice, and a file that was never at the path (a compressed copy,
+    a copytruncate copy) is not taken for one that was; nor is a file deleted before the tail saw it."""
+    tailer, stats = chain_tailer
+    log = tmp_path / "app.log"
+    log.write_bytes(b"a1\n")
+    assert polled(tailer) == ["a1"]
+    rotate(log, 1, b"b1\n")
+    assert polled(tailer) == ["b1"]
+    (tmp_path / "app.log.1.gz").write_bytes(b"not lines\n")  # made from a rotated file
+    shutil.copyfile(log, tmp_path / "app.log.copy")
+    rotate(log, 2, b"c1\n")  # the file with b1, held: read once
+    rotate(log, 3, b"d1\n")  # the file with c1 leaves unseen: recovered
+    rotate(log, 4, b"e1\n")
+    os.unlink(tmp_path / "app.log.4")  # the file with d1 left unseen and was deleted: gone
+    assert polled(tailer) == ["c1", "e1"]
+    assert (stats.recovered, stats.rotations) == (1, 3)
+
+
+def test_a_late_write_within_the_grace_is_read_however_late_the_tail_looks(
+    tmp_path: Path, chain_tailer: tuple[_Tailer, FileStats], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rotated file's grace is measured up to the read that found its end: a line written after that read
+    but less than rotate_grace after the file's previous change (the tail's thread descheduled between the
+    read and its look at the clock) is read, not lost with the closed file."""
+    tailer, _ = chain_tailer
+    tailer.src.rotate_grace = 0.05
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(_tail_chain, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    log = tmp_path / "app.log"
+    log.write_bytes(b"a1\n")
+    assert polled(tailer) == ["a1"]
+    with open(log, "ab", buffering=0) as writer:
+        rotate(log, 1, b"b1\n")
+        assert polled(tailer) == []  # the rotated file is quiet since now (0 s): within its grace
+        read = os.pread
+        armed = True
+
+        def descheduled_after_the_read(fd: int, n: int, offset: int) -> bytes:
+            nonlocal armed
+            data = read(fd, n, offset)
+            if armed and not data:  # the end of the rotated file: the writer writes, time passes
+                armed = False
+                writer.write(b"a2\n")
+                clock.now = 0.06
+            return data
+
+        monkeypatch.setattr(os, "pread", descheduled_after_the_read)
+        clock.now = 0.03
+        assert polled(tailer) == []
+        assert not armed
+    clock.now = 1.0
+    assert polled(tailer) == ["a2"]  # its grace runs again from this change
+    clock.now = 2.0
+    assert polled(tailer) == ["b1"]

@@ -38,7 +38,7 @@ from ._tail_files import (
     write_json_atomically,
 )
 from ._tail_items import Line, TailEvent
-from ._watch import DirWatcher, open_watcher
+from ._watch import DirWatcher, RenameLog, open_rename_log, open_watcher
 from .files import DROPPED, LineDecoder, Splitter
 
 if TYPE_CHECKING:
@@ -57,6 +57,11 @@ class _Tailer:
         self.checkpoint = src.checkpoint
         self.skip = {os.path.abspath(self.checkpoint)} if self.checkpoint is not None else set()
         self.chain: list[Held] = []
+        # (device, inode) of every file held in this run: a file renamed away from the path that is none of
+        # them left it before the tail could open it there (see ``_recover``).
+        self.seen: set[tuple[int, int]] = set()
+        self.renames: RenameLog | None = None
+        self.warned_overflow = False
         self.chain_lock = threading.Lock()  # the chain, ``at_path`` and ``done``
         self.at_path: tuple[int, int] | None = None  # (device, inode) at the path at the last look
         self.done: list[Gen] = []  # finished generations a checkpoint may still have to name
@@ -149,6 +154,7 @@ class _Tailer:
             held = Held(fd, Gen(st.st_dev, st.st_ino, first, name, offset), offset, self._splitter(), st)
             held.announce = bool(self.chain)
             self.chain.append(held)
+            self.seen.add(held.ident)
             self.stats.files += 1
             if name != self.path:
                 log.info("%s: resuming in rotated file %s at offset %d", label, name, offset)
@@ -169,6 +175,7 @@ class _Tailer:
 
     def discover(self) -> None:
         """Look at the path; hold a file that is not held yet at the end of the chain.  Under ``chain_lock``."""
+        self._recover()  # first: what left the path before the file there now arrived comes before it
         try:
             st = os.stat(self.path)
         except (FileNotFoundError, NotADirectoryError):
@@ -196,6 +203,11 @@ class _Tailer:
         if known:
             os.close(fd)
             return
+        try:
+            self._recover()  # again: a file renamed away between the stat and the open comes before this one
+        except BaseException:
+            os.close(fd)
+            raise
         splitter = self._splitter()
         pos = self._end_position(fd, fst.st_size, splitter) if self.first and self.src.start == "end" else 0
         held = Held(fd, Gen(fst.st_dev, fst.st_ino, first, self.path, pos), pos, splitter, fst)
@@ -203,8 +215,63 @@ class _Tailer:
         self.first = False
         self.missing_reported = False
         self.chain.append(held)
+        self.seen.add(ident)
         self.chain_version += 1
         self.stats.files += 1
+
+    def _recover(self) -> None:
+        """Hold the files renamed away from the path that were never held: each was at the path for less
+        time than the tail needed to open it there (a rotation on a starved machine).  Under ``chain_lock``.
+
+        The inotify rename events name them (in rename order, followed through later renames); a name whose
+        file is one the tail held is skipped.  Only after the first look at the path: what left it before
+        belongs to no run.
+        """
+        if self.renames is None:
+            return
+        names = self.renames.take()
+        if self.renames.overflowed and not self.warned_overflow:
+            self.warned_overflow = True
+            log.warning(
+                "%s: the inotify queue overflowed: a file at the path for less time than it took to "
+                "open it may not be read",
+                self.src.label,
+            )
+        if self.first:
+            return
+        directory = os.path.dirname(self.path)
+        for name in names:
+            held = self._open_missed(os.path.join(directory, name))
+            if held is None:
+                continue
+            held.announce = True
+            self.chain.append(held)
+            self.seen.add(held.ident)
+            self.chain_version += 1
+            self.stats.files += 1
+            self.stats.recovered += 1
+            log.warning(
+                "%s: %s left the path before it could be opened there; reading it from %s",
+                self.src.label,
+                self.path,
+                held.gen.path,
+            )
+
+    def _open_missed(self, name: str) -> Held | None:
+        """*name* held from its start, if it is a regular file the tail never held."""
+        try:
+            fd = os.open(name, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat_module.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in self.seen:
+                os.close(fd)
+                return None
+            return Held(fd, Gen(st.st_dev, st.st_ino, head(fd), name, 0), 0, self._splitter(), st)
+        except BaseException:
+            os.close(fd)
+            raise
 
     def _end_position(self, fd: int, size: int, splitter: Splitter) -> int:
         """Start after the last complete line (the line being written is read whole)."""
@@ -229,15 +296,19 @@ class _Tailer:
 
     def _track_quiet(self) -> None:
         """Note when each held file that left the path last changed (its grace runs from then)."""
-        now = time.monotonic()
         for h in self.chain:
             if h.cut or self._at_path(h):
                 continue
             st = os.fstat(h.fd)
             if h.quiet_since is None or st.st_size != h.q_size or st.st_mtime_ns != h.q_mtime:
-                h.quiet_since, h.q_size, h.q_mtime = now, st.st_size, st.st_mtime_ns
+                # The clock is read after the fstat: the grace never starts before the change it follows.
+                h.quiet_since, h.q_size, h.q_mtime = time.monotonic(), st.st_size, st.st_mtime_ns
 
     # -- the scout: holds new files while the consumer is busy ----------------------------
+
+    def watch_renames(self) -> None:
+        """Follow the renames away from the path (inotify), so that a file the tail never saw there is read."""
+        self.renames = open_rename_log(self.path)
 
     def start_scout(self, watch: bool) -> DirWatcher | None:
         """Start the thread that holds each new file as soon as it arrives and reads ahead of the consumer.
@@ -246,6 +317,8 @@ class _Tailer:
         it saw in the directory (inotify), or None where there is no inotify (the run then just sleeps).
         """
         watcher = open_watcher(os.path.dirname(os.path.abspath(self.path))) if watch else None
+        if watcher is not None:
+            self.watch_renames()
         waker = None
         if watcher is not None:
             self.stop_fds = os.pipe()
@@ -437,6 +510,8 @@ class _Tailer:
                 self.done.append(cur.gen)
         with cur.lock:
             cur.cut = True  # the scout may still hold it as its target: it reads no more
+            if os.fstat(cur.fd).st_nlink == 0 and not self._holds(cur.ident):
+                self.seen.discard(cur.ident)  # deleted: its inode may come back as a new file
             os.close(cur.fd)
 
     def _lines(self, cur: Held, data: bytes, start: int) -> list[Any]:
@@ -504,6 +579,9 @@ class _Tailer:
             self._track_quiet()
         while True:
             cur = self.chain[0]
+            # Read before the file's end is looked for: a write after that read is more than rotate_grace
+            # after the change before it however long this thread is held up before closing the file.
+            now = time.monotonic()
             if cur.announce:
                 cur.announce = False
                 self.stats.rotations += 1
@@ -531,7 +609,7 @@ class _Tailer:
             if self._at_path(cur):
                 return out, False
             quiet = cur.quiet_since
-            if quiet is None or time.monotonic() - quiet < src.rotate_grace:
+            if quiet is None or now - quiet < src.rotate_grace:
                 return out, False
             self._finish(cur, out)
             if not self.chain:
@@ -559,5 +637,8 @@ class _Tailer:
             finally:
                 with self.chain_lock:
                     held, self.chain = self.chain, []
+                    if self.renames is not None:
+                        self.renames.close()
+                        self.renames = None
                 for h in held:
                     os.close(h.fd)
