@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
+from .._core._counters import Counters
 from .._core._errors import TalkpipeAsyncError
 
 __all__ = ["DEFAULT_MAX_LINE", "READ_SIZE", "ConnectionLost", "LineFramer", "LineTooLong", "NetStats", "Overlong"]
@@ -33,7 +34,7 @@ class ConnectionLost(ConnectionError, TalkpipeAsyncError):
 
 
 @dataclass
-class NetStats:
+class NetStats(Counters):
     """Counters of one network source or sink; pass one in as ``stats=`` to read them.
 
     Every dropped line, byte, datagram or rejected connection is counted here:

@@ -38,6 +38,7 @@ from typing import Any, Generic, Literal, TypeVar
 import anyio
 
 from .._core._channel import Channel, ChannelClosed
+from .._core._counters import Counters
 from .._core._errors import TalkpipeAsyncError
 from .._core._run import current_run
 from .._core._segment import AbstractSegment, AbstractSource
@@ -106,7 +107,7 @@ def import_client(module: str, extra: str) -> Any:
 
 
 @dataclass
-class ConnectorStats:
+class ConnectorStats(Counters):
     """Counters of one stage instance, cumulative over all its runs."""
 
     delivered: int = 0
