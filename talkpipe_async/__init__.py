@@ -37,17 +37,24 @@ from ._core._segment import (
     source,
     wrap_callable,
 )
-from ._core._stats import RunStats, StageSnapshot
 
 if TYPE_CHECKING:
     from ._backoff import Backoff
     from ._blocking import BlockingStream, EventLoopRunningError
+    from ._core._stats import RunStats, StageSnapshot
 
 __version__ = "0.1.0"
 
 # Names whose modules load on first use: the blocking wrapper brings asyncio, threads and
-# concurrent.futures, which a program that only streams inside its own event loop never needs.
-_LAZY = {"Backoff": "._backoff", "BlockingStream": "._blocking", "EventLoopRunningError": "._blocking"}
+# concurrent.futures, which a program that only streams inside its own event loop never needs;
+# the statistics snapshots are dataclasses, built when the statistics module is first imported.
+_LAZY = {
+    "Backoff": "._backoff",
+    "BlockingStream": "._blocking",
+    "EventLoopRunningError": "._blocking",
+    "RunStats": "._core._stats",
+    "StageSnapshot": "._core._stats",
+}
 
 
 def __getattr__(name: str) -> Any:
