@@ -16,13 +16,14 @@ import zlib
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import anyio
 
 from .._core._channel import Channel, ChannelClosed
 from .._core._closing import CLEANUP_TIMEOUT
+from .._core._counters import Counters
 from .._core._errors import add_note, attach_context
 from .._core._metadata import Metadata
 from .._core._pipeline import Pipeline
@@ -65,8 +66,8 @@ def _key_bytes(key: Any) -> bytes:
 
 
 @dataclass
-class KeyedStats:
-    """Counters of one ``group_by`` or ``partition`` run.
+class KeyedStats(Counters):
+    """Counters of a ``group_by`` or ``partition`` stage (accumulated over all its runs).
 
     ``opened``: sub-pipelines started; ``live``: running now; ``evicted_lru``:
     groups closed to make room under ``max_keys``; ``evicted_idle``: groups
@@ -401,8 +402,8 @@ class group_by(AbstractSegment[T, U], Generic[T, U]):
     key; an error of the key function or of the upstream is raised after
     every group has closed and flushed.  Items routed to a sub-pipeline that
     stopped reading early are counted in ``stats.dropped``.  ``stats`` (a
-    :class:`KeyedStats`) is filled in by the run; without one each run makes
-    its own, and ``last_stats`` points at the latest.
+    :class:`KeyedStats`: the one given, else the stage's own) counts over all
+    its runs; ``last_stats`` is the same object.
     """
 
     def __init__(
@@ -428,7 +429,7 @@ class group_by(AbstractSegment[T, U], Generic[T, U]):
         self.max_keys = max_keys
         self.idle_timeout = idle_timeout
         self.buffer = buffer
-        self.stats = stats
+        self.stats = stats if stats is not None else KeyedStats()
         self.last_stats: KeyedStats | None = None
         self.name = name or "group_by"
 
@@ -589,7 +590,7 @@ class partition(AbstractSegment[T, U], Generic[T, U]):
         self.n = n
         self.pipeline_for = _factory(segment_factory)
         self.buffer = buffer
-        self.stats = stats
+        self.stats = stats if stats is not None else KeyedStats()
         self.last_stats: KeyedStats | None = None
         self.name = name or f"partition({n})"
 
@@ -610,11 +611,7 @@ class partition(AbstractSegment[T, U], Generic[T, U]):
 
 
 def _fresh(stats: KeyedStats | None) -> KeyedStats:
-    if stats is None:
-        return KeyedStats()
-    for counter in fields(stats):  # the same object, counters reset for this run
-        setattr(stats, counter.name, 0)
-    return stats
+    return KeyedStats() if stats is None else stats  # the same object: its counters go on from the last run
 
 
 def _factory(segment_factory: SegmentFactory) -> Callable[[Any], Pipeline[Any, Any]]:
