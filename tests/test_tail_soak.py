@@ -118,7 +118,8 @@ _ROTATOR = textwrap.dedent(
         k += 1
         if style == "create":
             os.rename(path, f"{path}.{k}")
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            # Not O_EXCL: the writer, reopening after the previous rotation, may have created it in between.
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644))
             os.kill(writer, signal.SIGHUP)
         else:
             shutil.copyfile(path, f"{path}.{k}")
