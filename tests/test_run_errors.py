@@ -179,3 +179,48 @@ def test_process_ends_with_the_error_not_exit_status_0(backend: str) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode != 0, done.stderr
     assert "ConnectionError: the acknowledgement failed" in done.stderr
+
+
+@source
+async def cpu_numbers(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        yield i
+
+
+@segment
+async def plus_one(items: AsyncIterator[int]) -> AsyncIterator[int]:
+    async for x in items:
+        yield x + 1
+
+
+async def test_a_run_that_never_waits_starts_no_task(anyio_backend: Any) -> None:
+    # The watch for cancellations from outside starts once the consumer's task lets the loop run; a chain that
+    # never waits does not pay for it (and nothing could cancel it from outside before it waits).
+    before = len(anyio.get_running_tasks())
+    async with (cpu_numbers(100) | plus_one()).stream() as items:
+        got = [x async for x in items]
+        during = len(anyio.get_running_tasks())
+    assert got == list(range(1, 101))
+    assert during == before
+
+
+async def test_a_waiting_plain_chain_is_cancelled_from_outside_and_every_finally_runs(anyio_backend: Any) -> None:
+    closed: list[str] = []
+
+    @source
+    async def waits() -> AsyncIterator[int]:
+        try:
+            yield 1
+            await anyio.sleep_forever()
+        finally:
+            await anyio.sleep(0)  # awaits on the way out run to their end
+            closed.append("source")
+
+    got: list[int] = []
+    with anyio.move_on_after(0.05) as scope:
+        async with (waits() | plus_one()).stream() as items:
+            async for x in items:
+                got.append(x)
+    assert scope.cancelled_caught
+    assert got == [2]
+    assert closed == ["source"]
