@@ -25,6 +25,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from ._file_lines import DROPPED, LineDecoder, Splitter
 from ._tail_files import (
     CHECKPOINT_VERSION,
     MARK_BYTES,
@@ -39,7 +40,6 @@ from ._tail_files import (
 )
 from ._tail_items import Line, TailEvent
 from ._watch import DirWatcher, RenameLog, open_rename_log, open_watcher
-from .files import DROPPED, LineDecoder, Splitter
 
 if TYPE_CHECKING:
     from .tail import tail_file

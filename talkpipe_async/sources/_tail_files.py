@@ -16,7 +16,7 @@ import os
 import threading
 from typing import Any
 
-from .files import Splitter
+from ._file_lines import Splitter
 
 #: Bytes at the start of a file that identify its content (truncate-and-regrow guard, checkpoints).
 FINGERPRINT_BYTES = 256

@@ -39,9 +39,7 @@ import anyio.to_thread
 
 from .._core._fields import extract_field
 from .._core._segment import AbstractSegment, AbstractSource
-from ._tail_chain import _Tailer
-from ._tail_items import Line, TailEvent
-from .files import (
+from ._file_lines import (
     DEFAULT_CHUNK,
     DEFAULT_MAX_LINE,
     FileStats,
@@ -49,6 +47,8 @@ from .files import (
     check_encoding,
     check_errors,
 )
+from ._tail_chain import _Tailer
+from ._tail_items import Line, TailEvent
 
 #: Bytes the scout may read from the file at the path ahead of the consumer.
 DEFAULT_READ_AHEAD = 1024 * 1024
