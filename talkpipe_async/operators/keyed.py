@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from .._core._channel import Channel, ChannelClosed
+from .._core._channel import ChannelClosed
 from .._core._closing import CLEANUP_TIMEOUT
 from .._core._counters import Counters
 from .._core._errors import add_note, attach_context
@@ -37,6 +37,8 @@ __all__ = ["KeyedStats", "group_by", "partition", "stable_hash"]
 
 T = TypeVar("T")
 U = TypeVar("U")
+
+DEFAULT_OUT = 256
 
 Branch = AbstractSegment[Any, Any] | Pipeline[Any, Any]
 SegmentFactory = Branch | Callable[[Any], Branch]
@@ -141,6 +143,85 @@ class _Inbox:
         return item
 
 
+class _Output:
+    """The stage's bounded output, shared by every sub-pipeline, read by the stage's generator.
+
+    Producers that find it full wait in line, and the consumer wakes only as
+    many as it has made room for: with hundreds of sub-pipelines waiting, a
+    taken batch does not wake them all to find the room gone again.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.items: deque[Any] = deque()
+        self.waiters: deque[anyio.Event] = deque()
+        self.reserved = 0  # room promised to woken producers that have not put yet
+        self.ended = False
+        self.error: BaseException | None = None
+        self.aborted = False
+        self.data: anyio.Event | None = None
+
+    async def put(self, item: Any) -> None:
+        """Add *item*, waiting in line while the output is full; ``ChannelClosed`` once the consumer is gone."""
+        if self.waiters or len(self.items) + self.reserved >= self.capacity:
+            event = anyio.Event()
+            self.waiters.append(event)
+            try:
+                await event.wait()
+            except BaseException:
+                if event.is_set():
+                    self.reserved -= 1
+                    self.wake_producers()
+                else:
+                    self.waiters.remove(event)
+                raise
+            self.reserved -= 1
+        if self.aborted:
+            raise ChannelClosed("the consumer of this stage has gone")
+        self.items.append(item)
+        if self.data is not None:
+            self.data.set()
+
+    def wake_producers(self) -> None:
+        while self.waiters and len(self.items) + self.reserved < self.capacity:
+            self.reserved += 1
+            self.waiters.popleft().set()
+
+    def close(self, error: BaseException | None = None) -> None:
+        """No more items; the consumer raises *error* (if any) after the items before it."""
+        self.ended = True
+        self.error = error
+        if self.data is not None:
+            self.data.set()
+
+    def abort(self) -> None:
+        """The consumer is gone: every waiting and later ``put`` raises ``ChannelClosed``."""
+        self.aborted = True
+        self.items.clear()
+        waiters, self.waiters = self.waiters, deque()
+        self.reserved += len(waiters)
+        for event in waiters:
+            event.set()
+
+    async def get_batch(self) -> list[Any]:
+        """Every item there is (at least one); ``anyio.EndOfStream`` at the end."""
+        while not self.items:
+            if self.ended:
+                if self.error is not None:
+                    error, self.error = self.error, None
+                    raise error
+                raise anyio.EndOfStream
+            self.data = anyio.Event()
+            try:
+                await self.data.wait()
+            finally:
+                self.data = None
+        batch = list(self.items)
+        self.items.clear()
+        self.wake_producers()
+        return batch
+
+
 class _Group:
     """One key's sub-pipeline: its input, its task, when it last got an item."""
 
@@ -158,12 +239,14 @@ class _Group:
 class _Lanes:
     """Per-run state shared by ``group_by`` and ``partition``: sub-pipelines into one output channel."""
 
-    def __init__(self, label: str, factory: Callable[[Any], Pipeline[Any, Any]], buffer: int, stats: KeyedStats):
+    def __init__(
+        self, label: str, factory: Callable[[Any], Pipeline[Any, Any]], buffer: int, out_buffer: int, stats: KeyedStats
+    ):
         self.label = label
         self.factory = factory
         self.buffer = buffer
         self.stats = stats
-        self.out = Channel(buffer)
+        self.out = _Output(out_buffer)
         self.handles: set[Stoppable] = set()
         self.running = 0
         self.lane_done: anyio.Event | None = None
@@ -258,7 +341,7 @@ class _Lanes:
         out = self.out
         while True:
             try:
-                batch = await out.get_batch(self.buffer)
+                batch = await out.get_batch()
             except anyio.EndOfStream:
                 return
             for item in batch:
@@ -269,7 +352,7 @@ class _GroupRun(_Lanes):
     """Per-run state of a :class:`group_by`."""
 
     def __init__(self, stage: group_by[Any, Any], stats: KeyedStats) -> None:
-        super().__init__(stage.label, stage.pipeline_for, stage.buffer, stats)
+        super().__init__(stage.label, stage.pipeline_for, stage.buffer, stage.out_buffer, stats)
         self.key = stage.key
         self.max_keys = stage.max_keys
         self.idle_timeout = stage.idle_timeout
@@ -396,7 +479,8 @@ class group_by(AbstractSegment[T, U], Generic[T, U]):
 
     Bounds: each group's input holds at most ``buffer`` items (when it is
     full the feeder waits: a slow key holds back the others once its input
-    is full) and ``buffer`` outputs wait for the consumer.
+    is full) and ``out_buffer`` outputs wait for the consumer (sub-pipelines
+    that find it full wait in line).
 
     Errors: a sub-pipeline's error ends the stage, with a note naming the
     key; an error of the key function or of the upstream is raised after
@@ -414,6 +498,7 @@ class group_by(AbstractSegment[T, U], Generic[T, U]):
         max_keys: int = 1024,
         idle_timeout: float | None = None,
         buffer: int = 16,
+        out_buffer: int = DEFAULT_OUT,
         stats: KeyedStats | None = None,
         name: str | None = None,
     ) -> None:
@@ -422,13 +507,14 @@ class group_by(AbstractSegment[T, U], Generic[T, U]):
             raise ValueError("max_keys must be at least 1")
         if idle_timeout is not None and not idle_timeout > 0:
             raise ValueError("idle_timeout must be positive")
-        if buffer < 1:
-            raise ValueError("buffer must be at least 1")
+        if buffer < 1 or out_buffer < 1:
+            raise ValueError("buffer and out_buffer must be at least 1")
         self.key = key_function(key)
         self.pipeline_for = _factory(segment_factory)
         self.max_keys = max_keys
         self.idle_timeout = idle_timeout
         self.buffer = buffer
+        self.out_buffer = out_buffer
         self.stats = stats if stats is not None else KeyedStats()
         self.last_stats: KeyedStats | None = None
         self.name = name or "group_by"
@@ -453,7 +539,7 @@ class _PartitionRun(_Lanes):
     """Per-run state of a :class:`partition`."""
 
     def __init__(self, stage: partition[Any, Any], stats: KeyedStats) -> None:
-        super().__init__(stage.label, stage.pipeline_for, stage.buffer, stats)
+        super().__init__(stage.label, stage.pipeline_for, stage.buffer, stage.out_buffer, stats)
         self.key = stage.key
         self.lanes = [_Group(i, stage.buffer, 0.0) for i in range(stage.n)]
         self.pending: dict[int, list[Any]] = {}  # id(metadata) -> [metadata, lanes still to pass it on]
@@ -564,8 +650,8 @@ class partition(AbstractSegment[T, U], Generic[T, U]):
     releases it when it ends.
 
     Bounds: each lane's input holds at most ``buffer`` items (when the lane
-    of the next item is full the feeder waits) and ``buffer`` outputs wait
-    for the consumer.  Errors: a lane's error ends the stage, with a note
+    of the next item is full the feeder waits) and ``out_buffer`` outputs
+    wait for the consumer.  Errors: a lane's error ends the stage, with a note
     naming the lane; an error of the key function or of the upstream is
     raised after every lane has finished.  Items routed to a lane that
     stopped reading early are counted in ``stats.dropped``.
@@ -578,18 +664,20 @@ class partition(AbstractSegment[T, U], Generic[T, U]):
         segment_factory: SegmentFactory,
         *,
         buffer: int = 16,
+        out_buffer: int = DEFAULT_OUT,
         stats: KeyedStats | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(process_metadata=True)
         if n < 1:
             raise ValueError("n must be at least 1")
-        if buffer < 1:
-            raise ValueError("buffer must be at least 1")
+        if buffer < 1 or out_buffer < 1:
+            raise ValueError("buffer and out_buffer must be at least 1")
         self.key = key_function(key)
         self.n = n
         self.pipeline_for = _factory(segment_factory)
         self.buffer = buffer
+        self.out_buffer = out_buffer
         self.stats = stats if stats is not None else KeyedStats()
         self.last_stats: KeyedStats | None = None
         self.name = name or f"partition({n})"
