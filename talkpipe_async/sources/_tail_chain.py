@@ -10,6 +10,11 @@ the next file is then read from where it started.  Every held file that
 has left the path is watched for changes at every poll, so the grace
 periods of a fast rotation run side by side instead of one after another.
 
+A file can come and go at the path between two looks (a fast rotation on a
+starved machine): on Linux the kernel's rename events say where every file
+renamed away from the path went, and each one the tail never held is held
+by its new name before the file found at the path (``_recover``).
+
 Copytruncate: when the file being read is truncated, the bytes not yet read
 may still be in the copy the rotator made; a file in the same directory
 that starts with the same fingerprint and has the same bytes just before
@@ -32,10 +37,13 @@ from ._tail_files import (
     Gen,
     Held,
     directory_files,
+    end_position,
     find_copy,
     head,
     open_matching,
+    open_unseen,
     read_checkpoint,
+    take_ahead,
     write_json_atomically,
 )
 from ._tail_items import Line, TailEvent
@@ -209,7 +217,7 @@ class _Tailer:
             os.close(fd)
             raise
         splitter = self._splitter()
-        pos = self._end_position(fd, fst.st_size, splitter) if self.first and self.src.start == "end" else 0
+        pos = end_position(fd, fst.st_size, splitter) if self.first and self.src.start == "end" else 0
         held = Held(fd, Gen(fst.st_dev, fst.st_ino, first, self.path, pos), pos, splitter, fst)
         held.announce = not self.first
         self.first = False
@@ -241,7 +249,7 @@ class _Tailer:
             return
         directory = os.path.dirname(self.path)
         for name in names:
-            held = self._open_missed(os.path.join(directory, name))
+            held = open_unseen(os.path.join(directory, name), self.seen, self._splitter())
             if held is None:
                 continue
             held.announce = True
@@ -256,35 +264,6 @@ class _Tailer:
                 self.path,
                 held.gen.path,
             )
-
-    def _open_missed(self, name: str) -> Held | None:
-        """*name* held from its start, if it is a regular file the tail never held."""
-        try:
-            fd = os.open(name, os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if not stat_module.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in self.seen:
-                os.close(fd)
-                return None
-            return Held(fd, Gen(st.st_dev, st.st_ino, head(fd), name, 0), 0, self._splitter(), st)
-        except BaseException:
-            os.close(fd)
-            raise
-
-    def _end_position(self, fd: int, size: int, splitter: Splitter) -> int:
-        """Start after the last complete line (the line being written is read whole)."""
-        window = min(size, splitter.max_line + 1)
-        tail = os.pread(fd, window, size - window)
-        nl = tail.rfind(b"\n")
-        if nl >= 0:
-            return size - window + nl + 1
-        if size <= splitter.max_line:
-            return 0
-        splitter.dropping = True  # an over-long partial line: skip to its newline
-        splitter.dropped += 1
-        return size
 
     def _report_missing(self, out: list[Any]) -> None:
         self.first = False  # a file that appears later is read from its start
@@ -425,23 +404,6 @@ class _Tailer:
             if data:
                 h.ahead.append(data)
                 h.ahead_len += len(data)
-
-    @staticmethod
-    def _take_ahead(h: Held, limit: int) -> bytes:
-        """Up to *limit* bytes the scout read ahead (a poll's batch stays ``chunk_size``).  Under ``h.lock``."""
-        parts: list[bytes] = []
-        n = 0
-        while h.ahead and n < limit:
-            chunk = h.ahead[0]
-            if n + len(chunk) <= limit:
-                del h.ahead[0]
-            else:
-                h.ahead[0] = chunk[limit - n :]
-                chunk = chunk[: limit - n]
-            parts.append(chunk)
-            n += len(chunk)
-        h.ahead_len -= n
-        return b"".join(parts)
 
     def _check_truncation(self, cur: Held) -> bool:
         """Whether *cur*'s file was truncated (then it is cut).  Under ``cur.lock``."""
@@ -589,7 +551,7 @@ class _Tailer:
             with cur.lock:
                 ahead = cur.ahead_len > 0
                 if ahead:
-                    data = self._take_ahead(cur, src.chunk_size)
+                    data = take_ahead(cur, src.chunk_size)
                 elif cur.cut:
                     data = b""  # what the descriptor holds now is the next generation's
                 elif self._check_truncation(cur):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import threading
 from typing import Any
 
@@ -225,3 +226,51 @@ def find_copy(held: Held, path: str, skip: set[str]) -> tuple[int, os.stat_resul
             os.close(best[0])
         best = (fd, st, name)
     return best
+
+
+def open_unseen(name: str, seen: set[tuple[int, int]], splitter: Splitter) -> Held | None:
+    """*name* held from its start, if it is a regular file whose (device, inode) is not in *seen*."""
+    try:
+        fd = os.open(name, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) in seen:
+            os.close(fd)
+            return None
+        return Held(fd, Gen(st.st_dev, st.st_ino, head(fd), name, 0), 0, splitter, st)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def end_position(fd: int, size: int, splitter: Splitter) -> int:
+    """Where ``start="end"`` starts: after the last complete line (the line being written is read whole)."""
+    window = min(size, splitter.max_line + 1)
+    tail = os.pread(fd, window, size - window)
+    nl = tail.rfind(b"\n")
+    if nl >= 0:
+        return size - window + nl + 1
+    if size <= splitter.max_line:
+        return 0
+    splitter.dropping = True  # an over-long partial line: skip to its newline
+    splitter.dropped += 1
+    return size
+
+
+def take_ahead(h: Held, limit: int) -> bytes:
+    """Up to *limit* bytes the scout read ahead (a poll's batch stays ``chunk_size``).  Under ``h.lock``."""
+    parts: list[bytes] = []
+    n = 0
+    while h.ahead and n < limit:
+        chunk = h.ahead[0]
+        if n + len(chunk) <= limit:
+            del h.ahead[0]
+        else:
+            h.ahead[0] = chunk[limit - n :]
+            chunk = chunk[: limit - n]
+        parts.append(chunk)
+        n += len(chunk)
+    h.ahead_len -= n
+    return b"".join(parts)

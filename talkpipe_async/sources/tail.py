@@ -68,8 +68,11 @@ class tail_file(AbstractSource[Any]):
     - ``watch``: on Linux, an inotify watch on the file's directory ends a
       wait as soon as something there changes (``stats.wakeups``), so a
       line arrives within about a millisecond however long the poll
-      interval; polling still decides what is read.  Elsewhere, or with
-      ``watch=False``, the tail only polls.
+      interval; polling still decides what is read.  A second watch follows
+      the renames in the directory, so that a file renamed away from the
+      path before the tail could open it there is read by its new name
+      (``stats.recovered``).  Elsewhere, or with ``watch=False``, the tail
+      only polls.
     - ``read_ahead``: on every change in the directory the scout thread reads
       what was appended to the file at the path, up to this many bytes
       ahead of the consumer (0: only polls read), so that a copytruncate
