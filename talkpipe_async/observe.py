@@ -4,6 +4,10 @@
 
     run = pipeline.stream(stats_every=1.0, on_stats=progress())
     run = pipeline.stream(stats_every=5.0, on_stats=prometheus(pipeline="ingest"))
+
+OpenTelemetry (a span per run, metrics per stage) is in :mod:`talkpipe_async.otel`.
+:class:`StageCounters` is what every stage's own ``stats`` object offers
+(``as_dict()``, counters accumulated over the object's lifetime).
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from functools import cache
 from types import ModuleType, TracebackType
 from typing import Any, Literal, TextIO
 
+from ._core._counters import StageCounters
 from ._core._stats import RunStats
 
-__all__ = ["ProgressDisplay", "combine", "progress", "prometheus"]
+__all__ = ["ProgressDisplay", "StageCounters", "combine", "progress", "prometheus"]
 
 Backend = Literal["auto", "rich", "tqdm", "plain", "notebook"]
 """The displays :func:`progress` can draw with (``"auto"``: the best one installed, or the notebook's)."""

@@ -1,4 +1,4 @@
-"""Observability hooks: the live progress display (rich, tqdm, plain line) and Prometheus gauges (issue 8)."""
+"""Observability hooks: the live progress display (rich, tqdm, plain line), Prometheus gauges, stage counters."""
 
 from __future__ import annotations
 
@@ -240,3 +240,77 @@ async def test_a_terminal_that_goes_away_turns_the_display_off_not_the_run(backe
     finally:
         with contextlib.suppress(BrokenPipeError):
             gone.close()
+
+
+# --- stage counters: one meaning for every stage's stats ----------------------------------------------
+
+#: The per-stage statistics types the package has today: the walk below must find at least these.
+KNOWN_STATS = {"FileStats", "NetStats", "WebSocketStats", "ConnectorStats", "SinkStats", "ErrorStats", "ForkStats"}
+
+
+def stats_types() -> dict[str, type]:
+    """Every class named ``*Stats`` defined in the package, except the run's own figures (RunStats, StageStats)."""
+    import importlib
+    import pkgutil
+
+    import talkpipe_async
+    from talkpipe_async._core._stats import StageStats
+
+    found: dict[str, type] = {}
+    for info in pkgutil.walk_packages(talkpipe_async.__path__, "talkpipe_async."):
+        if info.name.endswith("__main__"):
+            continue
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:  # an optional client this Python does not have
+            continue
+        for name, obj in vars(module).items():
+            if (isinstance(obj, type) and name.endswith("Stats") and obj.__module__.startswith("talkpipe_async")
+                    and obj not in (RunStats, StageStats)):
+                found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+    return found
+
+
+def test_every_stage_stats_type_follows_the_stage_counters_protocol() -> None:
+    import dataclasses
+    import json
+
+    from talkpipe_async._core._counters import Counters
+    from talkpipe_async.observe import StageCounters
+
+    types = stats_types()
+    assert KNOWN_STATS <= {cls.__name__ for cls in types.values()}
+    for where, cls in types.items():
+        assert dataclasses.is_dataclass(cls) and issubclass(cls, Counters), f"{where} is not a Counters dataclass"
+        counters = cls()
+        assert isinstance(counters, StageCounters)
+        as_dict = counters.as_dict()
+        assert type(as_dict) is dict, where
+        assert {f.name for f in dataclasses.fields(cls)} <= set(as_dict), f"{where}.as_dict() leaves out a field"
+        json.dumps(as_dict)  # plain values only
+        for name, value in as_dict.items():
+            assert value is None or type(value) in (int, float, str, list), f"{where}.{name} is {type(value)}"
+            if isinstance(value, list):
+                assert value is not getattr(counters, name), f"{where}.as_dict() hands out its own list"
+
+
+async def test_fork_and_on_error_counters_accumulate_over_runs() -> None:
+    from talkpipe_async.operators import ErrorStats, ForkStats, fork, on_error
+
+    @segment
+    async def odd_fails(items: AsyncIterator[int]) -> AsyncIterator[int]:
+        async for x in items:
+            if x % 2:
+                raise ValueError(x)
+            yield x
+
+    guarded = on_error(odd_fails(), "skip")
+    branches = fork(evens(), evens())
+    assert isinstance(guarded.stats, ErrorStats) and isinstance(branches.stats, ForkStats)
+    for _ in range(2):
+        async with (numbers(n=10) | guarded | branches).stream() as items:
+            assert len([x async for x in items]) == 10  # 5 even items, through two branches
+    assert guarded.stats.as_dict() == {"failed": 10, "skipped": 10, "replaced": 0, "dead_lettered": 0}
+    assert guarded.last_stats is guarded.stats
+    assert branches.stats.as_dict() == {"delivered": [10, 10], "dropped": [0, 0]}
+    assert branches.last_stats is branches.stats
