@@ -8,7 +8,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import anyio
@@ -71,7 +71,7 @@ async def halted(n: int, gate: Any) -> AsyncIterator[int]:
 
 
 @segment
-def doubled(items: Iterator[int]) -> Iterator[int]:
+def doubled(items: Iterable[int]) -> Iterator[int]:
     """A sync stage after async ones: it runs in a worker thread, with a buffer the display shows."""
     for x in items:
         yield 2 * x
