@@ -70,6 +70,7 @@ async def main(args: argparse.Namespace) -> None:
         src = JetStreamSource(
             args.stream, args.group, servers=args.url, batch=args.batch, fetch_wait=0.1, ack_wait=args.claim_idle,
             max_ack_pending=args.batch * 4, idle_exit=args.idle_exit, outage_budget=budget,
+            subject=args.subject, partitions=args.partitions, lease_ttl=args.lease_ttl, consumer=args.name,
         )
         sink = JetStreamSink(args.results, servers=args.url, batch=args.batch, outage_budget=budget)
     pipeline = src | make_record(args.name, args.delay) | sink
@@ -104,6 +105,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--serve", action="store_true")
     p.add_argument("--partitions", type=int, default=None)
     p.add_argument("--lease-ttl", type=float, default=5.0)
+    p.add_argument("--subject", default=None)
     return p.parse_args()
 
 

@@ -17,19 +17,23 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import nats
 import pytest
 import redis.asyncio as aioredis
 
-from talkpipe_async.connectors import Message, RedisStreamSink, RedisStreamSource, partition_for
-from tests import servers
-from tests.broker_helpers import ASYNCIO_LOOPS
+from talkpipe_async.connectors import (
+    JetStreamSink,
+    JetStreamSource,
+    Message,
+    RedisStreamSink,
+    RedisStreamSource,
+    partition_for,
+)
+from tests.broker_helpers import ASYNCIO_LOOPS, nats_fill
 
 pytest_plugins = ["tests.broker_helpers"]
 
-pytestmark = [
-    pytest.mark.anyio,
-    pytest.mark.skipif(servers.redis_binary() is None, reason="redis-server not installed"),
-]
+pytestmark = pytest.mark.anyio
 N = 4
 
 
@@ -149,3 +153,75 @@ async def test_two_sources_share_the_partitions_by_lease(redis_url: str, client:
     assert sources[0].owned_partitions == [] and sources[1].owned_partitions == []
     rest = await client.keys(f"{stream}:g:lease:*")
     assert rest == [], "a lease outlived its owner's run"
+
+
+# --- NATS JetStream ---------------------------------------------------------------------------------------------
+
+
+async def nats_stream(url: str) -> tuple[str, str]:
+    """A fresh stream storing ``<subject>.>``; returns (stream, subject)."""
+    tag = uuid.uuid4().hex[:6]
+    await nats_fill(url, "unused", [], streams={f"FEED{tag}": [f"feed{tag}.>"]})
+    return f"FEED{tag}", f"feed{tag}"
+
+
+async def test_jetstream_sink_routes_by_key_and_one_source_reads_in_order(nats_url: str) -> None:
+    stream, subject = await nats_stream(nats_url)
+    items = feed(10, 20)
+    await JetStreamSink(subject, servers=nats_url, key="k", partitions=N).collect(items)
+    src = JetStreamSource(stream, "d", servers=nats_url, subject=subject, partitions=N, fetch_wait=0.05,
+                          idle_exit=1.0, lease_ttl=2.0, dead_letter=False)
+    seen: dict[str, list[int]] = {}
+    subjects: dict[str, set[str]] = {}
+
+    async def handle(x: dict[str, Any]) -> None:
+        seen.setdefault(x["k"], []).append(x["s"])
+
+    with anyio.fail_after(30):
+        async with src.stream() as messages:
+            async for message in messages:
+                await handle(message.data)
+                subjects.setdefault(message.data["k"], set()).add(message.token._msg.subject)  # type: ignore[attr-defined]
+                await message.ack()
+    assert seen == {f"key-{k}": list(range(20)) for k in range(10)}
+    assert subjects == {f"key-{k}": {f"{subject}.{partition_for(f'key-{k}', N)}"} for k in range(10)}
+    assert src.owned_partitions == []
+
+
+async def test_jetstream_two_sources_share_the_partitions_by_lease(nats_url: str) -> None:
+    stream, subject = await nats_stream(nats_url)
+    items = feed(12, 40)
+    await JetStreamSink(subject, servers=nats_url, key="k", partitions=N).collect(items)
+    sources = [JetStreamSource(stream, "d", servers=nats_url, subject=subject, partitions=N, fetch_wait=0.05,
+                               idle_exit=1.5, lease_ttl=1.0, batch=5, consumer=name, dead_letter=False)
+               for name in ("a", "b")]
+    seen: dict[str, list[tuple[str, int]]] = {}
+    started = anyio.Event()
+    nc = await nats.connect(nats_url)
+    bucket = f"{stream}_d_leases"
+
+    async def members() -> set[str]:
+        info = await nc.jetstream().stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.m.>")
+        return {name.rsplit(".", 1)[-1] for name in info.state.subjects or {}}
+
+    async def run(src: JetStreamSource) -> None:
+        async with src.stream() as messages:
+            async for message in messages:
+                seen.setdefault(message.data["k"], []).append((src.consumer or "", message.data["s"]))
+                await anyio.sleep(0.002)  # the work of one message
+                await message.ack()
+                if not started.is_set():
+                    started.set()
+                    while "b" not in await members():  # "a" holds every partition; it waits until "b" joined
+                        await anyio.sleep(0.01)
+
+    try:
+        with anyio.fail_after(45):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run, sources[0])
+                await started.wait()
+                tg.start_soon(run, sources[1])
+    finally:
+        await nc.close()
+    assert {k: [s for _, s in v] for k, v in seen.items()} == {f"key-{k}": list(range(40)) for k in range(12)}
+    assert {w for v in seen.values() for w, _ in v} == {"a", "b"}, "the second source never got a partition"

@@ -102,15 +102,23 @@ class Partition:
     releasing: bool = False
     """Meant for another worker now: nothing more is read; released once nothing of it is in progress."""
     paused_until: float = 0.0
-    """A nacked entry waits until then (``nak(delay)``) before it is taken again."""
+    """Nothing of it is read before then (a nacked entry's ``delay``; JetStream: redeliveries falling due)."""
 
 
 class Coordinator:
-    """Keeps this worker's share of the partitions: renews, acquires and releases leases (see the module doc)."""
+    """Keeps this worker's share of the partitions: renews, acquires and releases leases (see the module doc).
+
+    ``take_over``: a partition just acquired starts with a backlog (pending
+    entries to take over before new ones); False when the broker redelivers
+    them first by itself (JetStream).
+    """
 
     def __init__(self, table: LeaseTable, partitions: int, me: str, label: str, interval: float,
-                 on_change: Callable[[list[int]], None] | None = None) -> None:
+                 on_change: Callable[[list[int]], None] | None = None, take_over: bool = True,
+                 on_acquired: Callable[[int, Partition], Awaitable[None]] | None = None) -> None:
         self.table = table
+        self.on_acquired = on_acquired
+        self.take_over = take_over
         self.on_change = on_change
         self.partitions = partitions
         self.me = me
@@ -124,15 +132,18 @@ class Coordinator:
         self.lost = 0
 
     def readable(self) -> list[int]:
-        """Owned partitions from which new entries may be read (no backlog, not being released)."""
-        return [p for p, part in self.owned.items() if not part.backlog and not part.releasing]
+        """Owned partitions from which new entries may be read (no backlog, not being released, not paused)."""
+        now = anyio.current_time()
+        return [p for p, part in self.owned.items()
+                if not part.backlog and not part.releasing and part.paused_until <= now]
 
-    async def step(self, busy: Callable[[int], bool], before_release: Callable[[], Awaitable[None]]) -> None:
+    async def step(self, busy: Callable[[int], bool],
+                   before_release: Callable[[list[int]], Awaitable[None]]) -> None:
         """One round: heartbeat and renew, drop lost leases, release what is meant for others, acquire the rest.
 
         ``busy(p)``: something of partition *p* is still in progress here;
-        ``before_release()``: awaited before any lease is dropped (sends the
-        pending acknowledgements).
+        ``before_release(partitions)``: awaited before their leases are
+        dropped (sends the pending acknowledgements, lets go of the reads).
         """
         async with self.lock:
             self.next_round = anyio.current_time() + self.interval
@@ -146,14 +157,16 @@ class Coordinator:
                 part.releasing = p not in wanted
             done = [p for p, part in self.owned.items() if part.releasing and not busy(p)]
             if done:
-                await before_release()
+                await before_release(done)
                 for p in done:
                     await self.table.release(p)
                     del self.owned[p]
                     self.released += 1
             for p in sorted(wanted - set(self.owned)):
                 if await self.table.acquire(p):
-                    self.owned[p] = Partition()
+                    part = self.owned[p] = Partition(backlog=self.take_over)
+                    if self.on_acquired is not None:
+                        await self.on_acquired(p, part)
                     self.acquired += 1
             self.changed()
 
@@ -162,10 +175,10 @@ class Coordinator:
         if self.on_change is not None:
             self.on_change(sorted(self.owned))
 
-    async def leave(self, before_release: Callable[[], Awaitable[None]]) -> None:
+    async def leave(self, before_release: Callable[[list[int]], Awaitable[None]]) -> None:
         """Release every lease and the membership (the run is ending)."""
         async with self.lock:
-            await before_release()
+            await before_release(sorted(self.owned))
             for p in list(self.owned):
                 await self.table.release(p)
                 del self.owned[p]

@@ -181,6 +181,10 @@ class RedisPartitionSession(BrokerSession):
             raise
         self.stats.acked += count
 
+    async def before_release(self, partitions: list[int]) -> None:
+        """Send the acknowledgements still buffered before any lease is dropped."""
+        await self.flush_acks()
+
     def nak(self, partition: int, delay: float) -> None:
         self.stats.nacked += 1
         part = self.coordinator.owned.get(partition)
@@ -205,7 +209,7 @@ class RedisPartitionSession(BrokerSession):
             except redis.exceptions.ResponseError as err:
                 if "BUSYGROUP" not in str(err):
                     raise
-        await self.coordinator.step(self.busy, self.flush_acks)
+        await self.coordinator.step(self.busy, self.before_release)
 
     async def dead_letter(self, partition: int, items: dict[str, tuple[Any, str, int]]) -> None:
         src = self.src
@@ -287,7 +291,7 @@ class RedisPartitionSession(BrokerSession):
         await self.flush_acks()
         coordinator = self.coordinator
         if anyio.current_time() >= coordinator.next_round:
-            await coordinator.step(self.busy, self.flush_acks)
+            await coordinator.step(self.busy, self.before_release)
         async with coordinator.lock:  # a partition is not released while a read of it is under way
             claimed = await self._backlog()
             if claimed is not None:
@@ -336,7 +340,7 @@ class RedisPartitionSession(BrokerSession):
         while True:
             await anyio.sleep(max(0.0, coordinator.next_round - anyio.current_time()))
             if anyio.current_time() >= coordinator.next_round:
-                await coordinator.step(self.busy, self.flush_acks)
+                await coordinator.step(self.busy, self.before_release)
 
     async def hand_back(self, tokens: list[AckToken]) -> None:
         """Leave the entries pending: whoever owns their partition next takes them over first, in order."""
@@ -349,7 +353,7 @@ class RedisPartitionSession(BrokerSession):
             for token in self.leftovers():
                 if token._settle():
                     self.stats.handed_back += 1
-            await self.coordinator.leave(self.flush_acks)
+            await self.coordinator.leave(self.before_release)
         except Exception as exc:  # the run's own error (if any) is what the caller sees
             logger.warning("%s: could not send the last acknowledgements or release the partitions (%s: %s); "
                            "the leases lapse after lease_ttl", self.src.label, type(exc).__name__, exc)

@@ -39,6 +39,7 @@ from ._base import (
     import_client,
 )
 from ._outage import DEFAULT_OUTAGE_BUDGET, BrokerUnavailable, OutageGuard
+from ._partitions import KeyOf, check_partitions
 
 __all__ = ["JetStreamSink", "JetStreamSource", "JetStreamToken", "NatsLink", "connect_nats", "nats_transient"]
 
@@ -199,6 +200,7 @@ class _JetStreamSession(BrokerSession):
         self.sub = sub
         self.stats: ConnectorStats = source.stats
         self.isolating = False
+        self.keep_order = False  # a partition is handled in order: suspects are not moved after fresh messages
         self.guard = OutageGuard(source.label, f"nats at {source.servers}", source.outage_budget, nats_transient(),
                                  call_timeout=source.timeout + 5.0, on_outage=self._outage_started)
 
@@ -258,7 +260,7 @@ class _JetStreamSession(BrokerSession):
         stats.delivered += len(out)
         # while redeliveries come, fetch one at a time (a delivery raises only the fetched message's count)
         self.isolating = suspects > 0
-        if suspects and suspects < len(out):
+        if suspects and suspects < len(out) and not self.keep_order:
             out.sort(key=lambda m: m.token.suspect)  # fresh messages first, then the suspects one by one
         return out
 
@@ -318,6 +320,12 @@ class JetStreamSource(BrokerSource):
       :class:`BrokerUnavailable`.
     * Redelivered messages are fetched and handed downstream one at a time;
       when the run ends, messages not settled are handed back (``-NAK``).
+    * ``partitions``: read the partition subjects ``<subject>.0`` ..
+      ``<subject>.<n-1>`` written by a sink with ``key=``, each through its
+      own durable ``<durable>_<i>`` and owned by one instance at a time
+      through a lease (KV bucket ``<stream>_<durable>_leases``, lapsing
+      after ``lease_ttl``); ``consumer`` names this instance (default
+      ``host-pid-random``).  See ``docs/scale-out.md``, Partitioning.
     """
 
     def __init__(
@@ -340,10 +348,24 @@ class JetStreamSource(BrokerSource):
         timeout: float = 2.0,
         outage_budget: float = DEFAULT_OUTAGE_BUDGET,
         isolate_timeout: float = 10.0,
+        partitions: int | None = None,
+        lease_ttl: float = 5.0,
+        consumer: str | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(batch=batch, idle_exit=idle_exit, wait=fetch_wait, name=name or f"jetstream:{stream}",
                          isolate_timeout=isolate_timeout)
+        if partitions is not None:
+            check_partitions(partitions)
+            if subject is None:
+                raise ValueError("partitions= needs subject=: the partitions are <subject>.0 .. <subject>.<n-1>")
+        if lease_ttl <= 0:
+            raise ValueError("lease_ttl must be positive")
+        self.partitions = partitions
+        self.lease_ttl = lease_ttl
+        self.consumer = consumer
+        self.owned_partitions: list[int] = []
+        """The partitions this source holds the lease of now (``partitions=n``)."""
         self.stream_name = stream
         self.durable = durable
         self.servers = servers
@@ -372,6 +394,8 @@ class JetStreamSource(BrokerSource):
         api = import_client("nats.js.api", "nats")
         link = NatsLink()
         nc = await connect_nats(self.servers, retries=self.retries, connect_timeout=self.timeout, link=link)
+        if self.partitions is not None:
+            return await self._open_partitions(link, nc)
         try:
             js = nc.jetstream()
             if self.create:
@@ -391,6 +415,21 @@ class JetStreamSource(BrokerSource):
             await nc.close()
             raise
         return _JetStreamSession(self, link, js, sub)
+
+    async def _open_partitions(self, link: NatsLink, nc: Any) -> BrokerSession:
+        from ._nats_partitions import NatsPartitionSession
+        from .redis import default_consumer_name
+
+        try:
+            js = nc.jetstream()
+            if self.dead_letter is None:
+                await self._ensure_dead_letter_stream(js)
+            session = NatsPartitionSession(self, link, js, self.consumer or default_consumer_name())
+            await session.start()
+        except BaseException:
+            await nc.close()
+            raise
+        return session
 
 
 class _JetStreamWriter(BatchWriter):
@@ -492,7 +531,10 @@ class JetStreamSink(BrokerSink):
     message once (within its duplicate window, 2 minutes by default).  Any
     other error (no stream stores the subject, a rejected message) raises
     at once.  Place ``ack()`` after the sink to acknowledge the source's
-    messages once their results are stored.
+    messages once their results are stored.  ``key`` (a field name of the
+    payload, or a function of it) with ``partitions=n``: each item goes to
+    subject ``<subject>.<crc32(key) % n>``, read by ``JetStreamSource(...,
+    subject=subject, partitions=n)`` in order per key.
     """
 
     def __init__(
@@ -506,9 +548,12 @@ class JetStreamSink(BrokerSink):
         retries: int = 3,
         timeout: float = 2.0,
         outage_budget: float = DEFAULT_OUTAGE_BUDGET,
+        key: KeyOf | None = None,
+        partitions: int | None = None,
         name: str | None = None,
     ) -> None:
-        super().__init__(batch=batch, encode=encode, name=name or f"jetstream-sink:{subject}")
+        super().__init__(batch=batch, encode=encode, name=name or f"jetstream-sink:{subject}", key=key,
+                         partitions=partitions)
         self.subject = subject
         self.servers = servers
         self.dedup = dedup
