@@ -158,6 +158,30 @@ async def test_the_hook_alone_makes_a_span_per_run_and_metrics_add_up_over_runs(
     assert otel.metrics()["talkpipe.stage.items_out"][stage("evens")] == 20
 
 
+async def test_one_telemetry_serves_concurrent_runs_each_with_its_span(otel: Telemetry) -> None:
+    telemetry = otel.hook()
+    both_started = anyio.Event()
+    started: list[int] = []
+
+    async def one(n: int) -> None:
+        async with telemetry.stream(numbers(n=n) | evens()) as items:
+            started.append(n)
+            if len(started) == 2:
+                both_started.set()
+            await both_started.wait()  # both runs are open at once
+            async for _ in items:
+                pass
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(one, 10)
+        tg.start_soon(one, 40)
+    spans = otel.finished("talkpipe run demo")
+    outs = [s.attributes["talkpipe.stage.items_out"] for s in spans if s.attributes]
+    assert len(outs) == 2 and (10, 5) in outs and (40, 20) in outs
+    assert len({s.context.span_id for s in spans}) == 2 and all(s.parent is None for s in spans)
+    assert otel.metrics()["talkpipe.stage.items_out"][stage("evens")] == 25
+
+
 async def test_buffer_levels_are_gauges_while_the_run_goes_on(otel: Telemetry) -> None:
     telemetry = otel.hook()
     reported = anyio.Event()
