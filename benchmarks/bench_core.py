@@ -166,6 +166,29 @@ def sync_hand_async(n: int) -> Callable[[], Coroutine[Any, Any, None]]:
     return hand
 
 
+def runs(pipeline: Pipeline[Any, Any], count: int) -> Callable[[], Coroutine[Any, Any, None]]:
+    """*count* runs of *pipeline* one after the other, each drained with ``stream()`` (the fixed cost of a run)."""
+
+    async def many() -> None:
+        for _ in range(count):
+            async with pipeline.stream() as items:
+                async for _ in items:
+                    pass
+
+    return many
+
+
+def hand_runs(count: int) -> Callable[[], Coroutine[Any, Any, None]]:
+    """*count* runs of the hand-chained generators over one item."""
+    hand = chain_hand(1)
+
+    async def many() -> None:
+        for _ in range(count):
+            await hand()
+
+    return many
+
+
 def sync_subject(n: int) -> Callable[[], None]:
     """The sync README form through ``iter_sync()``."""
     pipeline = sync_pipeline(n)
@@ -242,6 +265,14 @@ def run(quick: bool) -> list[Result]:
             repeat=repeat,
             cpu=True,
             targets={"6 plain generators through one async generator": _bar(1.10)},
+        )
+        count = 200 if quick else 1000
+        results += compare(
+            f"fixed cost of a run: README form over 1 item, {count} runs ({label})",
+            ("talkpipe_async stream()", on_loop(runs(readme_pipeline(1), count))),
+            [("hand-chained async generators over 1 item", on_loop(hand_runs(count)))],
+            repeat=repeat,
+            cpu=True,
         )
 
     results += compare(
