@@ -1,4 +1,18 @@
-"""One backoff policy for every stage that retries (network sources and sinks, retry operators)."""
+"""One backoff policy for every stage that retries (network sources and sinks, retry operators).
+
+:class:`Backoff` computes the waits; :class:`Retries` applies them, with the
+rule every reconnecting stage shares (a connection resets the count only
+once it is healthy).  A retry loop reads::
+
+    retries = Retries(backoff)
+    while True:
+        try:
+            ...  # retries.opened() once connected, retries.delivered() on data
+        except SomeError:
+            ...
+        if not await retries.next_attempt():
+            raise GaveUp(f"gave up after {retries.failures} attempts")
+"""
 
 from __future__ import annotations
 
@@ -143,3 +157,17 @@ class Retries:
         if self.backoff.exhausted(self.failures):
             return None
         return self.backoff.delay(self.failures - 1, base, rng=self.rng)
+
+    async def next_attempt(self, base: float | None = None, *, wait: float | None = None) -> bool:
+        """The current attempt ended: count it (:meth:`failed`) and sleep until the next one is due.
+
+        False, without sleeping, once ``backoff.max_attempts`` failures in a
+        row are used up: the caller then gives up.  *base* is passed to
+        :meth:`failed`; *wait*, when given, replaces the computed delay (a
+        server's ``Retry-After``), the failure being counted all the same.
+        """
+        delay = self.failed(base)
+        if delay is None:
+            return False
+        await anyio.sleep(delay if wait is None else wait)
+        return True

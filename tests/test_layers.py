@@ -6,9 +6,9 @@ From the bottom up:
   trio, the exceptiongroup backport) and its own modules;
 - ``_net`` and the top-level private helpers (``_backoff``, ``_loops``, ``_blocking``, ...): import ``_core``
   and each other, never a stage package;
-- the stage packages (``operators``, ``sources``, ``sinks``, ``connectors``, ``interop``, ``testing``,
-  ``observe``): import ``_core``, ``_net``, the helpers, and only public names of each other (no underscore
-  module, no underscore name);
+- the stage packages and the other public modules (``operators``, ``sources``, ``sinks``, ``connectors``,
+  ``interop``, ``testing``, ``observe``, ...): import ``_core``, ``_net``, the helpers, and only public names
+  of each other (no underscore module, no underscore name);
 - the command line (``cli``, with ``_live_demo``, started by ``__main__``): on top, imported by nobody else.
 
 A rule is about module-level imports (``if TYPE_CHECKING:`` blocks included).  An import inside a function
@@ -28,8 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent / "talkpipe_async"
 PACKAGE = "talkpipe_async"
 
 CORE = "_core"
-NET = "_net"
-STAGES = frozenset({"operators", "sources", "sinks", "connectors", "interop", "testing", "observe"})
+#: the command line's modules: one layer, on top
 APP = frozenset({"cli", "_live_demo", "__main__"})
 FACADE = ""  # talkpipe_async/__init__.py
 #: third-party modules the core may import: anyio and what anyio itself stands on
@@ -126,6 +125,15 @@ def layer(module: str) -> str:
     return "cli" if top in APP else top
 
 
+def is_stage(top: str) -> bool:
+    """True for the public packages and modules (``operators``, ``sources``, ``observe``, ...).
+
+    The other layers are ``_core``, the private layers and helpers (``_net``, ``_backoff``, ...: any other
+    underscore name), the facade and the command line.
+    """
+    return top not in (FACADE, "cli") and not top.startswith("_")
+
+
 def _resolve(importer: str, is_package: bool, node: ast.ImportFrom) -> str:
     if not node.level:
         return node.module or ""
@@ -197,9 +205,9 @@ def rule_broken(imp: Import) -> str | None:
         return f"_core imports {imp.target}, above it"
     if theirs == FACADE:
         return f"imports the package facade {imp.target}"
-    if theirs in STAGES and mine not in STAGES:
+    if is_stage(theirs) and not is_stage(mine):
         return f"a lower layer imports the stage package {imp.target}"
-    if theirs in STAGES:
+    if is_stage(theirs):
         if _private_path(imp.target):
             return f"imports the private module {imp.target} of another package"
         private = [n for n in imp.names if n.startswith("_")]

@@ -92,6 +92,20 @@ async def test_a_connection_is_healthy_only_after_data_and_the_stable_period() -
 
 
 @VIRTUAL
+async def test_next_attempt_sleeps_each_wait_and_says_when_to_give_up() -> None:
+    backoff = Backoff(initial=1.0, maximum=100.0, jitter="none", max_attempts=4)
+    retries = Retries(backoff)
+    start = anyio.current_time()
+    slept = []
+    for wait in (None, 7.0, None):  # 7.0: a server's Retry-After replaces the delay, the failure still counts
+        assert await retries.next_attempt(wait=wait)
+        slept.append(anyio.current_time() - start)
+    assert slept == [1.0, 8.0, 12.0] and retries.failures == 3
+    assert not await retries.next_attempt()  # the fourth failure: max_attempts used up, no sleep
+    assert anyio.current_time() - start == 12.0 and retries.failures == 4
+
+
+@VIRTUAL
 async def test_retry_source_that_yields_then_fails_is_reopened_max_attempts_times() -> None:
     opened = 0
 

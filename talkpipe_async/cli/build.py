@@ -32,7 +32,7 @@ import httpx
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-from .._backoff import Backoff
+from .._backoff import Backoff, Retries
 from .._core._errors import TalkpipeAsyncError, error_context
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
@@ -227,12 +227,12 @@ class _ConnectRetry(AbstractSource[Any]):
         super().__init__()
         self.inner = inner
         self.retries = retries
-        self.backoff = Backoff(initial=delay, maximum=MAX_BACKOFF, jitter=False)
+        self.backoff = _fixed_backoff(retries, delay)
         self.name = inner.label
 
     async def generate(self) -> AsyncIterator[Any]:
         """Yield the inner source's items."""
-        attempt = 0
+        retries = Retries(self.backoff)  # never opened(): every failure before the first item counts
         while True:
             delivered = False
             gen: Any = self.inner.generate()
@@ -242,32 +242,18 @@ class _ConnectRetry(AbstractSource[Any]):
                     yield item
                 return
             except (OSError, httpx.TransportError) as exc:
-                if delivered or attempt >= self.retries or not _is_unreachable(exc):
+                if delivered or not _is_unreachable(exc):
                     raise
+                failure = exc
             finally:
                 await gen.aclose()
-            await anyio.sleep(self.backoff.delay(attempt))
-            attempt += 1
+            if not await retries.next_attempt():
+                raise failure
 
 
-class _RetryingTcpSink(tcp_sink):
-    """``tcp_sink`` whose connection is retried ``retries`` times with backoff."""
-
-    def __init__(self, host: str, port: int, *, retries: int, delay: float) -> None:
-        super().__init__(host, port, flush_every=1, connect_timeout=5.0, name=f"tcp:{host}:{port}")
-        self.retries = retries
-        self.backoff = Backoff(initial=delay, maximum=MAX_BACKOFF, jitter=False)
-
-    async def _open(self) -> Any:
-        attempt = 0
-        while True:
-            try:
-                return await super()._open()
-            except (OSError, TimeoutError):
-                if attempt >= self.retries:
-                    raise
-            await anyio.sleep(self.backoff.delay(attempt))
-            attempt += 1
+def _fixed_backoff(retries: int, delay: float) -> Backoff:
+    """``retries`` attempts after the first, ``delay`` seconds apart, doubling up to ``MAX_BACKOFF`` (no jitter)."""
+    return Backoff(initial=delay, maximum=MAX_BACKOFF, jitter=False, max_attempts=retries + 1)
 
 
 class _PostOutputs(http_post_batches):
@@ -404,7 +390,8 @@ def _sink(spec: SinkSpec, args: argparse.Namespace, acking: bool) -> Any:
         return write_lines(spec.target, flush_interval=0.2, emit="flushed" if acking else "written",
                            name=f"file:{spec.target}")
     if spec.kind == "tcp":
-        return _RetryingTcpSink(spec.target, spec.port, retries=args.retries, delay=args.retry_delay)
+        return tcp_sink(spec.target, spec.port, flush_every=1, connect_timeout=5.0, reconnect=True,
+                        backoff=_fixed_backoff(args.retries, args.retry_delay), name=f"tcp:{spec.target}:{spec.port}")
     if spec.kind == "http":
         return _PostOutputs(spec.target, batch_size=args.post_batch, backoff=_backoff(args), timeout=10.0,
                             name=f"POST {spec.target}")

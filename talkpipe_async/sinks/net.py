@@ -64,10 +64,11 @@ def _encoder(fmt: Format, serializer: Callable[[Any], str] | None) -> Callable[[
 
 @dataclass
 class _SinkRun:
-    """What one run of a sink keeps: its counters and its retry budget."""
+    """What one run of a sink keeps: its counters, its retry budget, the connection it closed after a failure."""
 
     stats: NetStats
     retries: Retries
+    broken: Any = None
 
 
 class _ByteSink(AbstractSegment[Any, Any]):
@@ -125,7 +126,8 @@ class _ByteSink(AbstractSegment[Any, Any]):
             if pending:
                 target = await self._send(target, pending, run)
         finally:
-            await self._close(target)
+            if target is not run.broken:  # a broken connection was closed already, before the retry
+                await self._close(target)
 
     async def _connect(self, run: _SinkRun) -> Any:
         """Open the target (subclasses that reconnect retry here)."""
@@ -168,40 +170,43 @@ class _SocketSink(_ByteSink):
             scope.deadline = anyio.current_time() + 5.0
             await target.aclose()
 
-    def _failed(self, err: BaseException, run: _SinkRun) -> float:
-        """Count a failure; the wait before the next attempt, or raise unless another attempt is allowed."""
+    def _failed(self, err: BaseException, run: _SinkRun) -> BaseException:
+        """Count a failure; raise it unless the sink reconnects."""
         run.stats.errors += 1
         run.stats.last_error = repr(err)
         if not self.reconnect:
             raise err
-        wait = run.retries.failed()
-        if wait is None:
+        return err
+
+    async def _retry(self, err: BaseException, run: _SinkRun) -> None:
+        """Wait until the next attempt is due; :class:`ConnectionLost` once ``backoff.max_attempts`` are used up."""
+        if not await run.retries.next_attempt():
             where = f"{self.label} ({self._where()})"
             raise ConnectionLost(f"{where}: gave up after {run.retries.failures} attempts: {err!r}") from err
-        return wait
 
     async def _connect(self, run: _SinkRun) -> Any:
         while True:
             try:
                 target = await self._open()
             except _SOCKET_ERRORS as err:
-                wait = self._failed(err, run)
+                failure = self._failed(err, run)
             else:
                 run.retries.opened()
                 return target
-            await anyio.sleep(wait)
+            await self._retry(failure, run)
 
     async def _deliver(self, target: Any, data: bytes, run: _SinkRun) -> Any:
         while True:
             try:
                 await self._write(target, data)
             except _SOCKET_ERRORS as err:
-                wait = self._failed(err, run)
+                failure = self._failed(err, run)
             else:
                 run.retries.delivered()
                 return target
             await anyio.aclose_forcefully(target)
-            await anyio.sleep(wait)
+            run.broken = target
+            await self._retry(failure, run)
             target = await self._connect(run)
             run.stats.reconnects += 1
 
@@ -372,7 +377,7 @@ class http_post_batches(AbstractSegment[Any, Any]):
     async def _post(self, client: httpx.AsyncClient, batch: list[Any], stats: NetStats) -> None:
         body, ctype = self._body(batch)
         headers = {"Content-Type": ctype, **self.headers}
-        attempt = 0
+        retries = Retries(self.backoff)  # per batch: no connection to keep healthy, every failure counts
         while True:
             wait: float | None = None
             try:
@@ -395,12 +400,11 @@ class http_post_batches(AbstractSegment[Any, Any]):
                     wait = min(float(after), self.backoff.maximum)
             stats.errors += 1
             stats.last_error = problem
-            attempt += 1
-            if self.backoff.exhausted(attempt):
-                message = f"POST {self.url}: batch of {len(batch)} not delivered after {attempt} attempts: {problem}"
+            if not await retries.next_attempt(wait=wait):
+                attempts = retries.failures
+                message = f"POST {self.url}: batch of {len(batch)} not delivered after {attempts} attempts: {problem}"
                 raise DeliveryFailed(message, batch)
             stats.reconnects += 1
-            await anyio.sleep(wait if wait is not None else self.backoff.delay(attempt - 1))
 
     async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """Collect, POST, then yield each delivered item (metadata passes in order)."""

@@ -128,12 +128,11 @@ class _HttpStream(AbstractSource[Any]):
                         raise ConnectionLost(
                             f"{req.method} {req.url}: stream broken after {received} bytes: {err!r}"
                         ) from err
-                    wait = retries.failed()
-                    if wait is None:
-                        raise ConnectionLost(
-                            f"{req.method} {req.url}: gave up after {retries.failures} attempts: {err!r}"
-                        ) from err
-                await anyio.sleep(wait)
+                    failure = err
+                if not await retries.next_attempt():
+                    raise ConnectionLost(
+                        f"{req.method} {req.url}: gave up after {retries.failures} attempts: {failure!r}"
+                    ) from failure
                 stats.reconnects += 1
                 restarted[0] += 1
 

@@ -134,10 +134,8 @@ class _StreamClient(_FramedSource[Any], BatchSource[Any]):
             except (OSError, TimeoutError) as err:
                 stats.errors += 1
                 stats.last_error = repr(err)
-                wait = retries.failed() if self.reconnect else None
-                if wait is None:
+                if not self.reconnect or not await retries.next_attempt():
                     raise
-                await anyio.sleep(wait)
                 continue
             stats.connections += 1
             retries.opened()
@@ -177,10 +175,8 @@ class _StreamClient(_FramedSource[Any], BatchSource[Any]):
                     raise ConnectionLost(f"{label}: connection lost: {lost!r}") from lost
             elif not self.reconnect:
                 return
-            wait = retries.failed()
-            if wait is None:
+            if not await retries.next_attempt():
                 raise ConnectionLost(f"{label}: gave up after {retries.failures} reconnection attempts") from lost
-            await anyio.sleep(wait)
             stats.reconnects += 1
 
 

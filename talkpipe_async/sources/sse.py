@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
 import httpx
 
 from .._backoff import Backoff, Retries
@@ -259,8 +258,6 @@ class sse_events(AbstractSource[SSEEvent]):
                     if parser.partial:
                         stats.partial_dropped += 1
                 last_id = parser.last_event_id
-                wait = retries.failed(retry_ms / 1000 if retry_ms is not None else None)
-                if wait is None:
+                if not await retries.next_attempt(retry_ms / 1000 if retry_ms is not None else None):
                     raise SSEError(f"{self.url}: gave up after {retries.failures} reconnection attempts")
-                await anyio.sleep(wait)
                 stats.reconnects += 1

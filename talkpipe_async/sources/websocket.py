@@ -20,7 +20,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Literal
 
-import anyio
 import httpx
 
 from .._backoff import Backoff, Retries
@@ -246,11 +245,9 @@ class websocket_messages(AbstractSource[Any]):
                     raise WebSocketClosed(
                         f"{where}: connection closed abnormally (code {code}{detail})", code=code, reason=reason
                     ) from problem
-                wait = retries.failed()
-                if wait is None:
+                if not await retries.next_attempt():
                     last = repr(problem) if problem is not None else f"close code {code}"
                     raise ConnectionLost(f"{where}: gave up after {retries.failures} attempts: {last}") from problem
-                await anyio.sleep(wait)
                 stats.reconnects += 1
 
     def _malformed(self, error: MalformedMessage, stats: NetStats) -> None:
