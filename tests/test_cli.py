@@ -289,7 +289,7 @@ def test_connect_retries_are_counted_and_spaced_in_virtual_time() -> None:
     from trio.testing import MockClock
 
     from talkpipe_async import source
-    from talkpipe_async.cli.build import _ConnectRetry
+    from talkpipe_async.cli.stages import ConnectRetry
 
     attempts: list[float] = []
 
@@ -301,7 +301,7 @@ def test_connect_retries_are_counted_and_spaced_in_virtual_time() -> None:
 
     async def main() -> None:
         with pytest.raises(ConnectionRefusedError):
-            await _ConnectRetry(refused(), retries=2, delay=0.05).collect()
+            await ConnectRetry(refused(), retries=2, delay=0.05).collect()
 
     anyio.run(main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0)})
     assert [round(t - attempts[0], 9) for t in attempts] == [0.0, 0.05, 0.15]
@@ -310,7 +310,7 @@ def test_connect_retries_are_counted_and_spaced_in_virtual_time() -> None:
 def test_connect_retry_does_not_repeat_a_source_that_delivered() -> None:
     """A connection lost after the first item is raised at once: retrying would deliver the items again."""
     from talkpipe_async import source
-    from talkpipe_async.cli.build import _ConnectRetry
+    from talkpipe_async.cli.stages import ConnectRetry
 
     opened = 0
 
@@ -325,7 +325,7 @@ def test_connect_retry_does_not_repeat_a_source_that_delivered() -> None:
 
     async def main() -> None:
         with pytest.raises(ConnectionRefusedError):
-            async with _ConnectRetry(drops(), retries=5, delay=0.05).stream() as items:
+            async with ConnectRetry(drops(), retries=5, delay=0.05).stream() as items:
                 async for item in items:
                     got.append(item)
 

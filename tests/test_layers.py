@@ -73,7 +73,7 @@ ALLOWED_DEFERRED: dict[tuple[str, str], str] = {
         "the ChatterLang compiler loads only for the chatterlang command"
     ),
     ("talkpipe_async.cli.chatterlang", "talkpipe_async.operators"): "loaded only for the chatterlang command",
-    ("talkpipe_async.cli.build", "talkpipe_async.connectors"): (
+    ("talkpipe_async.cli.stages", "talkpipe_async.connectors"): (
         "the broker connectors (and their client libraries) load only for a redis: or nats: destination"
     ),
 }

@@ -13,7 +13,8 @@ import anyio
 
 from .._core._errors import TalkpipeAsyncError
 from .._core._run import current_run
-from .sockets import DEFAULT_MAX_LINE, READ_SIZE, NetStats, Overlong, _FramedSource
+from .._net.framing import DEFAULT_MAX_LINE, READ_SIZE, NetStats, Overlong
+from ._framing import FramedSource
 
 __all__ = ["ProcessFailed", "process_lines", "stdin_lines"]
 
@@ -32,7 +33,7 @@ class ProcessFailed(subprocess.CalledProcessError, TalkpipeAsyncError):
         return text
 
 
-class process_lines(_FramedSource[str]):
+class process_lines(FramedSource[str]):
     """The lines (str) a subprocess writes to stdout.
 
     ``command`` is an argument list (no shell) or, with ``shell=True``, a
@@ -142,7 +143,7 @@ def _pollable(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
 
 
-class stdin_lines(_FramedSource[str]):
+class stdin_lines(FramedSource[str]):
     """Lines of standard input (or of any readable file descriptor ``fd``).
 
     Reads up to 64 KiB at a time and splits lines in Python.  A pipe,

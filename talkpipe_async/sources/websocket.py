@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
@@ -174,81 +175,100 @@ class websocket_messages(AbstractSource[Any]):
         """Connect, yield each message, reconnect if asked; close the socket when the run leaves."""
         stats = self.stats if self.stats is not None else WebSocketStats()
         where = f"{self.label} ({self.url})"
-        mode, errors = self.mode, self.encoding_errors
-        loads = json.loads
+        decode = self._decoder(where, stats)
         retries = Retries(self.backoff)
-        number = 0
         async with client_for(self.client) as client:
             while True:
-                problem: BaseException | None = None
-                connected = False
-                code: int | None = None
-                reason = ""
+                ending = _Ending()
                 try:
-                    async with connect(
-                        client,
-                        self.url,
-                        stats=stats,
-                        label=where,
-                        headers=self.headers,
-                        subprotocols=self.subprotocols,
-                        connect_timeout=self.connect_timeout,
-                        read_size=self.read_size,
-                        read_timeout=self.read_timeout,
-                        max_message_bytes=self.max_message_bytes,
-                        on_oversize=self.on_oversize,
-                        close_code=self.close_code,
-                    ) as session:
-                        connected = True
+                    async with self._connect(client, stats, where) as session:
+                        ending.connected = True
                         stats.connections += 1
                         retries.opened()
-                        while True:
-                            message = await session.receive_message()
-                            if message is None:
-                                break
-                            number += 1
+                        while (message := await session.receive_message()) is not None:
                             retries.delivered()
-                            if mode == "text":
-                                item: Any = message if isinstance(message, str) else message.decode("utf-8", errors)
-                            elif mode == "bytes":
-                                item = message.encode() if isinstance(message, str) else message
-                            else:
-                                try:
-                                    item = loads(message)
-                                except ValueError as err:
-                                    raw = message.encode() if isinstance(message, str) else message
-                                    bad = MalformedMessage(
-                                        f"not valid JSON: {err}", source=where, message_number=number, data=raw
-                                    )
-                                    self._malformed(bad, stats)
-                                    continue
-                            stats.items += 1
-                            yield item
-                        code, reason, problem = session.close_code, session.close_reason, session.lost
+                            item = decode(message)
+                            if item is not _SKIPPED:
+                                stats.items += 1
+                                yield item
+                        ending.code, ending.reason, ending.problem = (
+                            session.close_code,
+                            session.close_reason,
+                            session.lost,
+                        )
                 except WebSocketRejected as err:
                     if not self.reconnect or err.status_code not in RETRY_STATUSES:
                         raise
-                    problem = err
+                    ending.problem = err
                 except httpx.TransportError as err:  # ConnectError, ConnectTimeout, a broken handshake
-                    problem = err
-                clean = problem is None and code in NORMAL_CLOSE
-                if not clean:
-                    stats.errors += 1
-                    stats.last_error = repr(problem) if problem is not None else f"close code {code} {reason}".strip()
-                if not self.reconnect:
-                    if clean:
-                        return
-                    if not connected:
-                        raise ConnectionLost(f"{where}: cannot connect: {problem!r}") from problem
-                    code = 1006 if code is None else code
-                    detail = f": {reason}" if reason else (f": {problem!r}" if problem is not None else "")
-                    raise WebSocketClosed(
-                        f"{where}: connection closed abnormally (code {code}{detail})", code=code, reason=reason
-                    ) from problem
+                    ending.problem = err
+                if self._ended(ending, where, stats):
+                    return
                 if not await retries.next_attempt():
-                    last = repr(problem) if problem is not None else f"close code {code}"
-                    raise ConnectionLost(f"{where}: gave up after {retries.failures} attempts: {last}") from problem
+                    raise ConnectionLost(
+                        f"{where}: gave up after {retries.failures} attempts: {ending.last}"
+                    ) from ending.problem
                 stats.reconnects += 1
+
+    def _connect(self, client: httpx.AsyncClient, stats: WebSocketStats, where: str) -> Any:
+        """The context manager of one connection (a :class:`PullSession` with this source's limits)."""
+        return connect(
+            client,
+            self.url,
+            stats=stats,
+            label=where,
+            headers=self.headers,
+            subprotocols=self.subprotocols,
+            connect_timeout=self.connect_timeout,
+            read_size=self.read_size,
+            read_timeout=self.read_timeout,
+            max_message_bytes=self.max_message_bytes,
+            on_oversize=self.on_oversize,
+            close_code=self.close_code,
+        )
+
+    def _decoder(self, where: str, stats: NetStats) -> Callable[[str | bytes], Any]:
+        """The function that turns a message into the item of ``mode`` (``_SKIPPED`` for a skipped bad one)."""
+        mode, errors = self.mode, self.encoding_errors
+        loads = json.loads
+        number = 0  # the data messages of the run, across reconnections
+
+        def decode(message: str | bytes) -> Any:
+            nonlocal number
+            number += 1
+            if mode == "text":
+                return message if isinstance(message, str) else message.decode("utf-8", errors)
+            if mode == "bytes":
+                return message.encode() if isinstance(message, str) else message
+            try:
+                return loads(message)
+            except ValueError as err:
+                raw = message.encode() if isinstance(message, str) else message
+                bad = MalformedMessage(f"not valid JSON: {err}", source=where, message_number=number, data=raw)
+                self._malformed(bad, stats)
+                return _SKIPPED
+
+        return decode
+
+    def _ended(self, ending: _Ending, where: str, stats: NetStats) -> bool:
+        """Count how a connection ended; True to end the stream, False to reconnect; raise what must be raised."""
+        clean = ending.clean
+        if not clean:
+            stats.errors += 1
+            stats.last_error = ending.describe()
+        if self.reconnect:
+            return False
+        if clean:
+            return True
+        problem = ending.problem
+        if not ending.connected:
+            raise ConnectionLost(f"{where}: cannot connect: {problem!r}") from problem
+        code = 1006 if ending.code is None else ending.code
+        reason = ending.reason
+        detail = f": {reason}" if reason else (f": {problem!r}" if problem is not None else "")
+        raise WebSocketClosed(
+            f"{where}: connection closed abnormally (code {code}{detail})", code=code, reason=reason
+        ) from problem
 
     def _malformed(self, error: MalformedMessage, stats: NetStats) -> None:
         stats.malformed += 1
@@ -260,3 +280,31 @@ class websocket_messages(AbstractSource[Any]):
             return
         assert callable(self.on_error)
         self.on_error(error)
+
+
+#: what the decoder returns for a malformed message that the ``on_error`` policy skipped
+_SKIPPED: Any = object()
+
+
+@dataclass
+class _Ending:
+    """How one connection attempt ended: whether it connected, the close code and reason, the error if any."""
+
+    connected: bool = False
+    code: int | None = None
+    reason: str = ""
+    problem: BaseException | None = None
+
+    @property
+    def clean(self) -> bool:
+        """A normal close (1000, or a close frame without a code), no error."""
+        return self.problem is None and self.code in NORMAL_CLOSE
+
+    @property
+    def last(self) -> str:
+        """The error, or the close code: what a give-up message names."""
+        return repr(self.problem) if self.problem is not None else f"close code {self.code}"
+
+    def describe(self) -> str:
+        """The error, or the close code and reason: what ``stats.last_error`` records."""
+        return repr(self.problem) if self.problem is not None else f"close code {self.code} {self.reason}".strip()
