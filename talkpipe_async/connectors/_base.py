@@ -191,6 +191,16 @@ class AckToken(ABC):
     async def ack(self) -> None:
         """The message is fully handled: the broker may forget it."""
 
+    def ack_nowait(self) -> Awaitable[None] | None:
+        """Acknowledge at once where the adapter only queues it; else an awaitable that finishes the job.
+
+        The per-message path of :func:`consume` and :class:`Ack`: an adapter
+        that buffers acknowledgements (Redis) settles and queues here without
+        a coroutine per message, and returns an awaitable only when the
+        buffer is due to be sent.
+        """
+        return self.ack()
+
     @abstractmethod
     async def nak(self, delay: float | None = None) -> None:
         """Handling failed: deliver the message again (after about *delay* seconds)."""
@@ -292,7 +302,9 @@ class Ack(AbstractSegment[Any, Any]):
         unwrap = self.unwrap
         async for item in items:
             if isinstance(item, Message):
-                await item.token.ack()
+                pending = item.token.ack_nowait()
+                if pending is not None:
+                    await pending
                 yield item.data if unwrap else item
                 continue
             found = False
@@ -416,7 +428,9 @@ async def consume(
                 if is_async:
                     await result
             if type(item) is Message:
-                await item.token.ack()
+                pending = item.token.ack_nowait()
+                if pending is not None:
+                    await pending
             else:
                 for message in messages_in(item):
                     await message.token.ack()

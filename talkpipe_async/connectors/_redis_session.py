@@ -14,6 +14,7 @@ which does not raise their delivery count).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -49,8 +50,14 @@ class RedisToken(AckToken):
 
     async def ack(self) -> None:
         """Queue an ``XACK`` (sent in a batch, see the module doc)."""
+        pending = self.ack_nowait()
+        if pending is not None:
+            await pending
+
+    def ack_nowait(self) -> Awaitable[None] | None:
+        """Settle and queue the ``XACK``; the flush to await when ``ack_batch`` ids are waiting."""
         if self.settled:
-            return
+            return None
         # AckToken._settle and RedisSession.queue_ack written out: this runs once per message
         self.settled = True
         tracker = self._tracker
@@ -64,10 +71,12 @@ class RedisToken(AckToken):
             raise session.failure
         acks = session.acks
         acks.append(self.id)
-        if len(acks) >= session.ack_batch:
-            await session.flush_acks()
-        elif len(acks) == 1:
+        waiting = len(acks)
+        if waiting >= session.ack_batch:
+            return session.flush_acks()
+        if waiting == 1:
             session.ack_waiting.set()
+        return None
 
     async def nak(self, delay: float | None = None) -> None:
         """Make the message claimable again after about *delay* seconds (default: at once).
@@ -225,15 +234,17 @@ class RedisSession(BrokerSession):
 
     def _decode_fresh(self, entries: list[Any], poison: Poison) -> list[Message[Any]] | None:
         """``decode`` for a fresh read (first deliveries); None when an entry needs the full path."""
-        out: list[Message[Any]] = []
-        append = out.append
         decode = self.src.decode
         key = self.src.field_key
+        token, message = RedisToken, Message
         try:
-            for raw_id, fields in entries:
-                id = raw_id.decode() if type(raw_id) is bytes else raw_id
-                raw = fields[key]
-                append(Message(raw if decode is None else decode(raw), RedisToken(self, id, 1)))
+            if entries and type(entries[0][0]) is not bytes:  # a client decoding responses: ids are text
+                out = [message(f[key] if decode is None else decode(f[key]), token(self, str(i), 1))
+                       for i, f in entries]
+            elif decode is None:
+                out = [message(f[key], token(self, i.decode(), 1)) for i, f in entries]
+            else:  # one comprehension per read: this runs once per message
+                out = [message(decode(f[key]), token(self, i.decode(), 1)) for i, f in entries]
         except Exception:  # a malformed or missing payload: the full path dead-letters it with its reason
             return None
         self.stats.delivered += len(out)
