@@ -78,8 +78,9 @@ class Hub(Generic[T]):
     The upstream's end ends every subscriber's iteration (after its buffer);
     its error is raised to every subscriber (the same exception object); with
     ``keep_running=True`` it is also raised by ``run()`` or on leaving
-    ``async with hub:``.  Closing the hub ends every subscriber with
-    :class:`SubscriberDisconnected` (``reason="closed"``).  Metadata items
+    ``async with hub:``.  Closing the hub ends every subscriber at once with
+    :class:`SubscriberDisconnected` (``reason="closed"``; the items left in its
+    buffer are discarded and counted).  Metadata items
     (``Flush`` ...) go to every subscriber that asked for metadata and count
     against its buffer like data.  Every subscriber gets the same item object:
     treat items as read-only.  ``stats`` is a :class:`HubStats`.
@@ -252,6 +253,7 @@ class Hub(Generic[T]):
             if not sub._done:
                 if sub.full() and sub.policy == "block":
                     self.stats.blocked += 1
+                    self._notify()
                     await sub.wait_room()
                 if sub._done:
                     pass
@@ -393,9 +395,9 @@ class Hub(Generic[T]):
         for sub in subs:
             sub.stats.reason = "closed"
             error = SubscriberDisconnected(sub.name, "closed", buffer=sub.capacity, delivered=sub.stats.delivered,
-                                           discarded=0)
+                                           discarded=sub.stats.queued)
             stats.disconnected += 1
-            sub.finish("disconnected", error)
+            sub.finish("disconnected", error, free=True)
         self._notify()
 
     def subscriber_stats(self) -> list[SubscriberStats]:
