@@ -306,7 +306,8 @@ class RedisPartitionSession(BrokerSession):
             self.stats.reads += 1
             response = await self.guard.call(
                 "XREADGROUP", self.client.xreadgroup, self.group, self.consumer,
-                {self.streams[p]: ">" for p in readable}, count=count, block=max(1, int(block * 1000)),
+                {self.streams[p]: ">" for p in readable}, count=max(1, count // len(readable)),
+                block=max(1, int(block * 1000)),
                 deadline_extra=block)
             out: list[Message[Any]] = []
             index = {name.encode(): p for p, name in enumerate(self.streams)}
