@@ -198,6 +198,7 @@ class Soak:
         self.thrown: set[int] = set()
         self.risky: set[int] = set()  # written to a rotated file after the writer paused > rotate_grace
         self.held_by: dict[int, str] = {}  # line number -> the file on disk that holds it after the soak
+        self.file_lines: dict[str, list[int]] = {}  # file on disk -> its line numbers, in file order
 
     async def run(self) -> None:
         self.log.write_bytes(b"")
@@ -221,7 +222,8 @@ class Soak:
         self.gnu = numbers(self.gnu_out.read_bytes(), self.total)
         for f in sorted(self.dir.iterdir()):
             if f.name.startswith("app.log"):
-                for n in numbers(f.read_bytes(), self.total):
+                self.file_lines[f.name] = numbers(f.read_bytes(), self.total)
+                for n in self.file_lines[f.name]:
                     self.held_by.setdefault(n, f.name)
         # Lines the rotation itself threw away: written between the end of a copy and the truncate.
         self.thrown = set(range(self.total)) - self.held_by.keys()
@@ -284,8 +286,8 @@ class Soak:
             f"; thrown away by the rotation {len(self.thrown)}, of which read in time by tail_file "
             f"{len(self.thrown & set(self.ours))}, by GNU tail {len(self.thrown & set(self.gnu))}"
             if self.style == "copytruncate"
-            else f"; written late after a writer pause > rotate_grace {len(self.risky)}, "
-            f"of which lost by tail_file {len(self.risky - set(self.ours))}"
+            else f"; written late after a writer pause > rotate_grace {len(self.risky)}, of which lost by "
+            f"tail_file {len(self.risky - set(self.ours))} (at the end of a file it read {len(self.excused())})"
         )
         return (
             f"{self.style} every {self.period * 1000:.0f} ms, rotate_grace {self.rotate_grace} s, "
@@ -293,6 +295,18 @@ class Soak:
             f"by GNU tail -F {self.lost(self.gnu)}{thrown}; tail_file opened {self.stats.files} files "
             f"({self.stats.recovered} found after they left the path)"
         )
+
+    def excused(self) -> set[int]:
+        """The lost lines a rotate_grace shorter than the writer's pauses explains: written late after such a
+        pause (``risky``), at the end of a file the tail read (it closed the file before them).  Lines of a
+        file the tail delivered nothing of are never excused: the tail must find every file."""
+        got = set(self.ours)
+        out: set[int] = set()
+        for nums in self.file_lines.values():
+            read = [i for i, n in enumerate(nums) if n in got]
+            if read:
+                out.update(n for n in nums[read[-1] + 1 :] if n in self.risky)
+        return out
 
     def diagnosis(self, got: list[int], allowed: set[int] | None = None) -> str:
         """A few lines saying what went wrong: lost and repeated numbers as ranges, where the lost ones are
@@ -395,11 +409,12 @@ async def test_create_rotation_loses_nothing(tmp_path: Path, period: float, grac
     await soak.run()
     print(soak.report())
     assert soak.rotations >= SECONDS / period / 2
-    assert in_order(soak.ours), soak.diagnosis(soak.ours, soak.risky)
-    # Nothing is lost but lines the writer wrote to a rotated file after pausing longer than rotate_grace
-    # (descheduled on a loaded machine): the grace is how long a quiet rotated file is waited for.
-    only_risky = soak.missing(soak.ours) <= soak.risky  # compared apart: pytest would print both sets
-    assert only_risky, soak.diagnosis(soak.ours, soak.risky)
+    excused = soak.excused()
+    assert in_order(soak.ours), soak.diagnosis(soak.ours, excused)
+    # Nothing is lost but the last lines of a rotated file, written after the writer paused longer than
+    # rotate_grace (descheduled on a loaded machine): the grace is how long a quiet rotated file is waited for.
+    only_excused = soak.missing(soak.ours) <= excused  # compared apart: pytest would print both sets
+    assert only_excused, soak.diagnosis(soak.ours, excused)
 
 
 @pytest.mark.parametrize("period", [1.0, 0.1])
