@@ -27,6 +27,8 @@ from talkpipe_async.connectors import (
     Message,
     RedisStreamSink,
     RedisStreamSource,
+    ack,
+    map_data,
     partition_for,
 )
 from tests.broker_helpers import ASYNCIO_LOOPS, nats_fill
@@ -118,6 +120,31 @@ async def test_pending_entries_of_a_dead_owner_come_first_in_order(redis_url: st
     assert [m.deliveries for m in got] == [2, 2, 2, 2] + [1] * 6
     assert all(m.id.startswith("0:") for m in got)
     assert src.stats.isolated == 4 and src.stats.redelivered == 4
+    assert int((await client.xpending(f"{stream}:0", "g"))["pending"]) == 0
+
+
+async def test_a_nacked_entry_comes_again_before_newer_ones_and_a_poison_one_goes_to_the_dead_letter(
+    redis_url: str, client: Any
+) -> None:
+    stream = f"p-{uuid.uuid4().hex[:6]}"
+    await RedisStreamSink(stream, url=redis_url, key="k", partitions=1).collect([{"k": "a", "s": s} for s in range(6)])
+    failures: dict[int, int] = {}
+
+    def handle(x: dict[str, Any]) -> int:
+        if x["s"] in (2, 4) and (x["s"] == 4 or failures.get(2, 0) < 1):  # 2 fails once, 4 always
+            failures[x["s"]] = failures.get(x["s"], 0) + 1
+            raise RuntimeError(f"cannot handle {x['s']} now")
+        return int(x["s"])
+
+    mapper = map_data(handle, on_error="nak")
+    src = RedisStreamSource(stream, "g", url=redis_url, partitions=1, batch=1, block=0.05, idle_exit=0.5,
+                            lease_ttl=2.0, max_deliveries=3)
+    with anyio.fail_after(30):
+        out = await (src | mapper | ack(unwrap=True)).collect()
+    assert out == [0, 1, 2, 3, 5]
+    assert failures == {2: 1, 4: 3} and src.stats.nacked == 4 and src.stats.dead_lettered == 1
+    dead = await client.xrange(f"{stream}:dead")
+    assert [json.loads(f[b"data"])["s"] for _, f in dead] == [4]
     assert int((await client.xpending(f"{stream}:0", "g"))["pending"]) == 0
 
 
