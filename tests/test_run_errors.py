@@ -193,17 +193,6 @@ async def plus_one(items: AsyncIterator[int]) -> AsyncIterator[int]:
         yield x + 1
 
 
-async def test_a_run_that_never_waits_starts_no_task(anyio_backend: Any) -> None:
-    # The watch for cancellations from outside starts once the consumer's task lets the loop run; a chain that
-    # never waits does not pay for it (and nothing could cancel it from outside before it waits).
-    before = len(anyio.get_running_tasks())
-    async with (cpu_numbers(100) | plus_one()).stream() as items:
-        got = [x async for x in items]
-        during = len(anyio.get_running_tasks())
-    assert got == list(range(1, 101))
-    assert during == before
-
-
 async def test_a_waiting_plain_chain_is_cancelled_from_outside_and_every_finally_runs(anyio_backend: Any) -> None:
     closed: list[str] = []
 
@@ -224,3 +213,43 @@ async def test_a_waiting_plain_chain_is_cancelled_from_outside_and_every_finally
     assert scope.cancelled_caught
     assert got == [2]
     assert closed == ["source"]
+
+
+def test_a_task_cancel_on_plain_asyncio_closes_the_chain_and_the_loop_reports_nothing() -> None:
+    # asyncio.run + task.cancel(), no anyio runner: the cancellation reaches the stages, every finally runs, and
+    # nothing of the run fails in a loop callback (such an error would only be logged by the loop).
+    import asyncio
+
+    closed: list[str] = []
+    reported: list[dict[str, Any]] = []
+
+    @source
+    async def endless() -> AsyncIterator[int]:
+        i = 0
+        try:
+            while True:
+                yield i
+                i += 1
+                await asyncio.sleep(0)
+        finally:
+            await asyncio.sleep(0)
+            closed.append("source")
+
+    async def consume(started: asyncio.Event) -> None:
+        async with (endless() | plus_one()).stream() as items:
+            async for _ in items:
+                started.set()
+                await asyncio.sleep(0)
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: reported.append(context))
+        started = asyncio.Event()
+        task = asyncio.ensure_future(consume(started))
+        await asyncio.wait_for(started.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+
+    asyncio.run(main())
+    assert closed == ["source"]
+    assert reported == []

@@ -4,10 +4,7 @@ Opening a run enters a task group and, inside it, a :class:`Stoppable` around
 the consumer's block.  The block is shielded from cancellations from outside
 the run; a watch task (outside the shield) sees such a cancellation and
 delivers it to the consumer once, after which the consumer's cleanup runs
-shielded.  The watch starts the first time the consumer's task lets the event
-loop run (a callback scheduled when the run opens): nothing can cancel the run
-from outside before that, and a run that never waits (a CPU-bound chain) does
-not pay for a task.  The run's own tasks are shielded the same way and stopped by the
+shielded.  The run's own tasks are shielded the same way and stopped by the
 run (see :mod:`._stop`).  So every stage's ``finally`` can await, whatever
 ended the run, until the cleanup deadline.
 
@@ -114,7 +111,6 @@ class RunScope:
         self._body = Stoppable()
         self._exiting = False
         self._closed: anyio.Event | None = None
-        self._watch_handle: Any = None  # asyncio: the scheduled start of the watch, cancelled at close
 
     async def enter(self) -> RunContext:
         """Open the task group and the consumer's scopes (call from the consumer's task)."""
@@ -122,26 +118,8 @@ class RunScope:
         await tg.__aenter__()
         self.run = RunContext(tg, on_failure=self._interrupt_consumer)
         self._body.__enter__()
-        self._schedule_watch()
+        tg.start_soon(self._watch_outside, name="talkpipe_async cancellation watch")
         return self.run
-
-    def _schedule_watch(self) -> None:
-        """Start the watch when the loop next runs its callbacks: the consumer's task is waiting by then."""
-        import sniffio
-
-        if sniffio.current_async_library() == "trio":
-            import trio
-
-            trio.lowlevel.current_trio_token().run_sync_soon(self._start_watch)
-        else:
-            import asyncio
-
-            self._watch_handle = asyncio.get_running_loop().call_soon(self._start_watch)
-
-    def _start_watch(self) -> None:
-        self._watch_handle = None
-        if not self._exiting and self._tg is not None:
-            self._tg.start_soon(self._watch_outside, name="talkpipe_async cancellation watch")
 
     def _interrupt_consumer(self) -> None:
         """A task failed, or the run was cancelled from outside: interrupt the consumer's block once."""
@@ -173,9 +151,6 @@ class RunScope:
         assert self.run is not None and self._tg is not None
         run, tg = self.run, self._tg
         self._exiting = True
-        if self._watch_handle is not None:  # the consumer never waited: no watch to start
-            self._watch_handle.cancel()
-            self._watch_handle = None
         self._body.shield_now(CLEANUP_TIMEOUT)
         error: BaseException | None = None
         busy: list[Any] = []
