@@ -7,7 +7,9 @@ decoding each JSON payload and acknowledging it, with the same batch size
 (100) on both sides.  What is compared is the CPU time of this process (the
 client: ``time.process_time``, the broker runs in its own process) divided by
 the messages handled, runs interleaved, medians.  Target: at most 1.10x the
-raw redis-py / nats-py loop.  FastStream (``pip install
+raw redis-py / nats-py loop.  The Redis scenario also reads the same
+messages partitioned by key (100 keys, 4 partition streams, one instance
+holding every lease): what order per key costs.  FastStream (``pip install
 "talkpipe-async[bench]"``) runs the same work when it is installed.
 """
 
@@ -20,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from talkpipe_async.connectors import JetStreamSource, RedisStreamSource, consume
+from talkpipe_async.connectors import JetStreamSource, RedisStreamSource, consume, partition_for
 from tests import servers
 
 from ._harness import Result
@@ -28,6 +30,7 @@ from ._harness import Result
 __all__ = ["run"]
 
 BATCH = 100
+PARTITIONS = 4
 TARGET = ("CPU per message <= 1.10x the raw loop", lambda r: r <= 1.10)
 
 
@@ -88,7 +91,9 @@ def _redis(n: int, repeat: int) -> list[Result]:
         for start in range(0, n, 5000):
             pipe = sync.pipeline(transaction=False)
             for i in range(start, min(n, start + 5000)):
-                pipe.xadd("feed", {"data": json.dumps({"i": i, "text": "x" * 40})})
+                payload = json.dumps({"i": i, "text": "x" * 40})
+                pipe.xadd("feed", {"data": payload})
+                pipe.xadd(f"feed:{partition_for(str(i % 100), PARTITIONS)}", {"data": payload})  # 100 keys
             pipe.execute()
         sync.close()
         groups = itertools.count()
@@ -113,8 +118,14 @@ def _redis(n: int, repeat: int) -> list[Result]:
             await client.aclose()
             return done
 
+        async def partitioned() -> int:
+            src = RedisStreamSource("feed", f"p{next(groups)}", url=url, batch=BATCH, block=1.0,
+                                    partitions=PARTITIONS)
+            return await consume(src, limit=n)
+
         sides: dict[str, Callable[[], Awaitable[int]]] = {"RedisStreamSource | consume()": subject,
-                                                         "raw redis-py loop": raw}
+                                                         "raw redis-py loop": raw,
+                                                         f"RedisStreamSource(partitions={PARTITIONS})": partitioned}
         fs = _faststream()
         if fs is not None:
             sides["FastStream RedisBroker subscriber"] = lambda: _faststream_redis(url, f"f{next(groups)}", n)
