@@ -90,7 +90,7 @@ class _ByteSink(AbstractSegment[Any, Any]):
             raise ValueError("flush_every must be at least 1")
         self.encode = _encoder(format, serializer)
         self.flush_every = flush_every
-        self.stats = stats
+        self.stats = stats if stats is not None else NetStats()
         if name:
             self.name = name
 
@@ -365,7 +365,7 @@ class http_post_batches(AbstractSegment[Any, Any]):
         self.backoff = backoff or Backoff(initial=0.5, maximum=30.0, max_attempts=5)
         self.retry_statuses = retry_statuses
         self.timeout = timeout
-        self.stats = stats
+        self.stats = stats if stats is not None else NetStats()
         if name:
             self.name = name
 

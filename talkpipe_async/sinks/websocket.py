@@ -78,7 +78,7 @@ class websocket_send(AbstractSegment[Any, Any]):
         self.headers = dict(headers or {})
         self.subprotocols = list(subprotocols) if subprotocols else None
         self.connect_timeout = connect_timeout
-        self.stats = stats
+        self.stats = stats if stats is not None else WebSocketStats()
         if name:
             self.name = name
 

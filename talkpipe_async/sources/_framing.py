@@ -52,7 +52,7 @@ class FramedSource(AbstractSource[ItemT]):
         self.on_overlong = on_overlong
         self.encoding = encoding
         self.errors = errors
-        self.stats = stats
+        self.stats = stats if stats is not None else NetStats()
         if name:
             self.name = name
 

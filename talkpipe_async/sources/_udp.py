@@ -47,7 +47,7 @@ class udp_datagrams(AbstractSource[Any]):
         self.buffer = buffer
         self.with_address = with_address
         self.on_listening = on_listening
-        self.stats = stats
+        self.stats = stats if stats is not None else NetStats()
         if name:
             self.name = name
 

@@ -86,7 +86,7 @@ class _HttpStream(AbstractSource[Any]):
         self.connect_timeout = connect_timeout
         self.on_disconnect = on_disconnect
         self.backoff = backoff or Backoff()
-        self.stats = stats
+        self.stats = stats if stats is not None else NetStats()
         if name:
             self.name = name
 
@@ -323,7 +323,7 @@ class http_poll(AbstractSource[Any]):
         self.max_body_bytes = max_body_bytes
         self.timeout = timeout
         self.on_failure = on_failure
-        self.stats = stats
+        self.stats = stats if stats is not None else NetStats()
         if name:
             self.name = name
 

@@ -211,7 +211,7 @@ class sse_events(AbstractSource[SSEEvent]):
         self.connect_timeout = connect_timeout
         self.backoff = backoff or Backoff(initial=3.0, exact_first=True)
         self.max_line_chars = max_line_chars
-        self.stats = stats
+        self.stats = stats if stats is not None else NetStats()
         if name:
             self.name = name
 

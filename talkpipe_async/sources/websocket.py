@@ -167,7 +167,7 @@ class websocket_messages(AbstractSource[Any]):
         self.read_timeout = read_timeout
         self.connect_timeout = connect_timeout
         self.close_code = close_code
-        self.stats = stats
+        self.stats = stats if stats is not None else WebSocketStats()
         if name:
             self.name = name
 
