@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import zlib
@@ -27,6 +28,7 @@ from talkpipe_async.operators import (
     partition,
     stable_hash,
     take,
+    thread_map,
 )
 from talkpipe_async.testing import in_virtual_time
 from tests.ops_helpers import task_count, until
@@ -221,6 +223,24 @@ async def test_keyed_break_leaves_no_tasks() -> None:
             await until(lambda: started >= 4)
             break
     assert task_count() == before
+
+
+def test_thread_map_takes_key_too() -> None:
+    import threading
+
+    lock = threading.Lock()
+    running: set[int] = set()
+
+    def fn(pair: tuple[int, int]) -> int:
+        with lock:
+            assert pair[0] not in running
+            running.add(pair[0])
+        with lock:
+            running.discard(pair[0])
+        return pair[1]
+
+    pairs = [(i % 3, i) for i in range(30)]
+    assert anyio.run(thread_map(fn, 4, key=lambda p: p[0]).collect, pairs) == list(range(30))
 
 
 # ------------------------------------------------------------------ group_by: a reference model
@@ -435,6 +455,53 @@ async def test_group_by_break_and_cancel_close_every_group(how: str) -> None:
     assert task_count() == before
 
 
+async def test_group_by_soak_many_keys_accounts_for_every_item() -> None:
+    """5,000 items over 60 keys, 50 live groups, small buffers, a Flush now and then: nothing lost or reordered."""
+
+    rng = random.Random(7)
+    items: list[Any] = []
+    for i in range(5_000):
+        items.append((rng.randrange(60), i))
+        if rng.random() < 0.001:
+            items.append(Flush())
+    stats = KeyedStats()
+    stage = group_by(lambda p: p[0], batch(3), max_keys=50, buffer=2, out_buffer=4, stats=stats)
+    out = await (from_list(items) | stage).collect()
+    expected, opened, evicted = reference_group_by(items, 3, 50)
+    got: dict[int, list[list[tuple[int, int]]]] = {}
+    for b in out:
+        got.setdefault(b[0][0], []).append(b)
+    assert got == expected
+    assert (stats.opened, stats.evicted_lru, stats.live, stats.dropped) == (opened, evicted, 0, 0)
+
+
+async def test_group_by_break_while_sub_pipelines_wait_for_the_output() -> None:
+    """Many sub-pipelines wait in line for a full output when the consumer leaves: all of them end."""
+    before = task_count()
+    closed = 0
+
+    @segment
+    async def chatty(items: AsyncIterator[int]) -> AsyncIterator[int]:
+        nonlocal closed
+        try:
+            async for x in items:
+                for _ in range(10):
+                    yield x
+        finally:
+            closed += 1
+
+    stage = group_by(lambda x: x, chatty(), out_buffer=1)
+    async with (from_list(list(range(30))) | stage).stream() as outputs:
+        async for _ in outputs:
+            await until(lambda: stats_live(stage) == 30)
+            break
+    assert closed == 30 and task_count() == before
+
+
+def stats_live(stage: group_by[Any, Any]) -> int:
+    return stage.stats.live if stage.stats is not None else 0
+
+
 # ------------------------------------------------------------------ partition
 
 
@@ -474,6 +541,21 @@ async def test_partition_flush_leaves_after_every_lane_flushed() -> None:
     k = next(i for i, x in enumerate(out) if isinstance(x, Flush))
     assert sorted(x for b in out[:k] for x in b) == list(range(10))
     assert sorted(x for b in out[k + 1 :] for x in b) == [10, 11]
+
+
+async def test_partition_lane_that_ends_early_releases_metadata() -> None:
+    stats = KeyedStats()
+    xs: list[Any] = [*range(8), Flush(), *range(8, 16)]
+    stage = partition(lambda x: x, 2, lambda lane: take(1) if lane == 0 else batch(100), stats=stats)
+    out = await (from_list(xs) | stage).collect(metadata=True)
+    k = [i for i, x in enumerate(out) if isinstance(x, Flush)]
+    assert len(k) == 1
+    data = [x for x in out if not isinstance(x, Flush)]
+    lane0 = [x for x in range(16) if stable_hash(x) % 2 == 0]
+    lane1 = [x for x in range(16) if stable_hash(x) % 2 == 1]
+    assert lane0[0] in data
+    assert sorted(x for b in data if isinstance(b, list) for x in b) == lane1
+    assert stats.dropped == len(lane0) - 1
 
 
 async def test_partition_error_in_a_lane() -> None:

@@ -402,7 +402,7 @@ class thread_map(concurrent_map[T, U]):
     Each call hops to a thread of anyio's pool through
     ``anyio.to_thread.run_sync`` with a ``CapacityLimiter(limit)`` private to
     the run (one hop per item: use it for calls that take far longer than a
-    hop, ~150 µs).  Order, bounds, errors and metadata are those of
+    hop, ~150 µs).  Order, bounds, errors, metadata and ``key`` are those of
     :class:`concurrent_map`.  Cancelling the run waits for calls already in a
     thread to return (a thread cannot be interrupted), so no thread is left
     running the function after ``stream()`` exits.
@@ -415,6 +415,7 @@ class thread_map(concurrent_map[T, U]):
         *,
         ordered: bool = True,
         window: int | None = None,
+        key: str | Callable[[T], Any] | None = None,
         name: str | None = None,
     ) -> None:
         self.sync_fn = fn
@@ -423,6 +424,7 @@ class thread_map(concurrent_map[T, U]):
             limit,
             ordered=ordered,
             window=window,
+            key=key,
             name=name or f"thread_map({getattr(fn, '__name__', type(fn).__name__)})",
         )
 
