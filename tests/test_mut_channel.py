@@ -20,9 +20,30 @@ pytestmark = pytest.mark.anyio
 
 
 def test_capacity_must_be_at_least_one() -> None:
-    with pytest.raises(ValueError, match="capacity must be at least 1"):
+    with pytest.raises(ValueError, match=r"^capacity must be at least 1$"):
         Channel(0)
     assert Channel(1).capacity == 1
+
+
+def test_a_new_channel_is_empty_and_its_counters_are_zero() -> None:
+    channel = Channel(3)
+    assert len(channel) == 0 and channel.high_water == 0 and channel.blocked_puts == 0
+    assert not channel.consumer_waiting
+    channel.close()  # closing before anyone waited is fine
+
+
+async def test_every_wait_for_room_is_counted() -> None:
+    channel = Channel(1)
+    await channel.put(0)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(channel.put, 1)
+        tg.start_soon(channel.put, 2)
+        await until(lambda: channel.blocked_puts == 2)
+        assert await channel.get_batch(1) == [0]
+        await until(lambda: channel.blocked_puts == 3)  # one went in, the other waits again
+        assert len(await channel.get_batch(1)) == 1
+        assert len(await channel.get_batch(1)) == 1
+    assert channel.blocked_puts == 3 and channel.high_water == 1
 
 
 async def test_put_waits_exactly_at_capacity() -> None:
@@ -68,6 +89,24 @@ async def test_a_batch_put_waits_only_while_full_and_may_overfill() -> None:
         assert await channel.get_batch(1) == [3]
         await done.wait()
     assert await channel.get_batch(100) == [4, 5, 6]
+
+
+async def test_a_batch_put_into_an_exactly_full_channel_waits() -> None:
+    channel = Channel(2)
+    await channel.put_batch([1, 2])
+    done = anyio.Event()
+
+    async def put_more() -> None:
+        await channel.put_batch([3])
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(put_more)
+        await channel.wait_blocked_put()  # full at exactly capacity: it waits, it does not overfill
+        assert not done.is_set() and len(channel) == 2
+        assert await channel.get_batch(1) == [1]
+        await done.wait()
+    assert await channel.get_batch(10) == [2, 3]
 
 
 async def test_get_batch_returns_up_to_limit_in_order() -> None:
@@ -144,13 +183,13 @@ async def test_abort_tells_both_sides() -> None:
         tg.start_soon(blocked_put)
         await channel.wait_blocked_put()
         channel.abort()
-    assert len(refused) == 1 and "consumer" in str(refused[0])
+    assert len(refused) == 1 and str(refused[0]) == "the consumer of this channel has gone"
     assert len(channel) == 0  # what was held is dropped: nobody will read it
     with pytest.raises(ChannelClosed):
         await channel.put(3)  # not full, but aborted
     with pytest.raises(ChannelClosed):
         await channel.put_batch([3])
-    with pytest.raises(ChannelClosed, match="closed by its consumer"):
+    with pytest.raises(ChannelClosed, match=r"^the channel was closed by its consumer$"):
         await channel.get_batch(1)
 
 

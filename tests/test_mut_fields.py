@@ -38,6 +38,8 @@ def test_a_sequence_is_read_by_integer_index_only() -> None:
     assert caught.value.args[0] == "field 'count': no 'count' in list"
     with pytest.raises(IndexError):
         extract_field([1, 2], "5")
+    with pytest.raises(KeyError, match="no 'X1' in list"):
+        extract_field([1, 2], "X1")  # only a whole integer (with its sign) is an index
 
 
 def test_strings_and_bytes_are_not_indexed() -> None:
@@ -81,9 +83,17 @@ def test_assign_on_an_object_and_through_underscore() -> None:
     assert obj.inner == {"k": 2} and obj.top == 3 and obj.other == 4
 
 
+def test_an_attribute_may_have_a_digit_name() -> None:
+    obj = SimpleNamespace()
+    assign_field(obj, "0", "zero")  # not a list: the last part is an attribute name, whatever it looks like
+    assert extract_field(obj, "0") == "zero"
+
+
 def test_assign_to_a_list_by_name_or_to_a_tuple_fails_loudly() -> None:
     with pytest.raises(AttributeError):
         assign_field({"xs": [1]}, "xs.name", 1)
+    with pytest.raises(AttributeError):
+        assign_field({"xs": [1]}, "xs.X1", 1)  # only a whole integer names a list element
     with pytest.raises((AttributeError, TypeError)):
         assign_field({"t": (1, 2)}, "t.0", 9)
     with pytest.raises(KeyError):

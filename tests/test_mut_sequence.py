@@ -57,3 +57,4 @@ async def test_starmap_spreads_each_item_over_the_arguments(anyio_backend: Any) 
         assert await (just((1, 2, 3), [4], ()) | starmap(lambda *p: len(p))).collect() == [3, 1, 0]
     assert starmap(join).label == "starmap(join)"
     assert starmap(join, name="j").label == "j"
+    assert starmap(divmod).label == "starmap(divmod)" and starmap(divmod, name="dm").label == "dm"
