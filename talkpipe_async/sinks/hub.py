@@ -59,6 +59,9 @@ __all__ = [
 
 logger = logging.getLogger("talkpipe_async.sinks.hub")
 
+#: items between two scheduling points of the hub's task when nothing else makes it wait
+_YIELD_EVERY = 64
+
 
 class Hub(Generic[T]):
     """One upstream, many subscribers: a live feed served to clients that come and go.
@@ -240,6 +243,8 @@ class Hub(Generic[T]):
             await anyio.lowlevel.checkpoint()  # one chance for full subscribers to catch up before the policy
             await self._place(item, full)
         self._notify()
+        if not self.stats.published % _YIELD_EVERY:
+            await anyio.lowlevel.checkpoint()  # an upstream that never waits must not hold the loop
 
     async def _place(self, item: Any, waiting: list[Subscription[Any]]) -> None:
         """Put *item* into the subscribers whose buffers were full, applying each one's policy, in order.
