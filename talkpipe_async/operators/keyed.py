@@ -13,8 +13,8 @@ blocks run) before ``stream()`` returns.
 from __future__ import annotations
 
 import zlib
-from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -22,14 +22,12 @@ from typing import Any, Generic, TypeVar
 import anyio
 
 from .._core._channel import ChannelClosed
-from .._core._closing import CLEANUP_TIMEOUT
 from .._core._counters import Counters
-from .._core._errors import add_note, attach_context
+from .._core._errors import attach_context
 from .._core._metadata import Metadata
 from .._core._pipeline import Pipeline
-from .._core._run import current_run
 from .._core._segment import AbstractSegment
-from .._core._stop import Stoppable
+from ._lanes import Group, Lanes
 from .combine import as_branch
 from .concurrency import key_function
 
@@ -86,269 +84,7 @@ class KeyedStats(Counters):
     dropped: int = 0
 
 
-class _Inbox:
-    """A sub-pipeline's bounded input; the sub-pipeline iterates it."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.items: deque[Any] = deque()
-        self.ended = False
-        self.gone = False  # the sub-pipeline stopped reading
-        self.data: anyio.Event | None = None
-        self.space: anyio.Event | None = None
-
-    async def put(self, item: Any) -> bool:
-        """Queue *item*, waiting while the inbox is full; False if the sub-pipeline stopped reading."""
-        while len(self.items) >= self.capacity and not self.gone:
-            self.space = anyio.Event()
-            await self.space.wait()
-        if self.gone:
-            return False
-        self.items.append(item)
-        if self.data is not None:
-            self.data.set()
-        return True
-
-    def end(self) -> None:
-        """No more input: the sub-pipeline sees the end of its stream after the queued items."""
-        self.ended = True
-        if self.data is not None:
-            self.data.set()
-
-    def leave(self) -> int:
-        """The sub-pipeline stopped reading: wake a waiting ``put``; return how many data items it left unread."""
-        self.gone = True
-        unread = sum(not isinstance(item, Metadata) for item in self.items)
-        self.items.clear()
-        if self.space is not None:
-            self.space.set()
-        return unread
-
-    def __aiter__(self) -> _Inbox:
-        return self
-
-    async def __anext__(self) -> Any:
-        items = self.items
-        while not items:
-            if self.ended:
-                raise StopAsyncIteration
-            self.data = anyio.Event()
-            try:
-                await self.data.wait()
-            finally:
-                self.data = None
-        item = items.popleft()
-        if self.space is not None:
-            self.space.set()
-        return item
-
-
-class _Output:
-    """The stage's bounded output, shared by every sub-pipeline, read by the stage's generator.
-
-    Producers that find it full wait in line, and the consumer wakes only as
-    many as it has made room for: with hundreds of sub-pipelines waiting, a
-    taken batch does not wake them all to find the room gone again.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.items: deque[Any] = deque()
-        self.waiters: deque[anyio.Event] = deque()
-        self.reserved = 0  # room promised to woken producers that have not put yet
-        self.ended = False
-        self.error: BaseException | None = None
-        self.aborted = False
-        self.data: anyio.Event | None = None
-
-    async def put(self, item: Any) -> None:
-        """Add *item*, waiting in line while the output is full; ``ChannelClosed`` once the consumer is gone."""
-        if self.waiters or len(self.items) + self.reserved >= self.capacity:
-            event = anyio.Event()
-            self.waiters.append(event)
-            try:
-                await event.wait()
-            except BaseException:
-                if event.is_set():
-                    self.reserved -= 1
-                    self.wake_producers()
-                else:
-                    self.waiters.remove(event)
-                raise
-            self.reserved -= 1
-        if self.aborted:
-            raise ChannelClosed("the consumer of this stage has gone")
-        self.items.append(item)
-        if self.data is not None:
-            self.data.set()
-
-    def wake_producers(self) -> None:
-        while self.waiters and len(self.items) + self.reserved < self.capacity:
-            self.reserved += 1
-            self.waiters.popleft().set()
-
-    def close(self, error: BaseException | None = None) -> None:
-        """No more items; the consumer raises *error* (if any) after the items before it."""
-        self.ended = True
-        self.error = error
-        if self.data is not None:
-            self.data.set()
-
-    def abort(self) -> None:
-        """The consumer is gone: every waiting and later ``put`` raises ``ChannelClosed``."""
-        self.aborted = True
-        self.items.clear()
-        waiters, self.waiters = self.waiters, deque()
-        self.reserved += len(waiters)
-        for event in waiters:
-            event.set()
-
-    async def get_batch(self) -> list[Any]:
-        """Every item there is (at least one); ``anyio.EndOfStream`` at the end."""
-        while not self.items:
-            if self.ended:
-                if self.error is not None:
-                    error, self.error = self.error, None
-                    raise error
-                raise anyio.EndOfStream
-            self.data = anyio.Event()
-            try:
-                await self.data.wait()
-            finally:
-                self.data = None
-        batch = list(self.items)
-        self.items.clear()
-        self.wake_producers()
-        return batch
-
-
-class _Group:
-    """One key's sub-pipeline: its input, its task, when it last got an item."""
-
-    __slots__ = ("done", "handle", "inbox", "key", "last_used", "putting")
-
-    def __init__(self, key: Any, capacity: int, now: float) -> None:
-        self.key = key
-        self.inbox = _Inbox(capacity)
-        self.done = anyio.Event()
-        self.handle: Stoppable | None = None
-        self.last_used = now
-        self.putting = False  # the feeder waits for room in this group's inbox
-
-
-class _Lanes:
-    """Per-run state shared by ``group_by`` and ``partition``: sub-pipelines into one output channel."""
-
-    def __init__(
-        self, label: str, factory: Callable[[Any], Pipeline[Any, Any]], buffer: int, out_buffer: int, stats: KeyedStats
-    ):
-        self.label = label
-        self.factory = factory
-        self.buffer = buffer
-        self.stats = stats
-        self.out = _Output(out_buffer)
-        self.handles: set[Stoppable] = set()
-        self.running = 0
-        self.lane_done: anyio.Event | None = None
-        self.failed = False
-
-    def start(self, func: Callable[..., Any], *args: Any, name: str) -> Stoppable:
-        handle = current_run().start_soon(func, *args, name=name)
-        self.handles.add(handle)
-        return handle
-
-    def stop(self) -> None:
-        """The consumer is gone: abort the output, stop every task."""
-        self.out.abort()
-        for handle in list(self.handles):
-            handle.stop(CLEANUP_TIMEOUT)
-
-    def fail(self, exc: BaseException) -> None:
-        """End the stage with *exc* (after the outputs already queued); later outputs are not delivered."""
-        if not self.failed:
-            self.failed = True
-            self.out.close(exc)
-
-    async def emit(self, item: Any) -> None:
-        if self.failed:
-            raise ChannelClosed("the stage has failed")
-        await self.out.put(item)
-
-    def open(self, group: _Group) -> None:
-        """Make *group*'s sub-pipeline (here, in key order) and start it in a task of the run."""
-        try:
-            pipeline = self.factory(group.key)
-        except Exception as exc:
-            attach_context(exc, self.label)
-            add_note(exc, f"talkpipe_async: making the sub-pipeline of key {group.key!r} of {self.label}")
-            raise
-        self.running += 1
-        self.stats.opened += 1
-        self.stats.live += 1
-        name = f"talkpipe group {group.key!r} of {self.label}"
-        group.handle = self.start(self.run_group, group, pipeline, name=name)
-
-    async def run_group(self, group: _Group, pipeline: Pipeline[Any, Any]) -> None:
-        """Group task: run the key's sub-pipeline over its inbox into the output channel."""
-        try:
-            async with pipeline.stream(group.inbox, metadata=True) as outputs:
-                async for item in outputs:
-                    await self.deliver(group, item)
-            await self.ended(group)
-        except ChannelClosed:
-            return
-        except anyio.get_cancelled_exc_class():
-            raise
-        except BaseException as exc:  # ends the stage, after the outputs queued before it
-            attach_context(exc, self.label)
-            add_note(exc, f"talkpipe_async: in the sub-pipeline of key {group.key!r} of {self.label}")
-            self.fail(exc)
-        finally:
-            self.stats.dropped += group.inbox.leave()
-            self.running -= 1
-            self.stats.live -= 1
-            group.done.set()
-            if group.handle is not None:
-                self.handles.discard(group.handle)
-            if self.lane_done is not None:
-                self.lane_done.set()
-
-    async def deliver(self, group: _Group, item: Any) -> None:
-        """Hand an output of *group*'s sub-pipeline on."""
-        await self.emit(item)
-
-    async def ended(self, group: _Group) -> None:
-        """*group*'s sub-pipeline has ended by itself (all its outputs delivered)."""
-
-    async def route(self, group: _Group, item: Any) -> None:
-        """Queue *item* for *group* (counted as dropped if its sub-pipeline stopped reading)."""
-        group.putting = True
-        try:
-            if not await group.inbox.put(item):
-                self.stats.dropped += 1
-        finally:
-            group.putting = False
-
-    async def wait_running(self, most: int) -> None:
-        """Wait until at most *most* sub-pipelines are still running."""
-        while self.running > most:
-            self.lane_done = anyio.Event()
-            await self.lane_done.wait()
-            self.lane_done = None
-
-    async def results(self) -> AsyncGenerator[Any, None]:
-        """The consumer side: every output, then the end (or the error) of the stage."""
-        out = self.out
-        while True:
-            try:
-                batch = await out.get_batch()
-            except anyio.EndOfStream:
-                return
-            for item in batch:
-                yield item
-
-
-class _GroupRun(_Lanes):
+class _GroupRun(Lanes):
     """Per-run state of a :class:`group_by`."""
 
     def __init__(self, stage: group_by[Any, Any], stats: KeyedStats) -> None:
@@ -356,7 +92,7 @@ class _GroupRun(_Lanes):
         self.key = stage.key
         self.max_keys = stage.max_keys
         self.idle_timeout = stage.idle_timeout
-        self.groups: OrderedDict[Any, _Group] = OrderedDict()  # least recently used first
+        self.groups: OrderedDict[Any, Group] = OrderedDict()  # least recently used first
         self.opened: anyio.Event | None = None
 
     async def feed(self, items: AsyncIterator[Any]) -> None:
@@ -396,7 +132,7 @@ class _GroupRun(_Lanes):
         else:
             self.out.close()
 
-    async def open_key(self, k: Any) -> _Group:
+    async def open_key(self, k: Any) -> Group:
         """A new group for key *k*, evicting the least recently used one if ``max_keys`` are live."""
         while len(self.groups) >= self.max_keys:
             _, oldest = self.groups.popitem(last=False)
@@ -405,7 +141,7 @@ class _GroupRun(_Lanes):
         await self.wait_running(self.max_keys - 1)  # evicted groups finish flushing first
         if self.failed:
             raise ChannelClosed("the stage has failed")
-        group = _Group(k, self.buffer, anyio.current_time())
+        group = Group(k, self.buffer, anyio.current_time())
         self.groups[k] = group
         self.open(group)
         if self.opened is not None:
@@ -535,13 +271,13 @@ class group_by(AbstractSegment[T, U], Generic[T, U]):
             state.stop()
 
 
-class _PartitionRun(_Lanes):
+class _PartitionRun(Lanes):
     """Per-run state of a :class:`partition`."""
 
     def __init__(self, stage: partition[Any, Any], stats: KeyedStats) -> None:
         super().__init__(stage.label, stage.pipeline_for, stage.buffer, stage.out_buffer, stats)
         self.key = stage.key
-        self.lanes = [_Group(i, stage.buffer, 0.0) for i in range(stage.n)]
+        self.lanes = [Group(i, stage.buffer, 0.0) for i in range(stage.n)]
         self.pending: dict[int, list[Any]] = {}  # id(metadata) -> [metadata, lanes still to pass it on]
         self.owed: list[list[Any]] = [[] for _ in self.lanes]  # per lane: metadata it has not passed on
 
@@ -586,7 +322,7 @@ class _PartitionRun(_Lanes):
             if inbox.data is not None:
                 inbox.data.set()
 
-    async def deliver(self, group: _Group, item: Any) -> None:
+    async def deliver(self, group: Group, item: Any) -> None:
         if isinstance(item, Metadata):
             owed = self.owed[group.key]
             for k, m in enumerate(owed):
@@ -615,7 +351,7 @@ class _PartitionRun(_Lanes):
         finally:
             entry[2].set()
 
-    async def ended(self, group: _Group) -> None:
+    async def ended(self, group: Group) -> None:
         self.stats.dropped += group.inbox.leave()  # no metadata reaches it from now on
         owed, self.owed[group.key] = self.owed[group.key], []
         for item in owed:  # metadata the lane received but never passed on: released by its end
