@@ -36,9 +36,10 @@ __all__ = ["run", "serve"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL_BUFFER = 4096
-PAD = 2000
-RATE = 10.0  # items per second from the upstream
+PAD = 4000
 BUFFER = 16
+#: items per second from the upstream (quick, full): low enough that one client process parses every event in time
+RATES = (10.0, 2.0)
 
 
 def _rss_kb() -> int:
@@ -46,7 +47,7 @@ def _rss_kb() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
 
 
-def serve(mode: str, port_file: str) -> None:
+def serve(mode: str, port_file: str, rate: float) -> None:
     """The server process: ``mode`` is ``"hub"`` (one hub, a subscriber per request) or ``"plain"``."""
     import contextlib
 
@@ -66,7 +67,7 @@ def serve(mode: str, port_file: str) -> None:
         while True:
             yield {"seq": seq, "t": time.monotonic(), "pad": "x" * PAD}
             seq += 1
-            due += 1 / RATE
+            due += 1 / rate
             await anyio.sleep(max(0.0, due - time.monotonic()))
 
     hub = Hub(ticks(), buffer=BUFFER, policy="drop_oldest", keep_running=True)
@@ -103,7 +104,7 @@ def serve(mode: str, port_file: str) -> None:
     uvicorn.Server(config).run(sockets=listeners)
 
 
-async def _scenario(mode: str, fast: int, stalled: int, window: float) -> dict[str, Any]:
+async def _scenario(mode: str, fast: int, stalled: int, window: float, rate: float) -> dict[str, Any]:
     import anyio
     import httpx
 
@@ -111,7 +112,7 @@ async def _scenario(mode: str, fast: int, stalled: int, window: float) -> dict[s
 
     port_file = tempfile.mktemp(prefix="talkpipe-hub-bench-")
     child = subprocess.Popen(
-        [sys.executable, "-c", f"from benchmarks.bench_hub import serve; serve({mode!r}, {port_file!r})"],
+        [sys.executable, "-c", f"from benchmarks.bench_hub import serve; serve({mode!r}, {port_file!r}, {rate!r})"],
         cwd=ROOT, stdin=subprocess.DEVNULL,
     )
     try:
@@ -163,7 +164,7 @@ async def _scenario(mode: str, fast: int, stalled: int, window: float) -> dict[s
                     await anyio.sleep(0.2)
                     held = (await server_stats())["held"]
                 if mode != "hub" or not stalled:
-                    await anyio.sleep(80 / RATE)  # the same settling time as the stalled clients need
+                    await anyio.sleep(40 / rate)  # about the settling time the stalled clients need
                 rss1 = (await server_stats())["rss_kb"]
                 _log(f"{mode}: {held} held; measuring")
                 measuring[0] = True
@@ -191,20 +192,21 @@ def _log(text: str) -> None:
     print(f"   bench_hub: {text}", file=sys.stderr, flush=True)
 
 
-def _measure(mode: str, fast: int, stalled: int, window: float) -> dict[str, Any]:
+def _measure(mode: str, fast: int, stalled: int, window: float, rate: float) -> dict[str, Any]:
     import anyio
 
-    return anyio.run(_scenario, mode, fast, stalled, window)
+    return anyio.run(_scenario, mode, fast, stalled, window, rate)
 
 
 def run(quick: bool) -> list[Result]:
     """The hub with stalled clients against the same hub without them, and against per-request pipelines."""
-    clients, stalled, window = (200, 20, 3.0) if quick else (1000, 100, 6.0)
+    clients, stalled, window = (200, 20, 3.0) if quick else (1000, 100, 8.0)
+    rate = RATES[0] if quick else RATES[1]
     fast = clients - stalled
-    with_stalled = _measure("hub", fast, stalled, window)
-    no_stalled = _measure("hub", fast, 0, window)
-    plain = _measure("plain", fast, stalled, window)
-    note = (f"{fast} fast + {stalled} stalled clients, {RATE:.0f} items/s of {PAD} B; "
+    with_stalled = _measure("hub", fast, stalled, window, rate)
+    no_stalled = _measure("hub", fast, 0, window, rate)
+    plain = _measure("plain", fast, stalled, window, rate)
+    note = (f"{fast} fast + {stalled} stalled clients, {rate:.0f} items/s of {PAD} B; "
             f"p50 {with_stalled['p50_ms']:.1f} ms vs {no_stalled['p50_ms']:.1f} ms; "
             f"{with_stalled['held']} of {stalled} stalled held by drop_oldest; "
             f"{with_stalled['samples']} deliveries measured")
