@@ -25,6 +25,7 @@ from .._core._fields import extract_field
 from .._core._metadata import Flush, Metadata
 from .._core._run import current_run
 from .._core._segment import AbstractSegment
+from ._items import T
 from ._ndjson import ndjson_dumps
 
 __all__ = ["SinkStats", "write_jsonl", "write_lines"]
@@ -53,7 +54,7 @@ class SinkStats(Counters):
 class _Writer:
     """The thread side: an append-mode file that follows its path."""
 
-    def __init__(self, sink: _FileSink) -> None:
+    def __init__(self, sink: _FileSink[Any]) -> None:
         self.sink = sink
         self.path = sink.path
         self.stats = sink.stats
@@ -158,7 +159,7 @@ async def _feed(items: AsyncIterator[Any], channel: Channel) -> None:
     channel.close()
 
 
-class _FileSink(AbstractSegment[Any, Any]):
+class _FileSink(AbstractSegment[T, T]):
     """Shared machinery of the file sinks."""
 
     def __init__(
@@ -268,7 +269,7 @@ class _FileSink(AbstractSegment[Any, Any]):
                 await run_sync(writer.close)
 
 
-class write_lines(_FileSink):
+class write_lines(_FileSink[T]):
     """Append each item (``str``, or ``str(item)``; or its ``field``) as a line to *path*.
 
     Rotation-safe: before each batch the sink compares ``stat(path)`` with
@@ -323,7 +324,7 @@ class write_lines(_FileSink):
         return nl.join(texts).encode(self.encoding, self.errors)
 
 
-class write_jsonl(_FileSink):
+class write_jsonl(_FileSink[T]):
     """Append each item (or its ``field``) as one JSON line to *path*; see :class:`write_lines` for the policies.
 
     ``dumps`` replaces the default serializer (``json.dumps`` with

@@ -29,6 +29,7 @@ from .._core._segment import AbstractSegment
 from .._net.connect import check_unix_path, connect_tcp, connect_unix
 from .._net.framing import ConnectionLost, NetStats
 from .._net.http import client_for
+from ._items import T
 from ._ndjson import ndjson_dumps
 
 __all__ = ["DeliveryFailed", "http_post_batches", "stdout_sink", "tcp_sink", "unix_sink"]
@@ -71,7 +72,7 @@ class _SinkRun:
     broken: Any = None
 
 
-class _ByteSink(AbstractSegment[Any, Any]):
+class _ByteSink(AbstractSegment[T, T]):
     """Shared body: encode items, write them in groups, pass them on."""
 
     backoff = Backoff(max_attempts=1)  # sinks that reconnect set their own
@@ -151,7 +152,7 @@ class _ByteSink(AbstractSegment[Any, Any]):
 _SOCKET_ERRORS = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, TimeoutError, ssl.SSLError)
 
 
-class _SocketSink(_ByteSink):
+class _SocketSink(_ByteSink[T]):
     """A socket sink; with ``reconnect=True`` a broken connection is reopened with ``backoff``."""
 
     reconnect = False
@@ -211,7 +212,7 @@ class _SocketSink(_ByteSink):
             run.stats.reconnects += 1
 
 
-class tcp_sink(_SocketSink):
+class tcp_sink(_SocketSink[T]):
     """Write items as lines (``str(item)``) or JSON Lines to a TCP connection, then pass them on.
 
     One connection per run, opened before the first item; ``tls=True`` or an
@@ -264,7 +265,7 @@ class tcp_sink(_SocketSink):
             return await connect_tcp(self.host, self.port, self.tls, self.ssl_context, self.tls_hostname)
 
 
-class unix_sink(_SocketSink):
+class unix_sink(_SocketSink[T]):
     """Write items as lines or JSON Lines to a Unix stream socket, then pass them on (as :class:`tcp_sink`,
     ``reconnect`` included)."""
 
@@ -292,7 +293,7 @@ class unix_sink(_SocketSink):
         return await connect_unix(self.path)
 
 
-class stdout_sink(_ByteSink):
+class stdout_sink(_ByteSink[T]):
     """Print items as lines or JSON Lines to ``file`` (default: ``sys.stdout``), then pass them on.
 
     Text is written and flushed every ``flush_every`` items (and on Flush and
@@ -326,7 +327,7 @@ class stdout_sink(_ByteSink):
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-class http_post_batches(AbstractSegment[Any, Any]):
+class http_post_batches(AbstractSegment[T, T]):
     """POST items in batches of ``batch_size`` (a JSON array, or NDJSON with ``format="ndjson"``).
 
     A batch is also sent when a :class:`Flush` arrives and at the end.  The

@@ -22,11 +22,12 @@ from .._net.websocket import (
     payload_size,
     require_httpx_ws,
 )
+from ._items import T
 
 __all__ = ["websocket_send"]
 
 
-class websocket_send(AbstractSegment[Any, Any]):
+class websocket_send(AbstractSegment[T, T]):
     """Send each item as a WebSocket message, then pass it on (like :class:`tcp_sink`).
 
     ``mode``: ``"text"`` sends ``str(item)`` as a text message (``bytes``

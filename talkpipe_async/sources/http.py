@@ -24,6 +24,7 @@ from .._core._errors import TalkpipeAsyncError
 from .._core._segment import AbstractSource
 from .._net.framing import DEFAULT_MAX_LINE, ConnectionLost, LineFramer, NetStats, Overlong
 from .._net.http import client_for, http_timeout
+from ._items import Item, Text
 
 __all__ = [
     "MalformedRecord",
@@ -58,7 +59,7 @@ class _Request:
     content: bytes | None
 
 
-class _HttpStream(AbstractSource[Any]):
+class _HttpStream(AbstractSource[Item]):
     """Shared body: one streamed request (or several, reconnecting), as chunks."""
 
     def __init__(
@@ -137,7 +138,7 @@ class _HttpStream(AbstractSource[Any]):
                 restarted[0] += 1
 
 
-class http_bytes(_HttpStream):
+class http_bytes(_HttpStream[bytes]):
     """The body of an HTTP response, as the chunks httpx delivers (decompressed).
 
     ``read_timeout`` applies to each chunk.  A broken stream raises
@@ -161,7 +162,7 @@ class http_bytes(_HttpStream):
             await chunks.aclose()
 
 
-class http_lines(_HttpStream):
+class http_lines(_HttpStream[Text]):
     """The lines (str) of a streamed HTTP body, framed on ``\\n`` with a ``max_line_bytes`` cap.
 
     A partial line cut by a disconnect is dropped and counted
@@ -222,7 +223,7 @@ class http_lines(_HttpStream):
             await batches.aclose()
 
 
-class http_ndjson(http_lines):
+class http_ndjson(http_lines[Any]):
     """Records of a streamed NDJSON (JSON Lines) body.
 
     Lines are split on ``b"\\n"`` only (a U+2028 inside a JSON string stays

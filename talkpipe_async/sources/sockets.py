@@ -28,6 +28,7 @@ from .._net.framing import LineTooLong as LineTooLong
 from .._net.framing import NetStats as NetStats
 from .._net.framing import Overlong as Overlong
 from ._framing import FramedSource
+from ._items import Text
 from ._socket_servers import tcp_server_lines as tcp_server_lines
 from ._socket_servers import unix_server_lines as unix_server_lines
 from ._udp import udp_datagrams as udp_datagrams
@@ -48,7 +49,7 @@ __all__ = [
 ]
 
 
-class _StreamClient(FramedSource[Any], BatchSource[Any]):
+class _StreamClient(FramedSource[Text], BatchSource[Text]):
     """Shared body of the TCP and Unix client sources."""
 
     lines_mode = True
@@ -149,7 +150,7 @@ class _StreamClient(FramedSource[Any], BatchSource[Any]):
             stats.reconnects += 1
 
 
-class tcp_lines(_StreamClient):
+class tcp_lines(_StreamClient[Text]):
     """Lines (str) read from a TCP server.
 
     Reads ``read_size`` bytes at a time and splits them in Python (see
@@ -211,13 +212,13 @@ class tcp_lines(_StreamClient):
         return await connect_tcp(self.host, self.port, self.tls, self.ssl_context, self.tls_hostname)
 
 
-class tcp_bytes(tcp_lines):
+class tcp_bytes(tcp_lines[bytes]):
     """Raw chunks (bytes, up to ``read_size`` each) read from a TCP server; options as :class:`tcp_lines`."""
 
     lines_mode = False
 
 
-class unix_lines(_StreamClient):
+class unix_lines(_StreamClient[Text]):
     """Lines (str) read from a Unix stream socket; options and guarantees as :class:`tcp_lines`.
 
     Paths longer than 107 bytes raise ``ValueError`` up front (the kernel limit).
@@ -261,7 +262,7 @@ class unix_lines(_StreamClient):
         return await connect_unix(self.path)
 
 
-class unix_bytes(unix_lines):
+class unix_bytes(unix_lines[bytes]):
     """Raw chunks (bytes) read from a Unix stream socket; options as :class:`unix_lines`."""
 
     lines_mode = False

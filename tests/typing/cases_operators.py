@@ -121,7 +121,7 @@ async def sources_and_typed_sinks() -> None:
     assert_type(read_lines("a.log").map(len), Pipeline[Never, int])
     assert_type(read_chunks("a.bin").map(len), Pipeline[Never, int])
     assert_type(await read_chunks("a.bin").collect(), list[bytes])
-    assert_type(await (read_lines("a.log") | write_lines("b.log")).collect(), list[Any])
+    assert_type(await read_lines("a.log").then(write_lines("b.log")).collect(), list[str])
     assert_type(await process_lines(["echo", "x"]).collect(), list[str])
     assert_type(await sse_events("http://127.0.0.1:1/").collect(), list[SSEEvent])
     assert_type(interval(1.0).map(float), Pipeline[Never, float])
