@@ -37,8 +37,7 @@ class SubscriberDisconnected(TalkpipeAsyncError):
 
     ``subscriber``: its name; ``delivered``: items its iteration returned
     before the end; ``discarded``: items that were in its buffer and that it
-    will not get (a slow subscriber's buffer is freed at once; a subscriber
-    of a closing hub first gets what it holds, so ``discarded`` is 0).
+    will not get (its buffer is freed at once).
     """
 
     def __init__(self, subscriber: str, reason: Literal["slow", "closed"], *, buffer: int, delivered: int,
@@ -134,8 +133,8 @@ class Subscription(Generic[T]):
     ``stats`` (:class:`SubscriberStats`) counts what it received, got, and
     lost.  Iteration ends when the upstream ends, raises the upstream's error
     when it fails, and raises :class:`SubscriberDisconnected` when the hub
-    disconnects it or closes; in every case after the items already given to
-    it (except a slow subscriber's, whose buffer is freed at once).
+    disconnects it or closes (at once: its buffer is freed); the end and the
+    upstream's error come after the items already in its buffer.
     """
 
     __slots__ = ("_data", "_done", "_error", "_error_tb", "_hub", "_items", "_space",
