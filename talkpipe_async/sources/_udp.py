@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 import anyio
 from anyio.abc import SocketAttribute
@@ -13,13 +13,14 @@ from anyio.abc import SocketAttribute
 from .._core._run import current_run
 from .._core._segment import AbstractSource
 from .._net.framing import NetStats
+from ._items import Item
 
 __all__ = ["udp_datagrams"]
 
 log = logging.getLogger("talkpipe_async.net")
 
 
-class udp_datagrams(AbstractSource[Any]):
+class udp_datagrams(AbstractSource[Item]):
     """Datagrams received on a UDP socket: ``bytes``, or ``(bytes, (host, port))`` with ``with_address``.
 
     UDP has no backpressure, so a receiving task keeps at most ``buffer``
@@ -28,6 +29,42 @@ class udp_datagrams(AbstractSource[Any]):
     drop).  ``on_listening(address)`` gets the bound ``(host, port)``.
     """
 
+    @overload
+    def __init__(
+        self: udp_datagrams[bytes],
+        host: str = ...,
+        port: int = ...,
+        *,
+        buffer: int = ...,
+        with_address: Literal[False] = ...,
+        on_listening: Callable[[Any], Any] | None = ...,
+        stats: NetStats | None = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: udp_datagrams[tuple[bytes, tuple[str, int]]],
+        host: str = ...,
+        port: int = ...,
+        *,
+        buffer: int = ...,
+        with_address: Literal[True],
+        on_listening: Callable[[Any], Any] | None = ...,
+        stats: NetStats | None = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: udp_datagrams[Any],
+        host: str = ...,
+        port: int = ...,
+        *,
+        buffer: int = ...,
+        with_address: bool,
+        on_listening: Callable[[Any], Any] | None = ...,
+        stats: NetStats | None = ...,
+        name: str | None = ...,
+    ) -> None: ...
     def __init__(
         self,
         host: str = "127.0.0.1",

@@ -30,7 +30,7 @@ import stat
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import aclosing
 from functools import partial
-from typing import Any, BinaryIO, Generic, Literal, TypeVar
+from typing import Any, BinaryIO, Generic, Literal, TypeVar, overload
 
 import anyio
 import anyio.to_thread
@@ -51,6 +51,7 @@ from ._file_lines import RecordError as RecordError
 from ._file_lines import Splitter as Splitter
 from ._file_lines import check_encoding as check_encoding
 from ._file_lines import check_errors as check_errors
+from ._items import Item
 
 __all__ = [
     "FileStats",
@@ -477,7 +478,7 @@ class read_jsonl(_LineSource[Any]):
                     yield records
 
 
-class read_csv(_FileSource[Any]):
+class read_csv(_FileSource[Item]):
     """The records of CSV files, parsed by the standard :mod:`csv` module in the worker thread.
 
     ``header=True`` (default): the first row of each file names the fields and
@@ -491,6 +492,66 @@ class read_csv(_FileSource[Any]):
     ``csv.reader`` (``delimiter``, ``quotechar``, ...).
     """
 
+    @overload
+    def __init__(
+        self: read_csv[dict[str, str]],
+        paths: Any,
+        *,
+        header: Literal[True] = ...,
+        fieldnames: Sequence[str] | None = ...,
+        on_error: OnError = ...,
+        encoding: str = ...,
+        errors: str = ...,
+        batch: int = ...,
+        name: str | None = ...,
+        stats: FileStats | None = ...,
+        **csv_options: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: read_csv[dict[str, str]],
+        paths: Any,
+        *,
+        header: bool = ...,
+        fieldnames: Sequence[str],
+        on_error: OnError = ...,
+        encoding: str = ...,
+        errors: str = ...,
+        batch: int = ...,
+        name: str | None = ...,
+        stats: FileStats | None = ...,
+        **csv_options: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: read_csv[list[str]],
+        paths: Any,
+        *,
+        header: Literal[False],
+        fieldnames: None = ...,
+        on_error: OnError = ...,
+        encoding: str = ...,
+        errors: str = ...,
+        batch: int = ...,
+        name: str | None = ...,
+        stats: FileStats | None = ...,
+        **csv_options: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: read_csv[Any],
+        paths: Any,
+        *,
+        header: bool,
+        fieldnames: Sequence[str] | None = ...,
+        on_error: OnError = ...,
+        encoding: str = ...,
+        errors: str = ...,
+        batch: int = ...,
+        name: str | None = ...,
+        stats: FileStats | None = ...,
+        **csv_options: Any,
+    ) -> None: ...
     def __init__(
         self,
         paths: Any,

@@ -14,7 +14,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import anyio
 import httpx
@@ -275,7 +275,7 @@ class http_ndjson(http_lines[Any]):
         self.on_error(error)
 
 
-class http_poll(AbstractSource[Any]):
+class http_poll(AbstractSource[Item]):
     """GET a URL every ``interval`` seconds and emit what is new.
 
     Without ``key``: the whole body (decoded per ``decode``: ``"json"``,
@@ -291,6 +291,63 @@ class http_poll(AbstractSource[Any]):
     start to start; a tick that overruns is not made up.
     """
 
+    @overload
+    def __init__(
+        self: http_poll[str],
+        url: str,
+        interval: float,
+        *,
+        client: httpx.AsyncClient | None = ...,
+        headers: Mapping[str, str] | None = ...,
+        params: Mapping[str, Any] | None = ...,
+        decode: Literal["text"],
+        key: None = ...,
+        select: None = ...,
+        remember: int = ...,
+        max_body_bytes: int = ...,
+        timeout: float = ...,
+        on_failure: Literal["retry", "raise"] = ...,
+        stats: NetStats | None = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: http_poll[bytes],
+        url: str,
+        interval: float,
+        *,
+        client: httpx.AsyncClient | None = ...,
+        headers: Mapping[str, str] | None = ...,
+        params: Mapping[str, Any] | None = ...,
+        decode: Literal["bytes"],
+        key: None = ...,
+        select: None = ...,
+        remember: int = ...,
+        max_body_bytes: int = ...,
+        timeout: float = ...,
+        on_failure: Literal["retry", "raise"] = ...,
+        stats: NetStats | None = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: http_poll[Any],
+        url: str,
+        interval: float,
+        *,
+        client: httpx.AsyncClient | None = ...,
+        headers: Mapping[str, str] | None = ...,
+        params: Mapping[str, Any] | None = ...,
+        decode: Literal["json", "text", "bytes"] = ...,
+        key: Callable[[Any], Hashable] | None = ...,
+        select: Callable[[Any], list[Any]] | None = ...,
+        remember: int = ...,
+        max_body_bytes: int = ...,
+        timeout: float = ...,
+        on_failure: Literal["retry", "raise"] = ...,
+        stats: NetStats | None = ...,
+        name: str | None = ...,
+    ) -> None: ...
     def __init__(
         self,
         url: str,

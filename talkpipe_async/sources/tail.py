@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import anyio
 import anyio.lowlevel
@@ -47,6 +47,7 @@ from ._file_lines import (
     check_encoding,
     check_errors,
 )
+from ._items import Item
 from ._tail_chain import _Tailer
 from ._tail_items import Line, TailEvent
 
@@ -56,7 +57,7 @@ DEFAULT_READ_AHEAD = 1024 * 1024
 __all__ = ["Line", "TailEvent", "acknowledge", "tail_file"]
 
 
-class tail_file(AbstractSource[Any]):
+class tail_file(AbstractSource[Item]):
     """Follow *path* like ``tail -F``, yielding a :class:`Line` per line (or ``str`` with ``text=True``).
 
     - ``start``: ``"end"`` (default: only lines written from now on; the line
@@ -101,6 +102,75 @@ class tail_file(AbstractSource[Any]):
     (``stats.partial_discarded``).
     """
 
+    @overload
+    def __init__(
+        self: tail_file[Line],
+        path: str | os.PathLike[str],
+        *,
+        start: Literal["end", "beginning"] = ...,
+        poll_min: float = ...,
+        poll_max: float = ...,
+        rotate_grace: float = ...,
+        encoding: str = ...,
+        errors: str = ...,
+        max_line_bytes: int = ...,
+        chunk_size: int = ...,
+        strip_cr: bool = ...,
+        checkpoint: str | os.PathLike[str] | None = ...,
+        checkpoint_interval: float = ...,
+        events: bool = ...,
+        text: Literal[False] = ...,
+        watch: bool = ...,
+        read_ahead: int = ...,
+        name: str | None = ...,
+        stats: FileStats | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: tail_file[str],
+        path: str | os.PathLike[str],
+        *,
+        start: Literal["end", "beginning"] = ...,
+        poll_min: float = ...,
+        poll_max: float = ...,
+        rotate_grace: float = ...,
+        encoding: str = ...,
+        errors: str = ...,
+        max_line_bytes: int = ...,
+        chunk_size: int = ...,
+        strip_cr: bool = ...,
+        checkpoint: str | os.PathLike[str] | None = ...,
+        checkpoint_interval: float = ...,
+        events: bool = ...,
+        text: Literal[True],
+        watch: bool = ...,
+        read_ahead: int = ...,
+        name: str | None = ...,
+        stats: FileStats | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: tail_file[Any],
+        path: str | os.PathLike[str],
+        *,
+        start: Literal["end", "beginning"] = ...,
+        poll_min: float = ...,
+        poll_max: float = ...,
+        rotate_grace: float = ...,
+        encoding: str = ...,
+        errors: str = ...,
+        max_line_bytes: int = ...,
+        chunk_size: int = ...,
+        strip_cr: bool = ...,
+        checkpoint: str | os.PathLike[str] | None = ...,
+        checkpoint_interval: float = ...,
+        events: bool = ...,
+        text: bool,
+        watch: bool = ...,
+        read_ahead: int = ...,
+        name: str | None = ...,
+        stats: FileStats | None = ...,
+    ) -> None: ...
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -188,7 +258,7 @@ class tail_file(AbstractSource[Any]):
                 await run_sync(tailer.close)
 
 
-class acknowledge(AbstractSegment[Any, Any]):
+class acknowledge(AbstractSegment[Item, Item]):
     """Acknowledge each item's tail :class:`Line` for the checkpoint, then pass the item on.
 
     Put it after the stage whose completion means "done" (a sink): a line is

@@ -19,7 +19,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import httpx
 
@@ -37,6 +37,7 @@ from .._net.websocket import WebSocketClosed as WebSocketClosed
 from .._net.websocket import WebSocketRejected as WebSocketRejected
 from .._net.websocket import WebSocketStats as WebSocketStats
 from .._net.websocket import check_close_code, check_mode, connect, require_httpx_ws
+from ._items import Item
 from .http import MalformedRecord
 
 __all__ = [
@@ -70,8 +71,7 @@ class MalformedMessage(MalformedRecord):
         self.line = self.data = data[:200]
 
 
-
-class websocket_messages(AbstractSource[Any]):
+class websocket_messages(AbstractSource[Item]):
     """The messages a WebSocket server sends, one item per message.
 
     ``mode``: ``"text"`` yields ``str`` (binary messages decoded as UTF-8
@@ -121,6 +121,72 @@ class websocket_messages(AbstractSource[Any]):
 
     emits_metadata = False
 
+    @overload
+    def __init__(
+        self: websocket_messages[str],
+        url: str,
+        *,
+        client: httpx.AsyncClient | None = ...,
+        mode: Literal["text"] = ...,
+        reconnect: bool = ...,
+        backoff: Backoff | None = ...,
+        max_message_bytes: int = ...,
+        on_oversize: Overlong = ...,
+        on_error: OnError = ...,
+        headers: Mapping[str, str] | None = ...,
+        subprotocols: Sequence[str] | None = ...,
+        encoding_errors: str = ...,
+        read_size: int = ...,
+        read_timeout: float | None = ...,
+        connect_timeout: float = ...,
+        close_code: int = ...,
+        stats: WebSocketStats | None = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: websocket_messages[bytes],
+        url: str,
+        *,
+        client: httpx.AsyncClient | None = ...,
+        mode: Literal["bytes"],
+        reconnect: bool = ...,
+        backoff: Backoff | None = ...,
+        max_message_bytes: int = ...,
+        on_oversize: Overlong = ...,
+        on_error: OnError = ...,
+        headers: Mapping[str, str] | None = ...,
+        subprotocols: Sequence[str] | None = ...,
+        encoding_errors: str = ...,
+        read_size: int = ...,
+        read_timeout: float | None = ...,
+        connect_timeout: float = ...,
+        close_code: int = ...,
+        stats: WebSocketStats | None = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: websocket_messages[Any],
+        url: str,
+        *,
+        client: httpx.AsyncClient | None = ...,
+        mode: Mode,
+        reconnect: bool = ...,
+        backoff: Backoff | None = ...,
+        max_message_bytes: int = ...,
+        on_oversize: Overlong = ...,
+        on_error: OnError = ...,
+        headers: Mapping[str, str] | None = ...,
+        subprotocols: Sequence[str] | None = ...,
+        encoding_errors: str = ...,
+        read_size: int = ...,
+        read_timeout: float | None = ...,
+        connect_timeout: float = ...,
+        close_code: int = ...,
+        stats: WebSocketStats | None = ...,
+        name: str | None = ...,
+    ) -> None: ...
     def __init__(
         self,
         url: str,
