@@ -29,6 +29,7 @@ from .._core._counters import Counters
 from .._core._metadata import Metadata
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
+from ._lanes import Inbox
 from ._shared import produce_into
 from .concurrency import TaskScopes
 
@@ -540,24 +541,19 @@ class ForkStats(Counters):
     dropped: list[int] = field(default_factory=list)
 
 
-class _BranchInput:
-    """A branch's bounded input queue; the branch's pipeline iterates it."""
+class _BranchInput(Inbox):
+    """A branch's bounded input queue (an :class:`Inbox` with fork's slow-branch policy and counters)."""
 
     def __init__(self, index: int, capacity: int, drop_oldest: bool, stats: ForkStats, label: str) -> None:
+        super().__init__(capacity)
         self.index = index
-        self.capacity = capacity
         self.drop_oldest = drop_oldest
         self.stats = stats
         self.label = label
-        self.items: deque[Any] = deque()
         self.owed: list[Any] = []  # metadata handed to the branch and not yet passed on by it
-        self.ended = False
-        self.gone = False  # the branch stopped reading
-        self.data: anyio.Event | None = None
-        self.space: anyio.Event | None = None
 
-    async def put(self, item: Any) -> None:
-        """Queue *item* for the branch, applying the slow-branch policy."""
+    async def put(self, item: Any) -> bool:
+        """Queue *item* for the branch, applying the slow-branch policy; False if the branch stopped reading."""
         items = self.items
         if self.drop_oldest and len(items) >= self.capacity:
             await anyio.lowlevel.checkpoint()  # one chance for the branch to catch up before a drop
@@ -567,11 +563,12 @@ class _BranchInput:
             self.space = anyio.Event()
             await self.space.wait()
         if self.gone:
-            return
+            return False
         items.append(item)
         self.stats.delivered[self.index] += 1
         if self.data is not None:
             self.data.set()
+        return True
 
     def put_metadata(self, item: Any) -> None:
         """Queue metadata at once (it never waits for room nor is dropped) and owe it downstream."""
@@ -602,37 +599,6 @@ class _BranchInput:
                     )
                 return True
         return False
-
-    def end(self) -> None:
-        """No more input."""
-        self.ended = True
-        if self.data is not None:
-            self.data.set()
-
-    def leave(self) -> None:
-        """The branch stopped reading (ended early, failed, or the run is closing)."""
-        self.gone = True
-        self.items.clear()
-        if self.space is not None:
-            self.space.set()
-
-    def __aiter__(self) -> _BranchInput:
-        return self
-
-    async def __anext__(self) -> Any:
-        items = self.items
-        while not items:
-            if self.ended:
-                raise StopAsyncIteration
-            self.data = anyio.Event()
-            try:
-                await self.data.wait()
-            finally:
-                self.data = None
-        item = items.popleft()
-        if self.space is not None:
-            self.space.set()
-        return item
 
 
 CopyPolicy = Literal["none", "shallow", "deep"]
