@@ -179,8 +179,10 @@ class Coordinator:
         """Release every lease and the membership (the run is ending)."""
         async with self.lock:
             await before_release(sorted(self.owned))
-            for p in list(self.owned):
+            # Every partition, not only those recorded as owned: a round cancelled while its acquire was on the
+            # wire may hold a lease it never recorded.  A release deletes a lease only if it is this worker's.
+            for p in range(self.partitions):
                 await self.table.release(p)
-                del self.owned[p]
+            self.owned.clear()
             self.changed()
             await self.table.leave()
