@@ -100,9 +100,10 @@ async def test_next_attempt_sleeps_each_wait_and_says_when_to_give_up() -> None:
     for wait in (None, 7.0, None):  # 7.0: a server's Retry-After replaces the delay, the failure still counts
         assert await retries.next_attempt(wait=wait)
         slept.append(anyio.current_time() - start)
-    assert slept == [1.0, 8.0, 12.0] and retries.failures == 3
+    # Virtual clock readings are floats: their differences are exact to rounding, not bit for bit.
+    assert slept == pytest.approx([1.0, 8.0, 12.0], abs=1e-9) and retries.failures == 3
     assert not await retries.next_attempt()  # the fourth failure: max_attempts used up, no sleep
-    assert anyio.current_time() - start == 12.0 and retries.failures == 4
+    assert anyio.current_time() - start == pytest.approx(12.0, abs=1e-9) and retries.failures == 4
 
 
 @VIRTUAL
