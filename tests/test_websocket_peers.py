@@ -35,14 +35,13 @@ class Peer:
     server reads nothing, our close frame included, until we stop reading).
 
     ``closes`` records ``(path, close code received, reason)`` for every
-    finished connection; ``finished`` is set when *expected* are recorded.
+    finished connection; ``wait(count)`` returns once *count* are recorded.
     """
 
     port: int = 0
     closes: list[tuple[str, int | None, str]] = field(default_factory=list)
     received: list[str | bytes] = field(default_factory=list)
-    expected: int = 0
-    finished: threading.Event = field(default_factory=threading.Event)
+    recorded: threading.Condition = field(default_factory=threading.Condition)
 
     async def handler(self, ws: ServerConnection) -> None:
         path = ws.request.path if ws.request is not None else ""
@@ -58,16 +57,18 @@ class Peer:
         except ConnectionClosed:
             pass
         await ws.wait_closed()
-        self.closes.append((path, ws.close_code, ws.close_reason or ""))
-        if len(self.closes) >= self.expected:
-            self.finished.set()
+        with self.recorded:
+            self.closes.append((path, ws.close_code, ws.close_reason or ""))
+            self.recorded.notify_all()
 
     async def wait(self, count: int) -> list[tuple[str, int | None, str]]:
         """The close records once *count* connections have finished (at most 10 s)."""
-        self.expected = count
-        if len(self.closes) >= count:
-            self.finished.set()
-        assert await anyio.to_thread.run_sync(self.finished.wait, 10), f"only {self.closes} finished"
+
+        def reached() -> bool:
+            with self.recorded:
+                return self.recorded.wait_for(lambda: len(self.closes) >= count, 10)
+
+        assert await anyio.to_thread.run_sync(reached), f"only {self.closes} finished"
         return sorted(self.closes)
 
     def url(self, path: str) -> str:
@@ -121,7 +122,6 @@ async def test_every_one_of_many_runs_closes_cleanly(peer: Peer) -> None:
                 if got == n * 7:
                     break
         await peer.wait(n)
-        peer.finished.clear()
     assert [code for _path, code, _reason in peer.closes] == [1000] * rounds
 
 
