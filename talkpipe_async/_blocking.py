@@ -74,6 +74,9 @@ DEFAULT_LATENCY = BLOCKING_LATENCY
 TIME_CHECK_EVERY = 32
 # How long a second Ctrl-C during closing still waits for the run to end.
 CLOSE_GRACE = 10.0
+# How soon the main thread sees a signal (Ctrl-C) that the kernel handed to another thread: Python runs handlers in
+# the main thread only, and a main thread blocked in a lock wait is not woken by a signal delivered elsewhere.
+SIGNAL_CHECK = 0.1
 
 
 class EventLoopRunningError(RuntimeError, TalkpipeAsyncError):
@@ -228,7 +231,9 @@ class BlockingStream(Generic[U]):
         if _on_loop_thread():  # e.g. the garbage collector ran us on the loop thread: never block it
             return None
         try:
-            self._done.wait()
+            every = _signal_check()
+            while not self._done.wait(every):
+                pass  # woken to run a pending signal handler
         except BaseException:  # e.g. a second Ctrl-C: still let the run end, within a bound
             self._done.wait(CLOSE_GRACE)
             raise
@@ -263,7 +268,9 @@ class BlockingStream(Generic[U]):
                 self._sleeping = True
                 try:
                     if self._poke(self._on_want):
-                        cond.wait()
+                        every = _signal_check()
+                        while not cond.wait(every) and not (self._queue or self._finished):
+                            pass  # woken to run a pending signal handler (raises KeyboardInterrupt)
                 finally:
                     self._sleeping = False
             batch = self._queue.popleft()
@@ -391,6 +398,11 @@ class BlockingStream(Generic[U]):
         elif self._scope is not None:  # the pump is waiting for the pipeline: cancel it
             self._scope.cancel()
         # otherwise the driver has not started yet and sees _stop
+
+
+def _signal_check() -> float | None:
+    """How long one wait of the caller's thread may block: in slices in the main thread (see SIGNAL_CHECK)."""
+    return SIGNAL_CHECK if threading.current_thread() is threading.main_thread() else None
 
 
 # ---------------------------------------------------------------------------

@@ -311,15 +311,22 @@ def test_keyboard_interrupt_in_the_loop_body_cancels_promptly(backend: str, make
 
 SIGINT_CHILD = textwrap.dedent(
     """
-    import sys, anyio
+    import signal, sys, threading, anyio
     from talkpipe_async import source, segment
 
     closed = []
+    waiting = threading.Event()
+    on_loop_thread = sys.argv[2:] == ["on_loop_thread"]
 
     @source
     async def one_then_wait():
         try:
             yield 1
+            if on_loop_thread:  # the kernel may hand Ctrl-C to any thread: here the loop's, while the caller waits
+                with anyio.fail_after(10):
+                    while not waiting.is_set():
+                        await anyio.sleep(0.001)
+                signal.pthread_kill(threading.get_ident(), signal.SIGINT)
             await anyio.sleep_forever()
         finally:
             closed.append("source")
@@ -333,6 +340,7 @@ SIGINT_CHILD = textwrap.dedent(
         with (one_then_wait() | same()).iter_blocking(backend=sys.argv[1]) as items:
             for x in items:
                 print("ready", flush=True)
+                waiting.set()
     except KeyboardInterrupt:
         print("interrupted", closed, flush=True)
     """
@@ -358,6 +366,22 @@ def test_sigint_while_waiting_for_items_cancels_the_pipeline(backend: str) -> No
     assert line == "interrupted ['source']", err
     assert elapsed < 2.0  # the pipeline was cancelled and closed before the `with` returned
     assert child.returncode == 0 and not out, err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_sigint_handed_to_the_loop_thread_still_interrupts_the_waiting_caller(backend: str) -> None:
+    """Python runs signal handlers in the main thread only; the caller waits in slices, so it runs them."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", SIGINT_CHILD, backend, "on_loop_thread"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    try:
+        out, err = child.communicate(timeout=30)  # without the slices, the caller would wait for an item forever
+    finally:
+        child.kill()
+        child.wait()
+    assert out.splitlines() == ["ready", "interrupted ['source']"], err
+    assert child.returncode == 0, err
 
 
 ATEXIT_CHILD = textwrap.dedent(

@@ -9,6 +9,7 @@ fail_after guards that turn a hang into a failure, never timed asserts.
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -93,16 +94,19 @@ async def test_a_lone_item_from_a_blocked_segment_reaches_the_consumer() -> None
 
 SIGINT_CHILD = textwrap.dedent(
     """
-    import os, sys, anyio
+    import os, signal, sys, threading, anyio
     from talkpipe_async import segment, source
     from talkpipe_async.operators import thread_map
 
+    kind, backend, where = sys.argv[1], sys.argv[2], sys.argv[3]
     started = []
 
     def work(x):
         started.append(x)
         if x == 0:
             os.write(1, b"inside\\n")
+            if where == "on_worker_thread":  # the kernel may hand a process signal to any thread
+                signal.pthread_kill(threading.get_ident(), signal.SIGINT)
             sys.stdin.readline()          # the test lets this item end once the run has seen the interrupt
         return x
 
@@ -117,6 +121,13 @@ SIGINT_CHILD = textwrap.dedent(
         while True:
             yield i
             i += 1
+            if where == "in_source" and i == 1:
+                # The interrupt lands while the source's own code runs (as a Ctrl-C may, on a busy loop), asked for
+                # item 1 while the worker is inside item 0.
+                with anyio.fail_after(10):
+                    while not started:
+                        await anyio.sleep(0.001)
+                os.kill(os.getpid(), signal.SIGINT)
             if i % 64 == 0:
                 await anyio.sleep(0)
 
@@ -128,7 +139,6 @@ SIGINT_CHILD = textwrap.dedent(
         finally:
             os.write(1, b"closing\\n")    # runs after the stage before it has closed
 
-    kind, backend = sys.argv[1], sys.argv[2]
     stage = thread_map(work, 1) if kind == "thread_map" else sync_work()
 
     async def main():
@@ -144,25 +154,69 @@ SIGINT_CHILD = textwrap.dedent(
 )
 
 
+class _Lines:
+    """A child's stdout read line by line on a thread, each line waited for with a deadline.
+
+    A child that hangs then fails the test with what it printed, instead of
+    blocking a read until the suite's timeout kills the whole test worker.
+    """
+
+    def __init__(self, child: subprocess.Popen[str]) -> None:
+        assert child.stdout is not None
+        self._lines: queue.Queue[str] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, args=(child.stdout,), daemon=True)
+        self._reader.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self._lines.put(line)
+        self._lines.put("")  # end of output
+
+    def next(self, timeout: float = 20) -> str:
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"the child printed no line within {timeout} s")
+
+    def rest(self) -> str:
+        self._reader.join(timeout=30)
+        lines = []
+        while not self._lines.empty():
+            lines.append(self._lines.get())
+        return "".join(lines)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("where", ["from_outside", "in_source", "on_worker_thread"])
 @pytest.mark.parametrize("kind", ["sync_segment", "thread_map"])
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_ctrl_c_starts_no_new_item_and_surfaces_as_keyboard_interrupt(kind: str, backend: str) -> None:
+def test_ctrl_c_starts_no_new_item_and_surfaces_as_keyboard_interrupt(kind: str, backend: str, where: str) -> None:
+    """Ctrl-C while a worker thread is inside an item closes the run at once, wherever the interrupt lands.
+
+    It may land while the loop waits (from_outside, sent once the worker is
+    inside item 0), while the source's own code runs on the loop's thread
+    (in_source), or on the worker thread itself (on_worker_thread: the kernel
+    may hand a process signal to any thread, and only the main thread runs
+    Python's handlers): each way the stages close before the worker's item ends.
+    """
     child = subprocess.Popen(
-        [sys.executable, "-c", SIGINT_CHILD, kind, backend], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        [sys.executable, "-c", SIGINT_CHILD, kind, backend, where], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, cwd=REPO,
     )
     try:
-        assert child.stdin is not None and child.stdout is not None
-        assert child.stdout.readline() == "inside\n"
-        child.send_signal(signal.SIGINT)
-        assert child.stdout.readline() == "closing\n"  # the run has seen the interrupt and closed the stages
+        assert child.stdin is not None
+        lines = _Lines(child)
+        assert lines.next() == "inside\n"
+        if where == "from_outside":
+            child.send_signal(signal.SIGINT)
+        assert lines.next() == "closing\n"  # the run has seen the interrupt and closed the stages
         child.stdin.write("go\n")
         child.stdin.flush()
-        out, err = child.communicate(timeout=30)
+        child.wait(timeout=30)
+        out = lines.rest()
     finally:
         child.kill()
-        child.wait()
+        _, err = child.communicate()
     # Before Python 3.11, anyio.run on asyncio turns Ctrl-C into CancelledError for any program (asyncio's tasks
     # cannot be un-cancelled there); what this library adds, no stage blamed and no new item, holds all the same.
     plain_anyio = "CancelledError" if sys.version_info < (3, 11) and backend == "asyncio" else "KeyboardInterrupt"

@@ -152,8 +152,14 @@ class ThreadStage:
             self._stopped = True  # the worker takes no new item once the run is cancelled
             inbox.close()
             raise
-        except BaseException as exc:  # handed to the worker, in order
+        except Exception as exc:  # handed to the worker, in order
             inbox.close(exc)
+        except BaseException as exc:
+            # KeyboardInterrupt or SystemExit landed in the upstream's code on the loop's thread: the run stops now,
+            # not once the worker has finished an item that may block for long, and no new item enters the worker.
+            self._stopped = True
+            inbox.close(exc)
+            raise
         else:
             inbox.close()
 
@@ -162,8 +168,11 @@ class ThreadStage:
         import anyio.lowlevel
         import anyio.to_thread
 
+        from ._wakeup import signal_wakeup  # loaded with the first thread stage
+
         self._out.token = anyio.lowlevel.current_token()
-        await anyio.to_thread.run_sync(self._watched_work)
+        with signal_wakeup():  # Ctrl-C wakes the loop even if the kernel hands it to the worker
+            await anyio.to_thread.run_sync(self._watched_work)
 
     def _inputs(self, out: _Outbox) -> Iterator[Any]:
         assert self.inbox is not None

@@ -223,8 +223,19 @@ class _MapRun(ResultWindow):
                     self.tasks.start(self.work, name=f"talkpipe worker for {self.label}")
         except anyio.get_cancelled_exc_class():
             raise
-        except BaseException as exc:  # delivered after the items before it
+        except Exception as exc:  # delivered after the items before it
             self.end_error = exc
+        except BaseException as exc:
+            # KeyboardInterrupt or SystemExit landed in the upstream's code: the run stops now, not after the items
+            # in flight (a call in a thread may block for long); no new item starts.
+            self.end_error = exc
+            self._end()
+            self.inq.clear()
+            self.queued.clear()
+            raise
+        self._end()
+
+    def _end(self) -> None:
         self.ended = True
         for event in self.idle:
             event.set()
@@ -432,11 +443,14 @@ class thread_map(concurrent_map[T, U]):
         raise AssertionError("thread_map uses a per-run function")
 
     def _function(self) -> Callable[[Any], Awaitable[Any]]:
+        from .._core._wakeup import signal_wakeup  # loaded with the first thread_map run
+
         limiter = anyio.CapacityLimiter(self.limit)
         fn = self.sync_fn
 
         async def call(item: Any) -> Any:
-            return await anyio.to_thread.run_sync(fn, item, limiter=limiter)
+            with signal_wakeup():  # Ctrl-C wakes the loop even if the kernel hands it to this thread
+                return await anyio.to_thread.run_sync(fn, item, limiter=limiter)
 
         return call
 

@@ -214,6 +214,12 @@ class _PoolRun(ResultWindow):
 
     async def dispatch(self) -> None:
         """A dispatcher task: sends one batch at a time to the pool and waits for its result."""
+        from .._core._wakeup import signal_wakeup  # loaded with the first process_map run
+
+        with signal_wakeup():  # Ctrl-C wakes the loop even if the kernel hands it to the waiting thread
+            await self._dispatch()
+
+    async def _dispatch(self) -> None:
         while not self.stopping:
             if not self.inq:
                 if self.ended:

@@ -1,0 +1,106 @@
+"""Ctrl-C wakes an idle asyncio loop while worker threads block.
+
+Python runs signal handlers in the main thread only, but the kernel may hand
+a process signal such as Ctrl-C's SIGINT to any thread.  When it lands on a
+worker thread blocked inside a long item, the C-level handler only notes it:
+the main thread, idle in the event loop's ``select()``, is not interrupted,
+and the Python handler runs only when the loop next wakes for another
+reason, which may be when the item ends.  trio and uvloop set a *wakeup fd*
+that the C-level handler writes to, so their loop wakes at once; asyncio's
+plain runner does not.
+
+So while a thread stage runs on a plain asyncio loop in the main thread and
+nobody has set a wakeup fd, the library sets one that the loop watches; it is
+removed when the last thread stage on that loop ends.  A wakeup fd the host
+set (asyncio's own ``add_signal_handler`` sets one) is left as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sniffio
+
+__all__ = ["signal_wakeup"]
+
+_wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wakeup] = weakref.WeakKeyDictionary()
+
+
+class _Wakeup:
+    """One loop's wakeup socket pair, set as the wakeup fd while it has users."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.users = 0
+        self.installed = False
+        self.reader, self.writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self.writer.setblocking(False)
+        loop.add_reader(self.reader.fileno(), self._drain)
+        # The sockets close with the loop: the reader is dropped with its selector.
+        weakref.finalize(loop, _close, self.reader, self.writer)
+
+    def _drain(self) -> None:
+        try:
+            while self.reader.recv(4096):
+                pass
+        except OSError:  # drained (BlockingIOError)
+            pass
+
+    def acquire(self) -> None:
+        self.users += 1
+        if self.users == 1:
+            previous = signal.set_wakeup_fd(self.writer.fileno(), warn_on_full_buffer=False)
+            self.installed = previous == -1
+            if not self.installed:  # the host's own wakeup fd stays
+                signal.set_wakeup_fd(previous)
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0 and self.installed:
+            self.installed = False
+            current = signal.set_wakeup_fd(-1)
+            if current != self.writer.fileno():  # the host set its own meanwhile: keep it
+                signal.set_wakeup_fd(current)
+
+
+def _close(*sockets: socket.socket) -> None:
+    for sock in sockets:
+        sock.close()
+
+
+def _for_this_loop() -> _Wakeup | None:
+    """The running loop's wakeup, if it needs one: plain asyncio, in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        if sniffio.current_async_library() != "asyncio":
+            return None
+        loop = asyncio.get_running_loop()
+    except (sniffio.AsyncLibraryNotFoundError, RuntimeError):
+        return None
+    if not type(loop).__module__.startswith("asyncio"):  # uvloop sets its own wakeup fd
+        return None
+    wakeup = _wakeups.get(loop)
+    if wakeup is None:
+        wakeup = _wakeups[loop] = _Wakeup(loop)
+    return wakeup
+
+
+@contextmanager
+def signal_wakeup() -> Iterator[None]:
+    """While inside, a signal wakes the running asyncio loop whichever thread the kernel gave it to."""
+    wakeup = _for_this_loop()
+    if wakeup is None:
+        yield
+        return
+    wakeup.acquire()
+    try:
+        yield
+    finally:
+        wakeup.release()
