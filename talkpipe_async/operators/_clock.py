@@ -80,7 +80,3 @@ class ReadAhead:
         self.channel.abort()
         self._task.stop(CLEANUP_TIMEOUT)
 
-
-# The earlier name, kept while the operators that import it move to ReadAhead
-# (it clashed with the public ``Feed`` source of ``talkpipe_async.operators``).
-Feed = ReadAhead

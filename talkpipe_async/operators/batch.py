@@ -17,7 +17,7 @@ import anyio
 
 from .._core._metadata import Flush, Metadata
 from .._core._segment import AbstractSegment
-from ._clock import Feed
+from ._clock import ReadAhead
 
 __all__ = ["batch", "flushN", "flushT", "flush_n", "flush_t", "makeLists", "time_window", "window"]
 
@@ -63,7 +63,7 @@ class batch(AbstractSegment[T, list[T]]):
             return
         size, timeout = self.size, self.timeout
         now = anyio.current_time
-        feed = Feed(items, size, name=self.label)
+        feed = ReadAhead(items, size, name=self.label)
         pending: list[Any] = []
         deadline = 0.0
         try:
@@ -218,7 +218,7 @@ class time_window(AbstractSegment[T, list[T]]):
     async def _tumbling(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
         seconds, cap, emit_empty = self.seconds, self.max_items, self.emit_empty
         now = anyio.current_time
-        feed = Feed(items, min(cap, 1024), name=self.label)
+        feed = ReadAhead(items, min(cap, 1024), name=self.label)
         held: list[Any] = []
         end = now() + seconds
         try:
@@ -256,7 +256,7 @@ class time_window(AbstractSegment[T, list[T]]):
         seconds, every, cap = self.seconds, self.every, self.max_items
         assert every is not None
         now = anyio.current_time
-        feed = Feed(items, min(cap, 1024), name=self.label, stamp=True)
+        feed = ReadAhead(items, min(cap, 1024), name=self.label, stamp=True)
         held: deque[tuple[float, Any]] = deque()
         tick = now() + every
         try:
@@ -345,7 +345,7 @@ class flush_t(AbstractSegment[T, T]):
         """Yield the items, with a Flush every few seconds."""
         seconds = self.seconds
         now = anyio.current_time
-        feed = Feed(items, 256, name=self.label)
+        feed = ReadAhead(items, 256, name=self.label)
         tick = now() + seconds
         try:
             while True:

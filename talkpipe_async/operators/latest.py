@@ -22,7 +22,7 @@ from .._core._errors import attach_context
 from .._core._metadata import Flush, Metadata
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource
-from ._clock import Feed
+from ._clock import ReadAhead
 from .combine import DEFAULT_LANE, FanIn, as_source_pipeline, produced
 from .concurrency import TaskScopes
 from .select import until
@@ -132,7 +132,7 @@ class sample(AbstractSegment[T, T]):
         """Yield the newest item at each tick."""
         seconds = self.seconds
         now = anyio.current_time
-        feed = Feed(items, 256, name=self.label)
+        feed = ReadAhead(items, 256, name=self.label)
         tick = now() + seconds
         latest: Any = _NOTHING
         try:

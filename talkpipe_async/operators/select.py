@@ -16,7 +16,7 @@ import anyio
 from .._core._metadata import Metadata
 from .._core._run import current_run
 from .._core._segment import AbstractSegment
-from ._clock import Feed
+from ._clock import ReadAhead
 from .transform import is_async_callable
 
 __all__ = ["drop_while", "everyN", "every_n", "firstN", "skip", "take", "take_while", "until"]
@@ -215,7 +215,7 @@ class until(AbstractSegment[T, T]):
     async def _until_event(self, items: AsyncIterator[Any], event: anyio.Event) -> AsyncIterator[Any]:
         if event.is_set():
             return
-        feed = Feed(items, self.read_ahead, name=self.label)
+        feed = ReadAhead(items, self.read_ahead, name=self.label)
         watcher = anyio.CancelScope()
 
         async def watch() -> None:

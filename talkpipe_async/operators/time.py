@@ -16,7 +16,7 @@ import anyio
 from .._core._errors import TalkpipeAsyncError
 from .._core._metadata import Flush, Metadata
 from .._core._segment import AbstractSegment, AbstractSource
-from ._clock import Feed
+from ._clock import ReadAhead
 
 __all__ = [
     "StageTimeout",
@@ -154,7 +154,7 @@ class debounce(AbstractSegment[T, T]):
         """Yield the items that stayed the latest for their quiet period."""
         seconds, key, max_keys = self.seconds, self.key, self.max_keys
         now = anyio.current_time
-        feed = Feed(items, 256, name=self.label)
+        feed = ReadAhead(items, 256, name=self.label)
         # key -> (due time, item); insertion order is due order (re-inserted on update)
         waiting: dict[Any, tuple[float, Any]] = {}
         try:
@@ -217,7 +217,7 @@ class delay(AbstractSegment[T, T]):
         """Yield each item once its delay has passed."""
         seconds = self.seconds
         now = anyio.current_time
-        feed = Feed(items, self.max_pending, name=self.label, stamp=True)
+        feed = ReadAhead(items, self.max_pending, name=self.label, stamp=True)
         try:
             while True:
                 try:
