@@ -22,8 +22,8 @@ import signal
 import socket
 import threading
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
+from types import TracebackType
 
 import sniffio
 
@@ -68,6 +68,14 @@ class _Wakeup:
             if current != self.writer.fileno():  # the host set its own meanwhile: keep it
                 signal.set_wakeup_fd(current)
 
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
 
 def _close(*sockets: socket.socket) -> None:
     for sock in sockets:
@@ -92,15 +100,11 @@ def _for_this_loop() -> _Wakeup | None:
     return wakeup
 
 
-@contextmanager
-def signal_wakeup() -> Iterator[None]:
-    """While inside, a signal wakes the running asyncio loop whichever thread the kernel gave it to."""
+def signal_wakeup() -> AbstractContextManager[None]:
+    """While inside, a signal wakes the running asyncio loop whichever thread the kernel gave it to.
+
+    Call it on the loop's thread; the object it returns may be entered again
+    and again for the rest of the run (``thread_map`` enters it per call).
+    """
     wakeup = _for_this_loop()
-    if wakeup is None:
-        yield
-        return
-    wakeup.acquire()
-    try:
-        yield
-    finally:
-        wakeup.release()
+    return nullcontext() if wakeup is None else wakeup

@@ -447,9 +447,10 @@ class thread_map(concurrent_map[T, U]):
 
         limiter = anyio.CapacityLimiter(self.limit)
         fn = self.sync_fn
+        wakeup = signal_wakeup()
 
         async def call(item: Any) -> Any:
-            with signal_wakeup():  # Ctrl-C wakes the loop even if the kernel hands it to this thread
+            with wakeup:  # Ctrl-C wakes the loop even if the kernel hands it to this thread
                 return await anyio.to_thread.run_sync(fn, item, limiter=limiter)
 
         return call
