@@ -76,3 +76,17 @@ def no_fd_leak() -> Iterator[None]:
     before = open_fds()
     yield
     assert open_fds() <= before, "file descriptors leaked"
+
+
+@pytest.fixture(params=["c", "python"])
+def speedups(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run with the C steps of the item path (when built) and with their pure-Python twins.
+
+    Without the C extension (not built, or TALKPIPE_ASYNC_NO_EXTENSIONS=1) the C case is skipped, not forced.
+    """
+    from talkpipe_async._core import _items
+
+    if request.param == "c" and (_items._speedups is None or os.environ.get("TALKPIPE_ASYNC_NO_EXTENSIONS")):
+        pytest.skip("the C steps are off (not built, or TALKPIPE_ASYNC_NO_EXTENSIONS=1)")
+    monkeypatch.setattr(_items, "SPEEDUPS", request.param == "c")
+    return str(request.param)

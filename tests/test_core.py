@@ -202,18 +202,6 @@ async def test_nested_pipelines_flatten() -> None:
 # --- metadata ----------------------------------------------------------------------
 
 
-@pytest.fixture(params=["c", "python"])
-def speedups(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run with the C steps (intercept, counters; when built) and with their pure-Python twins."""
-    from talkpipe_async._core import _items
-
-    if request.param == "c" and _items._speedups is None:
-        pytest.skip("C extension not built")
-    monkeypatch.setattr(_items, "SPEEDUPS", request.param == "c")
-    return str(request.param)
-
-
-
 @source
 async def flushing_source(log: list[Any], every: int = 5) -> AsyncIterator[Any]:
     i = 0

@@ -18,15 +18,6 @@ from talkpipe_async._core._items import BatchSource, batch_items
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["c", "python"])
-def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Run with the C step (when built) and with the pure-Python twin."""
-    if request.param == "c" and _items._speedups is None:
-        pytest.skip("C extension not built")
-    monkeypatch.setattr(_items, "SPEEDUPS", request.param == "c")
-    yield request.param
-
-
 class Log:
     def __init__(self) -> None:
         self.closed = 0
@@ -58,7 +49,7 @@ class Numbers(BatchSource[int]):
             self.log.closed += 1
 
 
-async def test_items_in_order_empty_batches_skipped(mode: str) -> None:
+async def test_items_in_order_empty_batches_skipped(speedups: str) -> None:
     log = Log()
     data: list[Any] = [[1, 2], [], (3,), [(4, 5), None, ValueError("an item")], []]
     got = [x async for x in batch_items(batches_of(data, log))]
@@ -66,7 +57,7 @@ async def test_items_in_order_empty_batches_skipped(mode: str) -> None:
     assert log.closed == 1
 
 
-async def test_a_source_of_batches_in_a_pipeline(mode: str) -> None:
+async def test_a_source_of_batches_in_a_pipeline(speedups: str) -> None:
     log = Log()
 
     @segment
@@ -80,7 +71,7 @@ async def test_a_source_of_batches_in_a_pipeline(mode: str) -> None:
         assert [x async for x in items] == list(range(1000))
 
 
-async def test_break_closes_the_batch_generator_before_the_next_statement(mode: str) -> None:
+async def test_break_closes_the_batch_generator_before_the_next_statement(speedups: str) -> None:
     log = Log()
     async with Numbers(10**9, 100, log).stream() as items:
         async for x in items:
@@ -89,7 +80,7 @@ async def test_break_closes_the_batch_generator_before_the_next_statement(mode: 
     assert log.closed == 1 and log.batches == 3
 
 
-async def test_errors_pass_through_unchanged_then_the_items_end(mode: str) -> None:
+async def test_errors_pass_through_unchanged_then_the_items_end(speedups: str) -> None:
     class Boom(Exception):
         pass
 
@@ -105,7 +96,7 @@ async def test_errors_pass_through_unchanged_then_the_items_end(mode: str) -> No
         await it.__anext__()
 
 
-async def test_two_pending_steps_lose_and_repeat_nothing(mode: str) -> None:
+async def test_two_pending_steps_lose_and_repeat_nothing(speedups: str) -> None:
     log = Log()
     it = batch_items(batches_of([[1, 2, 3]], log))
     first = await it.__anext__()  # the first item of a batch comes through the fetch
@@ -142,7 +133,7 @@ def test_ready_awaitable_protocol() -> None:
     assert it.pending() == 0
 
 
-async def test_no_reference_leaks_and_the_iterator_is_collected(mode: str) -> None:
+async def test_no_reference_leaks_and_the_iterator_is_collected(speedups: str) -> None:
     marker = object()
     before = sys.getrefcount(marker)
     log = Log()
@@ -159,7 +150,7 @@ async def test_no_reference_leaks_and_the_iterator_is_collected(mode: str) -> No
     assert ref() is None
 
 
-async def test_cancelled_while_fetching_closes_the_batches(mode: str, anyio_backend: Any) -> None:
+async def test_cancelled_while_fetching_closes_the_batches(speedups: str, anyio_backend: Any) -> None:
     waiting = anyio.Event()
     closed = anyio.Event()
 
@@ -202,7 +193,7 @@ def test_the_python_twin_is_chosen_when_the_extension_is_off(monkeypatch: pytest
     anyio.run(gen.aclose)  # type: ignore[attr-defined]
 
 
-async def test_metadata_and_statistics_together_leak_nothing(mode: str) -> None:
+async def test_metadata_and_statistics_together_leak_nothing(speedups: str) -> None:
     from talkpipe_async import Flush
 
     @segment
@@ -249,7 +240,7 @@ def with_metadata(n: int, every: int) -> list[Any]:
     return out
 
 
-async def test_strip_bypasses_metadata_in_order_past_segments(mode: str) -> None:
+async def test_strip_bypasses_metadata_in_order_past_segments(speedups: str) -> None:
     from talkpipe_async import source
 
     data = with_metadata(200, 7)
@@ -280,7 +271,7 @@ async def test_strip_bypasses_metadata_in_order_past_segments(mode: str) -> None
     assert run.metadata_dropped == len(data) - 200
 
 
-async def test_strip_passes_errors_and_break_closes_the_source(mode: str) -> None:
+async def test_strip_passes_errors_and_break_closes_the_source(speedups: str) -> None:
     from talkpipe_async import Flush, source
 
     closed: list[bool] = []
@@ -311,7 +302,7 @@ async def test_strip_passes_errors_and_break_closes_the_source(mode: str) -> Non
     assert first == 1 and closed == [True, True]
 
 
-async def test_strip_leaks_nothing_and_is_collected(mode: str) -> None:
+async def test_strip_leaks_nothing_and_is_collected(speedups: str) -> None:
     from talkpipe_async import Flush, source
 
     marker = object()
