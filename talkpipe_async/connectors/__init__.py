@@ -18,10 +18,10 @@ missing.  They are asyncio libraries: these stages run on asyncio or uvloop,
 not on trio (:class:`BackendNotSupported`).  See ``docs/scale-out.md``.
 """
 
+from .._aio import BackendNotSupported
 from ._base import (
     Ack,
     AckToken,
-    BackendNotSupported,
     BatchWriter,
     BrokerSession,
     BrokerSink,

@@ -37,6 +37,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 import anyio
 
+from .._aio import require_asyncio
 from .._core._channel import Channel, ChannelClosed
 from .._core._counters import Counters
 from .._core._errors import TalkpipeAsyncError
@@ -48,7 +49,6 @@ from ._partitions import KeyOf, check_partitions, key_function, partition_for
 __all__ = [
     "Ack",
     "AckToken",
-    "BackendNotSupported",
     "BatchWriter",
     "BrokerSession",
     "BrokerSink",
@@ -64,34 +64,17 @@ __all__ = [
     "filter_data",
     "map_data",
     "messages_in",
-    "require_asyncio",
 ]
 
 T = TypeVar("T")
 logger = logging.getLogger("talkpipe_async.connectors")
 
 CLOSE_TIMEOUT = 5.0
+CLIENTS = "the redis and nats clients (asyncio libraries)"
 
 
 class MissingClient(ImportError, TalkpipeAsyncError):
     """The optional client library of a connector is not installed."""
-
-
-class BackendNotSupported(RuntimeError, TalkpipeAsyncError):
-    """The connector's client library cannot run on the current event loop (trio)."""
-
-
-def require_asyncio(label: str) -> None:
-    """Raise :class:`BackendNotSupported` unless the running loop is asyncio (or uvloop)."""
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise BackendNotSupported(
-            f"{label}: the redis and nats clients are asyncio libraries; run this pipeline on the asyncio "
-            "backend (plain or uvloop), not on trio"
-        ) from None
 
 
 def import_client(module: str, extra: str) -> Any:
@@ -554,7 +537,7 @@ class BrokerSource(AbstractSource[Message[Any]]):
 
     async def generate(self) -> AsyncIterator[Message[Any]]:
         """Yield messages as the pipeline pulls them."""
-        require_asyncio(self.label)
+        require_asyncio(self.label, CLIENTS)
         self.stopping = False
         session = await self._open()
         try:
@@ -672,7 +655,7 @@ class BrokerSink(AbstractSegment[Any, Any]):
 
     async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """Write the items in batches and yield them once written."""
-        require_asyncio(self.label)
+        require_asyncio(self.label, CLIENTS)
         writer = await self._open_writer()
         channel = Channel(self.batch)
         try:
