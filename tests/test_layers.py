@@ -65,6 +65,12 @@ ALLOWED_DEFERRED: dict[tuple[str, str], str] = {
     ("talkpipe_async.interop.chatterlang", "talkpipe_async.sources"): (
         "ChatterLang's names resolve to this library's stages only when a script is compiled"
     ),
+    ("talkpipe_async.operators.concurrency", "talkpipe_async._core._wakeup"): (
+        "the Ctrl-C wakeup for worker threads (signal, socket) loads with the first thread_map run"
+    ),
+    ("talkpipe_async.operators.processes", "talkpipe_async._core._wakeup"): (
+        "the Ctrl-C wakeup for worker threads (signal, socket) loads with the first process_map run"
+    ),
     ("talkpipe_async.cli.worker", "talkpipe_async._core._pipeline"): "the worker command's imports stay lazy",
     ("talkpipe_async.cli.worker", "talkpipe_async.connectors"): (
         "the broker connectors (and their client libraries) load only for the worker command"
@@ -77,19 +83,6 @@ ALLOWED_DEFERRED: dict[tuple[str, str], str] = {
         "the broker connectors (and their client libraries) load only for a redis: or nats: destination"
     ),
 }
-
-
-#: deferred imports whose justifying comment is still to be written at the import itself (its module's owner
-#: adds it; the reason is recorded above meanwhile)
-COMMENT_PENDING: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("talkpipe_async._core._pipeline", "talkpipe_async._blocking"),
-        ("talkpipe_async._core._chain", "talkpipe_async.operators.transform"),
-        ("talkpipe_async._core._chain", "talkpipe_async.operators.concurrency"),
-        ("talkpipe_async.interop.chatterlang", "talkpipe_async.operators"),
-        ("talkpipe_async.interop.chatterlang", "talkpipe_async.sources"),
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -227,7 +220,7 @@ def violations() -> list[str]:
             if imp.deferred and crosses:
                 if key not in ALLOWED_DEFERRED:
                     out.append(f"{where}: imports {imp.target} inside a function; not in ALLOWED_DEFERRED")
-                elif not imp.commented and key not in COMMENT_PENDING:
+                elif not imp.commented:
                     out.append(f"{where}: deferred import of {imp.target} without a comment saying why")
                 continue
             problem = rule_broken(imp)
@@ -245,7 +238,7 @@ def test_allow_lists_name_real_imports() -> None:
     """An entry that no longer matches any import is stale: remove it."""
     known = all_modules()
     seen = {(imp.importer, imp.target) for m, p in known.items() for imp in imports_of(m, p, known)}
-    stale = sorted(set(ALLOWED) - seen) + sorted(set(ALLOWED_DEFERRED) - seen) + sorted(COMMENT_PENDING - seen)
+    stale = sorted(set(ALLOWED) - seen) + sorted(set(ALLOWED_DEFERRED) - seen)
     assert not stale, f"allow-list entries that match no import: {stale}"
 
 

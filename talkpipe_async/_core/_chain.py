@@ -70,13 +70,13 @@ class Chain(Generic[In, Out]):
     def map(self, fn: Callable[[Out], V], *, name: str | None = None) -> Pipeline[In, V]: ...
     def map(self, fn: Callable[[Any], Any], *, name: str | None = None) -> Pipeline[In, Any]:
         """``self | map(fn)`` (see :class:`talkpipe_async.operators.map`)."""
-        from ..operators.transform import map as map_op
+        from ..operators.transform import map as map_op  # operators stand on the core: loaded on first use
 
         return self.then(map_op(fn, name=name))
 
     def filter(self, pred: Callable[[Out], object], *, name: str | None = None) -> Pipeline[In, Out]:
         """``self | filter(pred)`` (see :class:`talkpipe_async.operators.filter`)."""
-        from ..operators.transform import filter as filter_op
+        from ..operators.transform import filter as filter_op  # operators stand on the core: loaded on first use
 
         return self.then(filter_op(pred, name=name))
 
@@ -88,7 +88,7 @@ class Chain(Generic[In, Out]):
     def flat_map(self, fn: Callable[[Out], Iterable[V]], *, name: str | None = None) -> Pipeline[In, V]: ...
     def flat_map(self, fn: Callable[[Any], Any], *, name: str | None = None) -> Pipeline[In, Any]:
         """``self | flat_map(fn)`` (see :class:`talkpipe_async.operators.flat_map`)."""
-        from ..operators.transform import flat_map as flat_map_op
+        from ..operators.transform import flat_map as flat_map_op  # operators stand on the core: loaded on first use
 
         return self.then(flat_map_op(fn, name=name))
 
@@ -104,7 +104,7 @@ class Chain(Generic[In, Out]):
         self, fn: Callable[[Any, Any], Any], *, initial: Any = _NO_INITIAL, name: str | None = None
     ) -> Pipeline[In, Any]:
         """``self | scan(fn, initial=...)``: without *initial* the first item starts the accumulator."""
-        from ..operators.transform import scan as scan_op
+        from ..operators.transform import scan as scan_op  # operators stand on the core: loaded on first use
 
         if initial is _NO_INITIAL:
             return self.then(scan_op(fn, name=name))
@@ -121,6 +121,7 @@ class Chain(Generic[In, Out]):
         name: str | None = None,
     ) -> Pipeline[In, V]:
         """``self | concurrent_map(fn, limit, ...)`` (see :class:`talkpipe_async.operators.concurrent_map`)."""
+        # operators stand on the core: loaded on first use
         from ..operators.concurrency import concurrent_map as concurrent_map_op
 
         return self.then(concurrent_map_op(fn, limit, ordered=ordered, window=window, name=name))

@@ -257,7 +257,7 @@ class Pipeline(Chain[In, Out]):
         self, input: Iterable[Any] | None = None, *, metadata: bool = False, backend: str = "asyncio"
     ) -> list[Any]:
         """Run the pipeline to the end from sync code; return its items (see ``docs/blocking.md``)."""
-        from .._blocking import run_blocking
+        from .._blocking import run_blocking  # the blocking wrapper stands on the core: loaded on first use
 
         return run_blocking(self, input, metadata=metadata, backend=backend)
 
@@ -298,7 +298,7 @@ class Pipeline(Chain[In, Out]):
         ``backend``: "asyncio", "uvloop" or "trio"; ``batch``, ``buffer``, ``latency``:
         the hand-over bounds (see ``docs/blocking.md``).
         """
-        from .._blocking import iter_blocking
+        from .._blocking import iter_blocking  # the blocking wrapper stands on the core: loaded on first use
 
         return iter_blocking(
             self, input, metadata=metadata, backend=backend, batch=batch, buffer=buffer, latency=latency
@@ -328,7 +328,7 @@ class Pipeline(Chain[In, Out]):
         self, *, single_in: bool = False, single_out: bool = False, backend: str = "asyncio"
     ) -> Callable[..., Any]:
         """A sync callable that runs the pipeline once per call (the blocking ``as_function``)."""
-        from .._blocking import as_function_blocking
+        from .._blocking import as_function_blocking  # the blocking wrapper stands on the core: loaded on first use
 
         return as_function_blocking(self, single_in=single_in, single_out=single_out, backend=backend)
 

@@ -66,7 +66,7 @@ def register_async_names() -> None:
             return
         core = importlib.import_module("talkpipe.pipe.core")
         registry = importlib.import_module("talkpipe.chatterlang.registry")
-        from .. import operators, sources
+        from .. import operators, sources  # every stage module loads only when a script registers their names
 
         for name in _SEGMENTS:
             cls = _make_placeholder(core.AbstractSegment, ASYNC_PREFIX + name, getattr(operators, name), False)
