@@ -1,15 +1,16 @@
 """Helpers shared by the broker connector tests: servers, worker processes, reads of the results.
 
 The fixtures here (``redis_url``, ``nats_url``: one real server per test
-module; ``restartable_redis``, ``restartable_nats``: a server per test that
-the test may stop and start again) reach a test module through
+module; ``client``: a plain redis.asyncio client on that redis-server;
+``restartable_redis``, ``restartable_nats``: a server per test that the test
+may stop and start again) reach a test module through
 ``pytest_plugins = ["tests.broker_helpers"]``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -135,6 +136,18 @@ def nats_url() -> Iterator[str]:
 
     with servers.nats_server() as url:
         yield url
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[Any]:
+    """A plain redis.asyncio client on the module's redis-server, for set-up and checks."""
+    import redis.asyncio as aioredis
+
+    c = aioredis.Redis.from_url(redis_url)
+    try:
+        yield c
+    finally:
+        await c.aclose()
 
 
 def _restartable(kind: str) -> Iterator[RestartableServer]:

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from talkpipe_async import segment
 from talkpipe_async.connectors import (
@@ -41,16 +40,6 @@ pytestmark = [
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     """redis.asyncio needs asyncio: run on asyncio and uvloop (trio: see test_trio_is_refused_clearly)."""
     return request.param
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Any]:
-    """A plain redis.asyncio client for set-up and checks."""
-    c = aioredis.Redis.from_url(redis_url)
-    try:
-        yield c
-    finally:
-        await c.aclose()
 
 
 @pytest.fixture

@@ -13,13 +13,11 @@ from __future__ import annotations
 import json
 import uuid
 import zlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import nats
 import pytest
-import redis.asyncio as aioredis
 
 from talkpipe_async.connectors import (
     JetStreamSink,
@@ -43,16 +41,6 @@ N = 4
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     """redis.asyncio needs asyncio: run on asyncio and uvloop."""
     return request.param
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Any]:
-    """A plain redis.asyncio client for set-up and checks."""
-    c = aioredis.Redis.from_url(redis_url)
-    try:
-        yield c
-    finally:
-        await c.aclose()
 
 
 def feed(keys: int, per_key: int) -> list[dict[str, Any]]:
