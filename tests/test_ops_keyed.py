@@ -135,6 +135,24 @@ async def test_keyed_field_name() -> None:
     assert await (from_list(items) | concurrent_map(call, 5, key="user")).collect() == list(range(30))
 
 
+async def test_the_chain_method_takes_key() -> None:
+    """``.concurrent_map(fn, limit, key=...)`` on a source, a segment or a pipeline is the keyed operator."""
+    fn = OneAtATime()
+    pairs = [(k, i) for i in range(8) for k in (i * 5 % 3, 3)]
+    unordered = from_list(pairs).concurrent_map(fn, 4, key=lambda p: p[0], ordered=False, window=8)
+    out = await unordered.collect()
+    assert sorted(out) == sorted(pairs) and per_key(out) == per_key(pairs)
+    assert fn.peak <= 4  # without key=, two items of key 3 would run at once and fail the call
+
+    users = [{"user": i % 3, "n": i} for i in range(12)]
+
+    async def call(item: dict[str, int]) -> int:
+        await fn((item["user"], item["n"]))
+        return item["n"]
+
+    assert await (from_list(users) | take(12)).concurrent_map(call, 3, key="user").collect() == list(range(12))
+
+
 async def test_keyed_slow_key_holds_back_others_only_up_to_the_window() -> None:
     release = anyio.Event()
     pulled: list[int] = []

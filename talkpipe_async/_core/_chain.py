@@ -118,13 +118,18 @@ class Chain(Generic[In, Out]):
         *,
         ordered: bool = True,
         window: int | None = None,
+        key: str | Callable[[Out], Any] | None = None,
         name: str | None = None,
     ) -> Pipeline[In, V]:
-        """``self | concurrent_map(fn, limit, ...)`` (see :class:`talkpipe_async.operators.concurrent_map`)."""
+        """``self | concurrent_map(fn, limit, ...)`` (see :class:`talkpipe_async.operators.concurrent_map`).
+
+        ``key`` (a callable on the item, or a dotted field name): items of one
+        key run one at a time, in arrival order.
+        """
         # operators stand on the core: loaded on first use
         from ..operators.concurrency import concurrent_map as concurrent_map_op
 
-        return self.then(concurrent_map_op(fn, limit, ordered=ordered, window=window, name=name))
+        return self.then(concurrent_map_op(fn, limit, ordered=ordered, window=window, key=key, name=name))
 
     # ---- running a single stage: the pipeline of this stage alone (Pipeline overrides these with its own)
 

@@ -37,6 +37,10 @@ def double(value: int, times: int = 2) -> int:
     return value * times
 
 
+async def fetch(x: int) -> bytes:
+    return bytes(x)
+
+
 async def wrong_items() -> None:
     p1 = numbers(n=3) | to_str()
     wrong: list[int] = await p1.collect()  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
@@ -50,6 +54,9 @@ async def wrong_items() -> None:
     numbers().then(from_bytes())  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     await numbers().collect([1])  # type: ignore[list-item]  # pyright: ignore[reportArgumentType]
     await to_str().collect([b"x"])  # type: ignore[list-item]  # pyright: ignore[reportArgumentType]
+    numbers().concurrent_map(fetch, key=lambda s: s.upper())  # type: ignore[attr-defined]  # pyright: ignore[reportAttributeAccessIssue, reportUnknownMemberType, reportUnknownLambdaType]
+    numbers().concurrent_map(fetch, key=str.upper)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    numbers().concurrent_map(fetch, key=0)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     print(wrong)
 
 

@@ -42,6 +42,16 @@ async def describe(items: AsyncIterator[object]) -> AsyncIterator[str]:
         yield repr(x)
 
 
+@segment
+def to_dict(items: Iterable[int]) -> Iterator[dict[str, int]]:
+    for x in items:
+        yield {"user": x % 3, "n": x}
+
+
+async def fetch_len(x: str) -> int:
+    return len(x)
+
+
 def talkpipe_style(items: Iterable[str]) -> Iterator[bytes]:
     for x in items:
         yield x.encode()
@@ -113,6 +123,14 @@ async def typed_methods() -> None:
         return bytes(x)
 
     assert_type(numbers().concurrent_map(fetch, limit=4), Pipeline[Never, bytes])
+    # key=: a callable of the item (its parameter inferred from upstream) or a field name
+    assert_type(numbers().concurrent_map(fetch, 4, key=lambda x: x.bit_length() % 3), Pipeline[Never, bytes])
+    assert_type(to_str().concurrent_map(fetch_len, key=str.lower, ordered=False), Pipeline[int, int])
+
+    async def by_user(item: dict[str, int]) -> int:
+        return item["n"]
+
+    assert_type((parse() | to_dict()).concurrent_map(by_user, key="user"), Pipeline[bytes, int])
     assert_type(numbers().map(fetch), Pipeline[Never, bytes])  # an async function: its awaited result
     assert_type(await numbers().map(lambda x: -x).collect(), list[int])
 
