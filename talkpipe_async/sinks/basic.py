@@ -22,7 +22,7 @@ import logging
 import sys
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
-from typing import IO, Any, Generic, TypeVar, cast
+from typing import IO, Any, Generic, Protocol, TypeVar, cast
 
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -34,6 +34,7 @@ __all__ = ["callback", "collect", "count", "log_items", "print_items", "reduce",
 
 T = TypeVar("T")
 A = TypeVar("A")
+T_contra = TypeVar("T_contra", contravariant=True)
 
 Input = Iterable[Any] | AsyncIterable[Any] | None
 # What the sink functions run: a pipeline, a source or a segment that yields T.
@@ -221,6 +222,18 @@ class to_stream(_Sink[T], Generic[T]):
                 self.send_stream.close()
 
 
+class SupportsPut(Protocol[T_contra]):
+    """What :class:`to_queue` puts into: an ``asyncio.Queue`` of the items, or any queue with ``async put(item)``.
+
+    Contravariant: an ``asyncio.Queue[object]`` takes ``str`` items; an
+    ``asyncio.Queue[int]`` does not.
+    """
+
+    def put(self, item: T_contra, /) -> Awaitable[object]:
+        """Put one item, waiting while the queue is full."""
+        ...
+
+
 class to_queue(_Sink[T], Generic[T]):
     """Put each item into an ``asyncio.Queue`` (asyncio only; waits while it is full).
 
@@ -235,7 +248,9 @@ class to_queue(_Sink[T], Generic[T]):
     used as a marker).  Bound: the queue's ``maxsize``.
     """
 
-    def __init__(self, queue: Any, *, end: Any = QUEUE_END, passthrough: bool = False, name: str | None = None) -> None:
+    def __init__(
+        self, queue: SupportsPut[T], *, end: Any = QUEUE_END, passthrough: bool = False, name: str | None = None
+    ) -> None:
         super().__init__(passthrough, name or "to_queue")
         self.queue = queue
         self.end = end

@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from typing_extensions import Never, assert_type
 
 from talkpipe_async import Pipeline, segment
@@ -119,6 +120,10 @@ async def sinks_pass_their_items_on(queue: asyncio.Queue[Any]) -> None:
     assert_type(lines.then(http_post_batches("http://127.0.0.1:1/")), Pipeline[Never, str])
     assert_type(lines.then(websocket_send("ws://127.0.0.1:1/")), Pipeline[Never, str])
     assert_type(lines.then(to_queue(queue)), Pipeline[Never, str])
+    assert_type(lines.then(to_queue(asyncio.Queue[str]())), Pipeline[Never, str])
+    assert_type(lines.then(to_queue(asyncio.Queue[object]())), Pipeline[Never, str])  # a wider queue takes str
+    assert_type(lines.then(to_queue(asyncio.PriorityQueue[str]())), Pipeline[Never, str])
+    assert_type(to_queue(asyncio.Queue[int]()), to_queue[int])
     assert_type(lines.then(print_items()), Pipeline[Never, str])
     assert_type(lines.then(callback(print)), Pipeline[Never, str])
     assert_type(await lines.then(write_lines("b.log")).collect(), list[str])
@@ -135,4 +140,8 @@ async def mistakes() -> None:
     http_bytes("http://127.0.0.1:1/").then(upper())  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     read_lines("a.log").then(write_lines("b.log")).then(size())  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     rows: list[dict[str, str]] = await read_csv("a.csv", header=False).collect()  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
+    read_lines("a.log").then(to_queue(asyncio.Queue[int]()))  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    send, _ = anyio.create_memory_object_stream[str](1)
+    # a memory send stream has no put(): it goes to to_stream
+    to_queue(send)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     print(rows)
