@@ -130,8 +130,12 @@ _ROTATOR = textwrap.dedent(
 
 
 def numbers(data: bytes, below: int | None = None) -> list[int]:
-    """The line numbers in a tail's output (complete lines only; the end mark and after left out)."""
-    out = [int(line.split(b" ", 1)[0]) for line in data.split(b"\n") if line.strip()]
+    """The line numbers in a tail's output or a file (complete lines only; the end mark and after left out).
+
+    A copy can end inside a line: the copy reads while the writer's ``write`` is between two pages, and the
+    truncate that follows throws the rest of that line away.  Such a piece is no line on disk."""
+    whole = data[: data.rfind(b"\n") + 1]
+    out = [int(line.split(b" ", 1)[0]) for line in whole.split(b"\n") if line.strip()]
     return out if below is None else [n for n in out if n < below]
 
 
@@ -320,11 +324,12 @@ class Soak:
         lines = [
             self.report(),
             f"tail_file: files opened {self.stats.files}, rotations seen {self.stats.rotations}, "
-            f"recovered {self.stats.recovered} (rotator: {self.rotations} rotations); "
-            f"out of order {out_of_order}",
+            f"recovered {self.stats.recovered} (rotator: {self.rotations} rotations), truncations seen "
+            f"{self.stats.truncations}, cut partial lines {self.stats.partial_discarded}; out of order {out_of_order}",
             f"lost {len(lost)} in {len(ranges(lost))} ranges{' (not counting the allowed)' if allowed else ''}: "
             f"{self.where(lost)}",
             f"repeated {len(repeated)}: {shown_ranges(ranges(repeated))}",
+            f"where in their files: {self.positions(lost)}",
         ]
         return "\n".join(lines)
 
@@ -347,6 +352,17 @@ class Soak:
             parts.append(f"{span(lo, hi)} ({', '.join(shown)})")
         more = len(ranges(lost)) - MAX_RANGES
         return "; ".join(parts) + (f"; ... {more} more ranges" if more > 0 else "")
+
+    def positions(self, lost: list[int]) -> str:
+        """The first lost ranges placed in their files (line K of N): a boundary of a file or its middle."""
+        parts = []
+        for lo, hi in ranges(lost)[:MAX_RANGES]:
+            name = self.held_by.get(lo)
+            if name is not None:
+                nums = self.file_lines.get(name, [])
+                at = nums.index(lo) + 1 if lo in nums else 0
+                parts.append(f"{span(lo, hi)} from line {at} of {len(nums)} in {name}")
+        return "; ".join(parts) or "-"
 
 
 MAX_RANGES = 8
@@ -383,12 +399,22 @@ def test_the_diagnosis_is_a_few_lines(tmp_path: Path) -> None:
     soak = Soak(tmp_path, "create", 0.1, 0.05)
     soak.total, soak.rotations = 60_000, 59
     soak.held_by = {n: f"app.log.{n // 1000 + 1}" for n in range(soak.total)}
+    for n, name in soak.held_by.items():
+        soak.file_lines.setdefault(name, []).append(n)
     got = [n for n in range(soak.total) if not 12_000 <= n < 13_000 and n != 30_500] + [59_999]
     text = soak.diagnosis(got)
-    assert len(text.splitlines()) == 4 and len(text) < 800
+    assert len(text.splitlines()) == 5 and len(text) < 1000
     assert "lost 1001 in 2 ranges: 12000-12999 (1000) (app.log.13 whole); 30500 (app.log.31 1 of 1000)" in text
     assert "repeated 1: 59999" in text
     assert "out of order 1" in text
+    assert "where in their files: 12000-12999 (1000) from line 1 of 1000 in app.log.13; 30500 from line 501" in text
+
+
+def test_a_piece_of_a_line_is_no_line() -> None:
+    """A copy that ends inside a line holds no number for it: its rest was thrown away by the truncate."""
+    assert numbers(b"1 x\n2 x\n3 x") == [1, 2]
+    assert numbers(b"1 x\n2 x\n") == [1, 2]
+    assert numbers(b"") == []
 
 
 def in_order(got: list[int]) -> bool:
