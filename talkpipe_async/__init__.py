@@ -32,6 +32,7 @@ from ._core._segment import (
     AbstractSegment,
     AbstractSource,
     CallableSegment,
+    PassThrough,
     field_segment,
     segment,
     source,
@@ -73,6 +74,7 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
 
+
 __all__ = [
     "AbstractFieldSegment",
     "AbstractSegment",
@@ -84,6 +86,7 @@ __all__ = [
     "ErrorContext",
     "Flush",
     "Metadata",
+    "PassThrough",
     "Pipeline",
     "PipelineRun",
     "RunStats",

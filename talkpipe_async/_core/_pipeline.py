@@ -16,7 +16,7 @@ from ._logs import logger
 from ._metadata import Metadata
 from ._plumbing import MetaCounter, make_intercept, release_sync, run_sync, strip_async, strip_sync, sync_to_async
 from ._run import RunContext, _current
-from ._segment import AbstractSegment, AbstractSource, _Node, wrap_callable
+from ._segment import AbstractSegment, AbstractSource, PassThrough, _Node, wrap_callable
 
 if TYPE_CHECKING:
     from .._blocking import BlockingStream
@@ -74,9 +74,13 @@ class Pipeline(Chain[In, Out]):
             raise ValueError("a pipeline needs at least one stage")
         self.stages: tuple[_Node, ...] = tuple(stages)
 
+    @overload
+    def __or__(self, other: PassThrough[Out]) -> Pipeline[In, Out]: ...
+    @overload
     def __or__(
         self, other: AbstractSegment[Out, V] | Pipeline[Out, V] | Callable[[Iterable[Out]], Iterable[V]]
-    ) -> Pipeline[In, V]:
+    ) -> Pipeline[In, V]: ...
+    def __or__(self, other: Any) -> Pipeline[In, Any]:
         """Chain another stage or pipeline after this one: a new :class:`Pipeline`.
 
         It must read what this one yields (``Pipeline[A, B] | Segment[B, C]``
@@ -707,4 +711,3 @@ class PipelineRun(Generic[Out]):
             build.stats[-1].buffer = thread.buffer_fill
             thread_stats.append(build.stats[-1])
         return output
-

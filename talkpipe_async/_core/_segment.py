@@ -43,6 +43,7 @@ __all__ = [
     "AbstractSegment",
     "AbstractSource",
     "CallableSegment",
+    "PassThrough",
     "field_segment",
     "segment",
     "source",
@@ -116,9 +117,13 @@ class AbstractSource(Chain[_NoInput, Out], _Node):
     def generate(self) -> AsyncIterator[Out] | Iterator[Out]:
         """Yield the items of the stream."""
 
+    @overload
+    def __or__(self, other: PassThrough[Out]) -> Pipeline[Never, Out]: ...
+    @overload
     def __or__(
         self, other: AbstractSegment[Out, V] | Pipeline[Out, V] | Callable[[Iterable[Out]], Iterable[V]]
-    ) -> Pipeline[Never, V]:
+    ) -> Pipeline[Never, V]: ...
+    def __or__(self, other: Any) -> Pipeline[Never, Any]:
         """Chain this source with a segment or pipeline: a new :class:`Pipeline` that takes no input."""
         from ._pipeline import Pipeline
 
@@ -148,9 +153,13 @@ class AbstractSegment(Chain[In, Out], _Node):
     def transform(self, items: Any) -> AsyncIterator[Out] | Iterator[Out]:
         """Read *items* and yield the output items."""
 
+    @overload
+    def __or__(self, other: PassThrough[Out]) -> Pipeline[In, Out]: ...
+    @overload
     def __or__(
         self, other: AbstractSegment[Out, V] | Pipeline[Out, V] | Callable[[Iterable[Out]], Iterable[V]]
-    ) -> Pipeline[In, V]:
+    ) -> Pipeline[In, V]: ...
+    def __or__(self, other: Any) -> Pipeline[In, Any]:
         """Chain this segment with the next stage: a new :class:`Pipeline`.
 
         The next stage must read what this one yields: ``Segment[int, str] |
@@ -169,6 +178,16 @@ class AbstractSegment(Chain[In, Out], _Node):
     def _entry(self) -> Callable[..., Any]:
         return type(self).transform
 
+
+class PassThrough(AbstractSegment[T, T]):
+    """A segment whose output items are its input items (a filter, a sink that passes items on, a delay).
+
+    Subclass it instead of ``AbstractSegment[T, T]``: ``|`` then types the
+    stage by what comes before it, even where a type checker cannot solve
+    ``T`` from the stage's own arguments (``numbers() | take(3)`` is a
+    pipeline of ``int`` under pyright as under mypy).  At run time it is an
+    :class:`AbstractSegment` like any other.
+    """
 
 
 class CallableSegment(AbstractSegment[Any, Any]):
@@ -225,6 +244,7 @@ def _make_class(
     func: Callable[..., Any], base: type[Any], method: str, defaults: dict[str, Any], suffix: str
 ) -> type[Any]:
     signature = inspect.signature(func)
+
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         options, merged = _split_options(defaults, kwargs)
         base.__init__(

@@ -19,10 +19,10 @@ order; the sinks never see it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from .._core._pipeline import Pipeline
-from .._core._segment import AbstractSegment, AbstractSource
+from .._core._segment import AbstractSegment, AbstractSource, PassThrough
 
 __all__ = [
     "maximum",
@@ -36,6 +36,8 @@ __all__ = [
 
 T = TypeVar("T")
 D = TypeVar("D")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 
 Input = Iterable[Any] | AsyncIterable[Any] | None
 Runnable = Pipeline[Any, T] | AbstractSource[T] | AbstractSegment[Any, T]
@@ -98,12 +100,23 @@ async def maximum(
     return await _extreme("maximum", pipeline, input, key, default, larger=True)
 
 
+class _Divisible(Protocol[R_co]):
+    """An item whose sum divided by a count gives ``R_co`` (``int`` and ``float`` give ``float``)."""
+
+    def __truediv__(self, other: int, /) -> R_co: ...
+
+
+@overload
+async def mean(pipeline: Runnable[_Divisible[R]], input: Input = None) -> R: ...
+@overload
+async def mean(pipeline: Runnable[_Divisible[R]], input: Input = None, *, default: D) -> R | D: ...
 async def mean(pipeline: Runnable[Any], input: Input = None, *, default: Any = _MISSING) -> Any:
     """Run *pipeline* to the end and return the arithmetic mean of its (numeric) items.
 
     The items are summed as they come (integers exactly) and divided once
-    at the end.  An empty stream raises ``ValueError`` unless *default* is
-    given.
+    at the end: ``int`` and ``float`` items give a ``float``, ``Decimal``
+    and ``Fraction`` items their own type.  An empty stream raises
+    ``ValueError`` unless *default* is given.
     """
     total: Any = 0
     n = 0
@@ -118,7 +131,7 @@ async def mean(pipeline: Runnable[Any], input: Input = None, *, default: Any = _
     return total / n
 
 
-class _RunningExtreme(AbstractSegment[T, T], Generic[T]):
+class _RunningExtreme(PassThrough[T], Generic[T]):
     larger = False
 
     def __init__(self, key: Key | None, name: str) -> None:

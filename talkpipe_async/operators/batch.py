@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .._core._metadata import Flush, Metadata
-from .._core._segment import AbstractSegment
+from .._core._segment import AbstractSegment, PassThrough
 from ._clock import ReadAhead
 
 __all__ = ["batch", "flushN", "flushT", "flush_n", "flush_t", "makeLists", "time_window", "window"]
@@ -290,7 +290,7 @@ class time_window(AbstractSegment[T, list[T]]):
             feed.close()
 
 
-class flush_n(AbstractSegment[T, T]):
+class flush_n(PassThrough[T]):
     """Pass items through and emit a :class:`Flush` after every *n* data items.
 
     ::
@@ -323,7 +323,7 @@ class flush_n(AbstractSegment[T, T]):
 flushN = flush_n
 
 
-class flush_t(AbstractSegment[T, T]):
+class flush_t(PassThrough[T]):
     """Pass items through and emit a :class:`Flush` every *seconds*, even when no item arrives.
 
     ::

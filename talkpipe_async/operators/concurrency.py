@@ -27,7 +27,7 @@ from .._core._errors import attach_context
 from .._core._fields import extract_field
 from .._core._metadata import Metadata
 from .._core._run import current_run
-from .._core._segment import AbstractSegment
+from .._core._segment import AbstractSegment, PassThrough
 from .._core._stop import Stoppable
 from ._shared import produce_into
 
@@ -35,7 +35,6 @@ __all__ = ["buffer", "concurrent_map", "thread_map"]
 
 T = TypeVar("T")
 U = TypeVar("U")
-
 
 
 def blame(exc: BaseException, stage: str, item: Any) -> None:
@@ -456,7 +455,7 @@ class thread_map(concurrent_map[T, U]):
         return call
 
 
-class buffer(AbstractSegment[T, T], Generic[T]):
+class buffer(PassThrough[T], Generic[T]):
     """Prefetch: let the upstream run ahead of the consumer by exactly ``n`` items.
 
     ::

@@ -21,7 +21,7 @@ from .._core._closing import CLEANUP_TIMEOUT
 from .._core._errors import attach_context
 from .._core._metadata import Flush, Metadata
 from .._core._pipeline import Pipeline
-from .._core._segment import AbstractSegment, AbstractSource
+from .._core._segment import AbstractSegment, AbstractSource, PassThrough
 from ._clock import ReadAhead
 from .combine import DEFAULT_LANE, FanIn, as_source_pipeline, produced
 from .concurrency import TaskScopes
@@ -54,7 +54,7 @@ class _Signal:
         self.event.set()
 
 
-class take_until(AbstractSegment[T, T]):
+class take_until(PassThrough[T]):
     """Yield the items until *other* (a source or pipeline) emits its first item, then end.
 
     ::
@@ -104,7 +104,7 @@ class _Nothing:
 _NOTHING: Any = _Nothing()
 
 
-class sample(AbstractSegment[T, T]):
+class sample(PassThrough[T]):
     """Every *seconds*, yield the latest item if one arrived since the last tick.
 
     Ticks follow a fixed grid from when the stage starts (ticks missed while

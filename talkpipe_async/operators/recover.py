@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from .._core._channel import Channel
 from .._core._pipeline import Pipeline
-from .._core._segment import AbstractSegment, AbstractSource
+from .._core._segment import AbstractSource, PassThrough
 from .combine import DEFAULT_LANE, as_source_pipeline, produced
 
 __all__ = ["catch"]
@@ -33,7 +33,7 @@ async def _replay(channel: Channel, pipeline: Pipeline[Any, Any]) -> None:
             await channel.put(item)
 
 
-class catch(AbstractSegment[T, T]):
+class catch(PassThrough[T]):
     """On an upstream error, continue with a replacement stream instead of failing.
 
     *replacement* is a source or a pipeline that starts with one, or a
@@ -92,7 +92,10 @@ class catch(AbstractSegment[T, T]):
         self.caught += 1
         self.last_error = failure
         log.warning(
-            "%s: continuing with the replacement after %s: %s", self.label, type(failure).__name__, failure,
+            "%s: continuing with the replacement after %s: %s",
+            self.label,
+            type(failure).__name__,
+            failure,
             exc_info=failure,
         )
         made = self.factory(failure)

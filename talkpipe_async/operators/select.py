@@ -15,7 +15,7 @@ import anyio
 
 from .._core._metadata import Metadata
 from .._core._run import current_run
-from .._core._segment import AbstractSegment
+from .._core._segment import PassThrough
 from ._clock import ReadAhead
 from .transform import is_async_callable
 
@@ -29,7 +29,7 @@ def _at_least(name: str, n: int, low: int) -> None:
         raise ValueError(f"{name}: n must be at least {low}, not {n!r}")
 
 
-class take(AbstractSegment[T, T]):
+class take(PassThrough[T]):
     """Yield the first *n* items, then end (without reading item n + 1).
 
     ::
@@ -60,7 +60,7 @@ class take(AbstractSegment[T, T]):
 firstN = take
 
 
-class skip(AbstractSegment[T, T]):
+class skip(PassThrough[T]):
     """Leave out the first *n* items, yield the rest.
 
     ::
@@ -84,7 +84,7 @@ class skip(AbstractSegment[T, T]):
             yield x
 
 
-class every_n(AbstractSegment[T, T]):
+class every_n(PassThrough[T]):
     """Yield every *n*-th item: the n-th, 2n-th, ... (``xs[n - 1::n]``).
 
     ::
@@ -114,7 +114,7 @@ class every_n(AbstractSegment[T, T]):
 everyN = every_n
 
 
-class take_while(AbstractSegment[T, T]):
+class take_while(PassThrough[T]):
     """Yield items while *pred* holds; end at the first item for which it does not.
 
     *pred* may be ``def`` or ``async def``::
@@ -137,7 +137,7 @@ class take_while(AbstractSegment[T, T]):
             yield x
 
 
-class drop_while(AbstractSegment[T, T]):
+class drop_while(PassThrough[T]):
     """Leave out items while *pred* holds; from the first one that fails, yield everything.
 
     ::
@@ -163,7 +163,7 @@ class drop_while(AbstractSegment[T, T]):
             yield x
 
 
-class until(AbstractSegment[T, T]):
+class until(PassThrough[T]):
     """End the stream when *stop* says so: a predicate on the items, or an ``anyio.Event``.
 
     * ``until(pred)``: end at the first item for which ``pred(item)`` is true

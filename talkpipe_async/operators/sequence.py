@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar, overload
 
 import anyio
 
-from .._core._segment import AbstractSegment
+from .._core._segment import AbstractSegment, PassThrough
 from .transform import _fn_name, _Fusable, is_async_callable
 
 __all__ = [
@@ -96,7 +96,7 @@ class starmap(_Fusable[Any, U]):
             super().__init__((("map", call, label),), name)
 
 
-class take_last(AbstractSegment[T, T]):
+class take_last(PassThrough[T]):
     """Yield the last *n* items, once the stream has ended.
 
     ::
@@ -121,7 +121,7 @@ class take_last(AbstractSegment[T, T]):
             yield x
 
 
-class skip_last(AbstractSegment[T, T]):
+class skip_last(PassThrough[T]):
     """Yield every item except the last *n* (each item goes out once *n* newer ones arrived).
 
     ::

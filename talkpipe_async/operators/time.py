@@ -15,7 +15,7 @@ import anyio
 
 from .._core._errors import TalkpipeAsyncError
 from .._core._metadata import Flush, Metadata
-from .._core._segment import AbstractSegment, AbstractSource
+from .._core._segment import AbstractSource, PassThrough
 from ._clock import ReadAhead
 
 __all__ = [
@@ -55,7 +55,7 @@ _MIN_SLEEP = 0.001
 _SLACK = 0.002
 
 
-class throttle(AbstractSegment[T, T]):
+class throttle(PassThrough[T]):
     """Let *rate* items per second through on average, with bursts of up to *burst* (a token bucket).
 
     The bucket starts full and refills at ``rate`` tokens per second up to
@@ -116,7 +116,7 @@ class _All:
 _ALL = _All()
 
 
-class debounce(AbstractSegment[T, T]):
+class debounce(PassThrough[T]):
     """Yield an item only once *seconds* pass with no newer item (per key when *key* is given).
 
     A burst of items becomes its last item, emitted ``seconds`` after the
@@ -191,7 +191,7 @@ class debounce(AbstractSegment[T, T]):
             feed.close()
 
 
-class delay(AbstractSegment[T, T]):
+class delay(PassThrough[T]):
     """Shift the stream in time: each item comes out *seconds* after it arrived.
 
     Items keep their order and spacing (metadata too, delayed alike).  The
@@ -233,7 +233,7 @@ class delay(AbstractSegment[T, T]):
             feed.close()
 
 
-class timeout(AbstractSegment[T, T]):
+class timeout(PassThrough[T]):
     """Raise :class:`StageTimeout` when the upstream takes more than *seconds* for an item.
 
     ``first`` sets a different limit for the first item (a connection, a
@@ -279,7 +279,7 @@ class timeout(AbstractSegment[T, T]):
             yield x
 
 
-class deadline(AbstractSegment[T, T]):
+class deadline(PassThrough[T]):
     """End the whole stream *seconds* after it starts.
 
     ``on_expire="raise"`` (default) raises :class:`StageTimeout` naming this

@@ -23,7 +23,7 @@ from typing import Any, Generic, Literal, TypeVar, overload
 
 from .._core._errors import add_note
 from .._core._fields import assign_field, extract_field
-from .._core._segment import AbstractSegment
+from .._core._segment import AbstractSegment, PassThrough
 
 __all__ = [
     "accumulate",
@@ -202,7 +202,7 @@ class map(_Fusable[T, U]):
         super().__init__(((kind, fn, f"map({_fn_name(fn)})"),), name)
 
 
-class filter(_Fusable[T, T]):
+class filter(_Fusable[T, T], PassThrough[T]):
     """Keep the items for which *pred* is true; *pred* may be ``def`` or ``async def``.
 
     ::
@@ -229,7 +229,8 @@ class flat_map(_Fusable[T, U]):
     """
 
     def __init__(
-        self, fn: Callable[[T], Iterable[U]] | Callable[[T], Awaitable[Iterable[U]]] | Callable[[T], AsyncIterator[U]],
+        self,
+        fn: Callable[[T], Iterable[U]] | Callable[[T], Awaitable[Iterable[U]]] | Callable[[T], AsyncIterator[U]],
         *,
         name: str | None = None,
     ) -> None:
@@ -464,7 +465,7 @@ class cast(AbstractSegment[Any, Any]):
                 yield value
 
 
-class distinct(AbstractSegment[T, T], Generic[T, K]):
+class distinct(PassThrough[T], Generic[T, K]):
     """Leave out items whose key was seen before.
 
     ``key`` (default: the item) must return a hashable value.  With

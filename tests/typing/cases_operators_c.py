@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 from typing_extensions import Never, assert_type
@@ -70,7 +71,9 @@ async def sequence_ops() -> None:
 async def aggregates() -> None:
     assert_type(await minimum(numbers()), int)
     assert_type(await maximum(numbers(), default=None), int | None)
-    assert_type(await mean(numbers()), Any)
+    assert_type(await mean(numbers()), float)
+    assert_type(await mean(numbers(), default=None), float | None)
+    assert_type(await mean(just(Decimal(1))), Decimal)
     assert_type(numbers().then(running_min()), Pipeline[Never, int])
     assert_type(numbers().then(running_max()), Pipeline[Never, int])
 
