@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import anyio
 
@@ -31,6 +31,11 @@ __all__ = ["combine_latest", "sample", "switch_map", "take_until", "with_latest_
 
 T = TypeVar("T")
 U = TypeVar("U")
+B = TypeVar("B")
+C = TypeVar("C")
+
+if TYPE_CHECKING:
+    from typing_extensions import Never
 
 
 class _Signal:
@@ -315,7 +320,7 @@ class _Latest:
             self.failed.set()
 
 
-class with_latest_from(AbstractSegment[T, tuple[Any, ...]]):
+class with_latest_from(AbstractSegment[T, U], Generic[T, U]):
     """Pair each item with the latest item of each other stream: ``(item, latest1, latest2, ...)``.
 
     ::
@@ -332,6 +337,25 @@ class with_latest_from(AbstractSegment[T, tuple[Any, ...]]):
     order.
     """
 
+    @overload
+    def __init__(
+        self: with_latest_from[T, tuple[T, B]], b: AbstractSource[B] | Pipeline[Never, B], /, *, name: str | None = ...
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: with_latest_from[T, tuple[T, B, C]],
+        b: AbstractSource[B] | Pipeline[Never, B],
+        c: AbstractSource[C] | Pipeline[Never, C],
+        /,
+        *,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: with_latest_from[Any, tuple[Any, ...]],
+        *others: AbstractSource[Any] | Pipeline[Any, Any],
+        name: str | None = ...,
+    ) -> None: ...
     def __init__(self, *others: AbstractSource[Any] | Pipeline[Any, Any], name: str | None = None) -> None:
         super().__init__(process_metadata=True)
         if not others:
@@ -383,7 +407,7 @@ async def _pipeline_items(pipeline: Pipeline[Any, Any]) -> AsyncIterator[Any]:
             yield x
 
 
-class combine_latest(AbstractSegment[Any, tuple[Any, ...]]):
+class combine_latest(AbstractSegment[T, U], Generic[T, U]):
     """Whenever the upstream or any other stream emits, yield the latest item of each: ``(up, o1, o2, ...)``.
 
     ::
@@ -401,6 +425,32 @@ class combine_latest(AbstractSegment[Any, tuple[Any, ...]]):
     is not passed on.
     """
 
+    @overload
+    def __init__(
+        self: combine_latest[T, tuple[T, B]],
+        b: AbstractSource[B] | Pipeline[Never, B],
+        /,
+        *,
+        capacity: int = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: combine_latest[T, tuple[T, B, C]],
+        b: AbstractSource[B] | Pipeline[Never, B],
+        c: AbstractSource[C] | Pipeline[Never, C],
+        /,
+        *,
+        capacity: int = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: combine_latest[Any, tuple[Any, ...]],
+        *others: AbstractSource[Any] | Pipeline[Any, Any],
+        capacity: int = ...,
+        name: str | None = ...,
+    ) -> None: ...
     def __init__(
         self, *others: AbstractSource[Any] | Pipeline[Any, Any], capacity: int = DEFAULT_LANE, name: str | None = None
     ) -> None:

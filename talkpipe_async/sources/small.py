@@ -15,7 +15,7 @@ lets the run be cancelled.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
-from typing import Any, Generic, TypeVar, overload
+from typing import Generic, NoReturn, TypeVar, overload
 
 import anyio
 import anyio.lowlevel
@@ -52,7 +52,7 @@ class just(AbstractSource[T], Generic[T]):
             yield x
 
 
-class empty(AbstractSource[Any]):
+class empty(AbstractSource[NoReturn]):
     """A source that ends at once, with no items.
 
     ::
@@ -64,13 +64,13 @@ class empty(AbstractSource[Any]):
         super().__init__(emits_metadata=False)
         self.name = name or "empty"
 
-    async def generate(self) -> AsyncIterator[Any]:
+    async def generate(self) -> AsyncIterator[NoReturn]:
         """End without yielding."""
         return
         yield  # pragma: no cover - makes this an async generator
 
 
-class never(AbstractSource[Any]):
+class never(AbstractSource[NoReturn]):
     """A source that yields nothing and never ends (until the run is cancelled or closed).
 
     ::
@@ -85,13 +85,14 @@ class never(AbstractSource[Any]):
         super().__init__(emits_metadata=False)
         self.name = name or "never"
 
-    async def generate(self) -> AsyncIterator[Any]:
+    async def generate(self) -> AsyncIterator[NoReturn]:
         """Wait forever."""
         await anyio.sleep_forever()
-        yield  # pragma: no cover - never reached
+        return  # pragma: no cover - never reached
+        yield  # pragma: no cover - makes this an async generator
 
 
-class throw(AbstractSource[Any]):
+class throw(AbstractSource[NoReturn]):
     """A source that raises *error* when first pulled, with no items before it.
 
     *error* is an exception class (a new instance per run) or an instance
@@ -108,7 +109,7 @@ class throw(AbstractSource[Any]):
         self.error = error
         self.name = name or "throw"
 
-    async def generate(self) -> AsyncIterator[Any]:
+    async def generate(self) -> AsyncIterator[NoReturn]:
         """Raise the error."""
         raise self.error() if isinstance(self.error, type) else self.error
         yield  # pragma: no cover - makes this an async generator

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Any
 
 from typing_extensions import Never, assert_type
 
-from talkpipe_async import Pipeline, source
+from talkpipe_async import Pipeline, segment, source
 from talkpipe_async.operators import (
     TimeInterval,
     Timestamped,
@@ -39,6 +38,12 @@ async def numbers(n: int = 10) -> AsyncIterator[int]:
         yield i
 
 
+@segment
+async def to_text(items: AsyncIterator[int]) -> AsyncIterator[str]:
+    async for x in items:
+        yield str(x)
+
+
 def add(a: int, b: int) -> str:
     return str(a + b)
 
@@ -54,9 +59,12 @@ async def small_sources() -> None:
     assert_type(repeat(1.5, 2), repeat[float])
     assert_type(from_iterable(range(3)), from_iterable[int])
     assert_type(from_iterable(letters(2)), from_iterable[str])
-    assert_type(await empty().collect(), list[Any])
-    assert_type(await never().collect(), list[Any])
-    assert_type(await throw(ValueError).collect(), list[Any])
+    assert_type(await empty().collect(), list[Never])
+    assert_type(await never().collect(), list[Never])
+    assert_type(await throw(ValueError).collect(), list[Never])
+    assert_type(empty() | to_text(), Pipeline[Never, str])
+    assert_type(numbers() | catch(empty()), Pipeline[Never, int])
+    assert_type(numbers() | take_until(never()), Pipeline[Never, int])
 
 
 async def sequence_ops() -> None:
@@ -66,6 +74,14 @@ async def sequence_ops() -> None:
     assert_type(numbers().then(skip_last(2)), Pipeline[Never, int])
     assert_type(numbers().then(timestamp()), Pipeline[Never, Timestamped[int]])
     assert_type(numbers().then(time_interval()), Pipeline[Never, TimeInterval[int]])
+
+
+async def pass_through_alone_on_the_right() -> None:
+    """A stage whose items come out as they went in is typed by the stage before it, also under pyright."""
+    assert_type(numbers() | take_last(2), Pipeline[Never, int])
+    assert_type(numbers() | to_text() | skip_last(1), Pipeline[Never, str])
+    assert_type(numbers() | sample(1.0) | to_text(), Pipeline[Never, str])
+    assert_type(await (numbers() | running_max()).collect(), list[int])
 
 
 async def aggregates() -> None:
@@ -83,5 +99,7 @@ async def latest_ops() -> None:
     assert_type(numbers().then(take_until(never())), Pipeline[Never, int])
     assert_type(numbers().then(sample(1.0)), Pipeline[Never, int])
     assert_type(numbers() | switch_map(letters), Pipeline[Never, str])
-    assert_type(numbers().then(with_latest_from(just("a"))), Pipeline[Never, tuple[Any, ...]])
-    assert_type(numbers() | combine_latest(just("a")), Pipeline[Never, tuple[Any, ...]])
+    assert_type(numbers().then(with_latest_from(just("a"))), Pipeline[Never, tuple[int, str]])
+    assert_type(numbers().then(with_latest_from(just("a"), just(1.5))), Pipeline[Never, tuple[int, str, float]])
+    assert_type(numbers().then(combine_latest(just("a"))), Pipeline[Never, tuple[int, str]])
+    assert_type(numbers().then(combine_latest(just("a"), just(1.5))), Pipeline[Never, tuple[int, str, float]])
