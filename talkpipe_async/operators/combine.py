@@ -28,7 +28,7 @@ from .._core._channel import Channel, ChannelClosed
 from .._core._counters import Counters
 from .._core._metadata import Metadata
 from .._core._pipeline import Pipeline
-from .._core._segment import AbstractSegment, AbstractSource
+from .._core._segment import AbstractSegment, AbstractSource, PassThrough
 from ._lanes import Inbox
 from ._shared import produce_into
 from .concurrency import TaskScopes
@@ -274,7 +274,7 @@ class merge(AbstractSource[T], Generic[T]):
                 yield item
 
 
-class merge_with(AbstractSegment[T, T], Generic[T]):
+class merge_with(PassThrough[T], Generic[T]):
     """Segment form of :class:`merge`: the upstream is one more input.
 
     ::
@@ -474,7 +474,7 @@ async def produced(
         tasks.cancel()
 
 
-class chain(AbstractSource[Any]):
+class chain(AbstractSource[T], Generic[T]):
     """All items of the first input, then of the second, and so on (``concat``).
 
     ::
@@ -488,13 +488,18 @@ class chain(AbstractSource[Any]):
     before it.
     """
 
-    def __init__(self, *sources: Any, capacity: int = DEFAULT_LANE, name: str | None = None) -> None:
+    def __init__(
+        self,
+        *sources: AbstractSource[T] | Pipeline[Never, T],
+        capacity: int = DEFAULT_LANE,
+        name: str | None = None,
+    ) -> None:
         super().__init__()
         self.sources = [as_source_pipeline(s) for s in sources]
         self.capacity = capacity
         self.name = name or "chain"
 
-    async def generate(self) -> AsyncIterator[Any]:
+    async def generate(self) -> AsyncIterator[T]:
         """Yield every input's items in turn."""
         async with aclosing(produced(self.label, self.capacity, _sequence, None, self.sources)) as steps:
             async for item in steps:
@@ -504,7 +509,7 @@ class chain(AbstractSource[Any]):
 concat = chain
 
 
-class chain_with(AbstractSegment[Any, Any]):
+class chain_with(PassThrough[T], Generic[T]):
     """Segment form of :class:`chain`: the upstream's items, then the others'.
 
     ::
@@ -512,13 +517,18 @@ class chain_with(AbstractSegment[Any, Any]):
         pipeline = backlog() | chain_with(live()) | process()
     """
 
-    def __init__(self, *others: Any, capacity: int = DEFAULT_LANE, name: str | None = None) -> None:
+    def __init__(
+        self,
+        *others: AbstractSource[T] | Pipeline[Never, T],
+        capacity: int = DEFAULT_LANE,
+        name: str | None = None,
+    ) -> None:
         super().__init__(process_metadata=True)
         self.others = [as_source_pipeline(s) for s in others]
         self.capacity = capacity
         self.name = name or "chain_with"
 
-    async def transform(self, items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[T]:
         """Yield the upstream's items, then each other input's items."""
         async with aclosing(produced(self.label, self.capacity, _sequence, items, self.others)) as steps:
             async for item in steps:

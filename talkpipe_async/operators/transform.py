@@ -41,6 +41,8 @@ __all__ = [
 
 T = TypeVar("T")
 U = TypeVar("U")
+D = TypeVar("D")
+R = TypeVar("R")
 K = TypeVar("K", bound=Hashable)
 
 log = logging.getLogger("talkpipe_async.operators")
@@ -399,7 +401,7 @@ _CAST_NAMES: dict[str, Callable[[Any], Any]] = {
 }
 
 
-class cast(AbstractSegment[Any, Any]):
+class cast(AbstractSegment[T, U], Generic[T, U]):
     """Convert each item with *to* (a type, a function, or a name like ``"int"``).
 
     ``on_error`` says what happens when the conversion raises:
@@ -417,6 +419,47 @@ class cast(AbstractSegment[Any, Any]):
     ``field`` / ``set_as`` convert one field and write it back (TalkPipe style).
     """
 
+    @overload
+    def __init__(
+        self: cast[Any, U],
+        to: Callable[[Any], U],
+        *,
+        on_error: Literal["raise", "skip"] = ...,
+        field: str | None = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: cast[Any, R | D],
+        to: Callable[[Any], R],
+        *,
+        on_error: Literal["replace"],
+        default: D,
+        field: str | None = ...,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: cast[T, T],
+        to: Callable[[Any], Any] | str,
+        *,
+        on_error: Literal["raise", "skip", "replace"] = ...,
+        default: Any = ...,
+        field: str | None = ...,
+        set_as: str,
+        name: str | None = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: cast[Any, Any],
+        to: Callable[[Any], Any] | str,
+        *,
+        on_error: Literal["raise", "skip", "replace"] = ...,
+        default: Any = ...,
+        field: str | None = ...,
+        set_as: str | None = ...,
+        name: str | None = ...,
+    ) -> None: ...
     def __init__(
         self,
         to: Callable[[Any], Any] | str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 from typing_extensions import Never, assert_type
 
@@ -11,10 +12,15 @@ from talkpipe_async import Pipeline, segment, source
 from talkpipe_async.operators import (
     TimeInterval,
     Timestamped,
+    cast,
     catch,
+    chain,
+    chain_with,
     combine_latest,
+    concat,
     maximum,
     mean,
+    merge_with,
     minimum,
     pairwise,
     running_max,
@@ -82,6 +88,17 @@ async def pass_through_alone_on_the_right() -> None:
     assert_type(numbers() | to_text() | skip_last(1), Pipeline[Never, str])
     assert_type(numbers() | sample(1.0) | to_text(), Pipeline[Never, str])
     assert_type(await (numbers() | running_max()).collect(), list[int])
+
+
+async def sequencing_and_casting() -> None:
+    assert_type(chain(numbers(), just(5)), chain[int])
+    assert_type(await concat(just("a"), just("b")).collect(), list[str])
+    assert_type(numbers() | chain_with(just(5)), Pipeline[Never, int])
+    assert_type(numbers() | merge_with(just(5)), Pipeline[Never, int])
+    assert_type(just("1") | cast(int), Pipeline[Never, int])
+    assert_type(just("1") | cast(float, on_error="skip"), Pipeline[Never, float])
+    assert_type(just("1") | cast(int, on_error="replace", default=None), Pipeline[Never, int | None])
+    assert_type(just("1") | cast("int"), Pipeline[Never, Any])
 
 
 async def aggregates() -> None:
