@@ -25,8 +25,6 @@ import weakref
 from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 
-import sniffio
-
 __all__ = ["signal_wakeup"]
 
 _wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Wakeup] = weakref.WeakKeyDictionary()
@@ -87,12 +85,10 @@ def _for_this_loop() -> _Wakeup | None:
     if threading.current_thread() is not threading.main_thread():
         return None
     try:
-        if sniffio.current_async_library() != "asyncio":
-            return None
-        loop = asyncio.get_running_loop()
-    except (sniffio.AsyncLibraryNotFoundError, RuntimeError):
+        loop = asyncio.get_running_loop()  # under trio: RuntimeError, trio wakes itself
+    except RuntimeError:
         return None
-    if not type(loop).__module__.startswith("asyncio"):  # uvloop sets its own wakeup fd
+    if not isinstance(loop, asyncio.BaseEventLoop):  # uvloop's loop is not one, and sets its own wakeup fd
         return None
     wakeup = _wakeups.get(loop)
     if wakeup is None:
