@@ -68,6 +68,13 @@ async def test_time_window_tumbling() -> None:
 
 
 @pytest.mark.anyio
+async def test_time_window_sliding_slides_and_empties() -> None:
+    """Every 20 ms, the items of the last 40 ms: each item is in two windows, then the window empties."""
+    values = {"p": ["a"], "q": ["a", "b"], "r": ["b", "c"], "s": ["c"], "e": []}
+    await assert_marbles(time_window(0.04, every=0.02, emit_empty=True), "-a-b-c-------|", "--p-q-r-s-e-e|", values)
+
+
+@pytest.mark.anyio
 async def test_time_window_skips_empty_windows_unless_asked() -> None:
     await assert_marbles(time_window(0.02), "-a-------b|", "--x-------(y|)", {"x": ["a"], "y": ["b"]})
     await assert_marbles(
