@@ -228,9 +228,9 @@ class _MapRun(ResultWindow):
             # KeyboardInterrupt or SystemExit landed in the upstream's code: the run stops now, not after the items
             # in flight (a call in a thread may block for long); no new item starts.
             self.end_error = exc
-            self._end()
-            self.inq.clear()
+            self.inq.clear()  # before the idle workers are woken: they find nothing to start
             self.queued.clear()
+            self._end()
             raise
         self._end()
 
