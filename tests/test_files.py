@@ -14,7 +14,7 @@ import pytest
 
 from talkpipe_async._core import _items
 from talkpipe_async.sources import FileStats, RecordError, read_chunks, read_csv, read_jsonl, read_lines
-from talkpipe_async.sources import files as files_module
+from talkpipe_async.sources import _line_file as line_file
 from talkpipe_async.sources.files import DROPPED, Splitter
 
 pytestmark = pytest.mark.anyio
@@ -25,9 +25,9 @@ def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     """Every test twice: reads from the page cache in the loop (C item step), and worker-thread reads
     (pure-Python item step), so both code paths see every case."""
     if request.param == "threads":
-        monkeypatch.setattr(files_module, "NOWAIT", False)
+        monkeypatch.setattr(line_file, "NOWAIT", False)
         monkeypatch.setattr(_items, "SPEEDUPS", False)
-    elif not files_module.NOWAIT:
+    elif not line_file.NOWAIT:
         pytest.skip("no RWF_NOWAIT reads on this platform")
     yield request.param
 
@@ -293,7 +293,7 @@ async def test_cached_file_is_read_in_the_loop_without_thread_hops(tmp_path: Pat
     stats = FileStats()
     assert await read_lines(p, stats=stats).collect() == lines
     if read_path == "inline":
-        assert stats.cached_reads == -(-stats.bytes // files_module.INLINE_CHUNK) + 1  # and the read at the end
+        assert stats.cached_reads == -(-stats.bytes // line_file.INLINE_CHUNK) + 1  # and the read at the end
     else:
         assert stats.cached_reads == 0
 
@@ -337,7 +337,7 @@ async def test_uncached_chunk_sends_the_rest_of_the_file_to_worker_threads(
     data = b"".join(b'{"n": %d}\n' % i for i in range(20_000))
     p.write_bytes(data)
     spy = _ReadSpy(monkeypatch)
-    spy.miss_at = files_module.INLINE_CHUNK
+    spy.miss_at = line_file.INLINE_CHUNK
     stats = FileStats()
     records = await read_jsonl(p, stats=stats).collect()
     assert [r["n"] for r in records] == list(range(20_000))
@@ -345,7 +345,7 @@ async def test_uncached_chunk_sends_the_rest_of_the_file_to_worker_threads(
     if read_path == "threads":
         assert spy.nowait == [] and stats.cached_reads == 0
     else:
-        assert spy.nowait == [files_module.INLINE_CHUNK, -1] and stats.cached_reads == 1
+        assert spy.nowait == [line_file.INLINE_CHUNK, -1] and stats.cached_reads == 1
     assert spy.hops >= 1
 
 
@@ -418,12 +418,12 @@ def test_inline_and_thread_reads_agree_on_any_bytes(
     pieces = st.sampled_from([b"a", b"bc", b"\n", b"\r\n", "é".encode(), "€".encode()[:2], b"\xff", b"x" * 20])
 
     async def read(path: Path, nowait: bool, **options: Any) -> tuple[list[str], dict[str, int]]:
-        saved, files_module.NOWAIT = files_module.NOWAIT, nowait
+        saved, line_file.NOWAIT = line_file.NOWAIT, nowait
         try:
             stats = FileStats()
             lines = await read_lines(path, stats=stats, **options).collect()
         finally:
-            files_module.NOWAIT = saved
+            line_file.NOWAIT = saved
         counters = stats.as_dict()
         counters.pop("cached_reads")
         return lines, counters

@@ -25,7 +25,7 @@ from .._core._channel import Channel, ChannelClosed
 from .._core._run import current_run
 
 if TYPE_CHECKING:
-    from .files import _LineFile
+    from ._line_file import LineFile
 
 __all__ = ["INLINE_SLICE", "READ_AHEAD", "expand_paths", "file_batches", "read_ahead"]
 
@@ -102,7 +102,7 @@ def _keep(lines: list[Any]) -> list[Any]:
 
 
 async def file_batches(
-    reader: _LineFile, parse: Parse = _keep, keep_places: bool = False
+    reader: LineFile, parse: Parse = _keep, keep_places: bool = False
 ) -> AsyncGenerator[list[Any], None]:
     """``parse(lines)`` of every chunk of *reader*: inline while the page cache holds it, then in threads.
 
