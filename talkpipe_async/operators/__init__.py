@@ -11,6 +11,7 @@ from .combine import *  # noqa: F403
 from .concurrency import *  # noqa: F403
 from .embed import *  # noqa: F403
 from .errors import *  # noqa: F403
+from .fanout import *  # noqa: F403
 from .inner import *  # noqa: F403
 from .keyed import *  # noqa: F403
 from .latest import *  # noqa: F403

@@ -1,4 +1,4 @@
-"""Combine operators: merge, zip, chain, fork (broadcast / round-robin) with fan-in.
+"""Combine operators: merge, zip, chain; fork (broadcast / round-robin) lives in :mod:`.fanout`.
 
 Sources and pipelines given to ``merge``, ``zip_streams`` and ``chain`` each
 run with their own ``stream()`` inside one producer task of the current run;
@@ -8,30 +8,32 @@ per input, so the consumer can take from them fairly; an input's error travels
 in its lane after the items sent before it and keeps its type.  Closing or
 cancelling the run stops every producer and branch before ``stream()``
 returns.
+
+The fork family is re-exported here, so ``talkpipe_async.operators.combine``
+still offers every name it always did.
 """
 
 from __future__ import annotations
 
-import copy as _copy
-import logging
-import reprlib
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import anyio
-import anyio.lowlevel
 
 from .._core._channel import Channel, ChannelClosed
-from .._core._counters import Counters
 from .._core._metadata import Metadata
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment, AbstractSource, PassThrough
-from ._lanes import Inbox
+
+# the fan-in pieces, offered here too: latest, keyed, recover and errors take them from this module
+from ._fanin import DEFAULT_LANE as DEFAULT_LANE
+from ._fanin import FanIn as FanIn
+from ._fanin import as_branch as as_branch
+from ._fanin import as_source_pipeline as as_source_pipeline
 from ._shared import produce_into
 from .concurrency import TaskScopes
+from .fanout import ForkStats, broadcast, fork, split
 
 if TYPE_CHECKING:
     from typing_extensions import Never
@@ -57,125 +59,7 @@ __all__ = [
     "zip_with",
 ]
 
-logger = logging.getLogger("talkpipe_async.operators.combine")
-_repr = reprlib.Repr()
-
-DEFAULT_LANE = 64
 _Upstream = AsyncIterator[Any] | None
-
-
-def as_source_pipeline(obj: Any) -> Pipeline[Any, Any]:
-    """A pipeline that starts with a source, from a source or such a pipeline."""
-    if isinstance(obj, AbstractSource):
-        return Pipeline(obj)
-    if isinstance(obj, Pipeline) and obj.has_source:
-        return obj
-    raise TypeError(f"expected a source or a pipeline that starts with a source, got {obj!r}")
-
-
-def as_branch(obj: Any) -> Pipeline[Any, Any]:
-    """A pipeline that starts with a segment (a fork branch)."""
-    if isinstance(obj, Pipeline):
-        pipeline = obj
-    else:
-        pipeline = Pipeline(obj)
-    if pipeline.has_source:
-        raise TypeError(f"a branch must start with a segment, not a source: {pipeline!r}")
-    return pipeline
-
-
-class _Lane:
-    """One producer's bounded queue inside :class:`FanIn`."""
-
-    __slots__ = ("closed", "error", "items", "space")
-
-    def __init__(self) -> None:
-        self.items: deque[Any] = deque()
-        self.closed = False
-        self.error: BaseException | None = None
-        self.space: anyio.Event | None = None
-
-
-class FanIn:
-    """Bounded lanes, one per producer, read by one consumer.
-
-    Each lane holds at most ``capacity`` items; a producer waits while its
-    lane is full.  ``close(i, error)`` ends lane ``i``; the consumer sees the
-    error after the lane's items.  ``abort()`` (consumer gone) makes waiting
-    and later ``put`` calls raise :class:`ChannelClosed`.
-    """
-
-    def __init__(self, lanes: int, capacity: int) -> None:
-        if capacity < 1:
-            raise ValueError("capacity must be at least 1")
-        self.capacity = capacity
-        self.lanes = [_Lane() for _ in range(lanes)]
-        self.aborted = False
-        self._data: anyio.Event | None = None
-
-    async def put(self, i: int, item: Any) -> None:
-        """Add *item* to lane *i*, waiting while it is full."""
-        lane = self.lanes[i]
-        while len(lane.items) >= self.capacity and not self.aborted:
-            lane.space = anyio.Event()
-            await lane.space.wait()
-        if self.aborted:
-            raise ChannelClosed("the consumer of this fan-in has gone")
-        lane.items.append(item)
-        if self._data is not None:
-            self._data.set()
-
-    def close(self, i: int, error: BaseException | None = None) -> None:
-        """End lane *i* (the consumer raises *error*, if any, after its items)."""
-        lane = self.lanes[i]
-        lane.closed = True
-        lane.error = error
-        if self._data is not None:
-            self._data.set()
-
-    def abort(self) -> None:
-        """The consumer is gone: wake every producer with ChannelClosed."""
-        self.aborted = True
-        for lane in self.lanes:
-            lane.items.clear()
-            if lane.space is not None:
-                lane.space.set()
-
-    def take(self, i: int) -> Any:
-        """Pop the first item of lane *i* (it must have one)."""
-        lane = self.lanes[i]
-        item = lane.items.popleft()
-        if lane.space is not None:
-            lane.space.set()
-        return item
-
-    async def wait(self) -> None:
-        """Wait until some producer adds an item or closes a lane."""
-        self._data = anyio.Event()
-        try:
-            await self._data.wait()
-        finally:
-            self._data = None
-
-    async def fair(self) -> AsyncGenerator[Any, None]:
-        """Items from every lane, one per non-empty lane per round, until all end."""
-        lanes = self.lanes
-        active = list(range(len(lanes)))
-        while active:
-            progressed = False
-            for i in tuple(active):
-                lane = lanes[i]
-                if lane.items:
-                    progressed = True
-                    yield self.take(i)
-                elif lane.closed:
-                    active.remove(i)
-                    progressed = True
-                    if lane.error is not None:
-                        error, lane.error = lane.error, None
-                        raise error
-            if not progressed:
-                await self.wait()
 
 
 async def _into_lane(fan: FanIn, i: int, fill: Callable[[], Awaitable[None]]) -> None:
@@ -533,278 +417,3 @@ class chain_with(PassThrough[T], Generic[T]):
         async with aclosing(produced(self.label, self.capacity, _sequence, items, self.others)) as steps:
             async for item in steps:
                 yield item
-
-
-# --------------------------------------------------------------------- fork
-
-
-@dataclass
-class ForkStats(Counters):
-    """Counters of a fork (accumulated over all its runs): per branch, items delivered and dropped.
-
-    ``dropped[i]`` counts items the ``drop_oldest`` policy discarded because
-    branch ``i`` was too slow; ``delivered[i]`` counts items handed to branch
-    ``i``.
-    """
-
-    delivered: list[int] = field(default_factory=list)
-    dropped: list[int] = field(default_factory=list)
-
-
-class _BranchInput(Inbox):
-    """A branch's bounded input queue (an :class:`Inbox` with fork's slow-branch policy and counters)."""
-
-    def __init__(self, index: int, capacity: int, drop_oldest: bool, stats: ForkStats, label: str) -> None:
-        super().__init__(capacity)
-        self.index = index
-        self.drop_oldest = drop_oldest
-        self.stats = stats
-        self.label = label
-        self.owed: list[Any] = []  # metadata handed to the branch and not yet passed on by it
-
-    async def put(self, item: Any) -> bool:
-        """Queue *item* for the branch, applying the slow-branch policy; False if the branch stopped reading."""
-        items = self.items
-        if self.drop_oldest and len(items) >= self.capacity:
-            await anyio.lowlevel.checkpoint()  # one chance for the branch to catch up before a drop
-        while len(items) >= self.capacity and not self.gone:
-            if self.drop_oldest and not isinstance(item, Metadata) and self._drop():
-                break
-            self.space = anyio.Event()
-            await self.space.wait()
-        if self.gone:
-            return False
-        items.append(item)
-        self.stats.delivered[self.index] += 1
-        if self.data is not None:
-            self.data.set()
-        return True
-
-    def put_metadata(self, item: Any) -> None:
-        """Queue metadata at once (it never waits for room nor is dropped) and owe it downstream."""
-        self.items.append(item)
-        self.owed.append(item)
-        if self.data is not None:
-            self.data.set()
-
-    def settle(self, item: Any) -> None:
-        """The branch passed metadata *item* on: it is no longer owed."""
-        for k, owed in enumerate(self.owed):
-            if owed is item:
-                del self.owed[k]
-                return
-
-    def _drop(self) -> bool:
-        for k, old in enumerate(self.items):
-            if not isinstance(old, Metadata):
-                del self.items[k]
-                dropped = self.stats.dropped
-                dropped[self.index] += 1
-                if dropped[self.index] == 1:
-                    logger.warning(
-                        "%s: branch %d is too slow; dropping its oldest item %s (counted in ForkStats.dropped)",
-                        self.label,
-                        self.index,
-                        _repr.repr(old),
-                    )
-                return True
-        return False
-
-
-CopyPolicy = Literal["none", "shallow", "deep"]
-
-
-class fork(AbstractSegment[T, U], Generic[T, U]):
-    """Send each item to several branches and merge the branches' outputs.
-
-    ::
-
-        pipeline = events() | fork(
-            to_db(),                                 # each branch is a segment or a
-            enrich() | to_search_index(),            # pipeline that starts with a segment
-            buffer=32, policy="drop_oldest",
-        ) | report()
-
-    ``mode="broadcast"`` (default) gives every item to every branch;
-    ``mode="round_robin"`` (see :class:`split`) gives each item to the next
-    branch in turn.  Each branch runs with its own ``stream()`` in a task of
-    the run; one feeder task reads the upstream.  The branches' outputs are
-    merged fairly (as :class:`merge`), so their order across branches is not
-    defined.
-
-    Bounds: each branch's input queue holds at most ``buffer`` items, and each
-    branch's output lane at most ``buffer`` items.  When a branch's input is
-    full, ``policy="block"`` makes the feeder wait (the slowest branch sets
-    the pace); ``policy="drop_oldest"`` discards that branch's oldest queued
-    data item instead (after letting the branch run once), counts it in
-    ``ForkStats.dropped`` and logs a warning the first time.  Metadata is
-    never dropped.
-
-    Copies: with ``copy="shallow"`` (default) or ``"deep"``, the first branch
-    that takes an item gets the object itself and every other branch a
-    ``copy.copy`` / ``copy.deepcopy`` of it, so a branch that mutates its item
-    cannot change what another branch sees.  ``copy="none"`` hands every
-    branch the same object: only for immutable items or read-only branches.
-
-    Metadata goes to every branch (uncopied, queued at once: it does not count
-    against ``buffer`` and is never dropped); an upstream metadata item leaves
-    the fork once every branch that received it has passed it on (so a
-    downstream Flush comes after the branches' own flushed output).  A branch
-    that ends before passing on metadata it received releases it when it
-    ends.  Metadata a branch creates passes through.
-
-    Errors: a branch's error is raised downstream (with its type) and ends
-    the fork; an upstream error is raised after every branch has finished the
-    items it received.  A branch that ends early simply stops receiving
-    items.  ``stats`` (a :class:`ForkStats`: the one given, else the fork's
-    own) counts over all its runs; ``last_stats`` is the same object.
-    """
-
-    def __init__(
-        self,
-        *branches: AbstractSegment[T, U] | Pipeline[T, U],
-        mode: Literal["broadcast", "round_robin"] = "broadcast",
-        buffer: int = 16,
-        policy: Literal["block", "drop_oldest"] = "block",
-        copy: CopyPolicy = "shallow",
-        stats: ForkStats | None = None,
-        name: str | None = None,
-    ) -> None:
-        super().__init__(process_metadata=True)
-        if not branches:
-            raise ValueError("fork needs at least one branch")
-        if mode not in ("broadcast", "round_robin"):
-            raise ValueError(f"unknown mode {mode!r}")
-        if policy not in ("block", "drop_oldest"):
-            raise ValueError(f"unknown policy {policy!r}")
-        if copy not in ("none", "shallow", "deep"):
-            raise ValueError(f"unknown copy policy {copy!r}")
-        if buffer < 1:
-            raise ValueError("buffer must be at least 1")
-        self.branches = [as_branch(b) for b in branches]
-        self.mode = mode
-        self.buffer = buffer
-        self.policy = policy
-        self.copy = copy
-        self.stats = stats if stats is not None else ForkStats()
-        self.last_stats: ForkStats | None = None
-        self.name = name or ("fork" if mode == "broadcast" else "split")
-
-    async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[U]:
-        """Feed the branches and yield their merged outputs."""
-        n = len(self.branches)
-        stats = self.stats if self.stats is not None else ForkStats()
-        if len(stats.delivered) != n or len(stats.dropped) != n:  # a fresh ForkStats; a used one keeps counting
-            stats.delivered, stats.dropped = [0] * n, [0] * n
-        self.last_stats = stats
-        inputs = [_BranchInput(i, self.buffer, self.policy == "drop_oldest", stats, self.label) for i in range(n)]
-        fan = FanIn(n, self.buffer)
-        pending: dict[int, list[Any]] = {}  # id(metadata) -> [metadata, branches still to pass it]
-        upstream_error: list[BaseException] = []
-        tasks = TaskScopes()
-        tasks.start(self._feed, items, inputs, pending, upstream_error, name=f"talkpipe feeder for {self.label}")
-        for i, branch in enumerate(self.branches):
-            tasks.start(_run_branch, branch, inputs[i], fan, i, name=f"talkpipe branch {i} of {self.label}")
-        try:
-            async with aclosing(fan.fair()) as steps:
-                async for item in steps:
-                    if isinstance(item, Metadata):
-                        entry = pending.get(id(item))
-                        if entry is not None and entry[0] is item:
-                            entry[1] -= 1
-                            if entry[1] > 0:
-                                continue
-                            del pending[id(item)]
-                    yield item
-            if upstream_error:
-                raise upstream_error[0]
-        finally:
-            fan.abort()
-            for branch_input in inputs:
-                branch_input.leave()
-            tasks.cancel()
-
-    def _copier(self) -> Callable[[Any], Any]:
-        if self.copy == "shallow":
-            return _copy.copy
-        if self.copy == "deep":
-            return _copy.deepcopy
-        return lambda x: x
-
-    async def _feed(
-        self,
-        items: AsyncIterator[Any],
-        inputs: list[_BranchInput],
-        pending: dict[int, list[Any]],
-        upstream_error: list[BaseException],
-    ) -> None:
-        copier = self._copier()
-        broadcast = self.mode == "broadcast"
-        n = len(inputs)
-        turn = 0
-        try:
-            async for item in items:
-                live = [q for q in inputs if not q.gone]
-                if not live:
-                    break
-                if isinstance(item, Metadata):
-                    pending[id(item)] = [item, len(live)]
-                    for q in live:  # no await in this loop: no branch can leave half-way
-                        q.put_metadata(item)
-                elif broadcast:
-                    first = True
-                    for q in live:
-                        await q.put(item if first else copier(item))
-                        first = False
-                else:
-                    for _ in range(n):
-                        q = inputs[turn]
-                        turn = (turn + 1) % n
-                        if not q.gone:
-                            await q.put(item)
-                            break
-        except anyio.get_cancelled_exc_class():
-            raise
-        except BaseException as exc:  # raised by the fork after the branches finish
-            upstream_error.append(exc)
-        for q in inputs:
-            q.end()
-
-
-async def _run_branch(branch: Pipeline[Any, Any], inbox: _BranchInput, fan: FanIn, i: int) -> None:
-    """Branch task: run *branch* over its input queue into output lane *i*."""
-    try:
-        async with branch.stream(inbox, metadata=True) as outputs:
-            async for item in outputs:
-                if isinstance(item, Metadata):
-                    inbox.settle(item)
-                await fan.put(i, item)
-        inbox.leave()
-        for item in list(inbox.owed):  # metadata the branch received but never passed on
-            inbox.settle(item)
-            await fan.put(i, item)
-    except ChannelClosed:
-        return
-    except anyio.get_cancelled_exc_class():
-        raise
-    except BaseException as exc:
-        fan.close(i, exc)
-        return
-    finally:
-        inbox.leave()
-    fan.close(i)
-
-
-def broadcast(*branches: AbstractSegment[T, U] | Pipeline[T, U], **options: Any) -> fork[T, U]:
-    """``fork(*branches, mode="broadcast", ...)``: every item to every branch."""
-    return fork(*branches, mode="broadcast", **options)
-
-
-def split(*branches: AbstractSegment[T, U] | Pipeline[T, U], **options: Any) -> fork[T, U]:
-    """``fork(*branches, mode="round_robin", ...)``: each item to the next branch in turn.
-
-    ::
-
-        pipeline = jobs() | split(worker(), worker(), worker()) | results()
-    """
-    return fork(*branches, mode="round_robin", **options)
