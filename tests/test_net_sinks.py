@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from talkpipe_async import Flush, Pipeline, source
-from talkpipe_async.sinks.net import DeliveryFailed, http_post_batches, stdout_sink, tcp_sink, unix_sink
+from talkpipe_async.sinks.net import DeliveryFailed, to_http, to_stdout, to_tcp, to_unix
 from talkpipe_async.sinks.web import PipelineResponse, sse_format, streaming_response
 from talkpipe_async.sources.sockets import Backoff, ConnectionLost, NetStats, unix_server_lines
 from talkpipe_async.sources.sse import SSEParser
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.anyio
 # --- socket and stdout sinks -----------------------------------------------------------------
 
 
-async def test_tcp_sink_jsonl_groups_and_flush() -> None:
+async def test_to_tcp_jsonl_groups_and_flush() -> None:
     received = bytearray()
     chunks: list[bytes] = []
     done = anyio.Event()
@@ -48,7 +48,7 @@ async def test_tcp_sink_jsonl_groups_and_flush() -> None:
     items = [{"n": 1}, {"n": 2}, Flush(), {"n": 3}, {"n": 4}, {"n": 5}, {"n": 6}]
     async with raw_server(handler) as port:
         stats = NetStats()
-        out = await Pipeline(tcp_sink("127.0.0.1", port, format="jsonl", flush_every=3, stats=stats)).collect(
+        out = await Pipeline(to_tcp("127.0.0.1", port, format="jsonl", flush_every=3, stats=stats)).collect(
             items, metadata=True
         )
         with anyio.fail_after(5):
@@ -58,7 +58,7 @@ async def test_tcp_sink_jsonl_groups_and_flush() -> None:
     assert stats.bytes_sent == len(received) and stats.items == 6
 
 
-async def test_tcp_sink_jsonl_escapes_the_line_separators() -> None:
+async def test_to_tcp_jsonl_escapes_the_line_separators() -> None:
     received = bytearray()
     done = anyio.Event()
 
@@ -70,7 +70,7 @@ async def test_tcp_sink_jsonl_escapes_the_line_separators() -> None:
             done.set()
 
     async with raw_server(handler) as port:
-        await Pipeline(tcp_sink("127.0.0.1", port, format="jsonl")).collect(SEPARATED)
+        await Pipeline(to_tcp("127.0.0.1", port, format="jsonl")).collect(SEPARATED)
         with anyio.fail_after(5):
             await done.wait()
     text = received.decode()
@@ -78,7 +78,7 @@ async def test_tcp_sink_jsonl_escapes_the_line_separators() -> None:
     assert "\u2028" not in text and "ü" in text
 
 
-async def test_tcp_sink_reconnects_after_the_peer_resets_and_goes_on() -> None:
+async def test_to_tcp_reconnects_after_the_peer_resets_and_goes_on() -> None:
     import socket
     import struct
 
@@ -113,7 +113,7 @@ async def test_tcp_sink_reconnects_after_the_peer_resets_and_goes_on() -> None:
 
     stats = NetStats()
     async with raw_server(handler) as port:
-        sink = tcp_sink("127.0.0.1", port, reconnect=True, backoff=FAST, stats=stats)
+        sink = to_tcp("127.0.0.1", port, reconnect=True, backoff=FAST, stats=stats)
         with anyio.fail_after(10):
             out = await (numbers() | sink).collect()
             await done.wait()
@@ -124,20 +124,20 @@ async def test_tcp_sink_reconnects_after_the_peer_resets_and_goes_on() -> None:
     assert tail == list(range(tail[0], 100)) and tail[0] <= 2, tail  # in order; what a reset socket took is lost
 
 
-async def test_tcp_sink_without_reconnect_raises_and_with_it_gives_up_in_the_end() -> None:
+async def test_to_tcp_without_reconnect_raises_and_with_it_gives_up_in_the_end() -> None:
     with anyio.fail_after(10):
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
         await listener.aclose()  # nothing listens there now
         with pytest.raises(OSError):
-            await Pipeline(tcp_sink("127.0.0.1", port)).collect(["a"])
+            await Pipeline(to_tcp("127.0.0.1", port)).collect(["a"])
         stats = NetStats()
         with pytest.raises(ConnectionLost, match="gave up after 5 attempts"):
-            await Pipeline(tcp_sink("127.0.0.1", port, reconnect=True, backoff=FAST, stats=stats)).collect(["a"])
+            await Pipeline(to_tcp("127.0.0.1", port, reconnect=True, backoff=FAST, stats=stats)).collect(["a"])
         assert stats.errors == 5
 
 
-async def test_unix_sink_to_a_unix_server_source() -> None:
+async def test_to_unix_to_a_unix_server_source() -> None:
     directory = tempfile.mkdtemp(prefix="tp")
     path = os.path.join(directory, "k.sock")
     got: list[str] = []
@@ -153,17 +153,17 @@ async def test_unix_sink_to_a_unix_server_source() -> None:
 
         tg.start_soon(serve)
         await ready.wait()
-        await Pipeline(unix_sink(path)).collect(["x", 2, b"raw"])
+        await Pipeline(to_unix(path)).collect(["x", 2, b"raw"])
     assert got == ["x", "2", "raw"]
     os.rmdir(directory)
 
 
-async def test_stdout_sink_writes_lines() -> None:
+async def test_to_stdout_writes_lines() -> None:
     buf = io.StringIO()
-    await Pipeline(stdout_sink(file=buf, flush_every=2)).collect(["a", "b", "c"])
+    await Pipeline(to_stdout(file=buf, flush_every=2)).collect(["a", "b", "c"])
     assert buf.getvalue() == "a\nb\nc\n"
     buf = io.StringIO()
-    await Pipeline(stdout_sink(file=buf, format="jsonl")).collect([{"k": "é"}])
+    await Pipeline(to_stdout(file=buf, format="jsonl")).collect([{"k": "é"}])
     assert buf.getvalue() == '{"k": "é"}\n'
 
 
@@ -182,14 +182,14 @@ async def test_post_batches_with_retry(app: tuple[AppServer, AppState]) -> None:
     state.posted.clear()
     state.fail_posts = 2  # two 503s with Retry-After: 0, then success
     stats = NetStats()
-    sink = http_post_batches(server.url("/ingest"), batch_size=3, backoff=Backoff(0.01, max_attempts=5), stats=stats)
+    sink = to_http(server.url("/ingest"), batch_size=3, backoff=Backoff(0.01, max_attempts=5), stats=stats)
     out = await Pipeline(sink).collect(list(range(7)))
     assert out == list(range(7))
     assert state.posted == [[0, 1, 2], [3, 4, 5], [6]]
     assert stats.errors == 2 and stats.items == 7
 
     state.posted.clear()
-    sink = http_post_batches(server.url("/ingest"), batch_size=10, format="ndjson")
+    sink = to_http(server.url("/ingest"), batch_size=10, format="ndjson")
     out = await Pipeline(sink).collect([{"a": 1}, Flush(), {"a": 2}], metadata=True)
     assert out == [{"a": 1}, Flush(), {"a": 2}]
     assert state.posted == [[{"a": 1}], [{"a": 2}]]  # the Flush sent the first batch early
@@ -198,10 +198,10 @@ async def test_post_batches_with_retry(app: tuple[AppServer, AppState]) -> None:
 async def test_post_batches_failures(app: tuple[AppServer, AppState]) -> None:
     server, state = app
     with pytest.raises(httpx.HTTPStatusError, match="400"):
-        await Pipeline(http_post_batches(server.url("/reject"))).collect([1])
+        await Pipeline(to_http(server.url("/reject"))).collect([1])
     state.fail_posts = 10
     with pytest.raises(DeliveryFailed) as info:
-        await Pipeline(http_post_batches(server.url("/ingest"), backoff=Backoff(0.01, max_attempts=3))).collect([1, 2])
+        await Pipeline(to_http(server.url("/ingest"), backoff=Backoff(0.01, max_attempts=3))).collect([1, 2])
     assert info.value.items == [1, 2]
     state.fail_posts = 0
 

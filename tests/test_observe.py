@@ -317,9 +317,9 @@ async def test_fork_and_on_error_counters_accumulate_over_runs() -> None:
 
 
 def test_network_stages_keep_their_own_counters_when_given_none() -> None:
-    from talkpipe_async.sinks import tcp_sink
+    from talkpipe_async.sinks import to_tcp
     from talkpipe_async.sources import http_lines, tcp_lines, websocket_messages
 
     for stage in (tcp_lines("127.0.0.1", 9), http_lines("http://127.0.0.1:9/"), websocket_messages("ws://127.0.0.1:9/")):
         assert stage.stats is not None and stage.stats.as_dict()["connections"] == 0
-    assert tcp_sink("127.0.0.1", 9).stats is not None
+    assert to_tcp("127.0.0.1", 9).stats is not None

@@ -20,7 +20,7 @@ from trio.testing import MockClock
 from talkpipe_async import Backoff, Pipeline, source
 from talkpipe_async._backoff import Retries
 from talkpipe_async.operators import retry_source
-from talkpipe_async.sinks import tcp_sink
+from talkpipe_async.sinks import to_tcp
 from talkpipe_async.sources import (
     ConnectionLost,
     NetStats,
@@ -226,7 +226,7 @@ async def test_websocket_reconnect_gives_up_on_a_flapping_server() -> None:
     assert peer.connections == 3 and stats.connections == 3 and peer.got == ["hello"] * 3
 
 
-async def test_tcp_sink_reconnect_gives_up_on_a_peer_that_resets_after_each_read() -> None:
+async def test_to_tcp_reconnect_gives_up_on_a_peer_that_resets_after_each_read() -> None:
     connections = 0
 
     async def handler(stream: anyio.abc.SocketStream) -> None:
@@ -237,7 +237,7 @@ async def test_tcp_sink_reconnect_gives_up_on_a_peer_that_resets_after_each_read
 
     stats = NetStats()
     async with raw_server(handler) as port:
-        sink = tcp_sink("127.0.0.1", port, reconnect=True, backoff=QUICK, stats=stats)
+        sink = to_tcp("127.0.0.1", port, reconnect=True, backoff=QUICK, stats=stats)
         with anyio.fail_after(20), pytest.raises(ConnectionLost, match="gave up after 3 attempts"):
             await Pipeline(sink).collect(range(1_000_000))
     # how many writes each connection took before the reset showed is the kernel's business; the count is not

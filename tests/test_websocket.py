@@ -21,7 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from talkpipe_async import Pipeline
 from talkpipe_async.operators import take
-from talkpipe_async.sinks import websocket_send
+from talkpipe_async.sinks import to_websocket
 from talkpipe_async.sources import (
     ConnectionLost,
     MalformedMessage,
@@ -487,7 +487,7 @@ def test_bad_options_fail_at_construction() -> None:
     with pytest.raises(ValueError, match="on_oversize"):
         websocket_messages("ws://x/", on_oversize="truncate")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="mode"):
-        websocket_send("ws://x/", mode="xml")  # type: ignore[arg-type]
+        to_websocket("ws://x/", mode="xml")  # type: ignore[arg-type]
 
 
 async def test_source_answers_pings_while_waiting(pinging: tuple[AppServer, WsState]) -> None:
@@ -525,12 +525,12 @@ async def test_sink_sends_exactly_the_items(
     state.on_received_all = notifier(done)
     stats = WebSocketStats()
     try:
-        passed = await websocket_send(ws_url(server, "/collect"), mode=mode, stats=stats).collect(items)
+        passed = await to_websocket(ws_url(server, "/collect"), mode=mode, stats=stats).collect(items)
         with anyio.fail_after(5):
             await done.wait()
     finally:
         state.on_received_all = None
-    assert passed == items  # a pass-through segment, like tcp_sink
+    assert passed == items  # a pass-through segment, like to_tcp
     assert state.received == [*expected, ("close", 1000)]
     assert stats.items == len(items) and stats.connections == 1
 
@@ -542,7 +542,7 @@ async def test_sink_reads_and_discards_what_the_server_sends(ws: tuple[AppServer
     state.on_received_all = notifier(done)
     stats = WebSocketStats()
     try:
-        sink = websocket_send(ws_url(server, "/greet"), stats=stats)
+        sink = to_websocket(ws_url(server, "/greet"), stats=stats)
         async with Pipeline(sink).stream(range(3)) as items:
             got = [x async for x in items]
         with anyio.fail_after(5):
@@ -556,15 +556,15 @@ async def test_sink_reads_and_discards_what_the_server_sends(ws: tuple[AppServer
 async def test_sink_bytes_mode_refuses_other_types(ws: tuple[AppServer, WsState]) -> None:
     server, _ = ws
     with pytest.raises(TypeError, match="mode='bytes'"):
-        await websocket_send(ws_url(server, "/collect"), mode="bytes").collect([{"not": "bytes"}])
+        await to_websocket(ws_url(server, "/collect"), mode="bytes").collect([{"not": "bytes"}])
 
 
 async def test_sink_errors(ws: tuple[AppServer, WsState]) -> None:
     server, _ = ws
     with pytest.raises(WebSocketRejected, match="HTTP 403"):
-        await websocket_send(ws_url(server, "/refuse")).collect(["x"])
+        await to_websocket(ws_url(server, "/refuse")).collect(["x"])
     with pytest.raises(ConnectionLost, match="cannot connect"):
-        await websocket_send(f"ws://127.0.0.1:{free_port()}/").collect(["x"])
+        await to_websocket(f"ws://127.0.0.1:{free_port()}/").collect(["x"])
 
 
 async def test_sink_notices_a_server_close_at_the_next_send() -> None:
@@ -588,7 +588,7 @@ async def test_sink_notices_a_server_close_at_the_next_send() -> None:
 
     async with raw_server(handler) as port:
         with pytest.raises(WebSocketClosed, match="code 1001") as info:
-            await websocket_send(f"ws://127.0.0.1:{port}/", stats=stats).collect(upstream())
+            await to_websocket(f"ws://127.0.0.1:{port}/", stats=stats).collect(upstream())
     assert info.value.code == 1001 and info.value.reason == "bye" and stats.close_code == 1001
     assert got == [(0x1, b"first"), (0x8, struct.pack("!H", 1001) + b"bye")]  # "second" never went out
     assert stats.items == 1
@@ -607,7 +607,7 @@ async def test_sink_answers_pings_during_a_quiet_spell(pinging: tuple[AppServer,
         yield "b"
 
     try:
-        assert await websocket_send(ws_url(server, "/collect"), stats=stats).collect(upstream()) == ["a", "b"]
+        assert await to_websocket(ws_url(server, "/collect"), stats=stats).collect(upstream()) == ["a", "b"]
         with anyio.fail_after(5):
             await done.wait()
     finally:
@@ -621,7 +621,7 @@ async def test_source_to_sink_roundtrip(ws: tuple[AppServer, WsState]) -> None:
     done = anyio.Event()
     state.on_received_all = notifier(done)
     try:
-        pipeline = websocket_messages(ws_url(server, "/text?n=20")) | websocket_send(ws_url(server, "/collect"))
+        pipeline = websocket_messages(ws_url(server, "/text?n=20")) | to_websocket(ws_url(server, "/collect"))
         assert await pipeline.collect() == [f"msg {i}" for i in range(20)]
         with anyio.fail_after(5):
             await done.wait()

@@ -19,7 +19,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from talkpipe_async import Pipeline
-from talkpipe_async.sinks import websocket_send
+from talkpipe_async.sinks import to_websocket
 from talkpipe_async.sources import websocket_messages
 
 pytestmark = pytest.mark.anyio
@@ -100,7 +100,7 @@ def peer() -> Iterator[Peer]:
 
 
 async def test_leaving_a_source_to_sink_pipeline_closes_both_connections_cleanly(peer: Peer) -> None:
-    pipeline = websocket_messages(peer.url("/feed")) | websocket_send(peer.url("/collect"))
+    pipeline = websocket_messages(peer.url("/feed")) | to_websocket(peer.url("/collect"))
     got = 0
     async with pipeline.stream() as items:
         async for _message in items:
@@ -144,7 +144,7 @@ async def test_the_close_code_asked_for_reaches_the_server(peer: Peer, how: str)
 
 
 async def test_sink_close_code_reaches_the_server(peer: Peer) -> None:
-    await websocket_send(peer.url("/collect"), close_code=4002).collect(["a", "b"])
+    await to_websocket(peer.url("/collect"), close_code=4002).collect(["a", "b"])
     assert await peer.wait(1) == [("/collect", 4002, "")]
     assert peer.received == ["a", "b"]
 
@@ -153,4 +153,4 @@ def test_close_code_must_be_one_an_endpoint_may_send() -> None:
     with pytest.raises(ValueError, match="close_code"):
         websocket_messages("ws://x/", close_code=1006)
     with pytest.raises(ValueError, match="close_code"):
-        websocket_send("ws://x/", close_code=2000)
+        to_websocket("ws://x/", close_code=2000)

@@ -176,7 +176,7 @@ class WebSocketStats(NetStats):
 
     ``dropped_messages`` (oversized, skipped; their bytes in
     ``dropped_bytes``), ``ignored_messages`` (messages a server sent to
-    :func:`websocket_send`, read and discarded), ``pings`` (pings answered),
+    :func:`to_websocket`, read and discarded), ``pings`` (pings answered),
     ``close_code`` / ``close_reason`` (how the last connection ended).
     """
 

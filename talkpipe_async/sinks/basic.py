@@ -108,7 +108,7 @@ class print_items(_Sink[T], Generic[T]):
         pipeline = src() | print_items(prefix="> ", passthrough=True) | more()
 
     The write happens in the event loop (stdout is assumed fast; for a slow
-    terminal or pipe use ``stdout_sink`` from ``talkpipe_async.sinks``).
+    terminal or pipe use ``to_stdout`` from ``talkpipe_async.sinks``).
     """
 
     def __init__(

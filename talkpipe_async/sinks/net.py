@@ -16,7 +16,7 @@ import ssl
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import anyio
 import anyio.abc
@@ -29,10 +29,11 @@ from .._core._segment import AbstractSegment
 from .._net.connect import check_unix_path, connect_tcp, connect_unix
 from .._net.framing import ConnectionLost, NetStats
 from .._net.http import client_for
+from .._renamed import old_name
 from ._items import T
 from ._ndjson import ndjson_dumps
 
-__all__ = ["DeliveryFailed", "http_post_batches", "stdout_sink", "tcp_sink", "unix_sink"]
+__all__ = ["DeliveryFailed", "to_http", "to_stdout", "to_tcp", "to_unix"]
 
 Format = Literal["lines", "jsonl"]
 
@@ -212,7 +213,7 @@ class _SocketSink(_ByteSink[T]):
             run.stats.reconnects += 1
 
 
-class tcp_sink(_SocketSink[T]):
+class to_tcp(_SocketSink[T]):
     """Write items as lines (``str(item)``) or JSON Lines to a TCP connection, then pass them on.
 
     One connection per run, opened before the first item; ``tls=True`` or an
@@ -226,7 +227,7 @@ class tcp_sink(_SocketSink[T]):
     seconds: a peer that accepts and then resets sooner is one more failure.
     TCP acknowledges nothing to the sender: what the kernel had accepted
     just before a connection broke may be lost without an error (counted in
-    no counter, because nobody can know).  Use :class:`http_post_batches` or
+    no counter, because nobody can know).  Use :class:`to_http` or
     the Redis/NATS connectors where every item must arrive.
     """
 
@@ -265,8 +266,8 @@ class tcp_sink(_SocketSink[T]):
             return await connect_tcp(self.host, self.port, self.tls, self.ssl_context, self.tls_hostname)
 
 
-class unix_sink(_SocketSink[T]):
-    """Write items as lines or JSON Lines to a Unix stream socket, then pass them on (as :class:`tcp_sink`,
+class to_unix(_SocketSink[T]):
+    """Write items as lines or JSON Lines to a Unix stream socket, then pass them on (as :class:`to_tcp`,
     ``reconnect`` included)."""
 
     def __init__(
@@ -293,7 +294,7 @@ class unix_sink(_SocketSink[T]):
         return await connect_unix(self.path)
 
 
-class stdout_sink(_ByteSink[T]):
+class to_stdout(_ByteSink[T]):
     """Print items as lines or JSON Lines to ``file`` (default: ``sys.stdout``), then pass them on.
 
     Text is written and flushed every ``flush_every`` items (and on Flush and
@@ -327,10 +328,11 @@ class stdout_sink(_ByteSink[T]):
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-class http_post_batches(AbstractSegment[T, T]):
-    """POST items in batches of ``batch_size`` (a JSON array, or NDJSON with ``format="ndjson"``).
+class to_http(AbstractSegment[T, T]):
+    """POST items to ``url`` in batches: one request per ``batch_size`` items, not one per item.
 
-    A batch is also sent when a :class:`Flush` arrives and at the end.  The
+    A batch is a JSON array, or NDJSON with ``format="ndjson"``;
+    one is also sent when a :class:`Flush` arrives and at the end.  The
     items of a batch are passed on only after the server accepted it (2xx),
     so downstream sees delivered items.  Transport errors and statuses in
     ``retry_statuses`` (429, 5xx, ...) are retried with ``backoff`` (a
@@ -435,3 +437,35 @@ class http_post_batches(AbstractSegment[T, T]):
                 await self._post(client, batch, stats)
             for x in held:
                 yield x
+
+
+# The names these stages had before sinks were named ``to_<destination>``: kept for one release.
+if TYPE_CHECKING:
+    from typing_extensions import deprecated
+
+    @deprecated("tcp_sink is deprecated: use to_tcp")
+    class tcp_sink(to_tcp[T]):
+        """Deprecated name of :class:`to_tcp`."""
+
+    @deprecated("unix_sink is deprecated: use to_unix")
+    class unix_sink(to_unix[T]):
+        """Deprecated name of :class:`to_unix`."""
+
+    @deprecated("stdout_sink is deprecated: use to_stdout")
+    class stdout_sink(to_stdout[T]):
+        """Deprecated name of :class:`to_stdout`."""
+
+    @deprecated("http_post_batches is deprecated: use to_http")
+    class http_post_batches(to_http[T]):
+        """Deprecated name of :class:`to_http`."""
+
+else:
+    _RENAMED = {
+        "tcp_sink": ("to_tcp", to_tcp),
+        "unix_sink": ("to_unix", to_unix),
+        "stdout_sink": ("to_stdout", to_stdout),
+        "http_post_batches": ("to_http", to_http),
+    }
+
+    def __getattr__(name: str) -> Any:
+        return old_name(__name__, name, _RENAMED)

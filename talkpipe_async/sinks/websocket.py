@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -22,13 +22,14 @@ from .._net.websocket import (
     payload_size,
     require_httpx_ws,
 )
+from .._renamed import old_name
 from ._items import T
 
-__all__ = ["websocket_send"]
+__all__ = ["to_websocket"]
 
 
-class websocket_send(AbstractSegment[T, T]):
-    """Send each item as a WebSocket message, then pass it on (like :class:`tcp_sink`).
+class to_websocket(AbstractSegment[T, T]):
+    """Send each item as a WebSocket message, then pass it on (like :class:`to_tcp`).
 
     ``mode``: ``"text"`` sends ``str(item)`` as a text message (``bytes``
     items go as binary messages, as they are), ``"bytes"`` sends ``bytes``
@@ -132,3 +133,18 @@ class websocket_send(AbstractSegment[T, T]):
                 stats.bytes_sent += payload_size(data)
                 stats.items += 1
                 yield item
+
+
+# The name this stage had before sinks were named ``to_<destination>``: kept for one release.
+if TYPE_CHECKING:
+    from typing_extensions import deprecated
+
+    @deprecated("websocket_send is deprecated: use to_websocket")
+    class websocket_send(to_websocket[T]):
+        """Deprecated name of :class:`to_websocket`."""
+
+else:
+    _RENAMED = {"websocket_send": ("to_websocket", to_websocket)}
+
+    def __getattr__(name: str) -> Any:
+        return old_name(__name__, name, _RENAMED)

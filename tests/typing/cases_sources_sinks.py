@@ -21,13 +21,13 @@ from typing_extensions import Never, assert_type
 from talkpipe_async import Pipeline, segment
 from talkpipe_async.sinks import (
     callback,
-    http_post_batches,
     print_items,
-    stdout_sink,
-    tcp_sink,
+    to_http,
     to_queue,
-    unix_sink,
-    websocket_send,
+    to_stdout,
+    to_tcp,
+    to_unix,
+    to_websocket,
     write_jsonl,
     write_lines,
 )
@@ -114,11 +114,11 @@ async def sinks_pass_their_items_on(queue: asyncio.Queue[Any]) -> None:
     lines = read_lines("a.log")
     assert_type(lines.then(write_lines("b.log")), Pipeline[Never, str])
     assert_type(lines.then(write_jsonl("b.jsonl")), Pipeline[Never, str])
-    assert_type(lines.then(tcp_sink("127.0.0.1", 1)), Pipeline[Never, str])
-    assert_type(lines.then(unix_sink("/tmp/s")), Pipeline[Never, str])
-    assert_type(lines.then(stdout_sink()), Pipeline[Never, str])
-    assert_type(lines.then(http_post_batches("http://127.0.0.1:1/")), Pipeline[Never, str])
-    assert_type(lines.then(websocket_send("ws://127.0.0.1:1/")), Pipeline[Never, str])
+    assert_type(lines.then(to_tcp("127.0.0.1", 1)), Pipeline[Never, str])
+    assert_type(lines.then(to_unix("/tmp/s")), Pipeline[Never, str])
+    assert_type(lines.then(to_stdout()), Pipeline[Never, str])
+    assert_type(lines.then(to_http("http://127.0.0.1:1/")), Pipeline[Never, str])
+    assert_type(lines.then(to_websocket("ws://127.0.0.1:1/")), Pipeline[Never, str])
     assert_type(lines.then(to_queue(queue)), Pipeline[Never, str])
     assert_type(lines.then(to_queue(asyncio.Queue[str]())), Pipeline[Never, str])
     assert_type(lines.then(to_queue(asyncio.Queue[object]())), Pipeline[Never, str])  # a wider queue takes str
