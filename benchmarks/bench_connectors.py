@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from talkpipe_async.connectors import JetStreamSource, RedisStreamSource, consume, partition_for
+from talkpipe_async.connectors import consume, jetstream_messages, partition_for, redis_stream_messages
 from tests import servers
 
 from ._harness import Result
@@ -99,7 +99,7 @@ def _redis(n: int, repeat: int) -> list[Result]:
         groups = itertools.count()
 
         async def subject() -> int:
-            src = RedisStreamSource("feed", f"s{next(groups)}", url=url, batch=BATCH, block=1.0)
+            src = redis_stream_messages("feed", f"s{next(groups)}", url=url, batch=BATCH, block=1.0)
             return await consume(src, limit=n)
 
         async def raw() -> int:
@@ -119,20 +119,20 @@ def _redis(n: int, repeat: int) -> list[Result]:
             return done
 
         async def partitioned() -> int:
-            src = RedisStreamSource("feed", f"p{next(groups)}", url=url, batch=BATCH, block=1.0,
+            src = redis_stream_messages("feed", f"p{next(groups)}", url=url, batch=BATCH, block=1.0,
                                     partitions=PARTITIONS)
             return await consume(src, limit=n)
 
-        sides: dict[str, Callable[[], Awaitable[int]]] = {"RedisStreamSource | consume()": subject,
+        sides: dict[str, Callable[[], Awaitable[int]]] = {"redis_stream_messages | consume()": subject,
                                                          "raw redis-py loop": raw,
-                                                         f"RedisStreamSource(partitions={PARTITIONS})": partitioned}
+                                                         f"redis_stream_messages(partitions={PARTITIONS})": partitioned}
         fs = _faststream()
         if fs is not None:
             sides["FastStream RedisBroker subscriber"] = lambda: _faststream_redis(url, f"f{next(groups)}", n)
         for options, label in (({}, "asyncio"), ({"use_uvloop": True}, "uvloop")):
             samples = _cpu_runs(sides, options, repeat)
             results += _results(f"Redis Streams consume-and-ack, {n:,} messages, batch {BATCH} ({label})",
-                                "RedisStreamSource | consume()", samples, "raw redis-py loop")
+                                "redis_stream_messages | consume()", samples, "raw redis-py loop")
     return results
 
 
@@ -204,7 +204,7 @@ def _nats(n: int, repeat: int) -> list[Result]:
         durables = itertools.count()
 
         async def subject() -> int:
-            src = JetStreamSource("FEED", f"s{next(durables)}", servers=url, batch=BATCH, max_ack_pending=1000,
+            src = jetstream_messages("FEED", f"s{next(durables)}", servers=url, batch=BATCH, max_ack_pending=1000,
                                   dead_letter=False)
             return await consume(src, limit=n)
 
@@ -228,13 +228,13 @@ def _nats(n: int, repeat: int) -> list[Result]:
             await nc.close()
             return done
 
-        sides: dict[str, Callable[[], Awaitable[int]]] = {"JetStreamSource | consume()": subject,
+        sides: dict[str, Callable[[], Awaitable[int]]] = {"jetstream_messages | consume()": subject,
                                                          "raw nats-py loop": raw}
         if _faststream() is not None:
             sides["FastStream NatsBroker pull subscriber"] = lambda: _faststream_nats(url, f"f{next(durables)}", n)
         samples = _cpu_runs(sides, {}, repeat)
         results += _results(f"NATS JetStream consume-and-ack, {n:,} messages, batch {BATCH} (asyncio)",
-                            "JetStreamSource | consume()", samples, "raw nats-py loop")
+                            "jetstream_messages | consume()", samples, "raw nats-py loop")
     return results
 
 

@@ -24,13 +24,13 @@ import anyio
 
 from talkpipe_async import segment
 from talkpipe_async.connectors import (
-    JetStreamSink,
-    JetStreamSource,
     Message,
-    RedisStreamSink,
-    RedisStreamSource,
     consume,
+    jetstream_messages,
+    redis_stream_messages,
     serve,
+    to_jetstream,
+    to_redis_stream,
 )
 
 
@@ -60,19 +60,19 @@ async def main(args: argparse.Namespace) -> None:
     """Run the worker pipeline until the feed stays idle."""
     budget = args.outage_budget
     if args.broker == "redis":
-        src: Any = RedisStreamSource(
+        src: Any = redis_stream_messages(
             args.stream, args.group, url=args.url, consumer=args.name, batch=args.batch, block=0.1,
             claim_idle=args.claim_idle, idle_exit=args.idle_exit, outage_budget=budget,
             partitions=args.partitions, lease_ttl=args.lease_ttl,
         )
-        sink: Any = RedisStreamSink(args.results, url=args.url, batch=args.batch, outage_budget=budget)
+        sink: Any = to_redis_stream(args.results, url=args.url, batch=args.batch, outage_budget=budget)
     else:
-        src = JetStreamSource(
+        src = jetstream_messages(
             args.stream, args.group, servers=args.url, batch=args.batch, fetch_wait=0.1, ack_wait=args.claim_idle,
             max_ack_pending=args.batch * 4, idle_exit=args.idle_exit, outage_budget=budget,
             subject=args.subject, partitions=args.partitions, lease_ttl=args.lease_ttl, consumer=args.name,
         )
-        sink = JetStreamSink(args.results, servers=args.url, batch=args.batch, outage_budget=budget)
+        sink = to_jetstream(args.results, servers=args.url, batch=args.batch, outage_budget=budget)
     pipeline = src | make_record(args.name, args.delay) | sink
     code = 0
     if args.serve:

@@ -206,7 +206,7 @@ def test_http_sse_source_with_where_and_limit() -> None:
     assert [json.loads(x)["n"] for x in done.stdout.splitlines()] == [0, 2]
 
 
-def test_http_ndjson_to_http_post_batches() -> None:
+def test_http_ndjson_to_to_http() -> None:
     posted: list[bytes] = []
 
     def respond(request: str, body: bytes, conn: socket.socket) -> None:
@@ -229,7 +229,7 @@ def test_http_ndjson_to_http_post_batches() -> None:
     assert [json.loads(x)["id"] for x in done.stdout.splitlines()] == [2, 3, 4, 5]
 
 
-def test_tcp_client_source_and_tcp_sink() -> None:
+def test_tcp_client_source_and_to_tcp() -> None:
     received: list[bytes] = []
     got_all = threading.Event()
 

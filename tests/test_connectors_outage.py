@@ -18,11 +18,11 @@ import pytest
 
 from talkpipe_async.connectors import (
     BrokerUnavailable,
-    JetStreamSink,
-    JetStreamSource,
-    RedisStreamSink,
-    RedisStreamSource,
     consume,
+    jetstream_messages,
+    redis_stream_messages,
+    to_jetstream,
+    to_redis_stream,
 )
 from tests.broker_helpers import ASYNCIO_LOOPS, RestartableServer, nats_fill, nats_read
 
@@ -57,8 +57,8 @@ def check_error(err: BaseException, broker: str, url: str) -> None:
 
 async def test_redis_source_fails_after_its_budget(restartable_redis: RestartableServer) -> None:
     url = restartable_redis.url
-    await RedisStreamSink("feed", url=url).collect([{"i": i} for i in range(10)])
-    src = RedisStreamSource("feed", "g", url=url, block=0.05, outage_budget=BUDGET)
+    await to_redis_stream("feed", url=url).collect([{"i": i} for i in range(10)])
+    src = redis_stream_messages("feed", "g", url=url, block=0.05, outage_budget=BUDGET)
 
     async def stop_server(_: Any) -> None:
         if restartable_redis.proc is not None:
@@ -72,7 +72,7 @@ async def test_redis_source_fails_after_its_budget(restartable_redis: Restartabl
 
 async def test_redis_sink_fails_after_its_budget(restartable_redis: RestartableServer) -> None:
     url = restartable_redis.url
-    sink = RedisStreamSink("out", url=url, batch=1, outage_budget=BUDGET)
+    sink = to_redis_stream("out", url=url, batch=1, outage_budget=BUDGET)
     with anyio.fail_after(BOUND), pytest.raises(BrokerUnavailable) as info:
         await sink.collect(stop_after(5, restartable_redis))
     check_error(info.value, "redis", url)
@@ -82,7 +82,7 @@ async def test_redis_sink_fails_after_its_budget(restartable_redis: RestartableS
 async def test_jetstream_source_fails_after_its_budget(restartable_nats: RestartableServer) -> None:
     url = restartable_nats.url
     await nats_fill(url, "feed.x", [{"i": i} for i in range(10)], streams={"FEED": ["feed.>"]})
-    src = JetStreamSource("FEED", "d", servers=url, fetch_wait=0.05, outage_budget=BUDGET)
+    src = jetstream_messages("FEED", "d", servers=url, fetch_wait=0.05, outage_budget=BUDGET)
 
     async def stop_server(_: Any) -> None:
         if restartable_nats.proc is not None:
@@ -96,7 +96,7 @@ async def test_jetstream_source_fails_after_its_budget(restartable_nats: Restart
 async def test_jetstream_sink_fails_after_its_budget_instead_of_hanging(restartable_nats: RestartableServer) -> None:
     url = restartable_nats.url
     await nats_fill(url, "out.x", [], streams={"OUT": ["out.>"]})
-    sink = JetStreamSink("out.x", servers=url, batch=1, timeout=0.5, outage_budget=BUDGET)
+    sink = to_jetstream("out.x", servers=url, batch=1, timeout=0.5, outage_budget=BUDGET)
     with anyio.fail_after(BOUND), pytest.raises(BrokerUnavailable) as info:
         await sink.collect(stop_after(5, restartable_nats))
     check_error(info.value, "nats", url)
@@ -114,7 +114,7 @@ async def test_jetstream_sink_rides_a_restart_and_stores_each_item_once(restarta
                 await anyio.to_thread.run_sync(restartable_nats.outage, 0.5)
             yield i
 
-    sink = JetStreamSink("out.x", servers=url, batch=20, timeout=0.5)
+    sink = to_jetstream("out.x", servers=url, batch=20, timeout=0.5)
     with anyio.fail_after(40):
         assert await sink.collect(items()) == list(range(n))
     stored = await nats_read(url, "OUT")
@@ -126,7 +126,7 @@ async def test_jetstream_sink_rides_a_restart_and_stores_each_item_once(restarta
 
 def test_json_payloads_stay_plain() -> None:
     """The dedup header does not touch the payload (a regression guard for readers of the stream)."""
-    sink = JetStreamSink("x")
+    sink = to_jetstream("x")
     assert sink.encode({"a": 1}) == json.dumps({"a": 1}, separators=(",", ":")).encode()
 
 

@@ -26,7 +26,7 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from talkpipe_async.connectors import RedisStreamSource, serve
+from talkpipe_async.connectors import redis_stream_messages, serve
 from talkpipe_async.connectors._redis_session import HAND_BACK_IDLE_MS
 
 pytest_plugins = ["tests.broker_helpers"]
@@ -64,7 +64,7 @@ async def test_sigterm_finishes_the_message_in_progress_and_hands_back_the_rest(
     redis_url: str, feed: tuple[Any, str]
 ) -> None:
     client, stream = feed
-    src = RedisStreamSource(stream, "g", url=redis_url, consumer="me", batch=10, block=0.05)
+    src = redis_stream_messages(stream, "g", url=redis_url, consumer="me", batch=10, block=0.05)
     started = anyio.Event()
     release = anyio.Event()
     seen: list[int] = []
@@ -98,7 +98,7 @@ async def test_drain_timeout_cuts_the_run_and_hands_back_the_unfinished(
     redis_url: str, feed: tuple[Any, str]
 ) -> None:
     client, stream = feed
-    src = RedisStreamSource(stream, "g", url=redis_url, consumer="slow", batch=10, block=0.05)
+    src = redis_stream_messages(stream, "g", url=redis_url, consumer="slow", batch=10, block=0.05)
     started = anyio.Event()
 
     async def handle(x: int) -> None:
@@ -133,11 +133,11 @@ def test_worker_command_stops_cleanly_on_sigterm(redis_url: str, tmp_path: Path)
     for i in range(5):
         client.xadd(stream, {"data": json.dumps(i)})
     (tmp_path / "myworker.py").write_text(textwrap.dedent(f"""
-        from talkpipe_async.connectors import RedisStreamSource, RedisStreamSink
+        from talkpipe_async.connectors import redis_stream_messages, to_redis_stream
 
         def pipeline():
-            src = RedisStreamSource({stream!r}, "g", url={redis_url!r}, block=0.05)
-            return src | RedisStreamSink({stream + ":out"!r}, url={redis_url!r})
+            src = redis_stream_messages({stream!r}, "g", url={redis_url!r}, block=0.05)
+            return src | to_redis_stream({stream + ":out"!r}, url={redis_url!r})
     """))
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
     proc = subprocess.Popen([sys.executable, "-m", "talkpipe_async", "worker", "myworker:pipeline"], cwd=tmp_path,

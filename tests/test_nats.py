@@ -16,12 +16,12 @@ import nats
 import pytest
 
 from talkpipe_async.connectors import (
-    JetStreamSink,
-    JetStreamSource,
     Message,
     ack,
     consume,
+    jetstream_messages,
     map_data,
+    to_jetstream,
 )
 from tests import servers
 from tests.broker_helpers import ASYNCIO_LOOPS, check_refused_on_trio, check_unreachable
@@ -88,11 +88,11 @@ async def env(nats_url: str) -> AsyncIterator[Env]:
         await nc.close()
 
 
-def source(nats_url: str, env: Env, **kw: Any) -> JetStreamSource:
+def source(nats_url: str, env: Env, **kw: Any) -> jetstream_messages:
     kw.setdefault("fetch_wait", 0.1)
     kw.setdefault("idle_exit", 5.0)  # a bound: a test waiting for messages that never come ends instead of hanging
     kw.setdefault("dead_letter", env.dead)
-    return JetStreamSource(env.stream, env.durable, servers=nats_url, **kw)
+    return jetstream_messages(env.stream, env.durable, servers=nats_url, **kw)
 
 
 async def test_consume_all_and_ack(nats_url: str, env: Env) -> None:
@@ -191,7 +191,7 @@ async def test_map_data_dead_letter_policy(nats_url: str, env: Env) -> None:
 
 async def test_sink_waits_for_publish_acks_then_ack(nats_url: str, env: Env) -> None:
     await env.fill(list(range(40)))
-    sink = JetStreamSink(env.out, servers=nats_url, batch=7)
+    sink = to_jetstream(env.out, servers=nats_url, batch=7)
     pipeline = source(nats_url, env, batch=16) | map_data(lambda x: x * 2) | sink
     assert await consume(pipeline, limit=40) == 40
     out = await env.read_all(f"OUT{env.out.split('.')[1]}")
@@ -201,7 +201,7 @@ async def test_sink_waits_for_publish_acks_then_ack(nats_url: str, env: Env) -> 
 
 
 async def test_sink_raises_when_no_stream_stores_the_subject(nats_url: str) -> None:
-    sink = JetStreamSink(f"nowhere.{uuid.uuid4().hex}", servers=nats_url)
+    sink = to_jetstream(f"nowhere.{uuid.uuid4().hex}", servers=nats_url)
     with pytest.raises(nats.js.errors.NoStreamResponseError):
         await sink.collect([1, 2])
 
@@ -209,19 +209,19 @@ async def test_sink_raises_when_no_stream_stores_the_subject(nats_url: str) -> N
 async def test_unreachable_server_fails_clearly_after_bounded_retries() -> None:
     await check_unreachable(
         f"nats://127.0.0.1:{servers.unused_port()}",
-        lambda u: JetStreamSource("S", "d", servers=u, retries=2, timeout=0.5),
-        lambda u: JetStreamSink("x", servers=u, retries=1, timeout=0.5),
+        lambda u: jetstream_messages("S", "d", servers=u, retries=2, timeout=0.5),
+        lambda u: to_jetstream("x", servers=u, retries=1, timeout=0.5),
     )
 
 
 def test_trio_is_refused_clearly() -> None:
-    check_refused_on_trio(lambda: JetStreamSource("S", "d", servers="nats://127.0.0.1:1"))
+    check_refused_on_trio(lambda: jetstream_messages("S", "d", servers="nats://127.0.0.1:1"))
 
 
 async def test_default_dead_letter_keeps_a_copy(nats_url: str, env: Env) -> None:
     await env.js.publish(env.subject, b"{not json")
     await env.fill([1])
-    src = JetStreamSource(env.stream, env.durable, servers=nats_url, fetch_wait=0.1, idle_exit=5.0)
+    src = jetstream_messages(env.stream, env.durable, servers=nats_url, fetch_wait=0.1, idle_exit=5.0)
     assert src.dead_letter_subject == f"dlq.{env.stream}"
     assert await consume(src, limit=1) == 1
     dead = await env.read_all(f"{env.stream}_DLQ")

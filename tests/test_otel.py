@@ -307,7 +307,7 @@ async def test_a_redis_entry_carries_its_trace_context_to_the_consumer(otel: Tel
     pytest.importorskip("redis")
     import redis.asyncio as aioredis
 
-    from talkpipe_async.connectors import RedisStreamSource
+    from talkpipe_async.connectors import redis_stream_messages
 
     from . import servers
 
@@ -321,7 +321,7 @@ async def test_a_redis_entry_carries_its_trace_context_to_the_consumer(otel: Tel
                 await client.xadd(f"in-{tag}", fields)
         finally:
             await client.aclose()
-        src = RedisStreamSource(f"in-{tag}", f"g-{tag}", url=url, field=None, idle_exit=0.2, block=0.05)
+        src = redis_stream_messages(f"in-{tag}", f"g-{tag}", url=url, field=None, idle_exit=0.2, block=0.05)
         async with otel.hook().stream(src) as messages:
             async for msg in messages:
                 with item_span(msg, "handle", tracer_provider=otel.tracer_provider):

@@ -14,6 +14,7 @@ PACKAGES = [
     "talkpipe_async.operators",
     "talkpipe_async.sources",
     "talkpipe_async.sinks",
+    "talkpipe_async.connectors",
     "talkpipe_async.testing",
 ]
 

@@ -18,12 +18,12 @@ import pytest
 from talkpipe_async import segment
 from talkpipe_async.connectors import (
     Message,
-    RedisStreamSink,
-    RedisStreamSource,
     ack,
     consume,
     filter_data,
     map_data,
+    redis_stream_messages,
+    to_redis_stream,
 )
 from tests import servers
 from tests.broker_helpers import ASYNCIO_LOOPS, check_refused_on_trio, check_unreachable
@@ -60,10 +60,10 @@ async def pending(client: Any, stream: str, group: str) -> int:
     return int((await client.xpending(stream, group))["pending"])
 
 
-def source(redis_url: str, names: dict[str, str], **kw: Any) -> RedisStreamSource:
+def source(redis_url: str, names: dict[str, str], **kw: Any) -> redis_stream_messages:
     kw.setdefault("block", 0.05)
     kw.setdefault("idle_exit", 5.0)  # a bound: a test waiting for messages that never come ends instead of hanging
-    return RedisStreamSource(names["stream"], names["group"], url=redis_url, **kw)
+    return redis_stream_messages(names["stream"], names["group"], url=redis_url, **kw)
 
 
 async def test_consume_all_and_ack(redis_url: str, client: Any, names: dict[str, str]) -> None:
@@ -176,7 +176,7 @@ async def test_map_data_dead_letter_policy(redis_url: str, client: Any, names: d
 
 async def test_sink_writes_in_batches_then_ack(redis_url: str, client: Any, names: dict[str, str]) -> None:
     await fill(client, names["stream"], list(range(50)))
-    sink = RedisStreamSink(names["out"], url=redis_url, batch=7)
+    sink = to_redis_stream(names["out"], url=redis_url, batch=7)
     pipeline = source(redis_url, names, batch=16) | map_data(lambda x: {"v": x * 2}) | sink | ack()
     assert await consume(pipeline, limit=50) == 50
     written = await client.xrange(names["out"])
@@ -186,7 +186,7 @@ async def test_sink_writes_in_batches_then_ack(redis_url: str, client: Any, name
 
 
 async def test_sink_maxlen(redis_url: str, client: Any, names: dict[str, str]) -> None:
-    sink = RedisStreamSink(names["out"], url=redis_url, batch=10, maxlen=5, approximate=False)
+    sink = to_redis_stream(names["out"], url=redis_url, batch=10, maxlen=5, approximate=False)
     out = await sink.collect(list(range(30)))
     assert out == list(range(30))
     assert await client.xlen(names["out"]) == 5
@@ -231,13 +231,13 @@ async def _strip(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
 async def test_unreachable_server_fails_clearly_after_bounded_retries() -> None:
     await check_unreachable(
         f"redis://127.0.0.1:{servers.unused_port()}/0",
-        lambda u: RedisStreamSource("s", "g", url=u, retries=2, timeout=0.5),
-        lambda u: RedisStreamSink("s", url=u, retries=1, timeout=0.5),
+        lambda u: redis_stream_messages("s", "g", url=u, retries=2, timeout=0.5),
+        lambda u: to_redis_stream("s", url=u, retries=1, timeout=0.5),
     )
 
 
 def test_trio_is_refused_clearly() -> None:
-    check_refused_on_trio(lambda: RedisStreamSource("s", "g", url="redis://127.0.0.1:1/0"))
+    check_refused_on_trio(lambda: redis_stream_messages("s", "g", url="redis://127.0.0.1:1/0"))
 
 
 def test_stats_naked_is_a_deprecated_alias_of_nacked() -> None:

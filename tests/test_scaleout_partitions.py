@@ -20,14 +20,14 @@ import nats
 import pytest
 
 from talkpipe_async.connectors import (
-    JetStreamSink,
-    JetStreamSource,
     Message,
-    RedisStreamSink,
-    RedisStreamSource,
     ack,
+    jetstream_messages,
     map_data,
     partition_for,
+    redis_stream_messages,
+    to_jetstream,
+    to_redis_stream,
 )
 from tests.broker_helpers import ASYNCIO_LOOPS, nats_fill
 
@@ -53,21 +53,21 @@ def test_partition_for_is_crc32_of_the_key_bytes() -> None:
     assert partition_for(b"user-7", 8) == partition_for("user-7", 8)
     assert partition_for(42, 5) == zlib.crc32(b"42") % 5
     with pytest.raises(ValueError, match="go together"):
-        RedisStreamSink("s", key="k")
+        to_redis_stream("s", key="k")
     with pytest.raises(ValueError, match="at least 1"):
-        RedisStreamSource("s", "g", partitions=0)
+        redis_stream_messages("s", "g", partitions=0)
 
 
 async def test_sink_routes_each_item_by_its_key(redis_url: str, client: Any) -> None:
     stream = f"p-{uuid.uuid4().hex[:6]}"
     items = feed(10, 3)
-    sink = RedisStreamSink(stream, url=redis_url, key="k", partitions=N)
+    sink = to_redis_stream(stream, url=redis_url, key="k", partitions=N)
     assert await sink.collect(items) == items
     for p in range(N):
         stored = [json.loads(f[b"data"]) for _, f in await client.xrange(f"{stream}:{p}")]
         expected = [x for x in items if zlib.crc32(x["k"].encode()) % N == p]
         assert stored == expected
-    by_function = RedisStreamSink(stream + "f", url=redis_url, key=lambda x: x["k"], partitions=N)
+    by_function = to_redis_stream(stream + "f", url=redis_url, key=lambda x: x["k"], partitions=N)
     await by_function.collect(items)
     assert await client.xlen(f"{stream}f:{partition_for('key-0', N)}") >= 3
 
@@ -75,8 +75,8 @@ async def test_sink_routes_each_item_by_its_key(redis_url: str, client: Any) -> 
 async def test_one_source_reads_every_partition_in_order_per_key(redis_url: str) -> None:
     stream = f"p-{uuid.uuid4().hex[:6]}"
     items = feed(10, 20)
-    await RedisStreamSink(stream, url=redis_url, key="k", partitions=N).collect(items)
-    src = RedisStreamSource(stream, "g", url=redis_url, partitions=N, block=0.05, idle_exit=0.5, lease_ttl=2.0)
+    await to_redis_stream(stream, url=redis_url, key="k", partitions=N).collect(items)
+    src = redis_stream_messages(stream, "g", url=redis_url, partitions=N, block=0.05, idle_exit=0.5, lease_ttl=2.0)
     seen: dict[str, list[int]] = {}
 
     async def handle(x: dict[str, Any]) -> None:
@@ -93,12 +93,12 @@ async def test_one_source_reads_every_partition_in_order_per_key(redis_url: str)
 async def test_pending_entries_of_a_dead_owner_come_first_in_order(redis_url: str, client: Any) -> None:
     stream = f"p-{uuid.uuid4().hex[:6]}"
     items = [{"k": "a", "s": s} for s in range(10)]
-    await RedisStreamSink(stream, url=redis_url, key="k", partitions=1).collect(items[:6])
+    await to_redis_stream(stream, url=redis_url, key="k", partitions=1).collect(items[:6])
     await client.xgroup_create(f"{stream}:0", "g", id="0")
     # a dead owner: it read four entries (pending) and never acknowledged them; its lease lapsed
     await client.xreadgroup("g", "dead", {f"{stream}:0": ">"}, count=4)
-    await RedisStreamSink(stream, url=redis_url, key="k", partitions=1).collect(items[6:])
-    src = RedisStreamSource(stream, "g", url=redis_url, partitions=1, block=0.05, idle_exit=0.5, lease_ttl=2.0)
+    await to_redis_stream(stream, url=redis_url, key="k", partitions=1).collect(items[6:])
+    src = redis_stream_messages(stream, "g", url=redis_url, partitions=1, block=0.05, idle_exit=0.5, lease_ttl=2.0)
     got: list[Message[Any]] = []
     async with src.stream() as messages:
         async for message in messages:
@@ -115,7 +115,7 @@ async def test_a_nacked_entry_comes_again_before_newer_ones_and_a_poison_one_goe
     redis_url: str, client: Any
 ) -> None:
     stream = f"p-{uuid.uuid4().hex[:6]}"
-    await RedisStreamSink(stream, url=redis_url, key="k", partitions=1).collect([{"k": "a", "s": s} for s in range(6)])
+    await to_redis_stream(stream, url=redis_url, key="k", partitions=1).collect([{"k": "a", "s": s} for s in range(6)])
     failures: dict[int, int] = {}
 
     def handle(x: dict[str, Any]) -> int:
@@ -125,7 +125,7 @@ async def test_a_nacked_entry_comes_again_before_newer_ones_and_a_poison_one_goe
         return int(x["s"])
 
     mapper = map_data(handle, on_error="nak")
-    src = RedisStreamSource(stream, "g", url=redis_url, partitions=1, batch=1, block=0.05, idle_exit=0.5,
+    src = redis_stream_messages(stream, "g", url=redis_url, partitions=1, batch=1, block=0.05, idle_exit=0.5,
                             lease_ttl=2.0, max_deliveries=3)
     with anyio.fail_after(30):
         out = await (src | mapper | ack(unwrap=True)).collect()
@@ -139,13 +139,13 @@ async def test_a_nacked_entry_comes_again_before_newer_ones_and_a_poison_one_goe
 async def test_two_sources_share_the_partitions_by_lease(redis_url: str, client: Any) -> None:
     stream = f"p-{uuid.uuid4().hex[:6]}"
     items = feed(12, 60)
-    await RedisStreamSink(stream, url=redis_url, key="k", partitions=N).collect(items)
+    await to_redis_stream(stream, url=redis_url, key="k", partitions=N).collect(items)
     seen: dict[str, list[tuple[str, int]]] = {}
-    sources = [RedisStreamSource(stream, "g", url=redis_url, consumer=name, partitions=N, block=0.05,
+    sources = [redis_stream_messages(stream, "g", url=redis_url, consumer=name, partitions=N, block=0.05,
                                  idle_exit=1.0, lease_ttl=1.0, batch=5) for name in ("a", "b")]
     started = anyio.Event()
 
-    async def run(src: RedisStreamSource) -> None:
+    async def run(src: redis_stream_messages) -> None:
         async with src.stream() as messages:
             async for message in messages:
                 seen.setdefault(message.data["k"], []).append((src.consumer or "", message.data["s"]))
@@ -183,8 +183,8 @@ async def nats_stream(url: str) -> tuple[str, str]:
 async def test_jetstream_sink_routes_by_key_and_one_source_reads_in_order(nats_url: str) -> None:
     stream, subject = await nats_stream(nats_url)
     items = feed(10, 20)
-    await JetStreamSink(subject, servers=nats_url, key="k", partitions=N).collect(items)
-    src = JetStreamSource(stream, "d", servers=nats_url, subject=subject, partitions=N, fetch_wait=0.05,
+    await to_jetstream(subject, servers=nats_url, key="k", partitions=N).collect(items)
+    src = jetstream_messages(stream, "d", servers=nats_url, subject=subject, partitions=N, fetch_wait=0.05,
                           idle_exit=1.0, lease_ttl=2.0, dead_letter=False)
     seen: dict[str, list[int]] = {}
     subjects: dict[str, set[str]] = {}
@@ -206,8 +206,8 @@ async def test_jetstream_sink_routes_by_key_and_one_source_reads_in_order(nats_u
 async def test_jetstream_two_sources_share_the_partitions_by_lease(nats_url: str) -> None:
     stream, subject = await nats_stream(nats_url)
     items = feed(12, 40)
-    await JetStreamSink(subject, servers=nats_url, key="k", partitions=N).collect(items)
-    sources = [JetStreamSource(stream, "d", servers=nats_url, subject=subject, partitions=N, fetch_wait=0.05,
+    await to_jetstream(subject, servers=nats_url, key="k", partitions=N).collect(items)
+    sources = [jetstream_messages(stream, "d", servers=nats_url, subject=subject, partitions=N, fetch_wait=0.05,
                                idle_exit=1.5, lease_ttl=1.0, batch=5, consumer=name, dead_letter=False)
                for name in ("a", "b")]
     seen: dict[str, list[tuple[str, int]]] = {}
@@ -219,7 +219,7 @@ async def test_jetstream_two_sources_share_the_partitions_by_lease(nats_url: str
         info = await nc.jetstream().stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.m.>")
         return {name.rsplit(".", 1)[-1] for name in info.state.subjects or {}}
 
-    async def run(src: JetStreamSource) -> None:
+    async def run(src: jetstream_messages) -> None:
         async with src.stream() as messages:
             async for message in messages:
                 seen.setdefault(message.data["k"], []).append((src.consumer or "", message.data["s"]))

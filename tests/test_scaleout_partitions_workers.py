@@ -131,9 +131,9 @@ def test_nats_order_per_key_while_workers_join_leave_and_die(nats_url: str) -> N
                                                                        res: [f"res{tag}.>"]}))
 
     async def publish() -> None:
-        from talkpipe_async.connectors import JetStreamSink
+        from talkpipe_async.connectors import to_jetstream
 
-        await JetStreamSink(f"feed{tag}", servers=nats_url, key="k", partitions=PARTITIONS).collect(feed())
+        await to_jetstream(f"feed{tag}", servers=nats_url, key="k", partitions=PARTITIONS).collect(feed())
 
     anyio.run(publish)
 

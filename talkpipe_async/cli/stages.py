@@ -12,7 +12,7 @@ import httpx
 from .._backoff import Backoff, Retries
 from .._core._segment import AbstractSource
 from ..sinks.files import write_lines
-from ..sinks.net import http_post_batches, stdout_sink, tcp_sink
+from ..sinks.net import to_http, to_stdout, to_tcp
 from ..sources.files import read_lines
 from ..sources.http import http_lines, http_ndjson
 from ..sources.process import process_lines
@@ -69,8 +69,8 @@ def _fixed_backoff(retries: int, delay: float) -> Backoff:
     return Backoff(initial=delay, maximum=MAX_BACKOFF, jitter=False, max_attempts=retries + 1)
 
 
-class _PostOutputs(http_post_batches):
-    """``http_post_batches`` over :class:`Output` items: it posts their JSON payloads."""
+class _PostOutputs(to_http):
+    """``to_http`` over :class:`Output` items: it posts their JSON payloads."""
 
     def _body(self, batch: list[Any]) -> tuple[bytes, str]:
         return super()._body([x.payload for x in batch])
@@ -153,24 +153,24 @@ def _make_source(args: argparse.Namespace) -> Any:
 def make_sink(spec: SinkSpec, args: argparse.Namespace, acking: bool) -> Any:
     """The destination stage of one ``--to`` (stdout when there is none)."""
     if spec.kind == "stdout":
-        return stdout_sink(flush_every=1, name="stdout")
+        return to_stdout(flush_every=1, name="stdout")
     if spec.kind == "file":
         return write_lines(spec.target, flush_interval=0.2, emit="flushed" if acking else "written",
                            name=f"file:{spec.target}")
     if spec.kind == "tcp":
-        return tcp_sink(spec.target, spec.port, flush_every=1, connect_timeout=5.0, reconnect=True,
+        return to_tcp(spec.target, spec.port, flush_every=1, connect_timeout=5.0, reconnect=True,
                         backoff=_fixed_backoff(args.retries, args.retry_delay), name=f"tcp:{spec.target}:{spec.port}")
     if spec.kind == "http":
         return _PostOutputs(spec.target, batch_size=args.post_batch, backoff=_backoff(args), timeout=10.0,
                             name=f"POST {spec.target}")
     if spec.kind == "redis":
-        from ..connectors import RedisStreamSink  # redis-py loads only for a redis: destination
+        from ..connectors import to_redis_stream  # redis-py loads only for a redis: destination
 
-        return RedisStreamSink(spec.target, url=args.redis_url, encode=lambda o: dumps(o.payload),
+        return to_redis_stream(spec.target, url=args.redis_url, encode=lambda o: dumps(o.payload),
                                retries=args.retries)
     if spec.kind == "nats":
-        from ..connectors import JetStreamSink  # nats-py loads only for a nats: destination
+        from ..connectors import to_jetstream  # nats-py loads only for a nats: destination
 
-        return JetStreamSink(spec.target, servers=args.nats_url, encode=lambda o: dumps(o.payload).encode(),
+        return to_jetstream(spec.target, servers=args.nats_url, encode=lambda o: dumps(o.payload).encode(),
                              retries=args.retries)
     raise AssertionError(f"unknown destination {spec.kind!r}")  # pragma: no cover

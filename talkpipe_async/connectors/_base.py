@@ -55,8 +55,6 @@ __all__ = [
     "BrokerSource",
     "BrokerUnavailable",
     "ConnectorStats",
-    "FilterData",
-    "MapData",
     "Message",
     "MissingClient",
     "ack",

@@ -1,4 +1,4 @@
-"""The read side of a partitioned JetStream consumer (``JetStreamSource(..., subject=s, partitions=n)``).
+"""The read side of a partitioned JetStream consumer (``jetstream_messages(..., subject=s, partitions=n)``).
 
 A sink given ``key=`` publishes to ``<subject>.<partition>``.  Partition
 ``i`` is read through its own durable pull consumer ``<durable>_<i>``
@@ -31,7 +31,7 @@ from ._partitions import Coordinator, LeaseTable, Partition
 from .nats import JetStreamToken, NatsLink, _JetStreamSession
 
 if TYPE_CHECKING:
-    from .nats import JetStreamSource
+    from .nats import jetstream_messages
 
 __all__ = ["NatsLeases", "NatsPartitionSession"]
 
@@ -102,7 +102,7 @@ def partition_of(token: AckToken) -> int | None:
 class NatsPartitionSession(_JetStreamSession):
     """One partitioned consumer for one run (see the module doc)."""
 
-    def __init__(self, source: JetStreamSource, link: NatsLink, js: Any, consumer: str) -> None:
+    def __init__(self, source: jetstream_messages, link: NatsLink, js: Any, consumer: str) -> None:
         super().__init__(source, link, js, None)
         assert source.partitions is not None
         self.consumer = consumer

@@ -1,4 +1,4 @@
-"""The read side of a partitioned Redis Streams consumer (``RedisStreamSource(..., partitions=n)``).
+"""The read side of a partitioned Redis Streams consumer (``redis_stream_messages(..., partitions=n)``).
 
 Partition ``i`` of stream ``s`` is the stream ``s:i``; the consumer group
 exists on each.  Leases are plain keys, ``s:<group>:lease:<i>`` = the
@@ -24,7 +24,7 @@ from ._outage import OutageGuard
 from ._partitions import Coordinator, LeaseTable
 
 if TYPE_CHECKING:
-    from .redis import RedisStreamSource
+    from .redis import redis_stream_messages
 
 __all__ = ["PartitionToken", "RedisLeases", "RedisPartitionSession"]
 
@@ -125,7 +125,7 @@ class PartitionToken(AckToken):
 class RedisPartitionSession(BrokerSession):
     """One partitioned consumer for one run (see the module doc)."""
 
-    def __init__(self, source: RedisStreamSource, client: Any, consumer: str,
+    def __init__(self, source: redis_stream_messages, client: Any, consumer: str,
                  transient: tuple[type[BaseException], ...]) -> None:
         super().__init__()
         assert source.partitions is not None

@@ -1,4 +1,4 @@
-"""The read side of a Redis Streams consumer: one session per run of a ``RedisStreamSource``.
+"""The read side of a Redis Streams consumer: one session per run of a ``redis_stream_messages``.
 
 Every command goes through an :class:`OutageGuard`: through a broker outage
 the session keeps its consumer name (its pending entries stay its own),
@@ -23,7 +23,7 @@ from ._base import AckToken, BrokerSession, ConnectorStats, Message
 from ._outage import OutageGuard
 
 if TYPE_CHECKING:
-    from .redis import RedisStreamSource
+    from .redis import redis_stream_messages
 
 __all__ = ["HAND_BACK_IDLE_MS", "RedisSession", "RedisToken"]
 
@@ -102,7 +102,7 @@ class RedisToken(AckToken):
 class RedisSession(BrokerSession):
     """One consumer of the group for one run (see the module doc)."""
 
-    def __init__(self, source: RedisStreamSource, client: Any, consumer: str,
+    def __init__(self, source: redis_stream_messages, client: Any, consumer: str,
                  transient: tuple[type[BaseException], ...]) -> None:
         super().__init__()
         self.src = source

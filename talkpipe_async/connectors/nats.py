@@ -1,6 +1,6 @@
 """NATS JetStream: a durable pull-consumer source and a publish-ack sink.
 
-``JetStreamSource`` binds to (or creates) the durable pull consumer
+``jetstream_messages`` binds to (or creates) the durable pull consumer
 *durable* on *stream* and ``fetch``es at most ``batch`` messages per read,
 as the pipeline pulls.  Every instance that uses the same durable shares the
 work.  The server redelivers any message not acknowledged within
@@ -24,10 +24,11 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
+from .._renamed import old_name
 from ._base import (
     AckToken,
     BatchWriter,
@@ -41,7 +42,7 @@ from ._base import (
 from ._outage import DEFAULT_OUTAGE_BUDGET, BrokerUnavailable, OutageGuard
 from ._partitions import KeyOf, check_partitions
 
-__all__ = ["JetStreamSink", "JetStreamSource", "JetStreamToken", "NatsLink", "connect_nats", "nats_transient"]
+__all__ = ["to_jetstream", "jetstream_messages", "JetStreamToken", "NatsLink", "connect_nats", "nats_transient"]
 
 logger = logging.getLogger("talkpipe_async.connectors")
 
@@ -191,7 +192,7 @@ class JetStreamToken(AckToken):
 
 
 class _JetStreamSession(BrokerSession):
-    def __init__(self, source: JetStreamSource, link: NatsLink, js: Any, sub: Any) -> None:
+    def __init__(self, source: jetstream_messages, link: NatsLink, js: Any, sub: Any) -> None:
         super().__init__()
         self.src = source
         self.link = link
@@ -292,7 +293,7 @@ class _JetStreamSession(BrokerSession):
 DeadLetter = str | Literal[False] | None
 
 
-class JetStreamSource(BrokerSource):
+class jetstream_messages(BrokerSource):
     """Fetch from the durable pull consumer *durable* of *stream*; yield :class:`Message` items.
 
     Parameters:
@@ -433,7 +434,7 @@ class JetStreamSource(BrokerSource):
 
 
 class _JetStreamWriter(BatchWriter):
-    def __init__(self, sink: JetStreamSink, link: NatsLink) -> None:
+    def __init__(self, sink: to_jetstream, link: NatsLink) -> None:
         self.sink = sink
         self.link = link
         self.nc = link.nc
@@ -518,7 +519,7 @@ class _JetStreamWriter(BatchWriter):
         await close_nats(self.nc)
 
 
-class JetStreamSink(BrokerSink):
+class to_jetstream(BrokerSink):
     """Publish each item to *subject* and wait for the JetStream acknowledgements, per batch.
 
     A batch's messages are published back to back and the sink yields them
@@ -533,7 +534,7 @@ class JetStreamSink(BrokerSink):
     at once.  Place ``ack()`` after the sink to acknowledge the source's
     messages once their results are stored.  ``key`` (a field name of the
     payload, or a function of it) with ``partitions=n``: each item goes to
-    subject ``<subject>.<crc32(key) % n>``, read by ``JetStreamSource(...,
+    subject ``<subject>.<crc32(key) % n>``, read by ``jetstream_messages(...,
     subject=subject, partitions=n)`` in order per key.
     """
 
@@ -565,3 +566,25 @@ class JetStreamSink(BrokerSink):
         link = NatsLink()
         await connect_nats(self.servers, retries=self.retries, connect_timeout=self.timeout, link=link)
         return _JetStreamWriter(self, link)
+
+
+# The names these stages had before connector stages were named like every other stage: kept for one release.
+if TYPE_CHECKING:
+    from typing_extensions import deprecated
+
+    @deprecated("JetStreamSource is deprecated: use jetstream_messages")
+    class JetStreamSource(jetstream_messages):
+        """Deprecated name of :class:`jetstream_messages`."""
+
+    @deprecated("JetStreamSink is deprecated: use to_jetstream")
+    class JetStreamSink(to_jetstream):
+        """Deprecated name of :class:`to_jetstream`."""
+
+else:
+    _RENAMED = {
+        "JetStreamSource": ("jetstream_messages", jetstream_messages),
+        "JetStreamSink": ("to_jetstream", to_jetstream),
+    }
+
+    def __getattr__(name: str) -> Any:
+        return old_name(__name__, name, _RENAMED)

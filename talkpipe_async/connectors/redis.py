@@ -1,6 +1,6 @@
 """Redis Streams: a consumer-group source and a batched XADD sink.
 
-``RedisStreamSource`` reads through a consumer group with ``XREADGROUP
+``redis_stream_messages`` reads through a consumer group with ``XREADGROUP
 COUNT batch BLOCK ms``, one batch at a time as the pipeline pulls.
 Acknowledgements (``XACK``) are buffered and sent in one command: when
 ``ack_batch`` are waiting, before the next read, every ``ack_interval``
@@ -22,10 +22,11 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._renamed import old_name
 from ._base import (
     BatchWriter,
     BrokerSession,
@@ -39,7 +40,7 @@ from ._redis_partitions import RedisPartitionSession
 from ._redis_session import RedisSession, RedisToken
 
 __all__ = [
-    "RedisStreamSink", "RedisStreamSource", "RedisToken", "connect_redis", "default_consumer_name", "ensure_group",
+    "to_redis_stream", "redis_stream_messages", "RedisToken", "connect_redis", "default_consumer_name", "ensure_group",
 ]
 
 
@@ -93,7 +94,7 @@ async def connect_redis(url: str, *, retries: int = 3, connect_timeout: float = 
     return client
 
 
-class RedisStreamSource(BrokerSource):
+class redis_stream_messages(BrokerSource):
     """Read *stream* through consumer group *group*; yield :class:`Message` items.
 
     Parameters:
@@ -228,7 +229,7 @@ async def ensure_group(client: Any, stream: str, group: str, start_id: str = "0"
 
 
 class _RedisWriter(BatchWriter):
-    def __init__(self, sink: RedisStreamSink, client: Any) -> None:
+    def __init__(self, sink: to_redis_stream, client: Any) -> None:
         self.sink = sink
         self.client = client
         self.guard = OutageGuard(sink.label, f"redis at {sink.url}", sink.outage_budget, redis_transient(),
@@ -260,7 +261,7 @@ class _RedisWriter(BatchWriter):
         await self.client.aclose()
 
 
-class RedisStreamSink(BrokerSink):
+class to_redis_stream(BrokerSink):
     """``XADD`` each item to *stream*, in pipelined batches; yield the items once written.
 
     The payload is ``encode(item)`` (a message's ``.data``), stored in
@@ -269,7 +270,7 @@ class RedisStreamSink(BrokerSink):
     ``ack()`` after the sink to acknowledge the source's messages once their
     results are written.  ``key`` (a field name of the payload, or a
     function of it) with ``partitions=n``: each item goes to stream
-    ``<stream>:<crc32(key) % n>``, read by ``RedisStreamSource(...,
+    ``<stream>:<crc32(key) % n>``, read by ``redis_stream_messages(...,
     partitions=n)`` in order per key.
     """
 
@@ -304,3 +305,25 @@ class RedisStreamSink(BrokerSink):
     async def _open_writer(self) -> BatchWriter:
         client = await connect_redis(self.url, retries=self.retries, connect_timeout=self.timeout)
         return _RedisWriter(self, client)
+
+
+# The names these stages had before connector stages were named like every other stage: kept for one release.
+if TYPE_CHECKING:
+    from typing_extensions import deprecated
+
+    @deprecated("RedisStreamSource is deprecated: use redis_stream_messages")
+    class RedisStreamSource(redis_stream_messages):
+        """Deprecated name of :class:`redis_stream_messages`."""
+
+    @deprecated("RedisStreamSink is deprecated: use to_redis_stream")
+    class RedisStreamSink(to_redis_stream):
+        """Deprecated name of :class:`to_redis_stream`."""
+
+else:
+    _RENAMED = {
+        "RedisStreamSource": ("redis_stream_messages", redis_stream_messages),
+        "RedisStreamSink": ("to_redis_stream", to_redis_stream),
+    }
+
+    def __getattr__(name: str) -> Any:
+        return old_name(__name__, name, _RENAMED)
