@@ -73,6 +73,7 @@ class _Writer:
         return f
 
     def _file(self) -> BinaryIO:
+        """The open file for the path: opened on first use, reopened when the path's file was rotated or deleted."""
         f = self.f
         if f is None:
             return self._open()
@@ -206,30 +207,17 @@ class _FileSink(AbstractSegment[T, T]):
         run = current_run()
         channel = Channel(self.buffer)
         run.start_soon(_feed, items, channel, name=f"{self.label} feeder")
-        writer = _Writer(self)
-        run_sync = anyio.to_thread.run_sync
-        interval = self.flush_interval
-        if interval is not None:
-            run.start_soon(_flush_timer, writer, interval, name=f"{self.label} flush timer")
-        hold = self.emit == "flushed"
-        out: list[Any] = []  # written items (and metadata after them) not passed on yet
-        deadline = float("inf")  # when unflushed data must be flushed
+        state = _SinkRun(self, _Writer(self))
+        if self.flush_interval is not None:
+            run.start_soon(_flush_timer, state.writer, self.flush_interval, name=f"{self.label} flush timer")
         try:
             while True:
-                ended = False
-                batch: list[Any] = []
-                with anyio.move_on_after(deadline - anyio.current_time()) as scope:
-                    try:
-                        batch = await channel.get_batch(self.buffer)
-                    except anyio.EndOfStream:
-                        ended = True
-                if scope.cancelled_caught or ended:
-                    await run_sync(writer.flush)
-                    deadline = float("inf")
-                    for item in out:
-                        yield item
-                    out = []
-                    if ended:
+                batch = await state.next_batch(channel, self.buffer)
+                if batch is None:  # the flush deadline passed, or the upstream ended
+                    await state.flush()
+                    for x in state.release():
+                        yield x
+                    if state.ended:
                         return
                     continue
                 data: list[Any] = []
@@ -237,36 +225,88 @@ class _FileSink(AbstractSegment[T, T]):
                     if not isinstance(item, Metadata):
                         data.append(item)
                         continue
-                    if data:
-                        await run_sync(writer.write, data)
-                        out.extend(data)
-                        data = []
-                    if isinstance(item, Flush):
-                        await run_sync(writer.flush)
-                        deadline = float("inf")
-                        hold_now = False
-                    else:
-                        hold_now = hold
-                    out.append(item)
-                    if not hold_now:
-                        for x in out:
-                            yield x
-                        out = []
-                if data:
-                    await run_sync(writer.write, data)
-                    out.extend(data)
-                if writer.unflushed == 0:
-                    deadline = float("inf")
-                elif interval is not None and deadline == float("inf"):
-                    deadline = anyio.current_time() + interval
-                if not hold or writer.unflushed == 0:
-                    for x in out:
+                    await state.write(data)  # the data before the metadata, first
+                    data = []
+                    for x in await state.take_metadata(item):
                         yield x
-                    out = []
+                await state.write(data)
+                for x in state.after_batch():
+                    yield x
         finally:
             channel.abort()
-            with anyio.CancelScope(shield=True):
-                await run_sync(writer.close)
+            await state.close()
+
+
+class _SinkRun:
+    """One run of a file sink: the items written but not passed on yet, and the flush policy.
+
+    Items pass on once written (``emit="written"``) or once flushed
+    (``emit="flushed"``); metadata passes on after the items before it.
+    Unflushed data is flushed ``flush_interval`` seconds after the batch that
+    left it unflushed, even when no further item arrives.
+    """
+
+    def __init__(self, sink: _FileSink[Any], writer: _Writer) -> None:
+        self.writer = writer
+        self.hold = sink.emit == "flushed"
+        self.interval = sink.flush_interval
+        self.out: list[Any] = []  # written items (and metadata after them) not passed on yet
+        self.deadline = float("inf")  # when unflushed data must be flushed
+        self.ended = False
+
+    async def next_batch(self, channel: Channel, size: int) -> list[Any] | None:
+        """The next batch from the feeder; None when the flush deadline passes first or the upstream ended."""
+        with anyio.move_on_after(self.deadline - anyio.current_time()):
+            try:
+                return await channel.get_batch(size)
+            except anyio.EndOfStream:
+                self.ended = True
+        return None
+
+    def release(self) -> list[Any]:
+        """Everything held so far, to pass on now."""
+        out, self.out = self.out, []
+        return out
+
+    async def write(self, data: list[Any]) -> None:
+        """Write a batch of items in the worker thread (one hop), reopening a rotated file first."""
+        if data:
+            await anyio.to_thread.run_sync(self.writer.write, data)
+            self.out.extend(data)
+
+    async def flush(self) -> None:
+        """Flush the file now: nothing is left unflushed, so no deadline is pending."""
+        await anyio.to_thread.run_sync(self.writer.flush)
+        self.deadline = float("inf")
+
+    async def take_metadata(self, item: Metadata) -> list[Any]:
+        """Queue *item* after the items written before it; what may pass on now.
+
+        A :class:`Flush` flushes the file, so it and everything before it pass
+        on at once; other metadata waits with the items under ``emit="flushed"``.
+        """
+        if isinstance(item, Flush):
+            await self.flush()
+            hold_now = False
+        else:
+            hold_now = self.hold
+        self.out.append(item)
+        return [] if hold_now else self.release()
+
+    def after_batch(self) -> list[Any]:
+        """Arm the flush deadline for data the batch left unflushed; what may pass on now."""
+        if self.writer.unflushed == 0:
+            self.deadline = float("inf")
+        elif self.interval is not None and self.deadline == float("inf"):
+            self.deadline = anyio.current_time() + self.interval
+        if not self.hold or self.writer.unflushed == 0:
+            return self.release()
+        return []
+
+    async def close(self) -> None:
+        """Flush and close the file, shielded: a cancelled run still hands what it wrote to the OS."""
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.writer.close)
 
 
 class write_lines(_FileSink[T]):
