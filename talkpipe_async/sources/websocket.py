@@ -257,24 +257,32 @@ class websocket_messages(AbstractSource[Item]):
                             if item is not _SKIPPED:
                                 stats.items += 1
                                 yield item
-                        ending.code, ending.reason, ending.problem = (
-                            session.close_code,
-                            session.close_reason,
-                            session.lost,
-                        )
-                except WebSocketRejected as err:
-                    if not self.reconnect or err.status_code not in RETRY_STATUSES:
+                        ending.closed_by(session)
+                # TransportError: ConnectError, ConnectTimeout, a broken handshake
+                except (WebSocketRejected, httpx.TransportError) as err:
+                    if not self._may_retry(err):
                         raise
-                    ending.problem = err
-                except httpx.TransportError as err:  # ConnectError, ConnectTimeout, a broken handshake
                     ending.problem = err
                 if self._ended(ending, where, stats):
                     return
-                if not await retries.next_attempt():
-                    raise ConnectionLost(
-                        f"{where}: gave up after {retries.failures} attempts: {ending.last}"
-                    ) from ending.problem
-                stats.reconnects += 1
+                await self._before_reconnect(retries, ending, where, stats)
+
+    def _may_retry(self, err: WebSocketRejected | httpx.TransportError) -> bool:
+        """Whether a failed attempt may be retried: a refused upgrade only with ``reconnect`` and a passing status.
+
+        A transport error is left to :meth:`_ended`, which raises it as
+        :class:`ConnectionLost` unless ``reconnect`` is on.
+        """
+        if isinstance(err, WebSocketRejected):
+            return self.reconnect and err.status_code in RETRY_STATUSES
+        return True
+
+    async def _before_reconnect(self, retries: Retries, ending: _Ending, where: str, stats: WebSocketStats) -> None:
+        """Wait out the backoff before the next attempt; ``ConnectionLost`` once the backoff gives up."""
+        if not await retries.next_attempt():
+            last = ending.last
+            raise ConnectionLost(f"{where}: gave up after {retries.failures} attempts: {last}") from ending.problem
+        stats.reconnects += 1
 
     def _connect(self, client: httpx.AsyncClient, stats: WebSocketStats, where: str) -> Any:
         """The context manager of one connection (a :class:`PullSession` with this source's limits)."""
@@ -370,6 +378,10 @@ class _Ending:
     def last(self) -> str:
         """The error, or the close code: what a give-up message names."""
         return repr(self.problem) if self.problem is not None else f"close code {self.code}"
+
+    def closed_by(self, session: PullSession) -> None:
+        """Record how *session* (a :class:`PullSession` that has delivered its last message) ended."""
+        self.code, self.reason, self.problem = session.close_code, session.close_reason, session.lost
 
     def describe(self) -> str:
         """The error, or the close code and reason: what ``stats.last_error`` records."""
