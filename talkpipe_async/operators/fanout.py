@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy as _copy
 import logging
 import reprlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
@@ -194,10 +194,7 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
     async def transform(self, items: AsyncIterator[T]) -> AsyncIterator[U]:
         """Feed the branches and yield their merged outputs."""
         n = len(self.branches)
-        stats = self.stats if self.stats is not None else ForkStats()
-        if len(stats.delivered) != n or len(stats.dropped) != n:  # a fresh ForkStats; a used one keeps counting
-            stats.delivered, stats.dropped = [0] * n, [0] * n
-        self.last_stats = stats
+        stats = self.last_stats = self._run_stats()
         inputs = [_BranchInput(i, self.buffer, self.policy == "drop_oldest", stats, self.label) for i in range(n)]
         fan = FanIn(n, self.buffer)
         pending: dict[int, list[Any]] = {}  # id(metadata) -> [metadata, branches still to pass it]
@@ -209,13 +206,8 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
         try:
             async with aclosing(fan.fair()) as steps:
                 async for item in steps:
-                    if isinstance(item, Metadata):
-                        entry = pending.get(id(item))
-                        if entry is not None and entry[0] is item:
-                            entry[1] -= 1
-                            if entry[1] > 0:
-                                continue
-                            del pending[id(item)]
+                    if isinstance(item, Metadata) and not _passed_by_all(pending, item):
+                        continue
                     yield item
             if upstream_error:
                 raise upstream_error[0]
@@ -224,6 +216,14 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
             for branch_input in inputs:
                 branch_input.leave()
             tasks.cancel()
+
+    def _run_stats(self) -> ForkStats:
+        """The counters of this run: a fresh ForkStats gets one slot per branch; a used one keeps counting."""
+        n = len(self.branches)
+        stats = self.stats if self.stats is not None else ForkStats()
+        if len(stats.delivered) != n or len(stats.dropped) != n:
+            stats.delivered, stats.dropped = [0] * n, [0] * n
+        return stats
 
     def _copier(self) -> Callable[[Any], Any]:
         if self.copy == "shallow":
@@ -239,10 +239,12 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
         pending: dict[int, list[Any]],
         upstream_error: list[BaseException],
     ) -> None:
-        copier = self._copier()
-        broadcast = self.mode == "broadcast"
-        n = len(inputs)
-        turn = 0
+        """Feeder task: metadata to every live branch, each data item as the mode says; then end every input.
+
+        An upstream error is kept for the fork to raise once the branches
+        have finished the items they received.
+        """
+        deliver = self._deliverer(inputs)
         try:
             async for item in items:
                 live = [q for q in inputs if not q.gone]
@@ -252,24 +254,58 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
                     pending[id(item)] = [item, len(live)]
                     for q in live:  # no await in this loop: no branch can leave half-way
                         q.put_metadata(item)
-                elif broadcast:
-                    first = True
-                    for q in live:
-                        await q.put(item if first else copier(item))
-                        first = False
                 else:
-                    for _ in range(n):
-                        q = inputs[turn]
-                        turn = (turn + 1) % n
-                        if not q.gone:
-                            await q.put(item)
-                            break
+                    await deliver(item, live)
         except anyio.get_cancelled_exc_class():
             raise
         except BaseException as exc:  # raised by the fork after the branches finish
             upstream_error.append(exc)
         for q in inputs:
             q.end()
+
+    def _deliverer(self, inputs: list[_BranchInput]) -> Callable[[Any, list[_BranchInput]], Awaitable[None]]:
+        """How the feeder hands a data item on: ``deliver(item, live_inputs)`` for this fork's mode."""
+        if self.mode == "broadcast":
+            copier = self._copier()
+
+            async def to_every_branch(item: Any, live: list[_BranchInput]) -> None:
+                """The item itself to the first live branch, a copy (per ``copy``) to each other one."""
+                first = True
+                for q in live:
+                    await q.put(item if first else copier(item))
+                    first = False
+
+            return to_every_branch
+
+        n = len(inputs)
+        turn = 0
+
+        async def to_next_branch(item: Any, live: list[_BranchInput]) -> None:
+            """The item to the next branch in turn that is still reading."""
+            nonlocal turn
+            for _ in range(n):
+                q = inputs[turn]
+                turn = (turn + 1) % n
+                if not q.gone:
+                    await q.put(item)
+                    break
+
+        return to_next_branch
+
+
+def _passed_by_all(pending: dict[int, list[Any]], item: Metadata) -> bool:
+    """Whether metadata *item* leaves the fork now: every branch that received it has passed it on.
+
+    Metadata a branch created itself (not in *pending*) passes at once.
+    """
+    entry = pending.get(id(item))
+    if entry is None or entry[0] is not item:
+        return True
+    entry[1] -= 1
+    if entry[1] > 0:
+        return False
+    del pending[id(item)]
+    return True
 
 
 async def _run_branch(branch: Pipeline[Any, Any], inbox: _BranchInput, fan: FanIn, i: int) -> None:
