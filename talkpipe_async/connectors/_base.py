@@ -373,12 +373,7 @@ class BrokerSource(AbstractSource[Message[Any]]):
         require_asyncio(self.label, CLIENTS)
         self.stopping = False
         session = await self._open()
-        try:
-            run = current_run()
-        except RuntimeError:
-            run = None
-        if run is not None:
-            run.start_soon(_keep_session, session, name=f"{self.label} session")
+        kept = self._keep_open(session)
         try:
             idle_exit = self.idle_exit
             last = anyio.current_time()
@@ -388,12 +383,9 @@ class BrokerSource(AbstractSource[Message[Any]]):
             while not self.stopping:
                 if session.failure is not None:
                     raise session.failure
-                wait = self.wait
-                if idle_exit is not None:
-                    remaining = idle_exit - (anyio.current_time() - last)
-                    if remaining <= 0:
-                        return
-                    wait = min(wait, remaining)
+                wait = self._read_wait(idle_exit, last)
+                if wait is None:
+                    return
                 messages = await session.read(batch, wait)
                 if not messages:
                     continue
@@ -414,13 +406,41 @@ class BrokerSource(AbstractSource[Message[Any]]):
                     token._tracker = session  # BrokerSession.track, inlined: once per message
                     held[token.id] = token
                     yield message
-            rest = [m.token for m in session.unyielded if m.token._tracker is None and not m.token.settled]
-            session.unyielded = []
-            if rest:
-                await _close_shielded(lambda: session.hand_back(rest))
+            await _hand_back_unyielded(session)
         finally:
-            if run is None:
+            if not kept:
                 await _close_shielded(session.aclose)
+
+    def _keep_open(self, session: BrokerSession) -> bool:
+        """Give the session to the run, which closes it when the run ends; False outside a run.
+
+        The run closes it after every stage has closed, so acknowledgements
+        issued after the source has finished still reach the broker; outside
+        a run the source closes it itself when it ends.
+        """
+        try:
+            run = current_run()
+        except RuntimeError:
+            return False
+        run.start_soon(_keep_session, session, name=f"{self.label} session")
+        return True
+
+    def _read_wait(self, idle_exit: float | None, last: float) -> float | None:
+        """How long the next read may wait: ``wait``, cut to what is left of *idle_exit*; None once that passed."""
+        if idle_exit is None:
+            return self.wait
+        remaining = idle_exit - (anyio.current_time() - last)
+        if remaining <= 0:
+            return None
+        return min(self.wait, remaining)
+
+
+async def _hand_back_unyielded(session: BrokerSession) -> None:
+    """Return the rest of a batch that was never handed downstream (after :meth:`BrokerSource.stop`) at once."""
+    rest = [m.token for m in session.unyielded if m.token._tracker is None and not m.token.settled]
+    session.unyielded = []
+    if rest:
+        await _close_shielded(lambda: session.hand_back(rest))
 
 
 class BatchWriter(ABC):
