@@ -262,16 +262,7 @@ class PipelineRun(Generic[Out]):
         past it as soon as it asks for the next input.
         """
         stages = build.stages
-        stop, may_carry = start, meta
-        while stop < len(stages) and stages[stop].is_sync and not stages[stop].blocking:
-            stage = stages[stop]
-            if stage.process_metadata:
-                may_carry = True
-            elif may_carry and build.receiver_after(stop):
-                break
-            else:
-                may_carry = False
-            stop += 1
+        stop = _fusable_until(build, start, meta)
         chain, meta = build.sync_chain(head, start, stop, meta)
         if stop == len(stages):
             strip, bypass = meta and not self._metadata, False
@@ -339,3 +330,23 @@ class PipelineRun(Generic[Out]):
             build.stats[-1].buffer = thread.buffer_fill
             thread_stats.append(build.stats[-1])
         return output
+
+
+def _fusable_until(build: _Build, start: int, meta: bool) -> int:
+    """Where the inline sync stages from *start* end: the first async, blocking or unfusable stage.
+
+    A sync segment that metadata may reach (*meta*, or a stage before it
+    that passes metadata on) and must pass on its way to a later stage that
+    wants it is not fused.
+    """
+    stages = build.stages
+    stop, may_carry = start, meta
+    while stop < len(stages) and stages[stop].is_sync and not stages[stop].blocking:
+        if stages[stop].process_metadata:
+            may_carry = True
+        elif may_carry and build.receiver_after(stop):
+            break
+        else:
+            may_carry = False
+        stop += 1
+    return stop

@@ -202,15 +202,22 @@ async def _zipped(label: str, capacity: int, upstream: _Upstream, pipes: list[An
             if all(lane.items for lane in lanes):
                 yield tuple(fan.take(i) for i in range(n))
                 continue
-            for lane in lanes:
-                if lane.closed and not lane.items:
-                    if lane.error is not None:
-                        raise lane.error
-                    return
+            if _zip_ended(lanes):
+                return
             await fan.wait()
     finally:
         fan.abort()
         tasks.cancel()
+
+
+def _zip_ended(lanes: list[Any]) -> bool:
+    """True when an input has ended with no item left to pair: the zip ends (with that input's error, if any)."""
+    for lane in lanes:
+        if lane.closed and not lane.items:
+            if lane.error is not None:
+                raise lane.error
+            return True
+    return False
 
 
 class zip_streams(AbstractSource[T], Generic[T]):
