@@ -28,7 +28,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from .._aio import QUEUE_END, require_asyncio
 from .._core._pipeline import Pipeline
-from .._core._segment import AbstractSegment, AbstractSource
+from .._core._segment import AbstractSegment, AbstractSource, PassThrough
 
 __all__ = ["callback", "collect", "count", "log_items", "print_items", "reduce", "to_queue", "to_stream"]
 
@@ -74,7 +74,7 @@ async def reduce(
     return acc
 
 
-class _Sink(AbstractSegment[T, T], Generic[T]):
+class _Sink(PassThrough[T], Generic[T]):
     """Base of the segment sinks: ``handle`` each item, optionally pass it on."""
 
     def __init__(self, passthrough: bool, name: str) -> None:

@@ -24,7 +24,7 @@ from .._core._counters import Counters
 from .._core._fields import extract_field
 from .._core._metadata import Flush, Metadata
 from .._core._run import current_run
-from .._core._segment import AbstractSegment
+from .._core._segment import PassThrough
 from ._items import T
 from ._ndjson import ndjson_dumps
 
@@ -160,7 +160,7 @@ async def _feed(items: AsyncIterator[Any], channel: Channel) -> None:
     channel.close()
 
 
-class _FileSink(AbstractSegment[T, T]):
+class _FileSink(PassThrough[T]):
     """Shared machinery of the file sinks."""
 
     def __init__(

@@ -25,7 +25,7 @@ import httpx
 from .._backoff import Backoff, Retries
 from .._core._errors import TalkpipeAsyncError
 from .._core._metadata import Flush, is_metadata
-from .._core._segment import AbstractSegment
+from .._core._segment import PassThrough
 from .._net.connect import check_unix_path, connect_tcp, connect_unix
 from .._net.framing import ConnectionLost, NetStats
 from .._net.http import client_for
@@ -73,7 +73,7 @@ class _SinkRun:
     broken: Any = None
 
 
-class _ByteSink(AbstractSegment[T, T]):
+class _ByteSink(PassThrough[T]):
     """Shared body: encode items, write them in groups, pass them on."""
 
     backoff = Backoff(max_attempts=1)  # sinks that reconnect set their own
@@ -328,7 +328,7 @@ class to_stdout(_ByteSink[T]):
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-class to_http(AbstractSegment[T, T]):
+class to_http(PassThrough[T]):
     """POST items to ``url`` in batches: one request per ``batch_size`` items, not one per item.
 
     A batch is a JSON array, or NDJSON with ``format="ndjson"``;

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from .._core._run import current_run
-from .._core._segment import AbstractSegment
+from .._core._segment import PassThrough
 from .._net.framing import ConnectionLost
 from .._net.http import client_for
 from .._net.websocket import (
@@ -28,7 +28,7 @@ from ._items import T
 __all__ = ["to_websocket"]
 
 
-class to_websocket(AbstractSegment[T, T]):
+class to_websocket(PassThrough[T]):
     """Send each item as a WebSocket message, then pass it on (like :class:`to_tcp`).
 
     ``mode``: ``"text"`` sends ``str(item)`` as a text message (``bytes``

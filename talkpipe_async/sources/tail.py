@@ -38,7 +38,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .._core._fields import extract_field
-from .._core._segment import AbstractSegment, AbstractSource
+from .._core._segment import AbstractSource, PassThrough
 from ._file_lines import (
     DEFAULT_CHUNK,
     DEFAULT_MAX_LINE,
@@ -258,7 +258,7 @@ class tail_file(AbstractSource[Item]):
                 await run_sync(tailer.close)
 
 
-class acknowledge(AbstractSegment[Item, Item]):
+class acknowledge(PassThrough[Item]):
     """Acknowledge each item's tail :class:`Line` for the checkpoint, then pass the item on.
 
     Put it after the stage whose completion means "done" (a sink): a line is

@@ -3,10 +3,9 @@
 A source's items follow its options where they decide the type (``mode=``,
 ``text=``, ``with_address=``, ``header=``, ``decode=``); ``Any`` is left only
 for untyped JSON.  A sink is a segment from its items to the same items: the
-checker solves its type from the stage before it.  mypy solves it through
-``|`` as well; pyright solves it in a method call (``.then(sink)``) and
-takes ``Any`` for a sink standing alone on the right of ``|``.  The last
-function holds mistakes the checkers must report.
+checker solves its type from the stage before it, through ``|`` (a sink is a
+``PassThrough``, which ``|`` types by its left side) or ``.then(sink)``.  The
+last function holds mistakes the checkers must report.
 """
 
 from __future__ import annotations
@@ -127,6 +126,10 @@ async def sinks_pass_their_items_on(queue: asyncio.Queue[Any]) -> None:
     assert_type(lines.then(print_items()), Pipeline[Never, str])
     assert_type(lines.then(callback(print)), Pipeline[Never, str])
     assert_type(await lines.then(write_lines("b.log")).collect(), list[str])
+    assert_type(lines | write_lines("b.log"), Pipeline[Never, str])
+    assert_type(lines | to_tcp("127.0.0.1", 1) | to_stdout(), Pipeline[Never, str])
+    assert_type(lines | to_queue(queue), Pipeline[Never, str])
+    assert_type(tail_file("a.log") | acknowledge(), Pipeline[Never, Line])
     piped: Pipeline[Never, str] = lines | write_lines("b.log")  # `|` with an annotated target: both checkers
     assert_type(piped | upper(), Pipeline[Never, str])
 
@@ -141,6 +144,8 @@ async def mistakes() -> None:
     read_lines("a.log").then(write_lines("b.log")).then(size())  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     rows: list[dict[str, str]] = await read_csv("a.csv", header=False).collect()  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
     read_lines("a.log").then(to_queue(asyncio.Queue[int]()))  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    read_lines("a.log") | to_queue(asyncio.Queue[int]())  # type: ignore[arg-type]  # pyright: ignore[reportOperatorIssue, reportUnusedExpression]
+    read_lines("a.log") | write_lines("b.log") | size()  # type: ignore[operator]  # pyright: ignore[reportOperatorIssue, reportUnusedExpression]
     send, _ = anyio.create_memory_object_stream[str](1)
     # a memory send stream has no put(): it goes to to_stream
     to_queue(send)  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
