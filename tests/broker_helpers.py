@@ -212,13 +212,6 @@ def counter(stdout: str, name: str) -> int:
     return int(match.group(1))
 
 
-def wait_until(check: Callable[[], bool], deadline: float, what: str) -> None:
-    """Poll a server-side condition with a bound (no event crosses processes)."""
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
-
-
 async def nats_fill(url: str, subject: str, payloads: list[Any], *, streams: dict[str, list[str]]) -> None:
     """Create *streams* (name -> subjects) and publish *payloads* (JSON) to *subject*."""
     import json

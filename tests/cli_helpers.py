@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -220,16 +219,6 @@ def serve_http(respond: Callable[[str, bytes, socket.socket], None]) -> Iterator
 
     with serve_tcp(handler) as port:
         yield port
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
-    """Poll *condition* until true or *timeout* (for files another process writes)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 SIGINT = signal.SIGINT

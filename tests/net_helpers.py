@@ -264,16 +264,6 @@ class EndlessLine:
             self.sent += 65536
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll a condition (thread-side) with a bound; True if it became true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
-
-
 async def send_until_the_kernel_refuses(stream: anyio.abc.SocketStream, block: bytes) -> int:
     """Send *block* again and again on *stream*'s socket, without waiting, until the kernel refuses; the bytes sent.
 

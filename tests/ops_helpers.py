@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import anyio
 import anyio.lowlevel
 
-
-async def until(cond: Callable[[], bool], rounds: int = 2000) -> None:
-    """Let other tasks run until *cond* holds (bounded, no time-based sleeps)."""
-    for _ in range(rounds):
-        if cond():
-            return
-        await anyio.lowlevel.checkpoint()
-    raise AssertionError("condition not reached")
+from tests.wait_helpers import until as until
 
 
 def task_count() -> int:

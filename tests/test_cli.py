@@ -6,6 +6,7 @@ import json
 import socket
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,9 +16,10 @@ import pytest
 from talkpipe_async.cli import Condition, ConditionError, parse_condition
 from talkpipe_async.cli.conditions import MAX_DEPTH, MAX_LENGTH
 
-from .cli_helpers import SIGINT, SIGTERM, cli, run_cli, serve_http, serve_tcp, wait_for
+from .cli_helpers import SIGINT, SIGTERM, TIMEOUT, cli, run_cli, serve_http, serve_tcp
 from .conftest import die_with_parent
 from .servers import nats_binary, nats_server, redis_binary, redis_server
+from .wait_helpers import wait_until_sync
 
 QUICK = ["--retries", "2", "--retry-delay", "0.05"]
 
@@ -200,8 +202,17 @@ def _sse(request: str, body: bytes, conn: socket.socket) -> None:
 
 def test_http_sse_source_with_where_and_limit() -> None:
     with serve_http(_sse) as port:
-        done = run_cli("http", f"http://127.0.0.1:{port}/events", "--as", "sse", "--where", 'kind == "even"',
-                       "--limit", "2", *QUICK)
+        done = run_cli(
+            "http",
+            f"http://127.0.0.1:{port}/events",
+            "--as",
+            "sse",
+            "--where",
+            'kind == "even"',
+            "--limit",
+            "2",
+            *QUICK,
+        )
     assert done.returncode == 0, done.stderr
     assert [json.loads(x)["n"] for x in done.stdout.splitlines()] == [0, 2]
 
@@ -212,15 +223,30 @@ def test_http_ndjson_to_to_http() -> None:
     def respond(request: str, body: bytes, conn: socket.socket) -> None:
         if request.startswith("GET"):
             records = b"".join(json.dumps({"id": i, "latency_ms": i * 100}).encode() + b"\n" for i in range(6))
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: %d\r\n"
-                         b"Connection: close\r\n\r\n%s" % (len(records), records))
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: %d\r\n"
+                b"Connection: close\r\n\r\n%s" % (len(records), records)
+            )
         else:
             posted.append(body)
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
 
     with serve_http(respond) as port:
-        done = run_cli("http", f"http://127.0.0.1:{port}/feed", "--as", "ndjson", "--where", "latency_ms >= 200",
-                       "--to", f"http://127.0.0.1:{port}/ingest", "--post-batch", "3", "--to", "stdout", *QUICK)
+        done = run_cli(
+            "http",
+            f"http://127.0.0.1:{port}/feed",
+            "--as",
+            "ndjson",
+            "--where",
+            "latency_ms >= 200",
+            "--to",
+            f"http://127.0.0.1:{port}/ingest",
+            "--post-batch",
+            "3",
+            "--to",
+            "stdout",
+            *QUICK,
+        )
     assert done.returncode == 0, done.stderr
     assert [json.loads(b) for b in posted] == [
         [{"id": 2, "latency_ms": 200}, {"id": 3, "latency_ms": 300}, {"id": 4, "latency_ms": 400}],
@@ -242,8 +268,7 @@ def test_tcp_client_source_and_to_tcp() -> None:
         got_all.set()
 
     with serve_tcp(feed) as src_port, serve_tcp(collect) as dst_port:
-        done = run_cli("tcp", f"127.0.0.1:{src_port}", "--grep-v", "skip", "--to", f"tcp:127.0.0.1:{dst_port}",
-                       *QUICK)
+        done = run_cli("tcp", f"127.0.0.1:{src_port}", "--grep-v", "skip", "--to", f"tcp:127.0.0.1:{dst_port}", *QUICK)
         assert done.returncode == 0, done.stderr
         assert got_all.wait(10)
     assert b"".join(received) == b"alpha\nbeta\ngamma\n"
@@ -360,7 +385,7 @@ def test_exec_source_and_failure() -> None:
     assert "ProcessFailed" in err and "exit status 4" in err and "boom" in err and "process_lines" in err
 
 
-RUN_MODULE = '''
+RUN_MODULE = """
 from talkpipe_async import Pipeline, segment, source
 from talkpipe_async.operators import map
 
@@ -383,7 +408,7 @@ def factory():
 
 failing = numbers() | explode()
 upper = map(str.upper)
-'''
+"""
 
 
 def test_run_module_attribute(tmp_path: Path) -> None:
@@ -424,7 +449,11 @@ def test_checkpoint_file_appears(tmp_path: Path) -> None:
     _append(log, "x")
     with cli("tail", str(log), "--from-start", "--checkpoint", str(ck), "--durable") as c:
         assert c.line() == "x"
-        assert wait_for(lambda: ck.exists() and json.loads(ck.read_text())["offset"] == 2)
+        wait_until_sync(
+            lambda: ck.exists() and json.loads(ck.read_text())["offset"] == 2,
+            time.monotonic() + TIMEOUT,
+            "the checkpoint at offset 2",
+        )
         c.signal(SIGINT)
         assert c.wait() == 130
 
@@ -570,7 +599,7 @@ def test_condition_never_raises_on_other_values(value: object) -> None:
         "(" * (MAX_DEPTH + 1) + "a exists" + ")" * (MAX_DEPTH + 1),
         "not " * (MAX_DEPTH + 1) + "a exists",
         "a exists or " * (MAX_LENGTH // 10) + "a exists",
-        "a == \"\\ud800\\x\"",
+        'a == "\\ud800\\x"',
     ],
 )
 def test_condition_rejects_hostile_or_broken_input(text: str) -> None:
@@ -597,8 +626,9 @@ def test_progress_display_on_a_terminal_only(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "talkpipe_async", "read", str(data), "--progress", "--to", f"file:{out}"]
     leader, follower = pty.openpty()
     try:
-        done = subprocess.run(command, stderr=follower, stdout=subprocess.DEVNULL, timeout=30, check=False,
-                              preexec_fn=die_with_parent)
+        done = subprocess.run(
+            command, stderr=follower, stdout=subprocess.DEVNULL, timeout=30, check=False, preexec_fn=die_with_parent
+        )
         os.close(follower)
         seen = b""
         while True:

@@ -135,7 +135,8 @@ def test_worker_process_exits_with_the_error_when_the_budget_is_spent(kind: str)
     """A worker whose broker stays down exits non-zero with BrokerUnavailable, never 0 without an error."""
     import time
 
-    from tests.broker_helpers import nats_count, start_worker, wait_until
+    from tests.broker_helpers import nats_count, start_worker
+    from tests.wait_helpers import wait_until_sync
 
     server = RestartableServer(kind)
     server.start()
@@ -155,17 +156,29 @@ def test_worker_process_exits_with_the_error_when_the_budget_is_spent(kind: str)
             def handled() -> int:
                 return int(client.xlen("res"))
         else:
-            anyio.run(lambda: nats_fill(url, "feed.x", [{"i": i} for i in range(20_000)],
-                                        streams={"FEED": ["feed.>"], "RES": ["res.>"]}))
+            anyio.run(
+                lambda: nats_fill(
+                    url, "feed.x", [{"i": i} for i in range(20_000)], streams={"FEED": ["feed.>"], "RES": ["res.>"]}
+                )
+            )
             stream, group, results = "FEED", "g", "res.x"
 
             def handled() -> int:
                 return int(anyio.run(nats_count, url, "RES"))
 
-        proc = start_worker(kind, url, stream, group, results, "w0", idle_exit=30.0,
-                            extra=("--outage-budget", str(BUDGET), "--delay", "0.001"))
-        wait_until(lambda: proc.poll() is not None or handled() > 100, time.monotonic() + 30,
-                   "the worker to handle messages")
+        proc = start_worker(
+            kind,
+            url,
+            stream,
+            group,
+            results,
+            "w0",
+            idle_exit=30.0,
+            extra=("--outage-budget", str(BUDGET), "--delay", "0.001"),
+        )
+        wait_until_sync(
+            lambda: proc.poll() is not None or handled() > 100, time.monotonic() + 30, "the worker to handle messages"
+        )
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         server.stop()
         _, err = proc.communicate(timeout=BOUND + 10)

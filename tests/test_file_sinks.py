@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +14,14 @@ import pytest
 from talkpipe_async import Flush, Metadata
 from talkpipe_async.sinks import SinkStats, write_jsonl, write_lines
 
+from .wait_helpers import wait_until
+
 pytestmark = pytest.mark.anyio
 
 
 def open_fds() -> int:
     """How many file descriptors this process holds."""
     return len(os.listdir("/proc/self/fd"))
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 4.0) -> None:
-    """Poll a condition with a bound."""
-    with anyio.fail_after(timeout):
-        while not cond():
-            await anyio.sleep(0.002)
 
 
 class Feed:

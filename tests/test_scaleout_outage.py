@@ -32,8 +32,8 @@ from tests.broker_helpers import (
     nats_read,
     start_worker,
     wait_all,
-    wait_until,
 )
+from tests.wait_helpers import wait_until_sync
 
 pytest_plugins = ["tests.broker_helpers"]
 
@@ -85,7 +85,7 @@ def test_redis_outage_two_workers_lose_nothing(restartable_redis: RestartableSer
     deadline = time.monotonic() + 45 + 2 * seconds
     procs = [start_worker("redis", url, stream, group, results, f"w{k}", batch=BATCH, idle_exit=seconds + 4,
                           extra=("--delay", str(DELAY))) for k in range(2)]
-    wait_until(lambda: client.xlen(results) >= N // 4, deadline, "a quarter of the results")
+    wait_until_sync(lambda: client.xlen(results) >= N // 4, deadline, "a quarter of the results")
     client.close()
     restartable_redis.outage(seconds)
     outcomes = wait_all(procs, deadline)
@@ -107,7 +107,7 @@ def test_nats_outage_two_workers_lose_nothing(restartable_nats: RestartableServe
     deadline = time.monotonic() + 45 + 2 * seconds
     procs = [start_worker("nats", url, feed, "workers", f"res{tag}.out", f"w{k}", batch=BATCH, claim_idle=5.0,
                           idle_exit=seconds + 7, extra=("--delay", str(DELAY))) for k in range(2)]
-    wait_until(lambda: anyio.run(nats_count, url, res) >= N // 4, deadline, "a quarter of the results")
+    wait_until_sync(lambda: anyio.run(nats_count, url, res) >= N // 4, deadline, "a quarter of the results")
     restartable_nats.outage(seconds)
     outcomes = wait_all(procs, deadline)
     records: list[Any] = anyio.run(nats_read, url, res)

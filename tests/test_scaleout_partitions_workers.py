@@ -31,7 +31,8 @@ import anyio
 import pytest
 
 from talkpipe_async.connectors import partition_for
-from tests.broker_helpers import counter, nats_count, nats_fill, nats_read, start_worker, wait_all, wait_until
+from tests.broker_helpers import counter, nats_count, nats_fill, nats_read, start_worker, wait_all
+from tests.wait_helpers import wait_until_sync
 
 pytest_plugins = ["tests.broker_helpers"]
 
@@ -70,7 +71,7 @@ def scenario(worker: Callable[..., Any], results: Callable[[], int], deadline: f
     """Workers join, one is killed, one leaves, one more joins; returns the outcomes of those not killed."""
 
     def at(fraction: float) -> None:
-        wait_until(lambda: results() >= TOTAL * fraction, deadline, f"{fraction:.0%} of the results")
+        wait_until_sync(lambda: results() >= TOTAL * fraction, deadline, f"{fraction:.0%} of the results")
 
     leaver = worker("w0", "--serve")
     victim = worker("w1")

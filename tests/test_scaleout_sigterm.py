@@ -23,7 +23,8 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.broker_helpers import counter, nats_count, nats_fill, nats_read, start_worker, wait_all, wait_until
+from tests.broker_helpers import counter, nats_count, nats_fill, nats_read, start_worker, wait_all
+from tests.wait_helpers import wait_until_sync
 
 pytest_plugins = ["tests.broker_helpers"]
 
@@ -75,7 +76,7 @@ def test_redis_sigterm_hands_back_and_drains(redis_url: str) -> None:
         pending = {c["name"]: int(c["pending"]) for c in client.xinfo_consumers(stream, group)}
         return client.xlen(results) >= N // 5 and pending.get(b"w0", 0) > 0
 
-    wait_until(victim_busy, deadline, "the victim to hold messages mid-stream")
+    wait_until_sync(victim_busy, deadline, "the victim to hold messages mid-stream")
     os.kill(procs[0].pid, signal.SIGTERM)
     outcomes = wait_all(procs, deadline)
     records = [json.loads(f[b"data"]) for _, f in client.xrange(results)]
@@ -92,7 +93,7 @@ def test_nats_sigterm_hands_back_and_drains(nats_url: str) -> None:
     deadline = time.monotonic() + DEADLINE
     procs = [start_worker("nats", nats_url, feed, "workers", f"res{tag}.out", f"w{k}", batch=BATCH,
                           claim_idle=NEVER, idle_exit=3.0, extra=EXTRA) for k in range(3)]
-    wait_until(lambda: anyio.run(nats_count, nats_url, res) >= N // 5, deadline, "a fifth of the results")
+    wait_until_sync(lambda: anyio.run(nats_count, nats_url, res) >= N // 5, deadline, "a fifth of the results")
     os.kill(procs[0].pid, signal.SIGTERM)
     outcomes = wait_all(procs, deadline)
     records = anyio.run(nats_read, nats_url, res)

@@ -20,6 +20,8 @@ import pytest
 from talkpipe_async import Metadata
 from talkpipe_async.sources import FileStats, Line, RecordError, TailEvent, acknowledge, tail_file
 
+from .wait_helpers import wait_until
+
 pytestmark = pytest.mark.anyio
 
 FAST = {"poll_min": 0.002, "poll_max": 0.01}
@@ -44,13 +46,6 @@ async def texts(items: AsyncIterator[Any], n: int) -> list[str]:
             elif isinstance(item, str):
                 out.append(item)
     return out
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 4.0) -> None:
-    """Poll a condition with a bound."""
-    with anyio.fail_after(timeout):
-        while not cond():
-            await anyio.sleep(0.002)
 
 
 class Follower:

@@ -16,7 +16,8 @@ import pytest
 from talkpipe_async.sources import FileStats, Line, TailEvent, _tail_chain, tail_file
 from talkpipe_async.sources._tail_chain import _Tailer
 
-from .test_tail import FAST, follow, take, texts, wait_until
+from .test_tail import FAST, follow, take, texts
+from .wait_helpers import wait_until
 
 pytestmark = pytest.mark.anyio
 

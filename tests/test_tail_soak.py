@@ -38,6 +38,8 @@ import pytest
 from talkpipe_async.sinks import write_lines
 from talkpipe_async.sources import FileStats, acknowledge, tail_file
 
+from .wait_helpers import wait_until
+
 pytestmark = [pytest.mark.anyio, pytest.mark.soak]
 
 GNU_TAIL = "/usr/bin/tail"
@@ -167,13 +169,6 @@ def gnu_tail(path: Path, out: Path) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait()
 
 
-async def wait_for(cond: Any, timeout: float, what: str) -> None:
-    """Poll a condition (file contents, /proc) with a bound."""
-    with anyio.fail_after(timeout):
-        while not cond():
-            await anyio.sleep(0.01)
-
-
 def last_line_is(out: Path, last: int) -> bool:
     """Whether *out* ends with line number *last* (read from its end: cheap on a big file)."""
     with open(out, "rb") as f:
@@ -216,12 +211,14 @@ class Soak:
         pipeline = tail | write_lines(self.ours_out, flush_interval=0.05) | acknowledge()
         last = self.total  # the end mark
         with gnu_tail(self.log, self.gnu_out) as gnu:
-            await wait_for(lambda: holds_open(gnu.pid, self.log), 10, "GNU tail to open the file")
+            await wait_until(lambda: holds_open(gnu.pid, self.log), 10, "GNU tail to open the file", interval=0.01)
             async with pipeline.stream() as items, anyio.create_task_group() as tg:
                 tg.start_soon(self._consume, items, last)
-                await wait_for(lambda: self.stats.files >= 1, 10, "our tail to open the file")
+                await wait_until(lambda: self.stats.files >= 1, 10, "our tail to open the file", interval=0.01)
                 await self._write()
-                await wait_for(lambda: last_line_is(self.gnu_out, last), 30, "GNU tail to reach the last line")
+                await wait_until(
+                    lambda: last_line_is(self.gnu_out, last), 30, "GNU tail to reach the last line", interval=0.01
+                )
         self.ours = numbers(self.ours_out.read_bytes(), self.total)
         self.gnu = numbers(self.gnu_out.read_bytes(), self.total)
         for f in sorted(self.dir.iterdir()):
