@@ -27,6 +27,8 @@ BACKENDS = [
     ),
     pytest.param(("trio", {}), id="trio"),
 ]
+#: The same three by the names the runners take (``run_blocking(backend=...)``, the CLI's ``--backend``).
+BACKEND_NAMES = [p.id for p in BACKENDS]
 
 
 @pytest.fixture(params=BACKENDS)

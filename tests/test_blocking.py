@@ -22,7 +22,7 @@ import pytest
 from talkpipe_async import Metadata, Pipeline, _blocking, error_context, is_metadata, segment, source
 from talkpipe_async._blocking import LOOP_THREAD_PREFIX, EventLoopRunningError, loop_thread, shutdown
 
-from .conftest import pool_thread
+from .conftest import BACKEND_NAMES, pool_thread
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +34,7 @@ def _run_on(main: Any, backend: str) -> Any:
     return anyio.run(main, backend=backend)
 
 
-@pytest.fixture(params=["asyncio", "uvloop", "trio"])
+@pytest.fixture(params=BACKEND_NAMES)
 def backend(request: pytest.FixtureRequest) -> str:
     """The event loop the shared loop thread runs."""
     return request.param  # type: ignore[no-any-return]

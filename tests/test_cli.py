@@ -17,7 +17,7 @@ from talkpipe_async.cli import Condition, ConditionError, parse_condition
 from talkpipe_async.cli.conditions import MAX_DEPTH, MAX_LENGTH
 
 from .cli_helpers import SIGINT, SIGTERM, TIMEOUT, cli, run_cli, serve_http, serve_tcp
-from .conftest import die_with_parent
+from .conftest import BACKEND_NAMES, die_with_parent
 from .servers import nats_binary, nats_server, redis_binary, redis_server
 from .wait_helpers import wait_until_sync
 
@@ -154,7 +154,7 @@ def test_tail_follows_appended_lines(tmp_path: Path) -> None:
         assert "skipped 1 line(s)" in "\n".join(c.drain_stderr())
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
 def test_sigint_flushes_and_checkpoint_resumes_exactly(tmp_path: Path, backend: str) -> None:
     log = tmp_path / "feed.log"
     ck = tmp_path / "feed.ck"

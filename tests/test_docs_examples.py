@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import HAVE_UVLOOP
+from .conftest import BACKEND_NAMES, HAVE_UVLOOP
 from .docs_helpers import (
     BACKEND_ARGS,
     DOCS,
@@ -39,7 +39,6 @@ from .docs_helpers import (
 from .servers import nats_server, redis_server
 from .talkpipe_helpers import require_talkpipe
 
-BACKENDS = ["asyncio", "uvloop", "trio"]
 #: a block's process is killed after this many seconds (below pytest-timeout's 60 s, so the test reports it)
 BLOCK_TIMEOUT = 40.0
 
@@ -65,7 +64,7 @@ def _block_env(block: Block, stack: ExitStack) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
 @pytest.mark.parametrize("block", _ALL_BLOCKS, ids=[b.test_id for b in _ALL_BLOCKS])
 def test_docs_example(block: Block, backend: str, tmp_path: Path) -> None:
     if "asyncio" in block.requires and BACKEND_ARGS[backend][0] != "asyncio":

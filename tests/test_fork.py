@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from .conftest import BACKEND_NAMES
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
@@ -105,7 +107,7 @@ def _kill_group(child: subprocess.Popen[str]) -> None:
     child.wait()
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
 def test_a_forked_child_runs_pipelines_of_its_own(backend: str) -> None:
     done = _run_child(OS_FORK_CHILD, backend)
     assert done.stdout.count("child ok") == 3 and "parent ok" in done.stdout, done.stdout + done.stderr

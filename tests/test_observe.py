@@ -57,7 +57,7 @@ async def test_prometheus_gauges() -> None:
 
 # --- the live display: rich, tqdm, plain ---------------------------------------------------------------
 
-BACKENDS = ["rich", "tqdm", "plain"]
+DISPLAYS = ["rich", "tqdm", "plain"]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -113,7 +113,7 @@ def last_line(raw: str) -> str:
     return ANSI.sub("", raw).rstrip("\n").split("\r")[-1].strip()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DISPLAYS)
 async def test_each_backend_draws_the_figures_and_closes_at_the_end(backend: str) -> None:
     screen = io.StringIO()
     ready = anyio.Event()
@@ -144,7 +144,7 @@ async def test_each_backend_draws_the_figures_and_closes_at_the_end(backend: str
         assert raw.count("\r") >= 2 and raw.endswith("\n")  # redrawn in place, then ended with a newline
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DISPLAYS)
 async def test_a_run_ending_with_an_error_closes_the_display(backend: str) -> None:
     screen = io.StringIO()
     before = set(threading.enumerate())
@@ -188,7 +188,7 @@ async def test_close_ends_a_display_whose_run_was_cancelled_from_outside() -> No
     assert screen.getvalue() == raw
 
 
-@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+@pytest.mark.parametrize("backend", ["auto", *DISPLAYS])
 async def test_not_a_terminal_nothing_is_written(backend: str) -> None:
     screen = io.StringIO()
     display = progress(screen, backend=backend)  # type: ignore[arg-type]  # a str from parametrize
@@ -227,7 +227,7 @@ def test_a_backend_asked_for_and_not_installed_raises(monkeypatch: pytest.Monkey
         progress(io.StringIO(), backend="curses")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", DISPLAYS)
 async def test_a_terminal_that_goes_away_turns_the_display_off_not_the_run(backend: str) -> None:
     reader, writer = os.pipe()
     os.close(reader)  # nobody reads any more: every write fails with BrokenPipeError, as on a hung-up terminal

@@ -20,6 +20,7 @@ import pytest
 from talkpipe_async import Metadata
 from talkpipe_async.sources import FileStats, Line, RecordError, TailEvent, acknowledge, tail_file
 
+from .conftest import BACKEND_NAMES
 from .wait_helpers import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -439,7 +440,7 @@ def _run_child(args: list[str], stop: Callable[[list[str]], bool]) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "uvloop", "trio"])
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
 def test_checkpoint_survives_kill_9(tmp_path: Path, backend: str) -> None:
     """Kill the tailing process mid-way; the restarted one loses nothing and repeats only unacknowledged lines."""
     log = tmp_path / "app.log"
