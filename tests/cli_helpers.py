@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from .conftest import die_with_parent
+from .net_helpers import parse_head
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0
@@ -187,7 +188,7 @@ def serve_tcp(handler: Callable[[socket.socket], None]) -> Iterator[int]:
 
 
 def read_request(conn: socket.socket) -> tuple[str, bytes]:
-    """Read one HTTP/1.1 request; return its request line and body."""
+    """Read one HTTP/1.1 request from a blocking socket (a server thread); return its request line and body."""
     data = b""
     while b"\r\n\r\n" not in data:
         chunk = conn.recv(65536)
@@ -195,18 +196,14 @@ def read_request(conn: socket.socket) -> tuple[str, bytes]:
             break
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    length = 0
-    for h in lines[1:]:
-        name, _, value = h.partition(":")
-        if name.strip().lower() == "content-length":
-            length = int(value)
+    line, headers = parse_head(head)
+    length = int(headers.get("content-length", "0"))
     while len(body) < length:
         chunk = conn.recv(65536)
         if not chunk:
             break
         body += chunk
-    return lines[0], body
+    return line, body
 
 
 @contextmanager

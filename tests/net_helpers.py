@@ -189,17 +189,22 @@ async def raw_server(handler: Handler) -> AsyncIterator[int]:
             tg.cancel_scope.cancel()
 
 
+def parse_head(head: bytes) -> tuple[str, dict[str, str]]:
+    """An HTTP request head (without its blank line): the request line and the headers (lower-case names)."""
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return lines[0], headers
+
+
 async def read_request(stream: anyio.abc.SocketStream) -> dict[str, str]:
-    """Read an HTTP request head; return its headers (lower-case names)."""
+    """Read an HTTP request head from an anyio stream; return its headers (lower-case names)."""
     data = b""
     while b"\r\n\r\n" not in data:
         data += await stream.receive()
-    head = data.split(b"\r\n\r\n", 1)[0].decode()
-    headers = {}
-    for line in head.split("\r\n")[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return headers
+    return parse_head(data.split(b"\r\n\r\n", 1)[0])[1]
 
 
 async def ws_handshake(stream: anyio.abc.SocketStream) -> None:
