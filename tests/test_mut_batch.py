@@ -13,7 +13,7 @@ import pytest
 
 from talkpipe_async import Flush, Metadata, source
 from talkpipe_async.operators import batch, flush_n, flush_t, time_window, window
-from talkpipe_async.testing import assert_emits, virtual_backend
+from talkpipe_async.testing import assert_emits, run_stage, virtual_backend
 from tests.ops_a_helpers import timed
 
 F = Flush()
@@ -173,3 +173,51 @@ async def test_a_tumbling_window_passes_metadata_on_ahead_of_held_items() -> Non
     read are kept; a Flush with nothing held emits no empty window."""
     tag = Metadata(tag=1)
     await assert_emits(time_window(60.0), [F, 1, tag, 2, 3], [F, tag, [1, 2, 3]], metadata=True)
+
+
+@pytest.mark.anyio
+async def test_flush_t_that_fell_behind_sends_one_late_flush_then_keeps_its_grid() -> None:
+    """When the consumer holds ``flush_t`` past its ticks, the missed ticks give one Flush at once (also when it
+    resumes exactly on a tick), then the ticks go on at whole seconds from the stage's start."""
+    got = await _timed_outputs(timed([(0.5, "a"), (4.5, "b")]) | flush_t(1.0), pause_after_first=1.5, metadata=True)
+    assert got == [(0.5, "a"), (2.0, F), (3.0, F), (4.0, F), (4.5, "b")]
+    got = await _timed_outputs(timed([(0.5, "a"), (4.5, "b")]) | flush_t(1.0), pause_after_first=2.7, metadata=True)
+    assert got == [(0.5, "a"), (3.2, F), (4.0, F), (4.5, "b")]
+
+
+@pytest.mark.anyio
+async def test_a_sliding_window_drops_an_item_exactly_its_length_old() -> None:
+    """A sliding window of ``seconds`` holds the items of the half-open interval (t - seconds, t]: at 1.5 s a
+    1-second window no longer holds the item of 0.5 s (and the item arriving at 1.5 s is read after the tick)."""
+    schedule = [(0.5, "a"), (1.0, "b"), (1.5, "c")]
+    got = await _timed_outputs(timed(schedule) | time_window(1.0, every=0.5))
+    assert got == [(1.0, ["a"]), (1.5, ["b"])]
+
+
+@pytest.mark.anyio
+async def test_a_sliding_window_that_fell_behind_skips_the_missed_ticks() -> None:
+    """When the consumer holds a sliding window past its ticks, the missed ticks are skipped (also one falling
+    exactly when it resumes) and the ticks stay on the grid from the stage's start."""
+    schedule = [(0.5, "a"), (1.0, "b"), (3.7, "c")]
+    got = await _timed_outputs(timed(schedule) | time_window(1.0, every=1.0, emit_empty=True), pause_after_first=1.0)
+    assert got == [(1.0, ["a"]), (3.0, [])]
+    got = await _timed_outputs(timed(schedule) | time_window(1.0, every=1.0, emit_empty=True), pause_after_first=2.2)
+    assert got == [(1.0, ["a"])]
+
+
+@pytest.mark.anyio
+async def test_a_sliding_window_passes_metadata_on_and_may_hold_exactly_max_items() -> None:
+    """Metadata goes on at once and is never part of a window, the items read with it are kept, a Flush clears the
+    window, and holding exactly ``max_items`` is allowed."""
+    tag = Metadata(tag=1)
+    schedule = [(0.1, tag), (0.1, 1), (0.2, 2), (0.7, F), (0.8, 3)]
+    got = await _timed_outputs(timed(schedule) | time_window(1.0, every=0.5, max_items=2), metadata=True)
+    assert got == [(0.1, tag), (0.5, [1, 2]), (0.7, F)]
+
+
+@pytest.mark.anyio
+async def test_a_sliding_window_over_max_items_names_the_stage_and_the_bound() -> None:
+    """Holding more than ``max_items`` raises ``BufferError`` naming the stage, the bound and the window length."""
+    with pytest.raises(BufferError) as err:
+        await run_stage(time_window(60.0, every=30.0, max_items=5, name="recent"), range(10))
+    assert str(err.value) == "recent: more than max_items=5 items in a 60.0 s window"
