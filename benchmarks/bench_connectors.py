@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from talkpipe_async.connectors import consume, jetstream_messages, partition_for, redis_stream_messages
-from tests import servers
+from tests.helpers import servers
 
 from ._harness import Result
 

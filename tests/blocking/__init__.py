@@ -1,0 +1,1 @@
+"""Tests of the blocking wrapper and the hosts sync users run it in."""

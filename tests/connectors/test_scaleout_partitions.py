@@ -1,0 +1,242 @@
+"""Partitioning by key on Redis Streams, in one process against a real redis-server.
+
+* The sink sends each item to ``<stream>:<crc32(key) % n>`` (a stable hash).
+* One partitioned source reads every partition, in order per key.
+* A partition left with pending entries (its owner died) is taken over
+  first, in order, one entry at a time, before new entries are read.
+* Two sources in one process share the partitions: each owns its share
+  (leases), every message is handled once, in order per key.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+import zlib
+from typing import Any
+
+import anyio
+import nats
+import pytest
+
+from talkpipe_async.connectors import (
+    Message,
+    ack,
+    jetstream_messages,
+    map_data,
+    partition_for,
+    redis_stream_messages,
+    to_jetstream,
+    to_redis_stream,
+)
+from tests.helpers.brokers import ASYNCIO_LOOPS, nats_fill
+
+pytest_plugins = ["tests.helpers.brokers"]
+
+pytestmark = pytest.mark.anyio
+N = 4
+
+
+@pytest.fixture(params=ASYNCIO_LOOPS)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """redis.asyncio needs asyncio: run on asyncio and uvloop."""
+    return request.param
+
+
+def feed(keys: int, per_key: int) -> list[dict[str, Any]]:
+    """Messages ``{"k": key, "s": n-th of its key}``, keys interleaved."""
+    return [{"k": f"key-{k}", "s": s} for s in range(per_key) for k in range(keys)]
+
+
+def test_partition_for_is_crc32_of_the_key_bytes() -> None:
+    assert partition_for("user-7", 8) == zlib.crc32(b"user-7") % 8
+    assert partition_for(b"user-7", 8) == partition_for("user-7", 8)
+    assert partition_for(42, 5) == zlib.crc32(b"42") % 5
+    with pytest.raises(ValueError, match="go together"):
+        to_redis_stream("s", key="k")
+    with pytest.raises(ValueError, match="at least 1"):
+        redis_stream_messages("s", "g", partitions=0)
+
+
+async def test_sink_routes_each_item_by_its_key(redis_url: str, client: Any) -> None:
+    stream = f"p-{uuid.uuid4().hex[:6]}"
+    items = feed(10, 3)
+    sink = to_redis_stream(stream, url=redis_url, key="k", partitions=N)
+    assert await sink.collect(items) == items
+    for p in range(N):
+        stored = [json.loads(f[b"data"]) for _, f in await client.xrange(f"{stream}:{p}")]
+        expected = [x for x in items if zlib.crc32(x["k"].encode()) % N == p]
+        assert stored == expected
+    by_function = to_redis_stream(stream + "f", url=redis_url, key=lambda x: x["k"], partitions=N)
+    await by_function.collect(items)
+    assert await client.xlen(f"{stream}f:{partition_for('key-0', N)}") >= 3
+
+
+async def test_one_source_reads_every_partition_in_order_per_key(redis_url: str) -> None:
+    stream = f"p-{uuid.uuid4().hex[:6]}"
+    items = feed(10, 20)
+    await to_redis_stream(stream, url=redis_url, key="k", partitions=N).collect(items)
+    src = redis_stream_messages(stream, "g", url=redis_url, partitions=N, block=0.05, idle_exit=0.5, lease_ttl=2.0)
+    seen: dict[str, list[int]] = {}
+
+    async def handle(x: dict[str, Any]) -> None:
+        seen.setdefault(x["k"], []).append(x["s"])
+
+    from talkpipe_async.connectors import consume
+
+    with anyio.fail_after(30):
+        assert await consume(src, handle) == len(items)
+    assert seen == {f"key-{k}": list(range(20)) for k in range(10)}
+    assert src.stats.acked == len(items)
+
+
+async def test_pending_entries_of_a_dead_owner_come_first_in_order(redis_url: str, client: Any) -> None:
+    stream = f"p-{uuid.uuid4().hex[:6]}"
+    items = [{"k": "a", "s": s} for s in range(10)]
+    await to_redis_stream(stream, url=redis_url, key="k", partitions=1).collect(items[:6])
+    await client.xgroup_create(f"{stream}:0", "g", id="0")
+    # a dead owner: it read four entries (pending) and never acknowledged them; its lease lapsed
+    await client.xreadgroup("g", "dead", {f"{stream}:0": ">"}, count=4)
+    await to_redis_stream(stream, url=redis_url, key="k", partitions=1).collect(items[6:])
+    src = redis_stream_messages(stream, "g", url=redis_url, partitions=1, block=0.05, idle_exit=0.5, lease_ttl=2.0)
+    got: list[Message[Any]] = []
+    async with src.stream() as messages:
+        async for message in messages:
+            got.append(message)
+            await message.ack()
+    assert [m.data["s"] for m in got] == list(range(10))
+    assert [m.deliveries for m in got] == [2, 2, 2, 2] + [1] * 6
+    assert all(m.id.startswith("0:") for m in got)
+    assert src.stats.isolated == 4 and src.stats.redelivered == 4
+    assert int((await client.xpending(f"{stream}:0", "g"))["pending"]) == 0
+
+
+async def test_a_nacked_entry_comes_again_before_newer_ones_and_a_poison_one_goes_to_the_dead_letter(
+    redis_url: str, client: Any
+) -> None:
+    stream = f"p-{uuid.uuid4().hex[:6]}"
+    await to_redis_stream(stream, url=redis_url, key="k", partitions=1).collect([{"k": "a", "s": s} for s in range(6)])
+    failures: dict[int, int] = {}
+
+    def handle(x: dict[str, Any]) -> int:
+        if x["s"] in (2, 4) and (x["s"] == 4 or failures.get(2, 0) < 1):  # 2 fails once, 4 always
+            failures[x["s"]] = failures.get(x["s"], 0) + 1
+            raise RuntimeError(f"cannot handle {x['s']} now")
+        return int(x["s"])
+
+    mapper = map_data(handle, on_error="nak")
+    src = redis_stream_messages(stream, "g", url=redis_url, partitions=1, batch=1, block=0.05, idle_exit=0.5,
+                            lease_ttl=2.0, max_deliveries=3)
+    with anyio.fail_after(30):
+        out = await (src | mapper | ack(unwrap=True)).collect()
+    assert out == [0, 1, 2, 3, 5]
+    assert failures == {2: 1, 4: 3} and src.stats.nacked == 4 and src.stats.dead_lettered == 1
+    dead = await client.xrange(f"{stream}:dead")
+    assert [json.loads(f[b"data"])["s"] for _, f in dead] == [4]
+    assert int((await client.xpending(f"{stream}:0", "g"))["pending"]) == 0
+
+
+async def test_two_sources_share_the_partitions_by_lease(redis_url: str, client: Any) -> None:
+    stream = f"p-{uuid.uuid4().hex[:6]}"
+    items = feed(12, 60)
+    await to_redis_stream(stream, url=redis_url, key="k", partitions=N).collect(items)
+    seen: dict[str, list[tuple[str, int]]] = {}
+    sources = [redis_stream_messages(stream, "g", url=redis_url, consumer=name, partitions=N, block=0.05,
+                                 idle_exit=1.0, lease_ttl=1.0, batch=5) for name in ("a", "b")]
+    started = anyio.Event()
+
+    async def run(src: redis_stream_messages) -> None:
+        async with src.stream() as messages:
+            async for message in messages:
+                seen.setdefault(message.data["k"], []).append((src.consumer or "", message.data["s"]))
+                await anyio.sleep(0.001)  # the work of one message
+                await message.ack()
+                if not started.is_set():
+                    started.set()
+                    # "a" holds every partition; on its first message it waits until "b" has joined the group
+                    while b"b" not in await client.zrange(f"{stream}:g:members", 0, -1):
+                        await anyio.sleep(0.01)
+
+    with anyio.fail_after(40):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run, sources[0])
+            await started.wait()  # "a" owns every partition; "b" joins and the partitions are rebalanced
+            tg.start_soon(run, sources[1])
+    assert {k: [s for _, s in v] for k, v in seen.items()} == {f"key-{k}": list(range(60)) for k in range(12)}
+    workers = {w for v in seen.values() for w, _ in v}
+    assert workers == {"a", "b"}, "the second source never got a partition"
+    assert sources[0].owned_partitions == [] and sources[1].owned_partitions == []
+    rest = await client.keys(f"{stream}:g:lease:*")
+    assert rest == [], "a lease outlived its owner's run"
+
+
+# --- NATS JetStream ---------------------------------------------------------------------------------------------
+
+
+async def nats_stream(url: str) -> tuple[str, str]:
+    """A fresh stream storing ``<subject>.>``; returns (stream, subject)."""
+    tag = uuid.uuid4().hex[:6]
+    await nats_fill(url, "unused", [], streams={f"FEED{tag}": [f"feed{tag}.>"]})
+    return f"FEED{tag}", f"feed{tag}"
+
+
+async def test_jetstream_sink_routes_by_key_and_one_source_reads_in_order(nats_url: str) -> None:
+    stream, subject = await nats_stream(nats_url)
+    items = feed(10, 20)
+    await to_jetstream(subject, servers=nats_url, key="k", partitions=N).collect(items)
+    src = jetstream_messages(stream, "d", servers=nats_url, subject=subject, partitions=N, fetch_wait=0.05,
+                          idle_exit=1.0, lease_ttl=2.0, dead_letter=False)
+    seen: dict[str, list[int]] = {}
+    subjects: dict[str, set[str]] = {}
+
+    async def handle(x: dict[str, Any]) -> None:
+        seen.setdefault(x["k"], []).append(x["s"])
+
+    with anyio.fail_after(30):
+        async with src.stream() as messages:
+            async for message in messages:
+                await handle(message.data)
+                subjects.setdefault(message.data["k"], set()).add(message.token._msg.subject)  # type: ignore[attr-defined]
+                await message.ack()
+    assert seen == {f"key-{k}": list(range(20)) for k in range(10)}
+    assert subjects == {f"key-{k}": {f"{subject}.{partition_for(f'key-{k}', N)}"} for k in range(10)}
+    assert src.owned_partitions == []
+
+
+async def test_jetstream_two_sources_share_the_partitions_by_lease(nats_url: str) -> None:
+    stream, subject = await nats_stream(nats_url)
+    items = feed(12, 40)
+    await to_jetstream(subject, servers=nats_url, key="k", partitions=N).collect(items)
+    sources = [jetstream_messages(stream, "d", servers=nats_url, subject=subject, partitions=N, fetch_wait=0.05,
+                               idle_exit=1.5, lease_ttl=1.0, batch=5, consumer=name, dead_letter=False)
+               for name in ("a", "b")]
+    seen: dict[str, list[tuple[str, int]]] = {}
+    started = anyio.Event()
+    nc = await nats.connect(nats_url)
+    bucket = f"{stream}_d_leases"
+
+    async def members() -> set[str]:
+        info = await nc.jetstream().stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.m.>")
+        return {name.rsplit(".", 1)[-1] for name in info.state.subjects or {}}
+
+    async def run(src: jetstream_messages) -> None:
+        async with src.stream() as messages:
+            async for message in messages:
+                seen.setdefault(message.data["k"], []).append((src.consumer or "", message.data["s"]))
+                await anyio.sleep(0.002)  # the work of one message
+                await message.ack()
+                if not started.is_set():
+                    started.set()
+                    while "b" not in await members():  # "a" holds every partition; it waits until "b" joined
+                        await anyio.sleep(0.01)
+
+    try:
+        with anyio.fail_after(45):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run, sources[0])
+                await started.wait()
+                tg.start_soon(run, sources[1])
+    finally:
+        await nc.close()
+    assert {k: [s for _, s in v] for k, v in seen.items()} == {f"key-{k}": list(range(40)) for k in range(12)}
+    assert {w for v in seen.values() for w, _ in v} == {"a", "b"}, "the second source never got a partition"

@@ -1,0 +1,1 @@
+"""Every docs code block and README command, run on its own."""

@@ -1,0 +1,1 @@
+"""What the tests share: servers, brokers, network peers, polling, the CLI runner."""

@@ -1,0 +1,1 @@
+"""TalkPipe's own segments, scripts and metadata in our pipelines."""

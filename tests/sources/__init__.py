@@ -1,0 +1,1 @@
+"""Tests of the sources: files and tails, sockets, HTTP, SSE, WebSocket, processes."""

@@ -1,0 +1,1 @@
+"""Tests of talkpipe_async.testing, the kit for users' own pipeline tests."""
