@@ -51,6 +51,9 @@ def test_settings_are_kept_with_their_defaults() -> None:
     assert (tw.seconds, tw.every, tw.max_items, tw.emit_empty) == (2.0, None, 100_000, False)
     tw = time_window(2.0, every=0.5, max_items=7, emit_empty=True)
     assert (tw.seconds, tw.every, tw.max_items, tw.emit_empty) == (2.0, 0.5, 7, True)
+    # each handles metadata itself: a Flush empties what it holds
+    stages = (batch(2), batch(2, timeout=1.0), window(2), flush_n(2), flush_t(1.0), time_window(1.0))
+    assert [st.process_metadata for st in stages] == [True] * 6
 
 
 @pytest.mark.parametrize(
@@ -221,3 +224,45 @@ async def test_a_sliding_window_over_max_items_names_the_stage_and_the_bound() -
     with pytest.raises(BufferError) as err:
         await run_stage(time_window(60.0, every=30.0, max_items=5, name="recent"), range(10))
     assert str(err.value) == "recent: more than max_items=5 items in a 60.0 s window"
+
+
+@pytest.mark.anyio
+async def test_catching_up_keeps_the_grid_of_a_half_second_step() -> None:
+    """Catching up after a slow consumer moves the tick by whole steps of the stage's own length (here 0.5 s, where
+    a step and its inverse differ), so the ticks stay on the stage's grid."""
+    stage = time_window(0.5, emit_empty=True)
+    got = await _timed_outputs(timed([(0.2, "a"), (3.4, "b")]) | stage, pause_after_first=1.1)
+    assert got == [(0.5, ["a"]), (2.0, []), (2.5, []), (3.0, []), (3.4, ["b"])]
+    got = await _timed_outputs(timed([(0.2, "a"), (2.4, "b")]) | flush_t(0.5), pause_after_first=1.1, metadata=True)
+    assert got == [(0.2, "a"), (1.3, F), (1.5, F), (2.0, F), (2.4, "b")]
+    stage = time_window(0.5, every=0.5, emit_empty=True)
+    got = await _timed_outputs(timed([(0.2, "a"), (2.4, "b")]) | stage, pause_after_first=1.15)
+    assert got == [(0.5, ["a"]), (2.0, [])]
+
+
+@pytest.mark.anyio
+async def test_a_sliding_window_reads_ahead_1024_items_in_a_named_task() -> None:
+    """While the consumer holds a sliding window's output, its upstream runs ahead by the feed's 1024 items (and
+    one in the feeding task's hand), read by a task named after the stage."""
+    gate = anyio.Event()
+    pulled = 0
+
+    @source
+    async def gated() -> Any:
+        nonlocal pulled
+        for i in range(3):
+            pulled += 1
+            yield i
+        await gate.wait()
+        for i in range(5000):
+            pulled += 1
+            yield i
+
+    async with (gated() | time_window(1.0, every=0.5, name="sw")).stream() as items:
+        async for window_ in items:
+            assert window_ == [0, 1, 2]
+            gate.set()
+            await anyio.wait_all_tasks_blocked()
+            names = {t.name or "" for t in anyio.get_running_tasks() if "feed of" in (t.name or "")}
+            assert (pulled, names) == (3 + 1024 + 1, {"talkpipe_async feed of sw"})
+            break
