@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from .._backoff import Backoff
+from .._backoff import Backoff, Retries
 from .._core._errors import TalkpipeAsyncError
 
 __all__ = ["DEFAULT_OUTAGE_BUDGET", "BrokerUnavailable", "OutageGuard"]
@@ -72,7 +72,7 @@ class OutageGuard:
         self.gave_up = False
         self._since: float | None = None
         self._warned = 0.0
-        self._attempt = 0
+        self._retries = Retries(OUTAGE_BACKOFF)  # no attempt limit: the outage's time budget bounds it
 
     @property
     def in_outage(self) -> bool:
@@ -103,7 +103,7 @@ class OutageGuard:
         if self._since is None:
             self._since = now
             self._warned = now
-            self._attempt = 0
+            self._retries = Retries(OUTAGE_BACKOFF)
             self.outages += 1
             if self.on_outage is not None:
                 self.on_outage()
@@ -121,8 +121,8 @@ class OutageGuard:
             self._warned = now
             logger.warning("%s: %s still unreachable after %.1f s (%s: %s)", self.label, self.broker, elapsed,
                            type(exc).__name__, exc)
-        delay = min(OUTAGE_BACKOFF.delay(self._attempt), self.budget - elapsed)
-        self._attempt += 1
+        wait = self._retries.failed()  # never None: OUTAGE_BACKOFF has no attempt limit
+        delay = min(wait if wait is not None else 0.0, self.budget - elapsed)
         await anyio.sleep(max(delay, 0.0))
 
     def recovered(self) -> None:

@@ -308,16 +308,16 @@ async def retry_call(
     a note saying how many attempts were made.  ``on_retry(failure, exc,
     delay)`` is called (sync) before each wait.
     """
-    failure = 0
+    retries = Retries(backoff, rng=rng)  # a call that fails is never a healthy attempt: failures only add up
     while True:
         try:
             return await fn(*args)
         except retry_on as exc:
-            failure += 1
-            if backoff.exhausted(failure):
+            wait = retries.failed()
+            failure = retries.failures
+            if wait is None:
                 add_note(exc, f"talkpipe_async: gave up after {failure} attempts")
                 raise
-            wait = backoff.delay(failure - 1, rng=rng)
             if on_retry is not None:
                 on_retry(failure, exc, wait)
             logger.debug("retry %d of %s after %r; waiting %.3fs", failure, getattr(fn, "__name__", fn), exc, wait)
