@@ -6,7 +6,7 @@ import os
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import anyio
 import anyio.abc
@@ -19,6 +19,25 @@ from .._net.framing import DEFAULT_MAX_LINE, READ_SIZE, NetStats, Overlong
 from .._net.tls import CountingTLSListener, hang_up
 from ._framing import FramedSource
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+
+class ServerOptions(TypedDict, total=False):
+    """The options :class:`tcp_server_lines` and :class:`unix_server_lines` share (their defaults are the
+    servers' own: see :class:`tcp_server_lines`)."""
+
+    max_connections: int
+    idle_timeout: float | None
+    buffer: int
+    max_line_bytes: int
+    on_overlong: Overlong
+    encoding: str
+    errors: str
+    on_listening: Callable[[Any], Any] | None
+    stats: NetStats | None
+    name: str | None
+
 __all__ = ["tcp_server_lines", "unix_server_lines"]
 
 
@@ -28,16 +47,16 @@ class _ServerSource(FramedSource[str]):
     def __init__(
         self,
         *,
-        max_connections: int,
-        idle_timeout: float | None,
-        buffer: int,
-        max_line_bytes: int,
-        on_overlong: Overlong,
-        encoding: str,
-        errors: str,
-        on_listening: Callable[[Any], Any] | None,
-        stats: NetStats | None,
-        name: str | None,
+        max_connections: int = 100,
+        idle_timeout: float | None = None,
+        buffer: int = 1024,
+        max_line_bytes: int = DEFAULT_MAX_LINE,
+        on_overlong: Overlong = "skip",
+        encoding: str = "utf-8",
+        errors: str = "replace",
+        on_listening: Callable[[Any], Any] | None = None,
+        stats: NetStats | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__(max_line_bytes, on_overlong, encoding, errors, stats, name)
         if max_connections < 1:
@@ -157,31 +176,11 @@ class tcp_server_lines(_ServerSource):
         host: str = "127.0.0.1",
         port: int = 0,
         *,
-        max_connections: int = 100,
-        idle_timeout: float | None = None,
-        buffer: int = 1024,
-        max_line_bytes: int = DEFAULT_MAX_LINE,
-        on_overlong: Overlong = "skip",
-        encoding: str = "utf-8",
-        errors: str = "replace",
-        on_listening: Callable[[Any], Any] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         tls_handshake_timeout: float = 10.0,
-        stats: NetStats | None = None,
-        name: str | None = None,
+        **options: Unpack[ServerOptions],
     ) -> None:
-        super().__init__(
-            max_connections=max_connections,
-            idle_timeout=idle_timeout,
-            buffer=buffer,
-            max_line_bytes=max_line_bytes,
-            on_overlong=on_overlong,
-            encoding=encoding,
-            errors=errors,
-            on_listening=on_listening,
-            stats=stats,
-            name=name,
-        )
+        super().__init__(**options)
         self.host = host
         self.port = port
         self.ssl_context = ssl_context
@@ -208,30 +207,9 @@ class unix_server_lines(_ServerSource):
     def __init__(
         self,
         path: str | os.PathLike[str],
-        *,
-        max_connections: int = 100,
-        idle_timeout: float | None = None,
-        buffer: int = 1024,
-        max_line_bytes: int = DEFAULT_MAX_LINE,
-        on_overlong: Overlong = "skip",
-        encoding: str = "utf-8",
-        errors: str = "replace",
-        on_listening: Callable[[Any], Any] | None = None,
-        stats: NetStats | None = None,
-        name: str | None = None,
+        **options: Unpack[ServerOptions],
     ) -> None:
-        super().__init__(
-            max_connections=max_connections,
-            idle_timeout=idle_timeout,
-            buffer=buffer,
-            max_line_bytes=max_line_bytes,
-            on_overlong=on_overlong,
-            encoding=encoding,
-            errors=errors,
-            on_listening=on_listening,
-            stats=stats,
-            name=name,
-        )
+        super().__init__(**options)
         self.path = check_unix_path(path)
 
     async def _listen(self, stats: NetStats) -> tuple[anyio.abc.Listener[Any], Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import anyio
 import anyio.abc
@@ -33,6 +33,9 @@ from ._socket_servers import tcp_server_lines as tcp_server_lines
 from ._socket_servers import unix_server_lines as unix_server_lines
 from ._udp import udp_datagrams as udp_datagrams
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 __all__ = [
     "Backoff",
     "ConnectionLost",
@@ -49,6 +52,22 @@ __all__ = [
 ]
 
 
+class ClientOptions(TypedDict, total=False):
+    """The options :class:`tcp_lines` and :class:`unix_lines` (and their bytes forms) share; see :class:`tcp_lines`."""
+
+    reconnect: bool
+    backoff: Backoff | None
+    max_line_bytes: int
+    on_overlong: Overlong
+    encoding: str
+    errors: str
+    read_size: int
+    read_timeout: float | None
+    connect_timeout: float
+    stats: NetStats | None
+    name: str | None
+
+
 class _StreamClient(FramedSource[Text], BatchSource[Text]):
     """Shared body of the TCP and Unix client sources."""
 
@@ -58,17 +77,17 @@ class _StreamClient(FramedSource[Text], BatchSource[Text]):
     def __init__(
         self,
         *,
-        reconnect: bool,
-        backoff: Backoff | None,
-        max_line_bytes: int,
-        on_overlong: Overlong,
-        encoding: str,
-        errors: str,
-        read_size: int,
-        read_timeout: float | None,
-        connect_timeout: float,
-        stats: NetStats | None,
-        name: str | None,
+        reconnect: bool = False,
+        backoff: Backoff | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE,
+        on_overlong: Overlong = "raise",
+        encoding: str = "utf-8",
+        errors: str = "replace",
+        read_size: int = READ_SIZE,
+        read_timeout: float | None = None,
+        connect_timeout: float = 10.0,
+        stats: NetStats | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__(max_line_bytes, on_overlong, encoding, errors, stats, name)
         self.reconnect = reconnect
@@ -174,31 +193,9 @@ class tcp_lines(_StreamClient[Text]):
         tls: bool = False,
         ssl_context: ssl.SSLContext | None = None,
         tls_hostname: str | None = None,
-        reconnect: bool = False,
-        backoff: Backoff | None = None,
-        max_line_bytes: int = DEFAULT_MAX_LINE,
-        on_overlong: Overlong = "raise",
-        encoding: str = "utf-8",
-        errors: str = "replace",
-        read_size: int = READ_SIZE,
-        read_timeout: float | None = None,
-        connect_timeout: float = 10.0,
-        stats: NetStats | None = None,
-        name: str | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        super().__init__(
-            reconnect=reconnect,
-            backoff=backoff,
-            max_line_bytes=max_line_bytes,
-            on_overlong=on_overlong,
-            encoding=encoding,
-            errors=errors,
-            read_size=read_size,
-            read_timeout=read_timeout,
-            connect_timeout=connect_timeout,
-            stats=stats,
-            name=name,
-        )
+        super().__init__(**options)
         self.host = host
         self.port = port
         self.tls = tls or ssl_context is not None
@@ -227,32 +224,9 @@ class unix_lines(_StreamClient[Text]):
     def __init__(
         self,
         path: str | os.PathLike[str],
-        *,
-        reconnect: bool = False,
-        backoff: Backoff | None = None,
-        max_line_bytes: int = DEFAULT_MAX_LINE,
-        on_overlong: Overlong = "raise",
-        encoding: str = "utf-8",
-        errors: str = "replace",
-        read_size: int = READ_SIZE,
-        read_timeout: float | None = None,
-        connect_timeout: float = 10.0,
-        stats: NetStats | None = None,
-        name: str | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
-        super().__init__(
-            reconnect=reconnect,
-            backoff=backoff,
-            max_line_bytes=max_line_bytes,
-            on_overlong=on_overlong,
-            encoding=encoding,
-            errors=errors,
-            read_size=read_size,
-            read_timeout=read_timeout,
-            connect_timeout=connect_timeout,
-            stats=stats,
-            name=name,
-        )
+        super().__init__(**options)
         self.path = check_unix_path(path)
 
     def _where(self) -> str:

@@ -144,6 +144,8 @@ async def mistakes() -> None:
     read_lines("a.log").then(write_lines("b.log")).then(size())  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     rows: list[dict[str, str]] = await read_csv("a.csv", header=False).collect()  # type: ignore[assignment]  # pyright: ignore[reportAssignmentType]
     read_lines("a.log").then(to_queue(asyncio.Queue[int]()))  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
+    tcp_lines("127.0.0.1", 1, reconect=True)  # type: ignore[call-arg]  # pyright: ignore[reportCallIssue]
+    tcp_server_lines(buffer="64")  # type: ignore[arg-type]  # pyright: ignore[reportArgumentType]
     read_lines("a.log") | to_queue(asyncio.Queue[int]())  # type: ignore[arg-type]  # pyright: ignore[reportOperatorIssue, reportUnusedExpression]
     read_lines("a.log") | write_lines("b.log") | size()  # type: ignore[operator]  # pyright: ignore[reportOperatorIssue, reportUnusedExpression]
     send, _ = anyio.create_memory_object_stream[str](1)
