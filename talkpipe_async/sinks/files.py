@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypedDict
 
 import anyio
 import anyio.to_thread
@@ -27,6 +27,9 @@ from .._core._run import current_run
 from .._core._segment import PassThrough
 from ._items import T
 from ._ndjson import ndjson_dumps
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["SinkStats", "write_jsonl", "write_lines"]
 
@@ -160,6 +163,19 @@ async def _feed(items: AsyncIterator[Any], channel: Channel) -> None:
     channel.close()
 
 
+class FileSinkOptions(TypedDict, total=False):
+    """The options the file sinks share (:class:`write_lines`, :class:`write_jsonl`); see :class:`write_lines`."""
+
+    field: str | None
+    flush_every: int | None
+    flush_interval: float | None
+    fsync: bool
+    emit: Literal["written", "flushed"]
+    buffer: int
+    name: str | None
+    stats: SinkStats | None
+
+
 class _FileSink(PassThrough[T]):
     """Shared machinery of the file sinks."""
 
@@ -167,14 +183,14 @@ class _FileSink(PassThrough[T]):
         self,
         path: str | os.PathLike[str],
         *,
-        field: str | None,
-        flush_every: int | None,
-        flush_interval: float | None,
-        fsync: bool,
-        emit: Literal["written", "flushed"],
-        buffer: int,
-        name: str | None,
-        stats: SinkStats | None,
+        field: str | None = None,
+        flush_every: int | None = None,
+        flush_interval: float | None = 1.0,
+        fsync: bool = False,
+        emit: Literal["written", "flushed"] = "written",
+        buffer: int = 256,
+        name: str | None = None,
+        stats: SinkStats | None = None,
     ) -> None:
         super().__init__(process_metadata=True)
         if emit not in ("written", "flushed"):
@@ -328,29 +344,12 @@ class write_lines(_FileSink[T]):
         self,
         path: str | os.PathLike[str],
         *,
-        field: str | None = None,
         encoding: str = "utf-8",
         errors: str = "strict",
         newline: str = "\n",
-        flush_every: int | None = None,
-        flush_interval: float | None = 1.0,
-        fsync: bool = False,
-        emit: Literal["written", "flushed"] = "written",
-        buffer: int = 256,
-        name: str | None = None,
-        stats: SinkStats | None = None,
+        **options: Unpack[FileSinkOptions],
     ) -> None:
-        super().__init__(
-            path,
-            field=field,
-            flush_every=flush_every,
-            flush_interval=flush_interval,
-            fsync=fsync,
-            emit=emit,
-            buffer=buffer,
-            name=name,
-            stats=stats,
-        )
+        super().__init__(path, **options)
         self.encoding = encoding
         self.errors = errors
         self.newline = newline
@@ -377,27 +376,10 @@ class write_jsonl(_FileSink[T]):
         self,
         path: str | os.PathLike[str],
         *,
-        field: str | None = None,
         dumps: Callable[[Any], str] | None = None,
-        flush_every: int | None = None,
-        flush_interval: float | None = 1.0,
-        fsync: bool = False,
-        emit: Literal["written", "flushed"] = "written",
-        buffer: int = 256,
-        name: str | None = None,
-        stats: SinkStats | None = None,
+        **options: Unpack[FileSinkOptions],
     ) -> None:
-        super().__init__(
-            path,
-            field=field,
-            flush_every=flush_every,
-            flush_interval=flush_interval,
-            fsync=fsync,
-            emit=emit,
-            buffer=buffer,
-            name=name,
-            stats=stats,
-        )
+        super().__init__(path, **options)
         self.dumps = dumps or _compact_dumps
 
     def encode_batch(self, items: list[Any]) -> bytes:
