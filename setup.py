@@ -2,7 +2,7 @@
 
 The extension is optional: if it cannot be compiled (no C compiler, PyPy) or
 ``TALKPIPE_ASYNC_NO_EXTENSIONS`` is set, talkpipe_async uses its pure-Python
-twin (talkpipe_async/_core/_items.py) with the same behaviour.
+twin (talkpipe_async/_core/_batch_items.py) with the same behaviour.
 """
 
 import os

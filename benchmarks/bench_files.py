@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from talkpipe_async._core import _items
+from talkpipe_async._core import _batch_items as _items
 from talkpipe_async.sinks import write_lines
 from talkpipe_async.sources import read_lines, tail_file
 

@@ -86,7 +86,7 @@ def speedups(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
 
     Without the C extension (not built, or TALKPIPE_ASYNC_NO_EXTENSIONS=1) the C case is skipped, not forced.
     """
-    from talkpipe_async._core import _items
+    from talkpipe_async._core import _batch_items as _items
 
     if request.param == "c" and (_items._speedups is None or os.environ.get("TALKPIPE_ASYNC_NO_EXTENSIONS")):
         pytest.skip("the C steps are off (not built, or TALKPIPE_ASYNC_NO_EXTENSIONS=1)")

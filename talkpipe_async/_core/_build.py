@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from ._plumbing import MetaCounter, release_sync, strip_sync
+from ._metadata_path import MetaCounter, release_sync, strip_sync
 from ._segment import AbstractSource
 
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ from ._build import _Build, _may_carry_metadata
 from ._chain import Chain, In, Out, Runner
 from ._errors import annotate
 from ._metadata import Metadata
+from ._metadata_path import run_sync
 from ._pipeline_run import PipelineRun
-from ._plumbing import run_sync
 from ._segment import AbstractSegment, AbstractSource, PassThrough, _Node, wrap_callable
 
 if TYPE_CHECKING:

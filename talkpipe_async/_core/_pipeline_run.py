@@ -20,7 +20,7 @@ from ._chain import Out
 from ._closing import RunScope, close_one, outcome
 from ._errors import annotate, error_context
 from ._logs import logger
-from ._plumbing import make_intercept, strip_async, sync_to_async
+from ._metadata_path import make_intercept, strip_async, sync_to_async
 from ._run import RunContext, _current
 from ._segment import AbstractSource
 

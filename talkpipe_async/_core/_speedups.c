@@ -11,7 +11,7 @@
  * is used up does it call the Python coroutine self._fetch(), which awaits
  * the next batch and installs it with self._load(batch, start).
  *
- * The pure-Python twin lives in _items.py and is used when this module is
+ * The pure-Python twin lives in _batch_items.py and is used when this module is
  * not built (or TALKPIPE_ASYNC_NO_EXTENSIONS is set); both behave the same.
  */
 #define PY_SSIZE_T_CLEAN
@@ -558,7 +558,7 @@ PyObject_GetOptionalAttrStringCompat(PyObject *obj, const char *name, PyObject *
 }
 
 /*
- * The C twin of _plumbing.Intercept: an async iterator over upstream whose
+ * The C twin of _metadata_path.Intercept: an async iterator over upstream whose
  * awaitables (InterceptStep) drive upstream's awaitable with PyIter_Send.  A
  * value the chain yields to the event loop goes up unchanged, except a
  * _Bypass: then the step finishes at once with the bypassed item and keeps
@@ -934,7 +934,7 @@ static PyTypeObject InterceptType = {
 /* ---------------------------------------------------------------- Strip */
 
 /*
- * The C twin of _plumbing.strip_async: an async iterator over upstream that
+ * The C twin of _metadata_path.strip_async: an async iterator over upstream that
  * hands on the data items and keeps Metadata from the segment after it.  Its
  * awaitables (StripStep) drive upstream's awaitable with PyIter_Send, so a
  * data item costs no generator frame and no StopIteration of its own.  A
@@ -1277,7 +1277,7 @@ static PyTypeObject StripType = {
 
 /* ------------------------------------------------------------ StripIter */
 
-/* StripIter(iterable, meta_type, pending, counter): the C twin of _plumbing.strip_sync. */
+/* StripIter(iterable, meta_type, pending, counter): the C twin of _metadata_path.strip_sync. */
 typedef struct {
     PyObject_HEAD
     PyObject *upstream;
@@ -1573,7 +1573,7 @@ static PyTypeObject SyncRunType = {
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "talkpipe_async._core._speedups",
-    .m_doc = "C speed-ups of talkpipe_async's core (optional; _items.py has the Python twin).",
+    .m_doc = "C speed-ups of talkpipe_async's core (optional; _batch_items.py has the Python twin).",
     .m_size = -1,
 };
 

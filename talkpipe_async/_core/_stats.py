@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import _items
+from . import _batch_items
 
 __all__ = [
     "RunStats",
@@ -92,9 +92,9 @@ class RunStats:
         return "\n".join(lines)
 
 
-if _items._speedups is not None:
+if _batch_items._speedups is not None:
 
-    class _AgenCounter(_items._speedups.Counter):  # type: ignore[misc]
+    class _AgenCounter(_batch_items._speedups.Counter):  # type: ignore[misc]
         """Counts an async generator's items from the ``__anext__`` calls made on it."""
 
         sealed: int | None = None
@@ -123,7 +123,7 @@ if _items._speedups is not None:
 
 def counted_async(items: AsyncIterator[Any], stats: StageStats) -> AsyncIterator[Any]:
     """*items*, counted into *stats*: by a C counter for an async generator, else by :func:`count_async`."""
-    if _items.SPEEDUPS and type(items) is types.AsyncGeneratorType:
+    if _batch_items.SPEEDUPS and type(items) is types.AsyncGeneratorType:
         counter = _AgenCounter(items)
         stats.counter = counter.items
         return counter
@@ -141,8 +141,8 @@ def counted_sync(items: Iterator[Any], stats: StageStats) -> Iterator[Any]:
         start = operator.length_hint(items)
         stats.counter = lambda: max(0, start - operator.length_hint(items))
         return items
-    if _items.SPEEDUPS:
-        counter = _items._speedups.CountIter(items)
+    if _batch_items.SPEEDUPS:
+        counter = _batch_items._speedups.CountIter(items)
         stats.counter = lambda: counter.count
         return counter  # type: ignore[no-any-return]
     return count_sync(items, stats)

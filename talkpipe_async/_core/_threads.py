@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # loaded by the first thread stage (_run_worker): most progra
 
 from ._channel import Channel, ChannelClosed
 from ._metadata import Metadata
-from ._plumbing import MetaCounter
+from ._metadata_path import MetaCounter
 from ._thread_errors import ThreadWatch
 
 __all__ = ["ThreadStage"]

@@ -25,7 +25,7 @@ from .._core._fields import extract_field
 from .._core._metadata import Flush, Metadata
 from .._core._run import current_run
 from .._core._segment import PassThrough
-from ._items import T
+from ._item_types import T
 from ._ndjson import ndjson_dumps
 
 if TYPE_CHECKING:

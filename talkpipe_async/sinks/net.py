@@ -30,7 +30,7 @@ from .._net.connect import check_unix_path, connect_tcp, connect_unix
 from .._net.framing import ConnectionLost, NetStats
 from .._net.http import client_for
 from .._renamed import old_name
-from ._items import T
+from ._item_types import T
 from ._ndjson import ndjson_dumps
 
 __all__ = ["DeliveryFailed", "to_http", "to_stdout", "to_tcp", "to_unix"]

@@ -23,7 +23,7 @@ from .._net.websocket import (
     require_httpx_ws,
 )
 from .._renamed import old_name
-from ._items import T
+from ._item_types import T
 
 __all__ = ["to_websocket"]
 

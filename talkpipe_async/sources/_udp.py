@@ -13,7 +13,7 @@ from anyio.abc import SocketAttribute
 from .._core._run import current_run
 from .._core._segment import AbstractSource
 from .._net.framing import NetStats
-from ._items import Item
+from ._item_types import Item
 
 __all__ = ["udp_datagrams"]
 

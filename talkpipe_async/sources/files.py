@@ -12,7 +12,7 @@ of the file.
 Each thread hop reads about 1 MiB in ``chunk_size`` reads (128 KiB by
 default) and splits it into lines in Python (``bytes.split`` /
 ``str.split``), decodes it and, for JSON Lines, parses the records.  The
-lines reach the consumer through :func:`~talkpipe_async._core._items.batch_items`
+lines reach the consumer through :func:`~talkpipe_async._core._batch_items.batch_items`
 (a C step per item when the extension is built).  The line being assembled across chunks is capped at
 ``max_line_bytes``: a longer line is dropped up to its next newline and
 counted, so memory stays bounded whatever the input (even gigabytes without a
@@ -32,7 +32,7 @@ from typing import Any, BinaryIO, Generic, Literal, TypeVar, overload
 import anyio
 import anyio.to_thread
 
-from .._core._items import BatchSource
+from .._core._batch_items import BatchSource
 from ._file_batches import INLINE_SLICE as INLINE_SLICE
 from ._file_batches import READ_AHEAD as READ_AHEAD
 from ._file_batches import expand_paths as expand_paths
@@ -48,7 +48,7 @@ from ._file_lines import RecordError as RecordError
 from ._file_lines import Splitter as Splitter
 from ._file_lines import check_encoding as check_encoding
 from ._file_lines import check_errors as check_errors
-from ._items import Item
+from ._item_types import Item
 from ._line_file import LineFile
 
 __all__ = [

@@ -24,7 +24,7 @@ from .._core._errors import TalkpipeAsyncError
 from .._core._segment import AbstractSource
 from .._net.framing import DEFAULT_MAX_LINE, ConnectionLost, LineFramer, NetStats, Overlong
 from .._net.http import client_for, http_timeout
-from ._items import Item, Text
+from ._item_types import Item, Text
 
 __all__ = [
     "MalformedRecord",

@@ -18,7 +18,7 @@ import anyio
 import anyio.abc
 
 from .._backoff import Backoff, Retries
-from .._core._items import BatchSource
+from .._core._batch_items import BatchSource
 from .._net.connect import check_unix_path, connect_tcp, connect_unix
 from .._net.framing import DEFAULT_MAX_LINE as DEFAULT_MAX_LINE
 from .._net.framing import READ_SIZE as READ_SIZE
@@ -28,7 +28,7 @@ from .._net.framing import LineTooLong as LineTooLong
 from .._net.framing import NetStats as NetStats
 from .._net.framing import Overlong as Overlong
 from ._framing import FramedSource
-from ._items import Text
+from ._item_types import Text
 from ._socket_servers import tcp_server_lines as tcp_server_lines
 from ._socket_servers import unix_server_lines as unix_server_lines
 from ._udp import udp_datagrams as udp_datagrams

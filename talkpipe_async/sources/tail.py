@@ -47,7 +47,7 @@ from ._file_lines import (
     check_encoding,
     check_errors,
 )
-from ._items import Item
+from ._item_types import Item
 from ._tail_chain import _Tailer
 from ._tail_items import Line, TailEvent
 

@@ -37,7 +37,7 @@ from .._net.websocket import WebSocketClosed as WebSocketClosed
 from .._net.websocket import WebSocketRejected as WebSocketRejected
 from .._net.websocket import WebSocketStats as WebSocketStats
 from .._net.websocket import check_close_code, check_mode, connect, require_httpx_ws
-from ._items import Item
+from ._item_types import Item
 from .http import MalformedRecord
 
 __all__ = [

@@ -12,8 +12,8 @@ import anyio
 import pytest
 
 from talkpipe_async import segment
-from talkpipe_async._core import _items
-from talkpipe_async._core._items import BatchSource, batch_items
+from talkpipe_async._core import _batch_items as _items
+from talkpipe_async._core._batch_items import BatchSource, batch_items
 
 pytestmark = pytest.mark.anyio
 
@@ -335,7 +335,7 @@ def test_strip_step_protocol() -> None:
     if _items._speedups is None:
         pytest.skip("C extension not built")
     from talkpipe_async import Flush
-    from talkpipe_async._core._plumbing import MetaCounter, _Bypass, strip_async
+    from talkpipe_async._core._metadata_path import MetaCounter, _Bypass, strip_async
 
     async def gen() -> AsyncIterator[Any]:
         yield Flush()

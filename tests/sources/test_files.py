@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from talkpipe_async._core import _items
+from talkpipe_async._core import _batch_items as _items
 from talkpipe_async.sources import FileStats, RecordError, read_chunks, read_csv, read_jsonl, read_lines
 from talkpipe_async.sources import _line_file as line_file
 from talkpipe_async.sources.files import DROPPED, Splitter

@@ -20,7 +20,7 @@ import types
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import Any
 
-from . import _items
+from . import _batch_items
 from ._metadata import Metadata
 
 __all__ = ["Intercept", "MetaCounter", "make_intercept", "run_sync", "strip_async", "strip_sync", "sync_to_async"]
@@ -49,7 +49,7 @@ class _Bypass:
 
 def strip_async(items: AsyncIterator[Any], bypass: bool, counter: MetaCounter) -> AsyncIterator[Any]:
     """The data items of *items*; metadata bypassed (or dropped and counted): the C step when the extension is on."""
-    if _items.SPEEDUPS:
+    if _batch_items.SPEEDUPS:
         return _FastStrip(items, Metadata, _Bypass if bypass else None, counter)
     return _strip_async(items, bypass, counter)
 
@@ -89,8 +89,8 @@ async def async_input(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 def strip_sync(items: Iterable[Any], pending: list[Any] | None, counter: MetaCounter) -> Iterator[Any]:
     """Sync strip layer: metadata goes to *pending* (or is dropped and counted); in C when the extension is on."""
-    if _items.SPEEDUPS:
-        return _items._speedups.StripIter(items, Metadata, pending, counter)  # type: ignore[no-any-return]
+    if _batch_items.SPEEDUPS:
+        return _batch_items._speedups.StripIter(items, Metadata, pending, counter)  # type: ignore[no-any-return]
     return _strip_sync(items, pending, counter)
 
 
@@ -117,8 +117,8 @@ def run_sync(
     (specialised), which a C iterator in between would lose: there the
     generator is the faster one.
     """
-    if _items.SPEEDUPS and sys.version_info < (3, 12):
-        return _items._speedups.SyncRun(chain, on_error, on_close)  # type: ignore[no-any-return]
+    if _batch_items.SPEEDUPS and sys.version_info < (3, 12):
+        return _batch_items._speedups.SyncRun(chain, on_error, on_close)  # type: ignore[no-any-return]
     return _run_sync(chain, on_error, on_close)
 
 
@@ -204,9 +204,9 @@ class _Unwind(BaseException):
 Intercept.__anext__ = _step  # type: ignore[assignment,method-assign]
 
 
-if _items._speedups is not None:
+if _batch_items._speedups is not None:
 
-    class _FastIntercept(_items._speedups.Intercept):  # type: ignore[misc]
+    class _FastIntercept(_batch_items._speedups.Intercept):  # type: ignore[misc]
         """:class:`Intercept` with its step in C (no generator and no ``StopIteration`` per item)."""
 
         def __init__(self, items: AsyncIterator[Any]) -> None:
@@ -219,7 +219,7 @@ if _items._speedups is not None:
                 await _unwind(coro)
 
 
-    class _FastStrip(_items._speedups.Strip):  # type: ignore[misc]
+    class _FastStrip(_batch_items._speedups.Strip):  # type: ignore[misc]
         """:func:`strip_async` in C: no generator frame and no ``StopIteration`` of its own per item."""
 
         async def aclose(self) -> None:
@@ -228,7 +228,7 @@ if _items._speedups is not None:
 
 def make_intercept(items: AsyncIterator[Any]) -> Any:
     """An :class:`Intercept` over *items*: the C one when the extension is on."""
-    if _items.SPEEDUPS:
+    if _batch_items.SPEEDUPS:
         return _FastIntercept(items)
     return Intercept(items)
 
