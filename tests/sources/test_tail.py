@@ -478,7 +478,10 @@ async def test_a_change_wakes_the_tail_before_its_poll_interval_ends(tmp_path: P
         log.rename(tmp_path / "app.log.1")  # rotation also wakes it
         log.write_bytes(b"three\n")
         assert await f.next(1) == ["three"]
-    assert stats.wakeups >= 3 and stats.rotations == 1
+    # Each line came within 1 s with polls 60 s apart: a notification woke the tail at least once.  How many
+    # wake-ups that took depends on whether a change landed before the tail went back to waiting (then the poll
+    # that follows its last delivery reads it), so only the lower bound is exact.
+    assert stats.wakeups >= 1 and stats.rotations == 1
 
 
 async def test_watch_false_polls_only(tmp_path: Path) -> None:
