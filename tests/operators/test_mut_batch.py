@@ -14,6 +14,7 @@ import pytest
 from talkpipe_async import Flush, Metadata, source
 from talkpipe_async.operators import batch, flush_n, flush_t, time_window, window
 from talkpipe_async.testing import assert_emits, run_stage, virtual_backend
+from tests.helpers.ops import pulled_while_the_consumer_holds_the_first_output
 from tests.helpers.ops_a import timed
 
 F = Flush()
@@ -92,47 +93,29 @@ async def test_the_smallest_sizes_are_accepted() -> None:
     await assert_emits(time_window(60.0, max_items=1), [1, 2], [[1], [2]])
 
 
-async def _pulled_while_the_consumer_holds_the_first_output(stage: Any) -> tuple[int, set[str]]:
-    """How many items the upstream gave while the consumer sits on the first output; the feed tasks then running."""
-    pulled = 0
-
-    @source
-    async def counting() -> Any:
-        nonlocal pulled
-        for i in range(5000):
-            pulled += 1
-            yield i
-
-    async with (counting() | stage).stream() as items:
-        async for _ in items:
-            await anyio.wait_all_tasks_blocked()  # the feeder has filled its read-ahead and waits
-            return pulled, {t.name or "" for t in anyio.get_running_tasks() if "feed of" in (t.name or "")}
-    raise AssertionError("no output")
-
-
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 @pytest.mark.anyio
 async def test_timed_operators_read_ahead_a_bounded_amount_in_a_named_task() -> None:
     """The upstream of a timed operator is read by a task named after the stage, and runs ahead by a fixed bound:
     ``batch``'s ``size + 1`` past the batch the consumer holds, ``flush_t``'s 256 (1 + 2 x 256 items pulled while
     the consumer holds the first item), ``time_window``'s chunks of at most 1024."""
-    assert await _pulled_while_the_consumer_holds_the_first_output(batch(3, timeout=60.0)) == (
+    assert await pulled_while_the_consumer_holds_the_first_output(batch(3, timeout=60.0)) == (
         3 + 3 + 1,
         {"talkpipe_async feed of batch"},
     )
-    assert await _pulled_while_the_consumer_holds_the_first_output(batch(5, timeout=60.0, name="b")) == (
+    assert await pulled_while_the_consumer_holds_the_first_output(batch(5, timeout=60.0, name="b")) == (
         5 + 5 + 1,
         {"talkpipe_async feed of b"},
     )
-    assert await _pulled_while_the_consumer_holds_the_first_output(flush_t(60.0, name="ft")) == (
+    assert await pulled_while_the_consumer_holds_the_first_output(flush_t(60.0, name="ft")) == (
         1 + 2 * 256,
         {"talkpipe_async feed of ft"},
     )
-    assert await _pulled_while_the_consumer_holds_the_first_output(time_window(60.0, max_items=3)) == (
+    assert await pulled_while_the_consumer_holds_the_first_output(time_window(60.0, max_items=3)) == (
         7,
         {"talkpipe_async feed of time_window"},
     )
-    assert await _pulled_while_the_consumer_holds_the_first_output(time_window(60.0, max_items=2000)) == (
+    assert await pulled_while_the_consumer_holds_the_first_output(time_window(60.0, max_items=2000)) == (
         3 * 1024 + 1,
         {"talkpipe_async feed of time_window"},
     )

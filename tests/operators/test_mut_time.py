@@ -11,9 +11,10 @@ from typing import Any
 import anyio
 import pytest
 
-from talkpipe_async import Flush, source
+from talkpipe_async import Flush
 from talkpipe_async.operators import StageTimeout, deadline, debounce, delay, interval, throttle, timeout, timer
 from talkpipe_async.testing import assert_emits, assert_marbles, marble_source, virtual_backend
+from tests.helpers.ops import pulled_while_the_consumer_holds_the_first_output
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -158,38 +159,20 @@ async def test_debounce_emits_the_oldest_key_early_only_beyond_max_keys() -> Non
     await assert_marbles(debounce(0.05, key=lambda x: x, max_keys=2), "abc-------|", "--a---bc--|", first)
 
 
-async def _pulled_while_the_consumer_holds_the_first_output(stage: Any) -> tuple[int, set[str]]:
-    """How many items the upstream gave while the consumer sits on the first output; the feed tasks then running."""
-    pulled = 0
-
-    @source
-    async def counting() -> Any:
-        nonlocal pulled
-        for i in range(5000):
-            pulled += 1
-            yield i
-
-    async with (counting() | stage).stream() as items:
-        async for _ in items:
-            await anyio.wait_all_tasks_blocked()  # the feeder has filled its read-ahead and waits
-            return pulled, {t.name or "" for t in anyio.get_running_tasks() if "feed of" in (t.name or "")}
-    raise AssertionError("no output")
-
-
 @pytest.mark.anyio
 async def test_debounce_and_delay_read_ahead_a_bounded_amount_in_a_named_task() -> None:
     """The upstream is read by a task named after the stage and runs ahead by a fixed bound: debounce's 256 (1 + 2 x
     256 items pulled while the consumer holds the first output), delay's ``max_pending`` (1 + 2 x max_pending)."""
     key_each = debounce(60.0, key=lambda x: x, max_keys=1)
-    assert await _pulled_while_the_consumer_holds_the_first_output(key_each) == (
+    assert await pulled_while_the_consumer_holds_the_first_output(key_each) == (
         513,
         {"talkpipe_async feed of debounce"},
     )
     named = debounce(60.0, key=lambda x: x, max_keys=1, name="d")
-    assert await _pulled_while_the_consumer_holds_the_first_output(named) == (513, {"talkpipe_async feed of d"})
-    assert await _pulled_while_the_consumer_holds_the_first_output(delay(0.0)) == (
+    assert await pulled_while_the_consumer_holds_the_first_output(named) == (513, {"talkpipe_async feed of d"})
+    assert await pulled_while_the_consumer_holds_the_first_output(delay(0.0)) == (
         2001,
         {"talkpipe_async feed of delay"},
     )
     small = delay(0.0, max_pending=10, name="dl")
-    assert await _pulled_while_the_consumer_holds_the_first_output(small) == (21, {"talkpipe_async feed of dl"})
+    assert await pulled_while_the_consumer_holds_the_first_output(small) == (21, {"talkpipe_async feed of dl"})
