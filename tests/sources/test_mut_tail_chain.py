@@ -867,3 +867,60 @@ def test_a_file_resumed_from_the_checkpoint_is_not_read_again_when_rotated(tmp_p
     assert texts(poll_all(tailer)) == ["b"]
     rotate(log, 1, b"c\n")
     assert texts(poll_all(tailer)) == ["c"]
+
+
+def test_counters_add_up_over_several_rotations_and_truncations_in_one_run(tmp_path: Path, make_tailer: Any) -> None:
+    """Every counter adds each occurrence to what the run counted before, never restarts at one: two
+    truncations without a copy (two partial lines discarded), two with a copy ending in a partial line (two
+    more discarded), and two rotated files with an unterminated last line each."""
+    log = tmp_path / "app.log"
+    log.write_bytes(b"a\n")
+    stats = FileStats()
+    tailer = make_tailer(log, stats=stats)
+    assert texts(poll_all(tailer)) == ["a"]
+    seen: list[str] = []
+    for k in (1, 2):  # truncated with no copy, a partial line held
+        append(log, f"held{k}".encode())
+        seen += texts(poll_all(tailer))
+        os.truncate(log, 0)
+        append(log, f"t{k}\n".encode())
+        seen += texts(poll_all(tailer))
+    assert (stats.truncations, stats.partial_discarded) == (2, 2)
+    for k in (1, 2):  # copytruncate, the copy ends inside a line
+        append(log, f"c{k}\npar".encode())
+        (tmp_path / f"app.log.c{k}").write_bytes(log.read_bytes())
+        os.truncate(log, 0)
+        append(log, f"u{k}\n".encode())
+        seen += texts(poll_all(tailer))
+    assert (stats.truncations, stats.partial_discarded) == (4, 4)
+    for k in (1, 2):  # rotated away with an unterminated last line
+        append(log, f"last{k}".encode())
+        rotate(log, k, f"r{k}\n".encode())
+        seen += texts(poll_all(tailer))
+    assert seen == ["t1", "t2", "c1", "u1", "c2", "u2", "last1", "r1", "last2", "r2"]
+    assert (stats.unterminated, stats.rotations, stats.truncations, stats.partial_discarded) == (2, 2, 4, 4)
+
+
+def test_an_acknowledged_unterminated_last_line_is_checkpointed_in_order(tmp_path: Path, make_tailer: Any) -> None:
+    """The unterminated last line of a rotated file is a line like the others for acknowledgement: acked after
+    the line before it, the checkpoint names its file and the file's end, with the next file after it; acked
+    after a line of the next file, it changes nothing (it is older)."""
+    log, ckpt = tmp_path / "app.log", tmp_path / "app.ckpt"
+    log.write_bytes(b"a\n")
+    tailer = make_tailer(log, checkpoint=ckpt, checkpoint_interval=3600)
+    (a,) = poll_all(tailer)
+    append(log, b"partial")
+    first = record(log, b"a\npartial")
+    rotate(log, 1, b"b\n")
+    items = poll_all(tailer) + poll_all(tailer)  # the first poll finds the new file; the next drains the old one
+    partial, b = (x for x in items if isinstance(x, Line))
+    assert (partial.text, partial.offset, b.text) == ("partial", 9, "b")
+    a.ack()
+    partial.ack()
+    tailer.write_checkpoint()
+    after = [{**record(log, b"b\n"), "start": 0}]
+    assert saved(ckpt) == {"version": 2, "path": str(log), **first, "offset": 9, "next": after}
+    b.ack()
+    partial.ack()  # older than b: forgotten
+    tailer.write_checkpoint()
+    assert saved(ckpt) == {"version": 2, "path": str(log), **record(log, b"b\n"), "offset": 2, "next": []}
