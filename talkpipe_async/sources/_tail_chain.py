@@ -446,7 +446,9 @@ class _Tailer:
     def _end_generation(self, cur: Held, out: list[Any]) -> None:
         """The poll read all of a cut generation: close it; read its unread rest from a copy, if one is found."""
         self.stats.truncations += 1
-        copy = find_copy(cur, self.path, self.skip) if cur.pos > 0 else None
+        # Looked for at offset 0 too: a file held before any of it was read holds only unread lines, and a
+        # truncation is seen there only by a change of its first bytes, so the copy must start with them.
+        copy = find_copy(cur, self.path, self.skip)
         fields: dict[str, Any] = {}
         rest = None
         if copy is not None:
