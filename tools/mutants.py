@@ -9,6 +9,8 @@ mutant is tried; see docs/contributing.md)::
 
     python tools/mutants.py --module talkpipe_async/sources/tail.py --log tail.log tests/sources/test_mut_tail.py
 
+(pytest options among the tests go after ``--``: ``... --log tail.log -- tests/x.py -k "not trio"``.)
+
 It writes one line per mutant to ``--log``: ``name 1`` (killed), ``name 0`` (survived) or ``name T`` (the process
 ended, for example by pytest-timeout's hard stop: counted as killed), and prints the survivors at the end.  A log
 that already names a mutant is not run again, so an interrupted run resumes.  ``--only`` limits the run to mutants
@@ -116,7 +118,7 @@ def main() -> int:
     env = {**os.environ, "TALKPIPE_ASYNC_NO_EXTENSIONS": "1"}
     command = [sys.executable, str(Path(__file__).resolve()), "--module", args.module, "--log", str(log)]
     while True:
-        rc = subprocess.call([*command, "--child", str(todo), *args.tests], cwd="mutants", env=env)
+        rc = subprocess.call([*command, "--child", str(todo), "--", *args.tests], cwd="mutants", env=env)
         if rc == DONE:
             break
         # The session ended inside a mutant (a hard timeout, a crash): that mutant is killed; go on after it.

@@ -27,7 +27,7 @@ from .._core._run import current_run
 if TYPE_CHECKING:
     from ._line_file import LineFile
 
-__all__ = ["INLINE_SLICE", "READ_AHEAD", "expand_paths", "file_batches", "read_ahead"]
+__all__ = ["INLINE_SLICE", "READ_AHEAD", "BatchCut", "expand_paths", "file_batches", "read_ahead"]
 
 log = logging.getLogger("talkpipe_async.sources.files")
 
@@ -97,6 +97,19 @@ async def read_ahead(read: Read, depth: int = READ_AHEAD) -> AsyncGenerator[list
 Parse = Callable[[list[Any]], list[Any]]
 
 
+class BatchCut(Exception):
+    """Raised by a parse step at a bad line: the items parsed before it, then the error to raise after them.
+
+    A chunk holds many lines; without this the items before the bad one, already read and parsed, would be
+    lost with the error (which ones depended on the chunk size and the page cache).
+    """
+
+    def __init__(self, items: list[Any], error: BaseException) -> None:
+        super().__init__(items, error)
+        self.items = items
+        self.error = error
+
+
 def _keep(lines: list[Any]) -> list[Any]:
     return lines
 
@@ -110,6 +123,20 @@ async def file_batches(
     least every :data:`INLINE_SLICE` seconds.  At the first chunk that is not
     cached, the rest of the file is read ahead in worker threads.
     """
+    cut: BatchCut | None = None
+    try:
+        async with aclosing(_parsed_batches(reader, parse, keep_places)) as batches:
+            async for batch in batches:
+                yield batch
+    except BatchCut as exc:
+        cut = exc
+    if cut is not None:
+        if cut.items:
+            yield cut.items
+        raise cut.error
+
+
+async def _parsed_batches(reader: LineFile, parse: Parse, keep_places: bool) -> AsyncGenerator[list[Any], None]:
     clock = time.monotonic
     since = clock()
     while reader.nowait and not reader.eof:

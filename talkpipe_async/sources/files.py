@@ -22,9 +22,11 @@ newline).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+import re
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import aclosing
 from functools import partial
 from typing import Any, BinaryIO, Generic, Literal, TypeVar, overload
@@ -35,6 +37,7 @@ import anyio.to_thread
 from .._core._batch_items import BatchSource
 from ._file_batches import INLINE_SLICE as INLINE_SLICE
 from ._file_batches import READ_AHEAD as READ_AHEAD
+from ._file_batches import BatchCut
 from ._file_batches import expand_paths as expand_paths
 from ._file_batches import file_batches as file_batches
 from ._file_batches import read_ahead as read_ahead
@@ -176,11 +179,23 @@ class read_lines(_LineSource[str]):
     async def batches(self) -> AsyncIterator[list[str]]:
         """Yield the lines of every file in order, a chunk's worth at a time."""
         stats = self.stats
+        strict = self.errors == "strict"
         async for path, f in self._files():
-            async with aclosing(file_batches(self._reader(path, f))) as batches:
+            # Under "strict" a bad line comes back marked, so the lines read before it are handed out first.
+            reader = self._reader(path, f, mark_bad=strict)
+            chunks = file_batches(reader, _cut_at_bad_line) if strict else file_batches(reader)
+            async with aclosing(chunks) as batches:
                 async for lines in batches:
                     stats.lines += len(lines)
                     yield lines
+
+
+def _cut_at_bad_line(lines: list[Any]) -> list[Any]:
+    """*lines* up to the first that failed strict decoding; that line's error follows them."""
+    for i, line in enumerate(lines):
+        if type(line) is BadLine:
+            raise BatchCut(lines[:i], line.error)
+    return lines
 
 
 class read_chunks(_FileSource[bytes]):
@@ -273,20 +288,23 @@ class read_jsonl(_LineSource[Any]):
         first = reader.line_no - len(lines) + 1
         loads = self.loads
         out: list[Any] = []
-        for i, line in enumerate(lines):
-            if line is DROPPED:
-                continue
-            if type(line) is BadLine:
-                error = line.error
-                policy.bad(error.path, error.line, error.reason, None, error)
-                continue
-            try:
-                out.append(loads(line))
-            except ValueError as exc:
-                if not line.strip():
-                    self.stats.blank_lines += 1
+        try:
+            for i, line in enumerate(lines):
+                if line is DROPPED:
                     continue
-                policy.bad(reader.path, first + i, f"malformed JSON ({exc})", line, exc)
+                if type(line) is BadLine:
+                    error = line.error
+                    policy.bad(error.path, error.line, error.reason, None, error)
+                    continue
+                try:
+                    out.append(loads(line))
+                except ValueError as exc:
+                    if not line.strip():
+                        self.stats.blank_lines += 1
+                        continue
+                    policy.bad(reader.path, first + i, f"malformed JSON ({exc})", line, exc)
+        except RecordError as error:  # the records before it are handed out first
+            raise BatchCut(out, error) from None
         return out
 
     async def batches(self) -> AsyncIterator[list[Any]]:
@@ -398,21 +416,33 @@ class read_csv(_FileSource[Item]):
         self.errors = check_errors(errors)
         self.batch = batch
         self.csv_options = csv_options
+        try:  # lines are split as bytes and decoded one by one when the encoding allows it
+            check_encoding(encoding)
+            self.split_bytes = True
+        except ValueError:
+            self.split_bytes = False
         _Policy(self.label, on_error, self.stats)  # validates
 
     def _rows(self, path: str, policy: _Policy) -> Iterable[Any]:
-        with open(path, encoding=self.encoding, errors=self.errors, newline="") as f:
+        with open(path, "rb") as f:
             self.stats.files += 1
-            reader = csv.reader(f, **self.csv_options)
+            lines: Iterable[str]
+            if self.split_bytes:
+                lines = self._text_lines(f)
+            else:  # a line end is not the byte b"\n" (UTF-16, ...): decoded ahead in blocks
+                lines = io.TextIOWrapper(f, self.encoding, self.errors, newline="")
+            reader = csv.reader(lines, **self.csv_options)
             names = self.fieldnames
             while True:
                 try:
                     row = next(reader)
                 except StopIteration:
                     return
-                except UnicodeDecodeError as exc:
+                except (_BadBytes, UnicodeDecodeError) as exc:
                     self.stats.decode_errors += 1
-                    raise RecordError(self.label, path, reader.line_num + 1, f"invalid {self.encoding}") from exc
+                    line = exc.line if isinstance(exc, _BadBytes) else reader.line_num + 1
+                    cause = exc.__cause__ if isinstance(exc, _BadBytes) else exc
+                    raise RecordError(self.label, path, line, f"invalid {self.encoding}") from cause
                 except csv.Error as exc:
                     policy.bad(path, reader.line_num, f"malformed CSV ({exc})", None, exc)
                     continue
@@ -435,22 +465,63 @@ class read_csv(_FileSource[Item]):
                 else:
                     yield dict(zip(names, row, strict=True))
 
+    def _text_lines(self, f: BinaryIO) -> Iterator[str]:
+        """The file's lines as text, decoded one at a time, so an invalid byte is reported at its own line.
+
+        Split as ``newline=""`` text would be (at ``\n``, ``\r\n`` and a lone ``\r``, endings kept), which
+        is what :mod:`csv` needs for quoted fields that span lines.
+        """
+        encoding, errors = self.encoding, self.errors
+        number = 0
+        for raw in f:
+            try:
+                text = raw.decode(encoding, errors)
+            except UnicodeDecodeError as exc:
+                raise _BadBytes(number + 1) from exc
+            cr = text.find("\r")
+            if cr < 0 or cr >= len(text) - 2:  # no CR, or only the one of a CRLF ending or of the last line
+                number += 1
+                yield text
+            else:
+                parts = [part for part in _LONE_CR.split(text) if part]
+                number += len(parts)
+                yield from parts
+
     async def batches(self) -> AsyncIterator[list[Any]]:
-        """Yield the records of every file in order, ``batch`` at a time."""
+        """Yield the records of every file in order, ``batch`` at a time; those before a bad one first."""
         policy = _Policy(self.label, self.on_error, self.stats)
         n = self.batch
         stats = self.stats
         for path in await expand_paths(self.paths):
             rows = iter(self._rows(path, policy))
+            cut: BatchCut | None = None
             try:
                 async with aclosing(read_ahead(partial(_take, rows, n))) as batches:
                     async for records in batches:
                         stats.lines += len(records)
                         yield records
+            except BatchCut as exc:
+                cut = exc
             finally:
                 close = getattr(rows, "close", None)
                 if close is not None:
                     close()
+            if cut is not None:
+                stats.lines += len(cut.items)
+                if cut.items:
+                    yield cut.items
+                raise cut.error
+
+
+class _BadBytes(Exception):
+    """A line of a CSV file that is not valid in its encoding (its number counted as :mod:`csv` counts lines)."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)")
 
 
 def _chunk(f: BinaryIO, size: int) -> tuple[list[Any], bool]:
@@ -459,9 +530,12 @@ def _chunk(f: BinaryIO, size: int) -> tuple[list[Any], bool]:
 
 
 def _take(rows: Any, n: int) -> tuple[list[Any], bool]:
-    out = []
-    for row in rows:
-        out.append(row)
-        if len(out) >= n:
-            return out, True
+    out: list[Any] = []
+    try:
+        for row in rows:
+            out.append(row)
+            if len(out) >= n:
+                return out, True
+    except RecordError as error:  # the rows taken before it are handed out first
+        raise BatchCut(out, error) from None
     return out, False

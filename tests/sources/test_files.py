@@ -278,7 +278,7 @@ class _ReadSpy:
             return n
 
         async def run_sync(func: Any, *args: Any, **kwargs: Any) -> Any:
-            if getattr(func, "__qualname__", "").startswith("file_batches."):
+            if getattr(func, "__qualname__", "").rsplit(".", 1)[-1] == "hop":  # the reading step of file_batches
                 self.hops += 1
             return await real_run_sync(func, *args, **kwargs)
 
@@ -439,3 +439,40 @@ def test_inline_and_thread_reads_agree_on_any_bytes(
         assert inline == threads
 
     check()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"a,b\r\n1,2\r\n3,4\r\n",
+        b"a,b\r1,2\r3,4\r",
+        b'a,b\n1,"x\ny"\n3,4',
+        b'a,b\r1,"x\r\ny"\r5,6\n7,8',
+        b"a,b\n1,2\r",
+    ],
+    ids=["crlf", "lone-cr", "quoted-lf", "mixed", "cr-at-end"],
+)
+async def test_csv_lines_split_as_text_with_newline_empty_would(tmp_path: Path, data: bytes) -> None:
+    """CSV lines split as bytes give the records :mod:`csv` reads from ``newline=""`` text: CRLF, a lone CR,
+    line ends inside quoted fields, mixed endings, a CR at the very end."""
+    import csv
+    import io
+
+    p = tmp_path / "x.csv"
+    p.write_bytes(data)
+    expected = list(csv.DictReader(io.StringIO(data.decode(), newline="")))
+    assert await read_csv(p).collect() == expected
+
+
+@pytest.mark.anyio
+async def test_csv_in_utf16_is_read_and_its_invalid_bytes_raise(tmp_path: Path) -> None:
+    """An encoding whose line end is not the byte ``\\n`` is read too (decoded ahead in blocks); an invalid byte
+    in it raises a RecordError with the file."""
+    p = tmp_path / "x.csv"
+    p.write_bytes("a,b\n1,é\n".encode("utf-16"))
+    assert await read_csv(p, encoding="utf-16").collect() == [{"a": "1", "b": "é"}]
+    p.write_bytes("a,b\n1,2\n".encode("utf-16") + b"\x00\xd8")  # an unpaired surrogate
+    with pytest.raises(RecordError) as info:
+        await read_csv(p, encoding="utf-16").collect()
+    assert info.value.path == str(p) and "invalid utf-16" in str(info.value)

@@ -185,11 +185,6 @@ async def _read(path: Path, **options: Any) -> tuple[list[str], FileStats]:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: an error raised while a thread hop's chunks are split or parsed loses the lines or records "
-    "that hop read before it (up to about 1 MiB)",
-)
 @pytest.mark.parametrize("kind", ["lines", "jsonl"])
 async def test_items_before_an_error_in_the_same_chunk_are_delivered(tmp_path: Path, read_path: str, kind: str) -> None:
     """Every line (record) before the bad one is delivered before the error, also those read in the same chunk: a
@@ -760,11 +755,6 @@ async def test_csv_invalid_bytes_on_the_first_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: CSV text is decoded ahead in 8 KiB blocks, so an invalid byte is reported near the line "
-    "being parsed when its block is decoded, not at its own line",
-)
 async def test_csv_invalid_bytes_name_their_own_line(tmp_path: Path) -> None:
     """Invalid UTF-8 in a CSV file raises naming the line that holds it, after the records before it."""
     p = tmp_path / "x.csv"
