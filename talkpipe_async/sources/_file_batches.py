@@ -105,7 +105,6 @@ class BatchCut(Exception):
     """
 
     def __init__(self, items: list[Any], error: BaseException) -> None:
-        super().__init__(items, error)
         self.items = items
         self.error = error
 
