@@ -74,7 +74,9 @@ class NatsLeases(LeaseTable):
     async def acquire(self, partition: int) -> bool:
         try:
             await self.session.guard.call("lease acquire", self.kv.create, f"p.{partition}", self.me.encode())
-        except self.errors.KeyWrongLastSequenceError:
+        except (self.errors.KeyWrongLastSequenceError, self.errors.KeyNotFoundError):
+            # Taken by another worker, or (when the create found the key and then looked it up again) expired in
+            # between: a lost race either way; the next round tries again.
             return False
         return True
 

@@ -22,6 +22,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from .._core._channel import Channel, ChannelClosed
+from .._core._errors import TalkpipeAsyncError
 from .._core._run import current_run
 
 if TYPE_CHECKING:
@@ -97,7 +98,7 @@ async def read_ahead(read: Read, depth: int = READ_AHEAD) -> AsyncGenerator[list
 Parse = Callable[[list[Any]], list[Any]]
 
 
-class BatchCut(Exception):
+class BatchCut(TalkpipeAsyncError):
     """Raised by a parse step at a bad line: the items parsed before it, then the error to raise after them.
 
     A chunk holds many lines; without this the items before the bad one, already read and parsed, would be

@@ -240,3 +240,37 @@ async def test_dead_letter_false_drops_explicitly_and_says_so(
     assert any("dropped (dead_letter=False)" in r.getMessage() for r in caplog.records)
     with pytest.raises(nats.js.errors.NotFoundError):
         await env.js.stream_info(f"{env.stream}_DLQ")
+
+
+async def test_a_lease_that_vanishes_while_it_is_being_taken_is_a_lost_race(nats_url: str) -> None:
+    """Taking a partition's lease is a create; when the key exists, nats-py looks it up again to tell a live lease
+    from a deleted one. A lease that expires in between (gone, not deleted) is a lost race: the worker does not
+    take the partition now and does not fail; its next attempt takes it. Staged on a real bucket by removing the
+    key's message between the two steps, as no timing can hit that window on demand."""
+    from types import SimpleNamespace
+
+    from talkpipe_async.connectors._nats_partitions import NatsLeases
+
+    async def call(_what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await fn(*args, **kwargs)
+
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        bucket = f"L{uuid.uuid4().hex[:8]}"
+        kv = await js.create_key_value(bucket=bucket, history=1)
+        await kv.put("p.0", b"other")
+        real_get = kv._get
+
+        async def get_after_expiry(key: str, *args: Any, **kwargs: Any) -> Any:
+            await js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.{key}")  # the lease expired meanwhile
+            return await real_get(key, *args, **kwargs)
+
+        kv._get = get_after_expiry
+        leases = NatsLeases(SimpleNamespace(consumer="w1", guard=SimpleNamespace(call=call)), kv, bucket)  # type: ignore[arg-type]
+        assert await leases.acquire(0) is False
+        kv._get = real_get
+        assert await leases.acquire(0) is True
+        assert (await kv.get("p.0")).value == b"w1"
+    finally:
+        await nc.close()
