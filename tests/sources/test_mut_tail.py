@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +24,6 @@ from talkpipe_async.sources.tail import DEFAULT_READ_AHEAD
 from tests.helpers.wait import wait_until, wait_until_sync
 from tests.sources.test_mut_tail_chain import append, events, poll_all, rotate, saved, texts
 from tests.sources.test_tail import follow, take
-
-
-@pytest.fixture
-def make_tailer() -> Iterator[Any]:
-    """Build hand-driven tailers (closed at the end): ``make_tailer(path, **tail_file options)``."""
-    made: list[_Tailer] = []
-
-    def make(path: Path, **options: Any) -> _Tailer:
-        options.setdefault("rotate_grace", 0)
-        options.setdefault("start", "beginning")
-        tailer = _Tailer(tail_file(path, **options))
-        made.append(tailer)
-        return tailer
-
-    yield make
-    for t in made:
-        t.close()
-
 
 # -- settings --------------------------------------------------------------------------------------------------------
 

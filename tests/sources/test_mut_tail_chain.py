@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,23 +59,6 @@ def events(items: list[Any]) -> list[tuple[str, dict[str, Any]]]:
 def ident(path: Path) -> tuple[int, int]:
     st = os.stat(path)
     return (st.st_dev, st.st_ino)
-
-
-@pytest.fixture
-def make_tailer() -> Iterator[Any]:
-    """Build hand-driven tailers (closed at the end): ``make_tailer(path, **tail_file options)``."""
-    made: list[_Tailer] = []
-
-    def make(path: Path, **options: Any) -> _Tailer:
-        options.setdefault("rotate_grace", 0)
-        options.setdefault("start", "beginning")
-        tailer = _Tailer(tail_file(path, **options))
-        made.append(tailer)
-        return tailer
-
-    yield make
-    for t in made:
-        t.close()
 
 
 def messages(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
