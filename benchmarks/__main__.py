@@ -19,7 +19,6 @@ import pkgutil
 import platform
 import shutil
 import sys
-import sysconfig
 import time
 import traceback
 from pathlib import Path
@@ -49,6 +48,12 @@ def _machine() -> str:
         pass
     system = f"{platform.system()} {platform.release()}"
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {system}"
+
+
+def _load() -> tuple[float, float]:
+    """The load average over the last minute and the last 15 (other work on the machine skews the figures)."""
+    one, _, fifteen = os.getloadavg()
+    return one, fifteen
 
 
 def _cell(text: str) -> str:
@@ -141,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     failures: list[str] = []
     started = time.perf_counter()
+    load_before = _load()
     for name in _modules(args.only):
         print(f"== {name}", flush=True)
         t0 = time.perf_counter()
@@ -162,12 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     if core and not args.no_pythons:
         from ._pythons import core_on_other_pythons
 
-        by_python = {sysconfig.get_python_version(): core, **core_on_other_pythons(args.quick)}
+        by_python = {platform.python_version(): core, **core_on_other_pythons(args.quick)}
         pythons = _python_table(by_python)
         (out / "pythons.json").write_text(json.dumps(by_python, indent=1))
     mode = "quick" if args.quick else "full"
-    header = f"Mode: {mode}. Machine: {_machine()}. Run on {time.strftime('%Y-%m-%d')}."
-    (out / "results.json").write_text(json.dumps({"machine": _machine(), "mode": mode, "results": results}, indent=1))
+    start_load, end_load = ("{:.1f} / {:.1f}".format(*x) for x in (load_before, _load()))
+    header = (f"Mode: {mode}. Machine: {_machine()}. Run on {time.strftime('%Y-%m-%d')}, "
+              f"{(time.perf_counter() - started) / 60:.0f} min; load average (1 min / 15 min) at the start "
+              f"{start_load}, at the end {end_load}.")
+    summary = {"machine": _machine(), "python": platform.python_version(), "mode": mode, "results": results}
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
     table = _table(results)
     (out / "results.md").write_text(f"{header}\n\n{table}\n" + (f"\n{pythons}\n" if pythons else ""))
     charted = _chart(results, out / "ratios.png") if results else False

@@ -81,7 +81,7 @@ def _install(venv_python: Path, *, deps: bool) -> None:
 
 
 def core_on_other_pythons(quick: bool) -> dict[str, list[dict[str, Any]]]:
-    """``{version: results}`` of ``bench_core`` run by every other Python found (this one's are run in-process)."""
+    """``{full version: results}`` of ``bench_core`` run by every other Python found (this one's run in-process)."""
     here = sysconfig.get_python_version()
     runs: dict[str, list[dict[str, Any]]] = {}
     for version, python in find_pythons().items():
@@ -98,5 +98,6 @@ def core_on_other_pythons(quick: bool) -> dict[str, list[dict[str, Any]]]:
             if done.returncode != 0 or not results.exists():
                 print(f"   Python {version}: the core run failed (exit {done.returncode})", file=sys.stderr)
                 continue
-            runs[version] = json.loads(results.read_text())["results"]
+            data = json.loads(results.read_text())
+            runs[data.get("python", version)] = data["results"]  # keyed by the full version (3.12.1)
     return runs
