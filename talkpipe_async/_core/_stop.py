@@ -17,8 +17,14 @@ to the task (an exception is on its way up through the stage's frames), the
 ``guard`` scope is shielded and given the cleanup deadline, so the awaits in
 the ``finally`` blocks run normally until the deadline; past it they are
 cancelled.  How to see the moment of delivery differs by backend: on trio an
-instrument sees the task rescheduled with ``Cancelled``; on asyncio the task's
-cancel-request count goes up (anyio's scope calls ``Task.cancel``).
+instrument sees the task rescheduled with ``Cancelled``; on asyncio the
+``stop`` scope is a subclass of anyio's that looks at the task's
+cancel-request count right after each of anyio's delivery attempts (anyio
+calls ``Task.cancel`` in a loop callback, and tries again every turn until
+the task leaves its scope).  The task cannot run between an attempt and that
+look, so the guard is shielded before the task's ``finally`` blocks start,
+however long the task sat in a shielded wait first (a worker thread
+finishing its item: anyio only tries again when that wait ends).
 Nothing here runs per item: the scopes are entered once per task.
 """
 
@@ -33,11 +39,6 @@ from typing import Any, cast
 import anyio
 
 __all__ = ["Stoppable", "current_task"]
-
-# asyncio: loop turns checked one by one for the delivery of a stop, then every _SLOW_CHECK seconds.
-_FAST_CHECKS = 64
-_SLOW_CHECK = 0.002
-
 
 def current_task() -> Any:
     """The running task object of the current backend."""
@@ -58,6 +59,28 @@ def _asyncio_cancels(task: Any) -> int:
         return int(task.cancelling())
     waiter = getattr(task, "_fut_waiter", None)  # pragma: no cover - Python 3.10
     return int(bool(getattr(task, "_must_cancel", False) or (waiter is not None and waiter.cancelled())))
+
+
+_watched_scope: type[Any] | None = None
+
+
+def _asyncio_stop_scope() -> Any:
+    """anyio's asyncio cancel scope (shielded), calling its ``on_delivery`` after each delivery attempt."""
+    global _watched_scope
+    if _watched_scope is None:
+        from anyio._backends._asyncio import CancelScope
+
+        class WatchedScope(CancelScope):
+            on_delivery: Any = None
+
+            def _deliver_cancellation(self, origin: Any) -> bool:
+                retry = bool(super()._deliver_cancellation(origin))
+                if self.on_delivery is not None:
+                    self.on_delivery()
+                return retry
+
+        _watched_scope = WatchedScope
+    return _watched_scope(shield=True)
 
 
 def _is_trio_cancelled(error: Any) -> bool:
@@ -162,7 +185,11 @@ class Stoppable:
     )
 
     def __init__(self) -> None:
-        self._stop = anyio.CancelScope(shield=True)  # a shield stops outer cancellations, not its own
+        import sniffio
+
+        # A shield stops outer cancellations, not its own.
+        on_trio = sniffio.current_async_library() == "trio"
+        self._stop: Any = anyio.CancelScope(shield=True) if on_trio else _asyncio_stop_scope()
         self._guard = anyio.CancelScope()
         self._task: Any = None
         self._watch: _TrioWatch | None = None
@@ -245,27 +272,10 @@ class Stoppable:
     def _stop_asyncio(self) -> None:
         task = self._task
         before = _asyncio_cancels(task)
-        self._stop.cancel()  # anyio calls task.cancel() now unless the task sits in a shielded scope
-        if _asyncio_cancels(task) != before:
-            self._shield_guard()
-            return
-        import asyncio
 
-        loop = asyncio.get_running_loop()
-
-        turns = 0
-
-        def check() -> None:  # once per loop turn, right after anyio's own retry of the delivery
-            nonlocal turns
-            if self._exited or self._guard.shield:
-                return
-            if _asyncio_cancels(task) != before:
+        def delivered() -> None:  # right after each of anyio's attempts, before the task runs again
+            if not self._exited and not self._guard.shield and _asyncio_cancels(task) != before:
                 self._shield_guard()
-                return
-            turns += 1
-            if turns < _FAST_CHECKS:
-                loop.call_soon(check)
-            else:  # a long shielded wait (a worker thread finishing its item): do not spin the loop
-                loop.call_later(_SLOW_CHECK, check)
 
-        loop.call_soon(check)
+        self._stop.on_delivery = delivered
+        self._stop.cancel()  # anyio calls task.cancel() now unless the task sits in a shielded scope
