@@ -476,10 +476,14 @@ class read_csv(_FileSource[Item]):
         for raw in f:
             try:
                 text = raw.decode(encoding, errors)
-            except UnicodeDecodeError as exc:
+            except UnicodeDecodeError as exc:  # the lines a lone CR ends before the bad byte come first
+                before = _LONE_CR.split(raw[: exc.start].decode(encoding, errors))
+                number += len(before) - 1
+                yield from before[:-1]
                 raise _BadBytes(number + 1) from exc
             cr = text.find("\r")
-            if cr < 0 or cr >= len(text) - 2:  # no CR, or only the one of a CRLF ending or of the last line
+            last = len(text) - 1  # no CR, or only the one ending the line: of a CRLF, or the last line's CR
+            if cr < 0 or cr == last or (cr == last - 1 and text[last] == "\n"):
                 number += 1
                 yield text
             else:
