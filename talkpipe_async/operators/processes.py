@@ -136,6 +136,7 @@ class _PoolRun(ResultWindow):
         self.wake_dispatchers()
         self.wake(self.feeder)
         procs = list((getattr(self.pool, "_processes", None) or {}).values())
+        manager = getattr(self.pool, "_executor_manager_thread", None)  # shutdown() forgets it
         self.pool.shutdown(wait=False, cancel_futures=True)
         for proc in procs:  # a worker busy with a long call is not waited for
             proc.terminate()
@@ -144,7 +145,6 @@ class _PoolRun(ResultWindow):
             if proc.is_alive():
                 proc.kill()
                 proc.join()
-        manager = getattr(self.pool, "_executor_manager_thread", None)
         if manager is not None:  # it notices the dead workers at once and fails the futures still out
             manager.join(CLEANUP_TIMEOUT)
             if not manager.is_alive():

@@ -127,6 +127,26 @@ async def test_break_leaves_no_child_process() -> None:
     assert children() == before
 
 
+def exit_hook_pools() -> set[Any]:
+    """The pools concurrent.futures' exit hook would still wake at interpreter exit (by manager thread)."""
+    from concurrent.futures import process
+
+    return set(getattr(process, "_threads_wakeups", {}))
+
+
+@pytest.mark.parametrize("stop_at", [None, 30])
+async def test_a_finished_run_leaves_no_pool_for_the_exit_hook(stop_at: int | None) -> None:
+    """Read to the end or left early, a run's pool is forgotten by concurrent.futures' exit hook: at interpreter
+    exit that hook wakes every pool it lists, and for a pool whose workers were terminated the wake-up pipe may
+    be closing in another thread at that moment ("Exception ignored ... Bad file descriptor" on stderr)."""
+    before = exit_hook_pools()
+    async with (from_list(list(range(200))) | process_map(work.triple, workers=2, batch_size=4)).stream() as items:
+        async for x in items:
+            if x == stop_at:
+                break
+    assert exit_hook_pools() == before
+
+
 @settings(max_examples=8, deadline=None)
 @given(stop_at=st.integers(0, 300), batch=st.integers(1, 20), ordered=st.booleans())
 async def test_break_anywhere_leaves_no_child_process(stop_at: int, batch: int, ordered: bool) -> None:
