@@ -20,21 +20,13 @@ import pytest
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
-from talkpipe_async import error_context, segment, source
+from talkpipe_async import error_context, segment
 from talkpipe_async._core import _closing
 from talkpipe_async._core._closing import close_one
 from talkpipe_async._core._run import current_run
+from tests.helpers.sources import numbers
 
 pytestmark = pytest.mark.anyio
-
-
-@source
-async def numbers() -> AsyncIterator[int]:
-    i = 0
-    while True:
-        await anyio.lowlevel.checkpoint()
-        yield i
-        i += 1
 
 
 @segment

@@ -75,6 +75,29 @@ def parts() -> tuple[Stoppable, anyio.Event, list[Any]]:
     return Stoppable(), anyio.Event(), []
 
 
+async def stop_inside(
+    handle: Stoppable,
+    entered: anyio.Event,
+    log: list[Any],
+    cleanup: Any,
+    grace: float | None,
+    *,
+    shielded_first: anyio.Event | None = None,
+    then: Any = None,
+) -> float:
+    """Run the work in a task, stop it with *grace* once it is inside, then await ``then()`` if given; return the
+    loop's clock at the stop once the work has left (all of it bounded by 5 s)."""
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stopped_work, handle, entered, log, cleanup, shielded_first)
+            await entered.wait()
+            stopped_at = anyio.current_time()
+            handle.stop(grace)
+            if then is not None:
+                await then()
+    return stopped_at
+
+
 async def test_a_new_handle_is_not_stopped() -> None:
     assert Stoppable().stopped is False
 
@@ -83,24 +106,18 @@ async def test_stop_interrupts_the_work_and_its_finally_may_await() -> None:
     """A stop from another task interrupts a wait; the ``finally`` it unwinds through awaits normally; the
     interruption ends at the ``with`` (the task goes on after it)."""
     handle, entered, log = parts()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stopped_work, handle, entered, log, awaiting_cleanup)
-            await entered.wait()
-            handle.stop(5.0)
-            assert handle.stopped
+
+    async def then() -> None:
+        assert handle.stopped
+
+    await stop_inside(handle, entered, log, awaiting_cleanup, 5.0, then=then)
     assert log == ["unwinding", "cleaned up", "left"]
 
 
 async def test_the_grace_bounds_the_unwinding() -> None:
     """A ``finally`` that would await forever is cancelled once the grace given to ``stop`` has passed."""
     handle, entered, log = parts()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stopped_work, handle, entered, log, endless_cleanup)
-            await entered.wait()
-            stopped_at = anyio.current_time()
-            handle.stop(0.1)
+    stopped_at = await stop_inside(handle, entered, log, endless_cleanup, 0.1)
     assert log[0] == "unwinding" and log[2] == "left"
     assert cut_within_grace(log[1], stopped_at, 0.1)
 
@@ -114,28 +131,24 @@ async def test_without_a_grace_the_unwinding_has_no_deadline() -> None:
         await done.wait()
         log.append("cleaned up")
 
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stopped_work, handle, entered, log, cleanup)
-            await entered.wait()
-            handle.stop()
-            await anyio.sleep(0.2)  # longer than any deadline a stop could have set by mistake
-            assert log == ["unwinding"]
-            done.set()
+    async def then() -> None:
+        await anyio.sleep(0.2)  # longer than any deadline a stop could have set by mistake
+        assert log == ["unwinding"]
+        done.set()
+
+    await stop_inside(handle, entered, log, cleanup, None, then=then)
     assert log == ["unwinding", "cleaned up", "left"]
 
 
 async def test_a_second_stop_changes_nothing() -> None:
     """Only the first ``stop`` counts: a later one does not lift its grace."""
     handle, entered, log = parts()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stopped_work, handle, entered, log, endless_cleanup)
-            await entered.wait()
-            stopped_at = anyio.current_time()
-            handle.stop(0.1)
-            handle.stop()
-            handle.stop(30.0)
+
+    async def then() -> None:
+        handle.stop()
+        handle.stop(30.0)
+
+    stopped_at = await stop_inside(handle, entered, log, endless_cleanup, 0.1, then=then)
     assert cut_within_grace(log[1], stopped_at, 0.1) and log[2] == "left"
 
 
@@ -145,17 +158,16 @@ async def test_a_stop_during_a_shielded_wait_is_delivered_after_it(turns: int) -
     its next wait after the shield, however long the shielded wait lasted, and still unwinds with awaits."""
     handle, entered, log = parts()
     release = anyio.Event()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stopped_work, handle, entered, log, awaiting_cleanup, release)
-            await entered.wait()
-            handle.stop(5.0)
-            for _ in range(turns):
-                await anyio.lowlevel.checkpoint()
-            if turns > 100:
-                await anyio.sleep(0.05)  # a long shielded wait, in time as well as in loop turns
-            assert log == []
-            release.set()
+
+    async def then() -> None:
+        for _ in range(turns):
+            await anyio.lowlevel.checkpoint()
+        if turns > 100:
+            await anyio.sleep(0.05)  # a long shielded wait, in time as well as in loop turns
+        assert log == []
+        release.set()
+
+    await stop_inside(handle, entered, log, awaiting_cleanup, 5.0, shielded_first=release, then=then)
     assert log == ["unwinding", "cleaned up", "left"]
 
 
@@ -163,15 +175,13 @@ async def test_a_stop_during_a_shielded_wait_still_has_its_grace() -> None:
     """The grace of a stop delivered after a shielded wait bounds the unwinding as usual."""
     handle, entered, log = parts()
     release = anyio.Event()
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stopped_work, handle, entered, log, endless_cleanup, release)
-            await entered.wait()
-            stopped_at = anyio.current_time()
-            handle.stop(0.1)
-            for _ in range(3):
-                await anyio.lowlevel.checkpoint()
-            release.set()
+
+    async def then() -> None:
+        for _ in range(3):
+            await anyio.lowlevel.checkpoint()
+        release.set()
+
+    stopped_at = await stop_inside(handle, entered, log, endless_cleanup, 0.1, shielded_first=release, then=then)
     assert log[0] == "unwinding" and log[2] == "left"
     assert cut_within_grace(log[1], stopped_at, 0.1)
 
@@ -263,11 +273,7 @@ async def test_shield_now_after_a_stop_sets_the_deadline() -> None:
         handle.shield_now(0.1)
         await endless_cleanup(log)
 
-    with anyio.fail_after(5):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(stopped_work, handle, entered, log, cleanup)
-            await entered.wait()
-            handle.stop()
+    await stop_inside(handle, entered, log, cleanup, None)
     assert log[0] == "unwinding" and cut_within_grace(log[1], shielded_at[0], 0.1) and log[2] == "left"
 
 
@@ -417,10 +423,7 @@ async def test_on_trio_no_instrument_is_left_once_the_work_left(anyio_backend: A
     import trio
 
     handle, entered, log = parts()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stopped_work, handle, entered, log, awaiting_cleanup)
-        await entered.wait()
-        handle.stop(5.0)
+    await stop_inside(handle, entered, log, awaiting_cleanup, 5.0)
     assert log == ["unwinding", "cleaned up", "left"]
     watch = handle._watch
     assert watch is not None

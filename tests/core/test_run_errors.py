@@ -24,17 +24,9 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 from talkpipe_async import error_context, segment, source
 from talkpipe_async._core._run import current_run
+from tests.helpers.sources import numbers
 
 pytestmark = pytest.mark.anyio
-
-
-@source
-async def numbers() -> AsyncIterator[int]:
-    i = 0
-    while True:
-        await anyio.lowlevel.checkpoint()
-        yield i
-        i += 1
 
 
 async def ack_fails_when(fail: anyio.Event) -> None:
