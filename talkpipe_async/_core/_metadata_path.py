@@ -111,13 +111,15 @@ def run_sync(
     """The items of a sync chain; *on_error* sees what the chain raises; *on_close* runs once at the end.
 
     The end is the chain's end, an error, ``close()``, or the iterator being
-    dropped (a ``break``).  In C when the extension is on, before Python 3.12:
-    no generator resume per item.  From 3.12 the interpreter runs a ``for``
+    dropped (a ``break``).  In C when the extension is on, before Python 3.13:
+    no generator resume per item.  From 3.13 the interpreter runs a ``for``
     over a generator, and a ``yield from`` a generator, without a C call
     (specialised), which a C iterator in between would lose: there the
-    generator is the faster one.
+    generator is the faster one.  (3.12 specialises them too, but there the
+    C step still measures faster: about 1.10x plain generators against
+    1.18x for the generator, in the sync form's benchmark.)
     """
-    if _batch_items.SPEEDUPS and sys.version_info < (3, 12):
+    if _batch_items.SPEEDUPS and sys.version_info < (3, 13):
         return _batch_items._speedups.SyncRun(chain, on_error, on_close)  # type: ignore[no-any-return]
     return _run_sync(chain, on_error, on_close)
 

@@ -476,7 +476,7 @@ def test_sync_run_collected_with_a_cycle(sync_mode: str) -> None:
 
 
 def test_sync_run_c_type_directly() -> None:
-    # From Python 3.12 iter_sync() uses the generator (see run_sync); the C type is checked on every Python here.
+    # From Python 3.13 iter_sync() uses the generator (see run_sync); the C type is checked on every Python here.
     if _items._speedups is None:
         pytest.skip("C extension not built")
     seen: list[BaseException] = []
