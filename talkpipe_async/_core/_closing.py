@@ -159,8 +159,9 @@ class RunScope:
             run._closing()
             run._stop_all(CLEANUP_TIMEOUT)
             await run._wait_all()
-            for gen in busy:
-                error = error or await close_one(gen)
+            for gen in busy:  # each is closed, whatever failed before it
+                closed = await close_one(gen)
+                error = error or closed
         except anyio.get_cancelled_exc_class():  # the cleanup deadline passed
             logger().error("the run's cleanup passed its %.0f s deadline: cancelling what still runs", CLEANUP_TIMEOUT)
             run._stop_all(0.0)

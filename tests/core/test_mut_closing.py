@@ -380,3 +380,41 @@ async def test_a_cancellation_arriving_while_the_run_closes_is_raised() -> None:
                         break
             after.append("after the block")
     assert after == [] and outer.cancelled_caught
+
+
+async def test_a_stage_a_task_held_is_closed_even_when_another_stage_failed_to_close() -> None:
+    """A stage that a feeder task was inside when the run closed (a shielded step: the stop waits for it) is closed
+    once that task has stopped, before the block leaves, even though a stage downstream failed in its cleanup."""
+    from talkpipe_async.operators import buffer
+
+    entered, release = anyio.Event(), anyio.Event()
+    log: list[str] = []
+
+    @segment
+    async def shielded_step(items: AsyncIterator[int]) -> AsyncIterator[int]:
+        try:
+            async for x in items:
+                if x > 0:  # from the second item on: a step the run's stop cannot interrupt
+                    entered.set()
+                    with anyio.CancelScope(shield=True):
+                        await release.wait()
+                yield x
+        finally:
+            log.append("closed")
+
+    @segment
+    async def fails_to_close(items: AsyncIterator[int]) -> AsyncIterator[int]:
+        try:
+            async for x in items:
+                yield x
+        finally:
+            release.set()  # the shielded step ends while the run closes
+            raise ValueError("cleanup failed")
+
+    with anyio.fail_after(5):
+        with pytest.raises(ValueError, match="cleanup failed"):
+            async with (numbers() | shielded_step() | buffer(1) | fails_to_close()).stream() as items:
+                async for _ in items:
+                    await entered.wait()  # the feeder of buffer is now inside the shielded step
+                    break
+        assert log == ["closed"]
