@@ -9,6 +9,7 @@ may stop and start again) reach a test module through
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import anyio
 import pytest
 
 from talkpipe_async.connectors import BackendNotSupported, BrokerUnavailable
+from tests.conftest import die_with_parent
 
 # The broker clients are asyncio libraries: their tests run on asyncio and uvloop.
 ASYNCIO_LOOPS = [
@@ -92,9 +94,12 @@ class RestartableServer:
 
         log = Path(self.dir) / f"server-{self.starts}.log"
         self.starts += 1
+        # The server dies with the thread that starts it: only the test's own thread lives as long as the session
+        # (a restart from a worker thread, during an outage, would die when that idle thread ends).
+        main = threading.current_thread() is threading.main_thread()
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(self._args(), stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, preexec_fn=die_with_parent if main else None)
         probe = (b"PING\r\n", b"+PONG") if self.kind == "redis" else (None, None)
         servers._wait_ready(self.proc, self.port, probe[0], probe[1], log)
 
@@ -184,7 +189,8 @@ def start_worker(broker: str, url: str, stream: str, group: str, results: str, n
            "--group", group, "--results", results, "--name", name, "--batch", str(batch),
            "--claim-idle", str(claim_idle), "--idle-exit", str(idle_exit), *extra]
     env = {**os.environ, "PYTHONPATH": str(root)}
-    return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=die_with_parent)
 
 
 def wait_all(procs: list[Any], deadline: float) -> list[tuple[int, str, str]]:

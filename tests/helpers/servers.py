@@ -25,6 +25,8 @@ from typing import NoReturn
 
 import pytest
 
+from tests.conftest import die_with_parent
+
 __all__ = ["free_port", "nats_binary", "nats_server", "redis_binary", "redis_server", "unused_port"]
 
 READY_TIMEOUT = 15.0
@@ -108,7 +110,8 @@ def redis_server() -> Iterator[str]:
             "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning"]
     log = Path(tmp) / "server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent)
     try:
         _wait_ready(proc, port, b"PING\r\n", b"+PONG", log)
         yield f"redis://127.0.0.1:{port}/0"
@@ -128,7 +131,8 @@ def nats_server() -> Iterator[str]:
     args = [binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", tmp]
     log = Path(tmp) / "server.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent)
     try:
         _wait_ready(proc, port, None, None, log)
         yield f"nats://127.0.0.1:{port}"
