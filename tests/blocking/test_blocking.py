@@ -21,7 +21,7 @@ import pytest
 
 from talkpipe_async import Metadata, Pipeline, _blocking, error_context, is_metadata, segment, source
 from talkpipe_async._blocking import LOOP_THREAD_PREFIX, EventLoopRunningError, loop_thread, shutdown
-from tests.conftest import BACKEND_NAMES, pool_thread
+from tests.conftest import BACKEND_NAMES, die_with_parent, pool_thread
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -351,6 +351,7 @@ def test_sigint_while_waiting_for_items_cancels_the_pipeline(backend: str) -> No
     child = subprocess.Popen(
         [sys.executable, "-c", SIGINT_CHILD, backend], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=REPO,
+        preexec_fn=die_with_parent,
     )
     try:
         assert child.stdout is not None
@@ -373,6 +374,7 @@ def test_sigint_handed_to_the_loop_thread_still_interrupts_the_waiting_caller(ba
     child = subprocess.Popen(
         [sys.executable, "-c", SIGINT_CHILD, backend, "on_loop_thread"], stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, cwd=REPO,
+        preexec_fn=die_with_parent,
     )
     try:
         out, err = child.communicate(timeout=30)  # without the slices, the caller would wait for an item forever

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BACKEND_NAMES
+from tests.conftest import BACKEND_NAMES, die_with_parent
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -90,6 +90,7 @@ def _run_child(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     child = subprocess.Popen(
         [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     try:
         out, err = child.communicate(timeout=40)
@@ -159,6 +160,7 @@ def test_gunicorn_preload_workers_answer_every_request(tmp_path: Path) -> None:
          "--bind", f"fd://{listener.fileno()}", "--chdir", str(tmp_path), "app:app"],
         pass_fds=[listener.fileno()], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )
     try:
         listener.close()

@@ -22,6 +22,7 @@ import anyio
 import pytest
 
 from talkpipe_async import segment, source
+from tests.conftest import die_with_parent
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -202,6 +203,7 @@ def test_ctrl_c_starts_no_new_item_and_surfaces_as_keyboard_interrupt(kind: str,
     child = subprocess.Popen(
         [sys.executable, "-c", SIGINT_CHILD, kind, backend, where], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, cwd=REPO,
+        preexec_fn=die_with_parent,
     )
     try:
         assert child.stdin is not None

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 
 from talkpipe_async.connectors import redis_stream_messages, serve
 from talkpipe_async.connectors._redis_session import HAND_BACK_IDLE_MS
+from tests.conftest import die_with_parent
 
 pytest_plugins = ["tests.helpers.brokers"]
 
@@ -141,7 +142,8 @@ def test_worker_command_stops_cleanly_on_sigterm(redis_url: str, tmp_path: Path)
     """))
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{tmp_path}"}
     proc = subprocess.Popen([sys.executable, "-m", "talkpipe_async", "worker", "myworker:pipeline"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=die_with_parent)
     deadline = time.monotonic() + 30
     while client.xlen(stream + ":out") < 5:  # polling a server-side counter with a bound
         assert proc.poll() is None, proc.communicate()[1]

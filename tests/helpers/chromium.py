@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 from websockets.sync.client import connect
 
+from tests.conftest import die_with_parent
 from tests.helpers.servers import _missing
 
 FLAGS = [
@@ -64,6 +65,7 @@ class Chromium:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         try:
             page = self._page(proc, url)

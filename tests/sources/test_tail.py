@@ -19,7 +19,7 @@ import pytest
 
 from talkpipe_async import Metadata
 from talkpipe_async.sources import FileStats, Line, RecordError, TailEvent, acknowledge, tail_file
-from tests.conftest import BACKEND_NAMES
+from tests.conftest import BACKEND_NAMES, die_with_parent
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.anyio
@@ -420,7 +420,8 @@ _CHILD = textwrap.dedent(
 
 
 def _run_child(args: list[str], stop: Callable[[list[str]], bool]) -> list[str]:
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, *args], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, *args], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=die_with_parent)
     out: list[str] = []
     try:
         assert proc.stdout is not None

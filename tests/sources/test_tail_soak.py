@@ -37,6 +37,7 @@ import pytest
 
 from talkpipe_async.sinks import write_lines
 from talkpipe_async.sources import FileStats, acknowledge, tail_file
+from tests.conftest import die_with_parent
 from tests.helpers.wait import wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.soak]
@@ -160,7 +161,8 @@ def gnu_tail(path: Path, out: Path) -> Iterator[subprocess.Popen[bytes]]:
             pytest.fail(f"{GNU_TAIL} (GNU coreutils) is needed for the comparison soak")
         pytest.skip(f"no {GNU_TAIL} (GNU coreutils) to compare with")
     with open(out, "wb") as sink:
-        proc = subprocess.Popen([GNU_TAIL, "-F", "-n", "+1", str(path)], stdout=sink, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([GNU_TAIL, "-F", "-n", "+1", str(path)], stdout=sink, stderr=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent)
     try:
         yield proc
     finally:
@@ -245,6 +247,7 @@ class Soak:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            preexec_fn=die_with_parent,
         )
         assert writer.stdin is not None and writer.stdout is not None
         rotator = None
@@ -255,6 +258,7 @@ class Soak:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
+                preexec_fn=die_with_parent,
             )
             writer.stdin.write("go\n")
             writer.stdin.flush()
