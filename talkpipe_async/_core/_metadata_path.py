@@ -81,12 +81,6 @@ async def sync_to_async(items: Iterable[Any], strip: bool, bypass: bool, counter
             yield item
 
 
-async def async_input(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """Pass a caller's async iterable through (a stage the runner can close)."""
-    async for item in items:
-        yield item
-
-
 def strip_sync(items: Iterable[Any], pending: list[Any] | None, counter: MetaCounter) -> Iterator[Any]:
     """Sync strip layer: metadata goes to *pending* (or is dropped and counted); in C when the extension is on."""
     if _batch_items.SPEEDUPS:

@@ -203,11 +203,9 @@ class PipelineRun(Generic[Out]):
     async def _close_all(self, build: _Build, busy: list[Any]) -> BaseException | None:
         """Close every stage, downstream first; *busy* gets those a task is running."""
         first: BaseException | None = None
-        for ic in reversed(self._intercepts):
-            try:
-                await ic.aclose()
-            except BaseException as err:  # reported after every stage is closed
-                first = first or err
+        for ic in reversed(self._intercepts):  # a chain held by a bypass closes like a stage: the same deadline
+            error = await close_one(ic)
+            first = first or error
         for stage in build.threads:
             stage.abort()
         for gen in reversed(build.closers):
