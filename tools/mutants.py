@@ -16,6 +16,11 @@ ended, for example by pytest-timeout's hard stop: counted as killed), and prints
 that already names a mutant is not run again, so an interrupted run resumes.  ``--only`` limits the run to mutants
 whose name contains a text (a function, or the survivors of an earlier log with ``--survivors-of``).
 
+The tests run with the pure-Python twins of the C steps (``TALKPIPE_ASYNC_NO_EXTENSIONS=1``), which mutmut can
+mutate.  The code that only hands arguments to the C steps is then never reached: run those mutants again with
+``--extensions``, after copying the built ``_speedups`` module into ``mutants/talkpipe_async/_core/`` (``git archive``
+does not carry it).
+
 Mutants whose effect lives in a cache built once per process (a compiled loop, for example) must each run in a
 fresh process: use mutmut's own runner for those.
 """
@@ -103,6 +108,12 @@ def main() -> int:
     parser.add_argument("--log", required=True, type=Path, help="one line per mutant: name 1|0|T")
     parser.add_argument("--only", default="", help="run only mutants whose name contains this text")
     parser.add_argument("--survivors-of", type=Path, help="run only the mutants this log says survived")
+    parser.add_argument(
+        "--extensions",
+        action="store_true",
+        help="keep the C steps on (copy the built _speedups module into mutants/ first): for the code that hands "
+        "arguments to them, which the pure-Python run never reaches",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("tests", nargs="+", help="the tests to run against each mutant")
     args = parser.parse_args()
@@ -115,7 +126,7 @@ def main() -> int:
         names = [n for n in names if n in survived]
     todo = log.with_suffix(".todo")
     todo.write_text("\n".join(names))
-    env = {**os.environ, "TALKPIPE_ASYNC_NO_EXTENSIONS": "1"}
+    env = dict(os.environ) if args.extensions else {**os.environ, "TALKPIPE_ASYNC_NO_EXTENSIONS": "1"}
     command = [sys.executable, str(Path(__file__).resolve()), "--module", args.module, "--log", str(log)]
     while True:
         rc = subprocess.call([*command, "--child", str(todo), "--", *args.tests], cwd="mutants", env=env)
