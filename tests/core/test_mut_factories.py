@@ -147,7 +147,7 @@ def test_mypy_checks_every_factory_form(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=500,
+        timeout=50,  # inside the test's own 60 s bound
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -171,7 +171,7 @@ def test_pyright_checks_every_factory_form(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=500,
+        timeout=50,  # inside the test's own 60 s bound
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
