@@ -53,6 +53,7 @@ class PipelineRun(Generic[Out]):
         self._on_stats = on_stats
         self._errors: dict[str, int] = {}
         self._started = 0.0
+        self._ended: float | None = None  # once the run has closed: its duration stops growing
         self._running = False
         self._build: _Build | None = None
         self._scope: RunScope | None = None
@@ -75,7 +76,9 @@ class PipelineRun(Generic[Out]):
         timed = build is not None and build.timed
         from ._stats import snapshot
 
-        return snapshot(stages, self._errors, self._started, self.metadata_dropped, self._running, timed)
+        return snapshot(
+            stages, self._errors, self._started, self.metadata_dropped, self._running, timed, ended=self._ended
+        )
 
     async def _report(self, every: float) -> None:
         while True:
@@ -95,6 +98,7 @@ class PipelineRun(Generic[Out]):
             build.stats = []
             build.timed = self._observe == "timed"
         self._started = time.monotonic()
+        self._ended = None
         self._running = True
         self._scope = RunScope()
         run = self._run = await self._scope.enter()
@@ -123,6 +127,7 @@ class PipelineRun(Generic[Out]):
         self._running = False
         self._note_exit_error(build, exc)
         error, outer = await self._close_run(build)
+        self._ended = time.monotonic()
         raised = self._choose_raised(build, exc, error, outer)
         self._release_frames(build)
         if self._observe and (self._stats_every is not None or self._on_stats is not None):

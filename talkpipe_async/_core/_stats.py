@@ -73,7 +73,10 @@ class StageSnapshot:
 
 @dataclass(frozen=True)
 class RunStats:
-    """A snapshot of a run: one :class:`StageSnapshot` per stage, input first."""
+    """A snapshot of a run: one :class:`StageSnapshot` per stage, input first.
+
+    ``elapsed_s`` is the time since the run started, and once it has closed, its whole duration (it no longer grows).
+    """
 
     stages: tuple[StageSnapshot, ...]
     elapsed_s: float
@@ -201,8 +204,12 @@ def snapshot(
     dropped: int,
     running: bool,
     timed: bool = False,
+    ended: float | None = None,
 ) -> RunStats:
-    """Turn live counters into a :class:`RunStats` (own times, items in from the stage before)."""
+    """Turn live counters into a :class:`RunStats` (own times, items in from the stage before).
+
+    ``elapsed_s`` runs from *started* to *ended*, or to now while the run has not ended.
+    """
     out = []
     before_items, before_time = 0, 0.0
     for i, st in enumerate(stages):
@@ -223,4 +230,5 @@ def snapshot(
             )
         )
         before_items, before_time = out[-1].items_out, st.time_s
-    return RunStats(tuple(out), time.monotonic() - started, dropped, running)
+    end = time.monotonic() if ended is None else ended
+    return RunStats(tuple(out), end - started, dropped, running)
