@@ -104,7 +104,7 @@ class ThreadStage:
         counter: MetaCounter,
         on_frame: Callable[[Any], None],
         batch: int = DEFAULT_BATCH,
-        latency: float = DEFAULT_LATENCY,
+        latency: float | None = None,
     ) -> None:
         self.label = label
         self._make = make
@@ -114,6 +114,7 @@ class ThreadStage:
         self._counter = counter
         self._on_frame = on_frame
         self._batch = batch
+        latency = DEFAULT_LATENCY if latency is None else latency  # read when made: a test may set it
         self._latency = latency
         self.inbox = Channel(batch) if upstream is not None else None
         self.outbox = Channel(2 * batch)
