@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -36,13 +36,22 @@ from ._stop import Stoppable
 if TYPE_CHECKING:
     import anyio.abc
 
-__all__ = ["CLEANUP_TIMEOUT", "RunScope", "close_one"]
+__all__ = ["CLEANUP_TIMEOUT", "RunScope", "close_each", "close_one"]
 
 CLEANUP_TIMEOUT = 10.0
 
 
 def _cancelled(exc: BaseException) -> bool:
     return isinstance(exc, anyio.get_cancelled_exc_class())
+
+
+async def close_each(gens: Iterable[Any]) -> BaseException | None:
+    """Close every one of *gens* in turn, whatever an earlier one raised; return the first error."""
+    first: BaseException | None = None
+    for gen in gens:
+        error = await close_one(gen)
+        first = first or error
+    return first
 
 
 async def close_one(gen: Any) -> BaseException | None:
@@ -159,9 +168,8 @@ class RunScope:
             run._closing()
             run._stop_all(CLEANUP_TIMEOUT)
             await run._wait_all()
-            for gen in busy:  # each is closed, whatever failed before it
-                closed = await close_one(gen)
-                error = error or closed
+            closed = await close_each(busy)
+            error = error or closed
         except anyio.get_cancelled_exc_class():  # the cleanup deadline passed
             logger().error("the run's cleanup passed its %.0f s deadline: cancelling what still runs", CLEANUP_TIMEOUT)
             run._stop_all(0.0)

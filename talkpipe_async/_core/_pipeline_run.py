@@ -17,7 +17,7 @@ import anyio
 
 from ._build import _Build, _may_carry_metadata
 from ._chain import Out
-from ._closing import RunScope, close_one, outcome
+from ._closing import RunScope, close_each, close_one, outcome
 from ._errors import annotate, error_context
 from ._logs import logger
 from ._metadata_path import make_intercept, strip_async, sync_to_async
@@ -207,10 +207,8 @@ class PipelineRun(Generic[Out]):
 
     async def _close_all(self, build: _Build, busy: list[Any]) -> BaseException | None:
         """Close every stage, downstream first; *busy* gets those a task is running."""
-        first: BaseException | None = None
-        for ic in reversed(self._intercepts):  # a chain held by a bypass closes like a stage: the same deadline
-            error = await close_one(ic)
-            first = first or error
+        # A chain held by a bypass closes like a stage: the same deadline.
+        first = await close_each(reversed(self._intercepts))
         for stage in build.threads:
             stage.abort()
         for gen in reversed(build.closers):

@@ -114,11 +114,10 @@ class ThreadStage:
         self._counter = counter
         self._on_frame = on_frame
         self._batch = batch
-        latency = DEFAULT_LATENCY if latency is None else latency  # read when made: a test may set it
-        self._latency = latency
         self.inbox = Channel(batch) if upstream is not None else None
         self.outbox = Channel(2 * batch)
-        self._out = _Outbox(self.outbox, batch, latency)
+        # The default is read when the stage is made, not when the module is: a test may set it.
+        self._out = _Outbox(self.outbox, batch, DEFAULT_LATENCY if latency is None else latency)
         # Set when the run closes (interrupted, cancelled, consumer gone): no new item enters the worker.
         self._stopped = False
 
