@@ -15,6 +15,7 @@ import pytest
 
 from talkpipe_async import AbstractSegment, Flush, error_context, segment
 from talkpipe_async.operators import cast
+from tests.helpers.sources import sync_fails_on, sync_seen_by
 
 pytestmark = pytest.mark.anyio
 
@@ -70,21 +71,6 @@ async def test_statistics_read_a_stages_own_skipped_counter() -> None:
     by = {s.name: s for s in run.stats().stages}
     assert by["cast(int)"].skipped == 3
     assert by["input"].skipped is None
-
-
-@segment(process_metadata=True)
-def sync_seen_by(items: Iterable[Any], log: list[Any]) -> Iterator[Any]:
-    for x in items:
-        log.append(x)
-        yield x
-
-
-@segment
-def sync_fails_on(items: Iterable[int], bad: int) -> Iterator[int]:
-    for x in items:
-        if x == bad:
-            raise ValueError(f"bad item {x}")
-        yield x
 
 
 def test_a_sync_stage_that_takes_metadata_sees_it_in_iter_sync() -> None:

@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from talkpipe_async import Flush, Metadata, error_context, is_metadata, segment, source
+from tests.helpers.sources import sync_fails_on, sync_seen_by
 
 pytestmark = pytest.mark.anyio
 
@@ -46,21 +47,6 @@ async def sees_all(items: AsyncIterator[Any], seen: list[Any]) -> AsyncIterator[
 def sync_add(items: Iterable[int], n: int = 0) -> Iterator[int]:
     for x in items:
         yield x + n
-
-
-@segment(process_metadata=True)
-def sync_sees_all(items: Iterable[Any], seen: list[Any]) -> Iterator[Any]:
-    for x in items:
-        seen.append(x)
-        yield x
-
-
-@segment
-def sync_fails_on(items: Iterable[int], bad: int) -> Iterator[int]:
-    for x in items:
-        if x == bad:
-            raise ValueError(f"bad item {x}")
-        yield x
 
 
 @source
@@ -178,7 +164,7 @@ async def test_metadata_a_fused_sync_stage_passes_on_is_dropped_and_counted_at_t
     """A run of sync stages only, one of which takes metadata: what it passes on is dropped and counted at the end
     unless the consumer asks for it."""
     first: list[Any] = []
-    run = (sync_sees_all(seen=first) | sync_add(n=10)).stream(stream_of())
+    run = (sync_seen_by(log=first) | sync_add(n=10)).stream(stream_of())
     async with run as out:
         assert [x async for x in out] == EXPECTED_DATA
     assert first == stream_of()
@@ -189,10 +175,10 @@ def test_iter_sync_keeps_metadata_in_its_place_around_a_plain_stage(speedups: st
     """In a chain of plain generators, metadata a stage passed on goes around the plain stage after it and comes out
     before that stage's next output, each item itself, none lost."""
     first: list[Any] = []
-    out = list((sync_sees_all(seen=first) | sync_add(n=10)).iter_sync(stream_of(), metadata=True))
+    out = list((sync_seen_by(log=first) | sync_add(n=10)).iter_sync(stream_of(), metadata=True))
     assert first == stream_of()
     assert out == expected_with_metadata()
-    assert list((sync_sees_all(seen=[]) | sync_add(n=10)).iter_sync(stream_of())) == EXPECTED_DATA
+    assert list((sync_seen_by(log=[]) | sync_add(n=10)).iter_sync(stream_of())) == EXPECTED_DATA
 
 
 def test_iter_sync_error_names_the_stage_and_closes_the_chain(speedups: str) -> None:
@@ -306,7 +292,7 @@ async def test_without_the_extension_every_metadata_path_runs_in_python(
         assert [x async for x in out] == EXPECTED_DATA
     assert run.metadata_dropped == 4
     first: list[Any] = []
-    out_sync = list((sync_sees_all(seen=first) | sync_add(n=10)).iter_sync(stream_of(), metadata=True))
+    out_sync = list((sync_seen_by(log=first) | sync_add(n=10)).iter_sync(stream_of(), metadata=True))
     assert out_sync == expected_with_metadata()
     with pytest.raises(ValueError, match="bad item 2") as info:
         list(sync_fails_on(bad=2).iter_sync([1, 2, 3]))

@@ -1,12 +1,13 @@
-"""Sources shared by the tests of several parts."""
+"""Sources and segments shared by the tests of several parts."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any
 
 import anyio.lowlevel
 
-from talkpipe_async import source
+from talkpipe_async import segment, source
 
 
 @source
@@ -17,3 +18,20 @@ async def numbers() -> AsyncIterator[int]:
         await anyio.lowlevel.checkpoint()
         yield i
         i += 1
+
+
+@segment(process_metadata=True)
+def sync_seen_by(items: Iterable[Any], log: list[Any]) -> Iterator[Any]:
+    """A sync stage that takes metadata: notes every item it sees, metadata included, and passes it on."""
+    for x in items:
+        log.append(x)
+        yield x
+
+
+@segment
+def sync_fails_on(items: Iterable[int], bad: int) -> Iterator[int]:
+    """A sync stage that raises ``ValueError`` at the item *bad*."""
+    for x in items:
+        if x == bad:
+            raise ValueError(f"bad item {x}")
+        yield x
