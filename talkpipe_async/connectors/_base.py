@@ -292,6 +292,14 @@ class BrokerSession(ABC):
     async def read(self, count: int, wait: float) -> list[Message[Any]]:
         """Return up to *count* messages, waiting at most about *wait* seconds ([] if none)."""
 
+    def retire(self) -> None:
+        """The stream has ended (stopped or idle): nothing more will be read; default: nothing to do."""
+        return
+
+    def expecting(self) -> bool:
+        """Messages are known to be on their way (a partition handed over): ``idle_exit`` does not count now."""
+        return False
+
     async def background(self) -> None:
         """Work that runs for the whole run (e.g. flushing acknowledgements); default: none."""
         await anyio.sleep_forever()
@@ -332,7 +340,9 @@ class BrokerSource(AbstractSource[Message[Any]]):
     Each read asks the broker for at most ``batch`` messages (the pipeline's
     own pull drives it: the next read starts only when downstream asks for
     the item after the last of the batch).  ``idle_exit``: end the stream
-    after that many seconds without a message (None: never end).  The
+    after that many seconds without a message (None: never end; the time a
+    partitioned source waits for a partition handed over to it does not
+    count).  The
     connection lives until the run ends, so acknowledgements issued by any
     later stage, even after the source has finished, still reach the broker.
 
@@ -359,10 +369,17 @@ class BrokerSource(AbstractSource[Message[Any]]):
         self.isolate_timeout = isolate_timeout
         self.stats = ConnectorStats()
         self.stopping = False
+        self._session: BrokerSession | None = None
 
     def stop(self) -> None:
-        """Stop fetching: hand back what is not yet handed downstream and end the stream (within ``wait`` s)."""
+        """Stop fetching: hand back what is not yet handed downstream and end the stream (within ``wait`` s).
+
+        A partitioned source also leaves the members at its next lease
+        round, while the stages after it finish what is in progress.
+        """
         self.stopping = True
+        if self._session is not None:
+            self._session.retire()
 
     @abstractmethod
     async def _open(self) -> BrokerSession:
@@ -372,7 +389,7 @@ class BrokerSource(AbstractSource[Message[Any]]):
         """Yield messages as the pipeline pulls them."""
         require_asyncio(self.label, CLIENTS)
         self.stopping = False
-        session = await self._open()
+        session = self._session = await self._open()
         kept = self._keep_open(session)
         try:
             idle_exit = self.idle_exit
@@ -385,9 +402,11 @@ class BrokerSource(AbstractSource[Message[Any]]):
                     raise session.failure
                 wait = self._read_wait(idle_exit, last)
                 if wait is None:
-                    return
+                    break
                 messages = await session.read(batch, wait)
                 if not messages:
+                    if session.expecting():
+                        last = anyio.current_time()
                     continue
                 last = anyio.current_time()
                 session.unyielded = messages
@@ -406,8 +425,10 @@ class BrokerSource(AbstractSource[Message[Any]]):
                     token._tracker = session  # BrokerSession.track, inlined: once per message
                     held[token.id] = token
                     yield message
+            session.retire()
             await _hand_back_unyielded(session)
         finally:
+            self._session = None
             if not kept:
                 await _close_shielded(session.aclose)
 

@@ -53,9 +53,10 @@ class NatsLeases(LeaseTable):
         self.me = session.consumer
         self.errors = import_client("nats", "nats").js.errors
 
-    async def heartbeat(self, owned: list[int]) -> tuple[list[str], set[int]]:
+    async def heartbeat(self, owned: list[int], member: bool = True) -> tuple[list[str], set[int]]:
         guard = self.session.guard
-        await guard.call("lease heartbeat", self.kv.put, f"m.{self.me}", b"1")
+        if member:
+            await guard.call("lease heartbeat", self.kv.put, f"m.{self.me}", b"1")
         info = await guard.call("members", self.session.js.stream_info, f"KV_{self.bucket}",
                                 subjects_filter=f"$KV.{self.bucket}.m.>")
         prefix = f"$KV.{self.bucket}.m."
@@ -90,7 +91,10 @@ class NatsLeases(LeaseTable):
             return
 
     async def leave(self) -> None:
-        await self.session.guard.call("leave", self.kv.purge, f"m.{self.me}")
+        # Remove the member's subject from the bucket's stream outright: a KV purge would leave a marker that
+        # the others' member listing counts until it expires (lease_ttl later).
+        await self.session.guard.call("leave", self.session.js.purge_stream, f"KV_{self.bucket}",
+                                      subject=f"$KV.{self.bucket}.m.{self.me}")
 
 
 def partition_of(token: AckToken) -> int | None:
@@ -173,6 +177,15 @@ class NatsPartitionSession(_JetStreamSession):
                     self.stats.handed_back += 1
                     await self.guard.call("-NAK", self.nc.request, msg.reply, b"-NAK", timeout=self.src.timeout)
         await self.flush()
+
+    def retire(self) -> None:
+        """Leave the members at the next lease round; release each partition once nothing of it is in progress."""
+        if self.coordinator is not None:
+            self.coordinator.retire()
+
+    def expecting(self) -> bool:
+        """A partition meant for this worker is still being handed over, or waits for entries falling due."""
+        return self.coordinator is not None and self.coordinator.awaiting()
 
     def busy(self, partition: int) -> bool:
         """Something of *partition* is handed downstream or waiting to be, and not settled."""

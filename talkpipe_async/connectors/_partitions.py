@@ -10,6 +10,9 @@ worker that owns a partition meant for another finishes what it holds of it,
 then releases the lease; a worker acquires a free partition meant for it and
 first takes over the entries left pending in it (in order), then reads new
 ones.  One partition is read by one worker at a time, strictly in order.
+A worker whose stream has ended (stopped, or idle) drops its membership at
+once, so the others count it out and wait for its partitions, and releases
+each partition as soon as nothing of it is in progress.
 """
 
 from __future__ import annotations
@@ -77,8 +80,9 @@ class LeaseTable(ABC):
     """Ownership records at the broker: a membership record per worker and a lease per partition."""
 
     @abstractmethod
-    async def heartbeat(self, owned: list[int]) -> tuple[list[str], set[int]]:
-        """Renew this worker's membership and the leases of *owned*; return (live members, leases still mine)."""
+    async def heartbeat(self, owned: list[int], member: bool = True) -> tuple[list[str], set[int]]:
+        """Renew the leases of *owned* (and this worker's membership unless *member* is False); return (live
+        members, leases still mine)."""
 
     @abstractmethod
     async def acquire(self, partition: int) -> bool:
@@ -130,6 +134,10 @@ class Coordinator:
         self.acquired = 0
         self.released = 0
         self.lost = 0
+        self.members: list[str] = []
+        self.wanted: set[int] = set()
+        self.retiring = False
+        self.left = False
 
     def readable(self) -> list[int]:
         """Owned partitions from which new entries may be read (no backlog, not being released, not paused)."""
@@ -147,12 +155,19 @@ class Coordinator:
         """
         async with self.lock:
             self.next_round = anyio.current_time() + self.interval
-            members, still = await self.table.heartbeat(sorted(self.owned))
+            if self.retiring and not self.left:
+                await self.table.leave()
+                self.left = True
+                logger.info("%s: reads no more: left the members, releasing each partition once done", self.label)
+            members, still = await self.table.heartbeat(sorted(self.owned), member=not self.retiring)
             for p in [p for p in self.owned if p not in still]:
                 del self.owned[p]
                 self.lost += 1
                 logger.warning("%s: lost the lease of partition %d (not renewed in time)", self.label, p)
-            wanted = assign(members, self.partitions, self.me)
+            if sorted(members) != self.members:
+                self.members = sorted(members)
+                logger.info("%s: members now %s", self.label, ", ".join(self.members))
+            wanted = self.wanted = set() if self.retiring else assign(members, self.partitions, self.me)
             for p, part in self.owned.items():
                 part.releasing = p not in wanted
             done = [p for p, part in self.owned.items() if part.releasing and not busy(p)]
@@ -162,13 +177,29 @@ class Coordinator:
                     await self.table.release(p)
                     del self.owned[p]
                     self.released += 1
+                    logger.info("%s: released partition %d", self.label, p)
             for p in sorted(wanted - set(self.owned)):
                 if await self.table.acquire(p):
                     part = self.owned[p] = Partition(backlog=self.take_over)
                     if self.on_acquired is not None:
                         await self.on_acquired(p, part)
                     self.acquired += 1
+                    logger.info("%s: acquired partition %d", self.label, p)
             self.changed()
+
+    def retire(self) -> None:
+        """This worker reads no more: from the next round it is no member, and releases what it is done with."""
+        self.retiring = True
+
+    def awaiting(self) -> bool:
+        """Work meant for this worker is on its way: a partition it should own is held by another (finishing
+        it, or dead until its lease lapses), or one it owns waits for a backlog or redeliveries falling due."""
+        if self.retiring:
+            return False
+        if self.wanted - set(self.owned):
+            return True
+        now = anyio.current_time()
+        return any(part.backlog or part.paused_until > now for part in self.owned.values())
 
     def changed(self) -> None:
         """Tell the owner which partitions are held now."""
@@ -185,4 +216,7 @@ class Coordinator:
                 await self.table.release(p)
             self.owned.clear()
             self.changed()
-            await self.table.leave()
+            if not self.left:
+                await self.table.leave()
+                self.left = True
+            logger.info("%s: left (partitions released, membership dropped)", self.label)

@@ -34,7 +34,7 @@ HEARTBEAT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+if ARGV[3] == '1' then redis.call('ZADD', KEYS[1], now + ttl, ARGV[1]) end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local mine = {}
 for i = 2, #KEYS do
@@ -66,10 +66,10 @@ class RedisLeases(LeaseTable):
         self._heartbeat = self.client.register_script(HEARTBEAT)
         self._release = self.client.register_script(RELEASE)
 
-    async def heartbeat(self, owned: list[int]) -> tuple[list[str], set[int]]:
+    async def heartbeat(self, owned: list[int], member: bool = True) -> tuple[list[str], set[int]]:
         keys = [self.members, *(self.leases[p] for p in owned)]
         members, mine = await self.guard.call("lease heartbeat", self._heartbeat, keys=keys,
-                                              args=[self.me, self.ttl_ms])
+                                              args=[self.me, self.ttl_ms, "1" if member else "0"])
         return [m.decode() if isinstance(m, bytes) else m for m in members], {owned[int(i)] for i in mine}
 
     async def acquire(self, partition: int) -> bool:
@@ -191,6 +191,14 @@ class RedisPartitionSession(BrokerSession):
         if part is not None:
             part.backlog = True
             part.paused_until = anyio.current_time() + delay
+
+    def retire(self) -> None:
+        """Leave the members at the next lease round; release each partition once nothing of it is in progress."""
+        self.coordinator.retire()
+
+    def expecting(self) -> bool:
+        """A partition meant for this worker is still being handed over, or waits for entries falling due."""
+        return self.coordinator.awaiting()
 
     def busy(self, partition: int) -> bool:
         """Something of *partition* is handed downstream or waiting to be, and not settled."""

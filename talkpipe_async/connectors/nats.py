@@ -314,7 +314,9 @@ class jetstream_messages(BrokerSource):
     * ``decode``: bytes -> payload (default ``json.loads``; None: raw bytes).
     * ``create``: create or update the durable consumer with these settings
       (otherwise bind to an existing one).
-    * ``idle_exit``: end the stream after this many seconds without a message.
+    * ``idle_exit``: end the stream after this many seconds without a message
+      (with ``partitions``, the time spent waiting for a partition handed over
+      to this instance does not count).
     * ``retries`` / ``timeout``: bounded retries of the first connection.
     * ``outage_budget``: seconds the source rides out a lost connection
       (the client reconnects; warnings logged) before the run fails with

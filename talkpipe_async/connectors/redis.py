@@ -121,7 +121,8 @@ class redis_stream_messages(BrokerSource):
     * ``create_group``: create the group (and stream) at ``start_id`` when
       missing (``"0"``: from the beginning; ``"$"``: only new entries).
     * ``idle_exit``: end the stream after this many seconds without a
-      message (None: run until cancelled).
+      message (None: run until cancelled; with ``partitions``, the time spent
+      waiting for a partition handed over to this instance does not count).
     * ``retries`` / ``timeout``: bounded retries of the first connection
       (see :func:`connect_redis`).
     * ``outage_budget``: seconds every later command keeps retrying an

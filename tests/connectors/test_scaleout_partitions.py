@@ -6,6 +6,9 @@
   first, in order, one entry at a time, before new entries are read.
 * Two sources in one process share the partitions: each owns its share
   (leases), every message is handled once, in order per key.
+* ``idle_exit`` does not end a source while a partition meant for it is
+  still held by another owner (one that died: its lease lapses; one that
+  stopped: it leaves the members at once and hands over once done).
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ from __future__ import annotations
 import json
 import uuid
 import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
 import nats
 import pytest
 
+from talkpipe_async import segment
 from talkpipe_async.connectors import (
     Message,
     ack,
+    consume,
     jetstream_messages,
     map_data,
     partition_for,
@@ -170,6 +176,69 @@ async def test_two_sources_share_the_partitions_by_lease(redis_url: str, client:
     assert rest == [], "a lease outlived its owner's run"
 
 
+async def test_idle_exit_waits_for_a_partition_still_held_by_another(redis_url: str, client: Any) -> None:
+    stream = f"p-{uuid.uuid4().hex[:6]}"
+    items = feed(8, 5)
+    await to_redis_stream(stream, url=redis_url, key="k", partitions=N).collect(items)
+    held = partition_for("key-0", N)
+    # An owner that died holding one partition: its lease lapses 1.5 s from now, five idle_exit periods.
+    await client.set(f"{stream}:g:lease:{held}", "dead", px=1500)
+    src = redis_stream_messages(stream, "g", url=redis_url, partitions=N, block=0.05, idle_exit=0.3, lease_ttl=2.0)
+    seen: dict[str, list[int]] = {}
+
+    async def handle(x: dict[str, Any]) -> None:
+        seen.setdefault(x["k"], []).append(x["s"])
+
+    from talkpipe_async.connectors import consume
+
+    with anyio.fail_after(30):
+        assert await consume(src, handle) == len(items)
+    assert seen == {f"key-{k}": list(range(5)) for k in range(8)}
+
+
+async def test_a_stopped_source_leaves_the_members_at_once_and_hands_over_once_done(
+    redis_url: str, client: Any
+) -> None:
+    stream = f"p-{uuid.uuid4().hex[:6]}"
+    items = feed(8, 5)
+    await to_redis_stream(stream, url=redis_url, key="k", partitions=N).collect(items)
+
+    async def members() -> set[str]:
+        return {m.decode() for m in await client.zrange(f"{stream}:g:members", 0, -1)}
+
+    await stopped_source_hands_over(
+        *(redis_stream_messages(stream, "g", url=redis_url, consumer=name, partitions=N, block=0.05, batch=1,
+                                lease_ttl=1.0, idle_exit=0.3) for name in ("a", "b")), members)
+
+
+async def stopped_source_hands_over(a: Any, b: Any, members: Callable[[], Awaitable[set[str]]]) -> None:
+    """*a* takes every partition; stopped at its first message, it leaves the members before finishing that
+    message (for longer than *b*'s idle_exit); *b* takes the rest, waits for that partition and reads it too."""
+    seen: dict[str, list[tuple[str, int]]] = {}
+
+    def note(name: str, x: dict[str, Any]) -> None:
+        seen.setdefault(x["k"], []).append((name, x["s"]))
+
+    @segment
+    async def slow_first(messages: AsyncIterator[Message[Any]]) -> AsyncIterator[Message[Any]]:
+        async for message in messages:
+            if not seen:
+                a.stop()
+                while "a" in await members():
+                    await anyio.sleep(0.01)
+                tg.start_soon(consume, b, lambda x: note("b", x))
+                await anyio.sleep(1.0)  # a slow message: b has nothing else to read for longer than its idle_exit
+            note("a", message.data)
+            yield message
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            assert await consume(a | slow_first()) == 1
+    assert {k: [s for _, s in v] for k, v in seen.items()} == {f"key-{k}": list(range(5)) for k in range(8)}
+    assert sum(w == "a" for v in seen.values() for w, _ in v) == 1
+    assert a.owned_partitions == [] and b.owned_partitions == []
+
+
 # --- NATS JetStream ---------------------------------------------------------------------------------------------
 
 
@@ -240,3 +309,47 @@ async def test_jetstream_two_sources_share_the_partitions_by_lease(nats_url: str
         await nc.close()
     assert {k: [s for _, s in v] for k, v in seen.items()} == {f"key-{k}": list(range(40)) for k in range(12)}
     assert {w for v in seen.values() for w, _ in v} == {"a", "b"}, "the second source never got a partition"
+
+
+async def test_jetstream_idle_exit_waits_for_a_partition_still_held_by_another(nats_url: str) -> None:
+    stream, subject = await nats_stream(nats_url)
+    items = feed(8, 5)
+    await to_jetstream(subject, servers=nats_url, key="k", partitions=N).collect(items)
+    nc = await nats.connect(nats_url)
+    try:
+        # An owner that died holding one partition: its lease lapses 1.5 s from now, five idle_exit periods.
+        kv = await nc.jetstream().create_key_value(bucket=f"{stream}_d_leases", ttl=1.5, history=1)
+        await kv.create(f"p.{partition_for('key-0', N)}", b"dead")
+    finally:
+        await nc.close()
+    src = jetstream_messages(stream, "d", servers=nats_url, subject=subject, partitions=N, fetch_wait=0.05,
+                             idle_exit=0.3, lease_ttl=2.0, dead_letter=False)
+    seen: dict[str, list[int]] = {}
+
+    async def handle(x: dict[str, Any]) -> None:
+        seen.setdefault(x["k"], []).append(x["s"])
+
+    from talkpipe_async.connectors import consume
+
+    with anyio.fail_after(30):
+        assert await consume(src, handle) == len(items)
+    assert seen == {f"key-{k}": list(range(5)) for k in range(8)}
+
+
+async def test_jetstream_stopped_source_leaves_the_members_at_once_and_hands_over_once_done(nats_url: str) -> None:
+    stream, subject = await nats_stream(nats_url)
+    await to_jetstream(subject, servers=nats_url, key="k", partitions=N).collect(feed(8, 5))
+    nc = await nats.connect(nats_url)
+    bucket = f"{stream}_d_leases"
+
+    async def members() -> set[str]:
+        info = await nc.jetstream().stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.m.>")
+        return {name.rsplit(".", 1)[-1] for name in info.state.subjects or {}}
+
+    try:
+        await stopped_source_hands_over(
+            *(jetstream_messages(stream, "d", servers=nats_url, subject=subject, partitions=N, fetch_wait=0.05,
+                                 batch=1, lease_ttl=1.0, idle_exit=0.3, consumer=name, dead_letter=False)
+              for name in ("a", "b")), members)
+    finally:
+        await nc.close()

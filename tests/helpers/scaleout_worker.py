@@ -12,11 +12,14 @@ It exits after ``--idle-exit`` seconds without a message and prints
 ``run_worker`` (SIGTERM / SIGINT stop it cleanly; the exit code is its own).
 ``--partitions n`` reads a feed partitioned by key (payloads ``{"i", "k":
 key, "s": place in its key}``); the record then carries ``k`` and ``s``.
+``--log PATH`` writes the connectors' log (partitions taken and released,
+members seen, stop signals) to PATH with timestamps, for a failing test to show.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -33,6 +36,8 @@ from talkpipe_async.connectors import (
     to_redis_stream,
 )
 
+log = logging.getLogger("scaleout_worker")
+
 
 class Poisoned(RuntimeError):
     """The payload of a poison message."""
@@ -43,11 +48,15 @@ def make_record(name: str, delay: float) -> Any:
 
     @segment
     async def record(items: AsyncIterator[Message[Any]]) -> AsyncIterator[Message[Any]]:
+        first = True
         async for message in items:
             if message.data.get("poison"):
                 raise Poisoned(f"poison message {message.data['i']}")
             if delay:
                 await anyio.sleep(delay)  # the work of one message
+            if first:
+                first = False
+                log.info("first message handled")
             record = {"i": message.data["i"], "mid": message.id, "w": name, "d": message.deliveries}
             if "k" in message.data:  # a keyed feed: the key and the message's place in it
                 record.update(k=message.data["k"], s=message.data["s"])
@@ -58,6 +67,9 @@ def make_record(name: str, delay: float) -> Any:
 
 async def main(args: argparse.Namespace) -> None:
     """Run the worker pipeline until the feed stays idle."""
+    if args.log:
+        logging.basicConfig(filename=args.log, level=logging.INFO,
+                            format=f"%(asctime)s.%(msecs)03d {args.name} %(message)s", datefmt="%H:%M:%S")
     budget = args.outage_budget
     if args.broker == "redis":
         src: Any = redis_stream_messages(
@@ -81,6 +93,7 @@ async def main(args: argparse.Namespace) -> None:
     else:
         handled = await consume(pipeline)
     stats = src.stats
+    log.info("ended: handled %d", handled)
     print(f"handled={handled} redelivered={stats.redelivered} outages={stats.outages} isolated={stats.isolated} "
           f"handed_back={stats.handed_back} sink_outages={sink.stats.outages} rewritten={sink.stats.rewritten}",
           flush=True)
@@ -106,6 +119,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--partitions", type=int, default=None)
     p.add_argument("--lease-ttl", type=float, default=5.0)
     p.add_argument("--subject", default=None)
+    p.add_argument("--log", default=None)
     return p.parse_args()
 
 
