@@ -483,3 +483,86 @@ async def test_items_the_worker_holds_reach_a_consumer_that_was_busy() -> None:
                 if x == 0:
                     time.sleep(0.05)  # the consumer's own work, which blocks the loop for a while
     assert got == [0, 100, 1, 101]
+
+
+@segment(blocking=True)
+def twice(items: Iterable[int]) -> Iterator[int]:
+    for x in items:
+        yield x
+        yield 10 * x
+
+
+async def test_what_the_worker_made_before_it_waits_for_input_reaches_the_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Items a thread segment made are handed over to the buffer when it waits for more input (or its input ends),
+    without the consumer asking: with no latency bound and batches larger than the stream, the items made after the
+    one an idle consumer waited for show in the buffer, all of them, while the consumer holds back."""
+    from talkpipe_async._core import _threads
+
+    monkeypatch.setattr(_threads, "DEFAULT_LATENCY", 3600.0)  # handed over only by batch, wish or wait
+    run = (add(n=0) | twice()).stream(range(5), stats=True)
+    got: list[int] = []
+    async with run as items:
+        async for x in items:
+            got.append(x)
+            break  # hold the run while the worker finishes its input
+        with anyio.fail_after(10):
+            while run.stats().stages[-1].buffer_fill != 10 - len(got):
+                await anyio.sleep(0.001)  # polls the figures
+        got += [x async for x in items]
+    assert got == [y for x in range(5) for y in (x, 10 * x)]
+
+
+@segment(blocking=True)
+def twice_reading_in_a_helper(items: Iterable[int]) -> Iterator[int]:
+    """Reads its input in a thread it starts, one item per item it has made twice of."""
+    got: list[int] = []
+    ready, done = threading.Semaphore(0), threading.Semaphore(0)
+    ended = False
+
+    def read() -> None:
+        nonlocal ended
+        try:
+            for x in items:
+                got.append(x)
+                ready.release()
+                done.acquire()  # the next item is read once the worker made this one's two
+        finally:
+            ended = True
+            ready.release()
+
+    helper = threading.Thread(target=read)
+    helper.start()
+    while True:
+        ready.acquire()
+        if not got:
+            break
+        x = got.pop()
+        yield x
+        yield 10 * x
+        done.release()
+    helper.join()
+    assert ended
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_what_the_worker_made_is_handed_over_when_a_thread_it_started_waits_for_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hand-over before waiting for input also works from a thread the sync code started to read its input:
+    with the consumer holding back, everything the worker made reaches the buffer, and then the consumer."""
+    from talkpipe_async._core import _threads
+
+    monkeypatch.setattr(_threads, "DEFAULT_LATENCY", 3600.0)  # handed over only by batch, wish or wait
+    run = (add(n=0) | twice_reading_in_a_helper()).stream(range(5), stats=True)
+    got: list[int] = []
+    async with run as items:
+        async for x in items:
+            got.append(x)
+            break  # hold the run while the worker finishes its input
+        with anyio.fail_after(10):
+            while run.stats().stages[-1].buffer_fill != 10 - len(got):
+                await anyio.sleep(0.001)  # polls the figures
+        got += [x async for x in items]
+    assert got == [y for x in range(5) for y in (x, 10 * x)]
