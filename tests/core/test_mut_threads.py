@@ -566,3 +566,38 @@ async def test_what_the_worker_made_is_handed_over_when_a_thread_it_started_wait
                 await anyio.sleep(0.001)  # polls the figures
         got += [x async for x in items]
     assert got == [y for x in range(5) for y in (x, 10 * x)]
+
+
+async def test_no_new_item_enters_the_sync_code_once_the_run_is_closing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Items already fetched into the worker are not handed to the sync code once the run is closing: the consumer
+    leaves while the sync code is busy with the first item of a batch of ten, and the sync code sees no other."""
+    from talkpipe_async._core import _threads
+
+    fed, busy = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    @source
+    async def ten() -> AsyncIterator[int]:
+        for i in range(10):
+            yield i
+        fed.set()  # the feeder has put every item into the stage's inbox
+
+    @segment(blocking=True)
+    def busy_after_each(items: Iterable[int]) -> Iterator[int]:
+        fed.wait()  # the worker's first read takes the whole batch
+        for x in items:
+            seen.append(x)
+            yield x
+            busy.wait()  # the sync code is still working when the consumer leaves
+
+    closing = _threads.ThreadStage.abort
+
+    def abort_then_finish(self: Any) -> None:
+        closing(self)
+        busy.set()  # the sync code finishes its item only once the run is closing
+
+    monkeypatch.setattr(_threads.ThreadStage, "abort", abort_then_finish)
+    async with (ten() | busy_after_each()).stream() as items:
+        async for _ in items:
+            break
+    assert seen == [0]
