@@ -240,13 +240,25 @@ def _split_options(defaults: dict[str, Any], given: dict[str, Any]) -> tuple[dic
     return options, merged
 
 
+def _positional_names(func: Callable[..., Any], skip: int) -> list[str]:
+    """The parameters of *func* a positional argument fills, in order, after the first *skip*."""
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: no default is dropped
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in parameters if p.kind in kinds][skip:]
+
+
 def _make_class(
     func: Callable[..., Any], base: type[Any], method: str, defaults: dict[str, Any], suffix: str
 ) -> type[Any]:
     signature = inspect.signature(func)
+    positional = _positional_names(func, 1 if method == "transform" else 0)
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        options, merged = _split_options(defaults, kwargs)
+        filled = positional[: len(args)]  # a decorator default these arguments give is overridden
+        options, merged = _split_options({k: v for k, v in defaults.items() if k not in filled}, kwargs)
         base.__init__(
             self,
             process_metadata=options.get("process_metadata", False),
@@ -467,9 +479,11 @@ def field_segment(*args: Any, **kwargs: Any) -> Any:
 
     def decorate(func: Callable[..., Any]) -> type[AbstractFieldSegment]:
         is_async = inspect.iscoroutinefunction(func)
+        positional = _positional_names(func, 1)
 
         def __init__(self: Any, *init_args: Any, **init_kwargs: Any) -> None:
-            merged = {**kwargs, **init_kwargs}
+            filled = positional[: len(init_args)]  # a decorator default these arguments give is overridden
+            merged = {**{k: v for k, v in kwargs.items() if k not in filled}, **init_kwargs}
             AbstractFieldSegment.__init__(
                 self,
                 field=merged.pop("field", None),

@@ -104,7 +104,8 @@ def _seen_stage() -> Any:
 
 def test_the_decorated_class_reads_like_the_function(add: Any, count: Any) -> None:
     """The class ``@source`` / ``@segment`` makes carries the function's name, doc, module and qualified name, and
-    the generate / transform method carries its doc; the stage's name is the function's."""
+    the generate / transform method carries its doc; the stage's name is the function's.  The class keeps the
+    function as ``_original_func``, where TalkPipe's documentation extraction looks for it."""
     for cls, kind in ((count, AbstractSource), (add, AbstractSegment)):
         assert isinstance(cls, type) and issubclass(cls, kind)
         assert cls.__module__ == __name__
@@ -121,9 +122,20 @@ def test_the_decorated_class_reads_like_the_function(add: Any, count: Any) -> No
 
 
 def test_a_function_without_a_docstring_gets_one_naming_the_kind_of_stage(double: Any, sync_count: Any) -> None:
-    """Without a docstring the class says what it was made from."""
+    """Without a docstring the class says what it was made from, with the decorator bare or given options."""
     assert sync_count.__doc__ == "Source made from sync_count."
     assert double.__doc__ == "Segment made from double."
+
+    @source(n=1)
+    def ones(n: int) -> Iterator[int]:
+        yield from [1] * n
+
+    @segment(name="same")
+    def same(items: Iterable[Any]) -> Iterator[Any]:
+        yield from items
+
+    assert ones.__doc__ == "Source made from ones."
+    assert same.__doc__ == "Segment made from same."
 
 
 def test_a_qualified_name_of_a_nested_function_is_kept() -> None:
@@ -134,7 +146,7 @@ def test_a_qualified_name_of_a_nested_function_is_kept() -> None:
         async for x in items:
             yield x
 
-    assert inner.__qualname__.endswith("test_a_qualified_name_of_a_nested_function_is_kept.<locals>.inner")
+    assert inner.__qualname__.endswith("test_a_qualified_name_of_a_nested_function_is_kept.<locals>.inner")  # type: ignore[attr-defined]
     assert inner.__name__ == "inner"
 
 
@@ -165,9 +177,37 @@ async def test_decorator_keywords_are_defaults_the_constructor_overrides() -> No
     assert await plus().collect([1]) == [6]
     assert await plus(n=7).collect([1]) == [8]
     assert plus().name == "plus" and plus(name="other").name == "other"
-    assert await twos().collect() == [2, 2]
+    assert await twos().collect() == [2, 2]  # type: ignore[call-overload]
     assert await twos(n=3).collect() == [2, 2, 2]
-    assert twos().blocking is True and twos(blocking=False).blocking is False
+    assert twos().blocking is True and twos(blocking=False).blocking is False  # type: ignore[call-overload]
+
+
+async def test_a_positional_constructor_argument_overrides_a_decorator_default() -> None:
+    """A decorator default is overridden by the constructor argument given by position as by keyword, for
+    ``@segment``, ``@source`` and ``@field_segment``; the same parameter given twice in the constructor is still an
+    error naming the function."""
+
+    @segment(n=5)
+    async def plus(items: AsyncIterator[int], n: int = 1, m: int = 0) -> AsyncIterator[int]:
+        async for x in items:
+            yield x + n + m
+
+    @source(n=2, start=10)
+    def run_of(n: int, start: int = 0) -> Iterator[int]:
+        yield from range(start, start + n)
+
+    @field_segment(extra=5, field="v")
+    def grow(value: int, extra: int = 0) -> int:
+        return value + extra
+
+    assert await plus(7).collect([1]) == [8]
+    assert await plus(7, 100).collect([1]) == [108]
+    assert await run_of(3).collect() == [10, 11, 12]
+    assert await run_of(1, 0).collect() == [0]
+    assert await grow(1).collect([{"v": 1}]) == [2]
+    assert await grow().collect([{"v": 1}]) == [6]
+    with pytest.raises(TypeError, match=r"^plus: multiple values for argument 'n'$"):
+        plus(7, n=8)  # type: ignore[call-overload]
 
 
 def test_options_default_to_off_and_are_kept_as_given(add: Any, count: Any, double: Any) -> None:
@@ -213,13 +253,13 @@ def test_a_wrong_argument_fails_at_construction_naming_the_function(add: Any, co
 def test_the_decorators_take_keyword_arguments_only() -> None:
     """A positional argument other than the function is refused, with the decorator's name."""
     with pytest.raises(TypeError, match=r"^@segment takes keyword arguments only$"):
-        segment(3)
+        segment(3)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match=r"^@source takes keyword arguments only$"):
-        source("x")
+        source("x")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match=r"^@segment takes keyword arguments only$"):
-        segment(lambda items: items, name="x")
+        segment(lambda items: items, name="x")  # type: ignore[call-overload]
     with pytest.raises(TypeError, match=r"^@source takes keyword arguments only$"):
-        source(lambda: iter(()), 2)
+        source(lambda: iter(()), 2)  # type: ignore[call-overload]
 
 
 async def test_decorators_with_empty_parentheses() -> None:
@@ -471,10 +511,10 @@ async def test_multi_emit_is_off_by_default() -> None:
     assert await pair(multi_emit=True).collect([1]) == [1, 1]
 
 
-def test_field_segment_options_defaults_and_names(alength: Any, each: Any, length: Any) -> None:
+async def test_field_segment_options_defaults_and_names(alength: Any, each: Any, length: Any) -> None:
     """The field segment's options default to off (``field`` and ``set_as`` None, ``multi_emit``,
     ``process_metadata``, ``blocking`` False), may be given to the decorator or the constructor, and the class
-    reads like the function."""
+    reads like the function; the options are not handed to the function."""
     s = length()
     assert (s.field, s.set_as, s.multi_emit, s.process_metadata, s.blocking) == (None, None, False, False, False)
     assert s.name == "length" and repr(s) == "<length>"
@@ -487,7 +527,8 @@ def test_field_segment_options_defaults_and_names(alength: Any, each: Any, lengt
         True,
         "L",
     )
-    assert s._kwargs == {} and s._args == ()
+    out = await length(field="a", set_as="b", process_metadata=True, blocking=True, name="L").collect([{"a": "xy"}])
+    assert out == [{"a": "xy", "b": 2}]
     e = each()
     assert (e.field, e.multi_emit) == ("xs", True)
     assert isinstance(s, AbstractFieldSegment)
@@ -498,7 +539,7 @@ def test_field_segment_options_defaults_and_names(alength: Any, each: Any, lengt
     )
     assert length.__doc__ == "The length of the value, plus extra."
     assert alength.__doc__ == "Field segment made from alength."
-    assert length._original_func.__name__ == "length"
+    assert length._original_func.__name__ == "length", "read by TalkPipe's documentation extraction"
 
     @field_segment(name="custom", blocking=True, process_metadata=True)
     def f(value: Any) -> Any:
@@ -511,7 +552,7 @@ def test_field_segment_options_defaults_and_names(alength: Any, each: Any, lengt
     def g(value: Any) -> Any:
         return value
 
-    assert g().name == "g" and g().set_as is None
+    assert g().name == "g" and g().set_as is None  # type: ignore[attr-defined]
 
 
 async def test_a_field_segment_passes_metadata_through_when_it_takes_it(length: Any) -> None:
@@ -541,3 +582,13 @@ async def test_a_class_based_field_segment() -> None:
         assert await cls().collect(["ab"]) == ["AB"]
         assert await cls("k", "v").collect([{"k": "ab"}]) == [{"k": "ab", "v": "AB"}]
         assert await cls("k", "v", True).collect([{"k": "ab"}]) == [{"k": "ab", "v": "A"}, {"k": "ab", "v": "B"}]
+
+
+async def test_a_builtin_without_a_signature_can_be_a_field_function() -> None:
+    """A function Python cannot read a signature from (``max``) still makes a field segment, with or without
+    decorator defaults."""
+    biggest: Any = field_segment(max)
+    assert await biggest().collect([[1, 3, 2]]) == [3]
+    assert await biggest(field="xs", set_as="top").collect([{"xs": [4, 5]}]) == [{"xs": [4, 5], "top": 5}]
+    keyed: Any = field_segment(key=abs)(max)
+    assert await keyed().collect([[1, -3, 2]]) == [-3]
