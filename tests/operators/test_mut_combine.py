@@ -190,3 +190,28 @@ async def test_chain_runs_a_bounded_amount_ahead(anyio_backend: Any) -> None:
                 assert first == 0
                 break
     assert 3 < pulled <= 7, pulled
+
+
+async def test_an_inputs_error_comes_after_its_items_with_its_type(anyio_backend: Any) -> None:
+    """An input that fails hands out the items it sent first, then its very error ends ``merge`` and ``zip_streams``
+    (and a segment form whose upstream fails)."""
+
+    @source
+    async def broken() -> AsyncIterator[int]:
+        yield 1
+        yield 2
+        raise ConnectionResetError("input gone")
+
+    cases: list[tuple[Any, list[Any]]] = [
+        (merge(broken()), [1, 2]),
+        (zip_streams(broken(), just("a", "b", "c")), [(1, "a"), (2, "b")]),
+        (broken() | merge_with(just()), [1, 2]),
+        (broken() | zip_with(just("a", "b", "c")), [(1, "a"), (2, "b")]),
+    ]
+    for pipeline, before in cases:
+        got: list[Any] = []
+        with anyio.fail_after(10), pytest.raises(ConnectionResetError, match=r"^input gone"):
+            async with pipeline.stream() as items:
+                async for x in items:
+                    got.append(x)
+        assert got == before
