@@ -71,7 +71,8 @@ class take_until(PassThrough[T]):
     closed as soon as it has emitted (or when this stream ends first).  If
     *other* ends without an item, this stream goes on; if it fails, this
     stream ends with that error.  The upstream is read by one task of the
-    run, running ahead by at most ``read_ahead`` items (items read but not
+    run, running ahead of the item the consumer holds by at most
+    ``2 * read_ahead`` items, as ``until(event)`` does (items read but not
     yet yielded when *other* emits are left out).  Metadata passes through
     in order.
     """
@@ -122,7 +123,9 @@ class sample(PassThrough[T]):
         sensor() | sample(1.0)   # at most one reading a second, always the newest
 
     Holds one item.  The upstream is read by one task of the run, running
-    ahead by at most 256 items; metadata passes through in order.
+    ahead of the item the consumer holds by at most 512 items (256 waiting,
+    and a batch of up to 256 being looked through); metadata passes through
+    in order.
     """
 
     def __init__(self, seconds: float, *, name: str | None = None) -> None:
