@@ -49,6 +49,14 @@ def anyio_backend(request: pytest.FixtureRequest) -> Any:
     return request.param
 
 
+async def places_per_key(src: Any, count: int) -> dict[str, list[int]]:
+    """Consume *src* to its end (bounded in time), checking it handed *count* items; each key's places in order."""
+    seen: dict[str, list[int]] = {}
+    with anyio.fail_after(30):
+        assert await consume(src, lambda x: seen.setdefault(x["k"], []).append(x["s"])) == count
+    return seen
+
+
 def feed(keys: int, per_key: int) -> list[dict[str, Any]]:
     """Messages ``{"k": key, "s": n-th of its key}``, keys interleaved."""
     return [{"k": f"key-{k}", "s": s} for s in range(per_key) for k in range(keys)]
@@ -83,15 +91,7 @@ async def test_one_source_reads_every_partition_in_order_per_key(redis_url: str)
     items = feed(10, 20)
     await to_redis_stream(stream, url=redis_url, key="k", partitions=N).collect(items)
     src = redis_stream_messages(stream, "g", url=redis_url, partitions=N, block=0.05, idle_exit=0.5, lease_ttl=2.0)
-    seen: dict[str, list[int]] = {}
-
-    async def handle(x: dict[str, Any]) -> None:
-        seen.setdefault(x["k"], []).append(x["s"])
-
-    from talkpipe_async.connectors import consume
-
-    with anyio.fail_after(30):
-        assert await consume(src, handle) == len(items)
+    seen = await places_per_key(src, len(items))
     assert seen == {f"key-{k}": list(range(20)) for k in range(10)}
     assert src.stats.acked == len(items)
 
@@ -184,15 +184,7 @@ async def test_idle_exit_waits_for_a_partition_still_held_by_another(redis_url: 
     # An owner that died holding one partition: its lease lapses 1.5 s from now, five idle_exit periods.
     await client.set(f"{stream}:g:lease:{held}", "dead", px=1500)
     src = redis_stream_messages(stream, "g", url=redis_url, partitions=N, block=0.05, idle_exit=0.3, lease_ttl=2.0)
-    seen: dict[str, list[int]] = {}
-
-    async def handle(x: dict[str, Any]) -> None:
-        seen.setdefault(x["k"], []).append(x["s"])
-
-    from talkpipe_async.connectors import consume
-
-    with anyio.fail_after(30):
-        assert await consume(src, handle) == len(items)
+    seen = await places_per_key(src, len(items))
     assert seen == {f"key-{k}": list(range(5)) for k in range(8)}
 
 
@@ -324,15 +316,7 @@ async def test_jetstream_idle_exit_waits_for_a_partition_still_held_by_another(n
         await nc.close()
     src = jetstream_messages(stream, "d", servers=nats_url, subject=subject, partitions=N, fetch_wait=0.05,
                              idle_exit=0.3, lease_ttl=2.0, dead_letter=False)
-    seen: dict[str, list[int]] = {}
-
-    async def handle(x: dict[str, Any]) -> None:
-        seen.setdefault(x["k"], []).append(x["s"])
-
-    from talkpipe_async.connectors import consume
-
-    with anyio.fail_after(30):
-        assert await consume(src, handle) == len(items)
+    seen = await places_per_key(src, len(items))
     assert seen == {f"key-{k}": list(range(5)) for k in range(8)}
 
 

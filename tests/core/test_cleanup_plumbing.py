@@ -158,12 +158,6 @@ async def test_batch_with_timeout_reads_ahead_exactly_size(size: int) -> None:
         assert produced.n == 2 * size + size + 1
 
 
-@pytest.fixture
-def no_latency_flush(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Thread stages hand over only full batches (or when they wait): batch edges no longer depend on timing."""
-    monkeypatch.setattr(_threads, "DEFAULT_LATENCY", 3600.0)
-
-
 async def test_thread_stage_inbox_holds_exactly_one_batch(no_latency_flush: None) -> None:
     produced = Count()
     gate = threading.Event()

@@ -20,6 +20,7 @@ import pytest
 
 from talkpipe_async import AbstractSegment, Flush, RunStats, StageSnapshot, segment, source
 from talkpipe_async.operators import cast
+from tests.helpers.sources import Countdown  # not an async generator: counted by the generic step
 
 pytestmark = pytest.mark.anyio
 
@@ -44,22 +45,6 @@ async def count_to(n: int) -> AsyncIterator[int]:
     for i in range(n):
         await anyio.lowlevel.checkpoint()
         yield i
-
-
-class Countdown:
-    """An async iterator that is not an async generator (counted by the generic step)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __aiter__(self) -> Countdown:
-        return self
-
-    async def __anext__(self) -> int:
-        if self.n == 0:
-            raise StopAsyncIteration
-        self.n -= 1
-        return self.n
 
 
 def plain(s: StageSnapshot) -> tuple[str, int, int, int, int | None, int | None, int | None]:

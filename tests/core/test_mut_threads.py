@@ -21,6 +21,7 @@ import anyio.lowlevel
 import pytest
 
 from talkpipe_async import AbstractSegment, Flush, error_context, segment, source
+from tests.helpers.sources import numbers
 
 pytestmark = pytest.mark.anyio
 
@@ -235,15 +236,7 @@ async def test_leaving_early_closes_the_sync_generator_in_its_thread(kind: str) 
 
         yield from body(count())
 
-    @source
-    async def async_endless() -> AsyncIterator[int]:
-        i = 0
-        while True:
-            await anyio.lowlevel.checkpoint()
-            yield i
-            i += 1
-
-    pipeline: Any = (async_endless() | through()) if kind == "segment" else endless()
+    pipeline: Any = (numbers() | through()) if kind == "segment" else endless()
     got: list[int] = []
     async with (pipeline | add(n=0)).stream() as items:
         async for x in items:
@@ -350,15 +343,7 @@ async def test_a_stalled_consumer_sees_the_buffer_fill(kind: str) -> None:
     """While the consumer holds back, the items waiting in the stage's buffer show in the statistics: more than
     zero, and within the bound the stage reports plus one batch a hand-over may add."""
 
-    @source
-    async def endless() -> AsyncIterator[int]:
-        i = 0
-        while True:
-            await anyio.lowlevel.checkpoint()
-            yield i
-            i += 1
-
-    pipeline: Any = (endless() | triple()) if kind == "segment" else thread_numbers(n=10**6)
+    pipeline: Any = (numbers() | triple()) if kind == "segment" else thread_numbers(n=10**6)
     run = (pipeline | add(n=0)).stream(stats=True)
     async with run as items:
         async for _ in items:
@@ -492,16 +477,10 @@ def twice(items: Iterable[int]) -> Iterator[int]:
         yield 10 * x
 
 
-async def test_what_the_worker_made_before_it_waits_for_input_reaches_the_buffer(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Items a thread segment made are handed over to the buffer when it waits for more input (or its input ends),
-    without the consumer asking: with no latency bound and batches larger than the stream, the items made after the
-    one an idle consumer waited for show in the buffer, all of them, while the consumer holds back."""
-    from talkpipe_async._core import _threads
-
-    monkeypatch.setattr(_threads, "DEFAULT_LATENCY", 3600.0)  # handed over only by batch, wish or wait
-    run = (add(n=0) | twice()).stream(range(5), stats=True)
+async def held_back_then_read(stage: Any) -> None:
+    """Take one item of ``range(5) | stage`` and hold back until the other nine show in the stage's buffer (the
+    worker hands them over without being asked), then read them all, in order."""
+    run = (add(n=0) | stage).stream(range(5), stats=True)
     got: list[int] = []
     async with run as items:
         async for x in items:
@@ -512,6 +491,13 @@ async def test_what_the_worker_made_before_it_waits_for_input_reaches_the_buffer
                 await anyio.sleep(0.001)  # polls the figures
         got += [x async for x in items]
     assert got == [y for x in range(5) for y in (x, 10 * x)]
+
+
+async def test_what_the_worker_made_before_it_waits_for_input_reaches_the_buffer(no_latency_flush: None) -> None:
+    """Items a thread segment made are handed over to the buffer when it waits for more input (or its input ends),
+    without the consumer asking: with no latency bound and batches larger than the stream, the items made after the
+    one an idle consumer waited for show in the buffer, all of them, while the consumer holds back."""
+    await held_back_then_read(twice())
 
 
 @segment(blocking=True)
@@ -548,24 +534,11 @@ def twice_reading_in_a_helper(items: Iterable[int]) -> Iterator[int]:
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 async def test_what_the_worker_made_is_handed_over_when_a_thread_it_started_waits_for_input(
-    monkeypatch: pytest.MonkeyPatch,
+    no_latency_flush: None,
 ) -> None:
     """The hand-over before waiting for input also works from a thread the sync code started to read its input:
     with the consumer holding back, everything the worker made reaches the buffer, and then the consumer."""
-    from talkpipe_async._core import _threads
-
-    monkeypatch.setattr(_threads, "DEFAULT_LATENCY", 3600.0)  # handed over only by batch, wish or wait
-    run = (add(n=0) | twice_reading_in_a_helper()).stream(range(5), stats=True)
-    got: list[int] = []
-    async with run as items:
-        async for x in items:
-            got.append(x)
-            break  # hold the run while the worker finishes its input
-        with anyio.fail_after(10):
-            while run.stats().stages[-1].buffer_fill != 10 - len(got):
-                await anyio.sleep(0.001)  # polls the figures
-        got += [x async for x in items]
-    assert got == [y for x in range(5) for y in (x, 10 * x)]
+    await held_back_then_read(twice_reading_in_a_helper())
 
 
 async def test_no_new_item_enters_the_sync_code_once_the_run_is_closing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,3 +35,20 @@ def sync_fails_on(items: Iterable[int], bad: int) -> Iterator[int]:
         if x == bad:
             raise ValueError(f"bad item {x}")
         yield x
+
+
+class Countdown:
+    """An async iterator that is not an async generator: n-1, n-2, ..., 0, one checkpoint before each."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __aiter__(self) -> Countdown:
+        return self
+
+    async def __anext__(self) -> int:
+        await anyio.lowlevel.checkpoint()
+        if self.n == 0:
+            raise StopAsyncIteration
+        self.n -= 1
+        return self.n

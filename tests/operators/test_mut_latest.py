@@ -20,6 +20,7 @@ from talkpipe_async import Flush, source
 from talkpipe_async.operators import combine_latest, sample, switch_map, take, take_until, with_latest_from
 from talkpipe_async.sources import empty, just, never
 from tests.helpers.ops_a import Gate, timed
+from tests.helpers.sources import Countdown
 
 pytestmark = pytest.mark.anyio
 
@@ -355,20 +356,6 @@ def test_switch_map_gives_a_switched_inner_stream_a_bounded_time_to_close() -> N
 async def test_switch_map_accepts_an_async_iterator_without_aclose(anyio_backend: Any) -> None:
     # An async iterable whose iterator has no ``aclose`` (a plain class) is read to its end, and switched away
     # from, without any closing step.
-    class Countdown:
-        def __init__(self, n: int) -> None:
-            self.n = n
-
-        def __aiter__(self) -> Countdown:
-            return self
-
-        async def __anext__(self) -> int:
-            await anyio.lowlevel.checkpoint()
-            if self.n == 0:
-                raise StopAsyncIteration
-            self.n -= 1
-            return self.n
-
     with anyio.fail_after(10):
         assert await (just(3) | switch_map(Countdown)).collect() == [2, 1, 0]
         out = await (just(1000, 2) | switch_map(Countdown)).collect()

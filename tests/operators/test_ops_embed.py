@@ -23,6 +23,7 @@ from talkpipe_async.operators import (
 )
 from tests.helpers.ops import task_count
 from tests.helpers.ops import until as _until
+from tests.helpers.sources import numbers
 
 pytestmark = pytest.mark.anyio
 
@@ -153,16 +154,8 @@ async def test_background_drain_finishes_in_flight_work() -> None:
 
 
 async def test_background_stop_without_drain_cancels() -> None:
-    @source
-    async def endless() -> AsyncIterator[int]:
-        i = 0
-        while True:
-            await anyio.lowlevel.checkpoint()
-            yield i
-            i += 1
-
     before = task_count()
-    async with background(endless() | double()) as run:
+    async with background(numbers() | double()) as run:
         await until(lambda: run.count > 10)
         await run.stop(drain=False)
     assert run.error is None
