@@ -320,18 +320,27 @@ class BrokerSession(ABC):
         """Flush pending acknowledgements, hand back what is left, and disconnect."""
 
 
-async def _close_shielded(closer: Callable[[], Awaitable[None]]) -> None:
+async def _close_shielded(closer: Callable[[], Awaitable[None]], what: str) -> None:
+    """Await *closer* shielded from the run's cancellation, for at most ``CLOSE_TIMEOUT`` seconds.
+
+    A close cut at that deadline is logged: what it did not finish (an
+    acknowledgement, a lease release) is then left to the broker's own
+    expiry, and that should never pass unseen.
+    """
     with anyio.CancelScope(shield=True) as scope:
         scope.deadline = anyio.current_time() + CLOSE_TIMEOUT
         await closer()
+    if scope.cancelled_caught:
+        logger.warning("%s: cut short after %.0f s; what it did not finish is left to the broker (unacknowledged "
+                       "messages are delivered again, leases lapse after lease_ttl)", what, CLOSE_TIMEOUT)
 
 
-async def _keep_session(session: BrokerSession) -> None:
+async def _keep_session(session: BrokerSession, label: str) -> None:
     """Run the session's background work; close it when the run ends (after every stage closed)."""
     try:
         await session.background()
     finally:
-        await _close_shielded(session.aclose)
+        await _close_shielded(session.aclose, f"{label}: closing the session")
 
 
 class BrokerSource(AbstractSource[Message[Any]]):
@@ -426,11 +435,11 @@ class BrokerSource(AbstractSource[Message[Any]]):
                     held[token.id] = token
                     yield message
             session.retire()
-            await _hand_back_unyielded(session)
+            await _hand_back_unyielded(session, self.label)
         finally:
             self._session = None
             if not kept:
-                await _close_shielded(session.aclose)
+                await _close_shielded(session.aclose, f"{self.label}: closing the session")
 
     def _keep_open(self, session: BrokerSession) -> bool:
         """Give the session to the run, which closes it when the run ends; False outside a run.
@@ -443,7 +452,7 @@ class BrokerSource(AbstractSource[Message[Any]]):
             run = current_run()
         except RuntimeError:
             return False
-        run.start_soon(_keep_session, session, name=f"{self.label} session")
+        run.start_soon(_keep_session, session, self.label, name=f"{self.label} session")
         return True
 
     def _read_wait(self, idle_exit: float | None, last: float) -> float | None:
@@ -456,12 +465,12 @@ class BrokerSource(AbstractSource[Message[Any]]):
         return min(self.wait, remaining)
 
 
-async def _hand_back_unyielded(session: BrokerSession) -> None:
+async def _hand_back_unyielded(session: BrokerSession, label: str) -> None:
     """Return the rest of a batch that was never handed downstream (after :meth:`BrokerSource.stop`) at once."""
     rest = [m.token for m in session.unyielded if m.token._tracker is None and not m.token.settled]
     session.unyielded = []
     if rest:
-        await _close_shielded(lambda: session.hand_back(rest))
+        await _close_shielded(lambda: session.hand_back(rest), f"{label}: handing back unread messages")
 
 
 class BatchWriter(ABC):
@@ -549,4 +558,4 @@ class BrokerSink(AbstractSegment[Any, Any]):
                     yield item
         finally:
             channel.abort()
-            await _close_shielded(writer.aclose)
+            await _close_shielded(writer.aclose, f"{self.label}: closing the writer")

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._base import AckToken, import_client
+from ._base import CLOSE_TIMEOUT, AckToken, import_client
 from ._partitions import Coordinator, LeaseTable, Partition
-from .nats import JetStreamToken, NatsLink, _JetStreamSession
+from .nats import JetStreamToken, NatsLink, _JetStreamSession, confirm_sent
 
 if TYPE_CHECKING:
     from .nats import jetstream_messages
@@ -155,7 +155,7 @@ class NatsPartitionSession(_JetStreamSession):
     async def flush(self) -> None:
         """Send what the client buffered (acknowledgements) before a lease is dropped."""
         if self.nc.is_connected:
-            await self.guard.call("flush", self.nc.flush, timeout=self.src.timeout)
+            await self.guard.call("confirming the acknowledgements", confirm_sent, self.nc, self.src.timeout)
 
     async def let_go(self, partitions: list[int]) -> None:
         """Before the leases of *partitions* are dropped: stop their reads, hand back what arrived late, flush.
@@ -246,7 +246,7 @@ class NatsPartitionSession(_JetStreamSession):
         try:
             await self.hand_back(self.leftovers())
             if self.coordinator is not None:
-                await self.coordinator.leave(self.let_go)
+                await self.coordinator.leave(self.let_go, CLOSE_TIMEOUT / 2)
         except Exception as exc:  # the run's own error (if any) is what the caller sees
             logger.warning("%s: could not hand back messages or release the partitions (%s: %s); the leases "
                            "lapse after lease_ttl", self.src.label, type(exc).__name__, exc)

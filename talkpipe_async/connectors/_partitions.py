@@ -206,17 +206,34 @@ class Coordinator:
         if self.on_change is not None:
             self.on_change(sorted(self.owned))
 
-    async def leave(self, before_release: Callable[[list[int]], Awaitable[None]]) -> None:
-        """Release every lease and the membership (the run is ending)."""
+    async def leave(self, before_release: Callable[[list[int]], Awaitable[None]], within: float) -> None:
+        """Release every lease and the membership (the run is ending).
+
+        The close that calls this has a deadline, so the leases the others
+        wait for go first: *before_release* (sending the last
+        acknowledgements) gets at most *within* seconds; past that the
+        partitions are released anyway (what was not acknowledged is
+        delivered again, as it would be once the lease lapsed), then the
+        membership is dropped, and last any lease not recorded as owned.
+        """
         async with self.lock:
-            await before_release(sorted(self.owned))
-            # Every partition, not only those recorded as owned: a round cancelled while its acquire was on the
-            # wire may hold a lease it never recorded.  A release deletes a lease only if it is this worker's.
-            for p in range(self.partitions):
+            owned = sorted(self.owned)
+            with anyio.move_on_after(within) as scope:
+                await before_release(owned)
+            if scope.cancelled_caught:
+                logger.warning("%s: the last acknowledgements were not confirmed within %.1f s; releasing the "
+                               "partitions anyway (what they covered may be delivered again)", self.label, within)
+            for p in owned:
                 await self.table.release(p)
-            self.owned.clear()
-            self.changed()
+                del self.owned[p]
+                self.released += 1
+                self.changed()
             if not self.left:
                 await self.table.leave()
                 self.left = True
+            # A round cancelled while its acquire was on the wire may hold a lease it never recorded.  A release
+            # deletes a lease only if it is this worker's.
+            for p in range(self.partitions):
+                if p not in owned:
+                    await self.table.release(p)
             logger.info("%s: left (partitions released, membership dropped)", self.label)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._base import AckToken, BrokerSession, ConnectorStats, Message
+from ._base import CLOSE_TIMEOUT, AckToken, BrokerSession, ConnectorStats, Message
 from ._outage import OutageGuard
 from ._partitions import Coordinator, LeaseTable
 
@@ -362,7 +362,7 @@ class RedisPartitionSession(BrokerSession):
             for token in self.leftovers():
                 if token._settle():
                     self.stats.handed_back += 1
-            await self.coordinator.leave(self.before_release)
+            await self.coordinator.leave(self.before_release, CLOSE_TIMEOUT / 2)
         except Exception as exc:  # the run's own error (if any) is what the caller sees
             logger.warning("%s: could not send the last acknowledgements or release the partitions (%s: %s); "
                            "the leases lapse after lease_ttl", self.src.label, type(exc).__name__, exc)

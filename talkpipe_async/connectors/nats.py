@@ -42,7 +42,8 @@ from ._base import (
 from ._outage import DEFAULT_OUTAGE_BUDGET, BrokerUnavailable, OutageGuard
 from ._partitions import KeyOf, check_partitions
 
-__all__ = ["to_jetstream", "jetstream_messages", "JetStreamToken", "NatsLink", "connect_nats", "nats_transient"]
+__all__ = ["to_jetstream", "jetstream_messages", "JetStreamToken", "NatsLink", "confirm_sent", "connect_nats",
+           "nats_transient"]
 
 logger = logging.getLogger("talkpipe_async.connectors")
 
@@ -79,6 +80,24 @@ def nats_transient() -> tuple[type[BaseException], ...]:
     return (e.ConnectionClosedError, e.ConnectionReconnectingError, e.OutboundBufferLimitError,
             e.NoRespondersError, e.StaleConnectionError, e.FlushTimeoutError, e.TimeoutError,
             j.ServiceUnavailableError, j.TooManyStalledMsgsError, OSError, asyncio.TimeoutError)
+
+
+async def confirm_sent(nc: Any, within: float) -> None:
+    """Return once the server has read everything *nc* sent before (acknowledgements): one request and its reply.
+
+    Not ``nc.flush()``: a flush cut by its timeout leaves a cancelled future
+    waiting for its PONG, and when that PONG arrives late, nats-py's read loop
+    ends on the error while the connection stays open, so nothing the server
+    sends is read again (every later call times out). A request cut short is
+    forgotten cleanly and its late reply dropped.  The JetStream API answers
+    it; without JetStream the server's "no responders" reply is the same
+    round trip.
+    """
+    nats = import_client("nats", "nats")
+    try:
+        await nc.request("$JS.API.INFO", b"", timeout=within)
+    except nats.errors.NoRespondersError:
+        return
 
 
 async def close_nats(nc: Any) -> None:
@@ -282,7 +301,7 @@ class _JetStreamSession(BrokerSession):
                     await token.nak()
                 self.stats.handed_back += 1
             if self.nc.is_connected:
-                await self.nc.flush(timeout=2)
+                await confirm_sent(self.nc, 2)
         except Exception as exc:  # the run's own error (if any) is what the caller sees
             logger.warning("%s: could not send the last acknowledgements or hand back messages (%s: %s); "
                            "they are redelivered after ack_wait", self.src.label, type(exc).__name__, exc)

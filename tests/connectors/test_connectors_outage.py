@@ -5,12 +5,22 @@
   the cause, within the budget plus one call deadline (no hang).
 * The JetStream sink keeps publishing through a restart: every item is
   stored, once (``Nats-Msg-Id`` de-duplication of republished messages).
+* A session close that a frozen broker holds past its deadline is cut
+  there, and says so in a warning naming the source.
+* A confirmation round trip to NATS cut short by a frozen server leaves
+  the connection working once the server answers again.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -18,12 +28,14 @@ import pytest
 
 from talkpipe_async.connectors import (
     BrokerUnavailable,
+    _base,
     consume,
     jetstream_messages,
     redis_stream_messages,
     to_jetstream,
     to_redis_stream,
 )
+from talkpipe_async.connectors.nats import confirm_sent
 from tests.helpers.brokers import ASYNCIO_LOOPS, RestartableServer, nats_fill, nats_read
 
 pytest_plugins = ["tests.helpers.brokers"]
@@ -189,3 +201,61 @@ def test_worker_process_exits_with_the_error_when_the_budget_is_spent(kind: str)
             proc.kill()
             proc.communicate()
         server.close()
+
+
+def wait_until_stopped(pid: int) -> None:
+    """Return once the kernel shows *pid* stopped: a signal is delivered asynchronously, and a server still
+    running for a moment would answer what the test means it to leave unanswered."""
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, f"process {pid} not stopped 5 s after SIGSTOP"
+        os.sched_yield()
+
+
+@contextmanager
+def frozen(server: RestartableServer) -> Iterator[None]:
+    """The server stopped with SIGSTOP: its connections stay open and nothing is answered, until the block ends."""
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        wait_until_stopped(server.proc.pid)
+        yield
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+
+
+async def test_a_close_held_past_its_deadline_is_cut_and_says_so(
+        restartable_redis: RestartableServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The acknowledgement sent at close cannot reach a frozen broker: the close ends at its deadline and warns."""
+    monkeypatch.setattr(_base, "CLOSE_TIMEOUT", 0.5)
+    url = restartable_redis.url
+    await to_redis_stream("frozen", url=url).collect([{"i": i} for i in range(3)])
+    src = redis_stream_messages("frozen", "g", url=url, block=0.05)
+    caplog.set_level(logging.WARNING, "talkpipe_async.connectors")
+    with anyio.fail_after(BOUND), ExitStack() as thaw:
+        async with src.stream() as messages:
+            async for message in messages:
+                await message.ack()
+                thaw.enter_context(frozen(restartable_redis))  # thawed once the run has closed
+                break
+    cut = [r.getMessage() for r in caplog.records if "cut short" in r.getMessage()]
+    assert cut == [f"{src.label}: closing the session: cut short after 0 s; what it did not finish is left to the "
+                   "broker (unacknowledged messages are delivered again, leases lapse after lease_ttl)"]
+
+
+async def test_a_confirmation_cut_short_leaves_the_nats_connection_reading(
+        restartable_nats: RestartableServer) -> None:
+    """The acknowledgements sent before a lease is released are confirmed by a round trip with a deadline; one
+    cut by that deadline (a frozen server) must not leave the client deaf to what the server sends later."""
+    import nats
+
+    nc = await nats.connect(restartable_nats.url)
+    try:
+        with anyio.fail_after(BOUND):
+            await confirm_sent(nc, 5)  # nothing of the connection's start is still on the wire
+            with frozen(restartable_nats), pytest.raises(TimeoutError):
+                await confirm_sent(nc, 0.2)
+            await confirm_sent(nc, 5)  # its answer comes after the late one of the round trip cut short
+            assert (await nc.jetstream().account_info()).streams >= 0
+    finally:
+        await nc.close()

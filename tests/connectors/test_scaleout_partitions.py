@@ -35,6 +35,7 @@ from talkpipe_async.connectors import (
     to_jetstream,
     to_redis_stream,
 )
+from talkpipe_async.connectors._partitions import Coordinator, LeaseTable
 from tests.helpers.brokers import ASYNCIO_LOOPS, nats_fill
 
 pytest_plugins = ["tests.helpers.brokers"]
@@ -70,6 +71,53 @@ def test_partition_for_is_crc32_of_the_key_bytes() -> None:
         to_redis_stream("s", key="k")
     with pytest.raises(ValueError, match="at least 1"):
         redis_stream_messages("s", "g", partitions=0)
+
+
+class Leases(LeaseTable):
+    """A lease table kept in memory, recording what is done to it in order (the coordinator's side alone)."""
+
+    def __init__(self) -> None:
+        self.holders: dict[int, str] = {}
+        self.members = {"a"}
+        self.done: list[str] = []
+
+    async def heartbeat(self, owned: list[int], member: bool = True) -> tuple[list[str], set[int]]:
+        return sorted(self.members), {p for p in owned if self.holders.get(p) == "a"}
+
+    async def acquire(self, partition: int) -> bool:
+        self.done.append(f"acquire {partition}")
+        return self.holders.setdefault(partition, "a") == "a"
+
+    async def release(self, partition: int) -> None:
+        self.done.append(f"release {partition}")
+        if self.holders.get(partition) == "a":
+            del self.holders[partition]
+
+    async def leave(self) -> None:
+        self.done.append("leave")
+        self.members.discard("a")
+
+
+async def test_leaving_releases_the_partitions_even_when_the_last_acknowledgements_hang(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The close has a deadline: acknowledgements that are never confirmed get their share of it, then the
+    owned partitions are released, then the membership, then any lease not recorded as owned."""
+    table = Leases()
+    table.holders[3] = "b"  # a partition meant for "a" but held by another: never recorded as owned
+    owned: list[list[int]] = []
+    coordinator = Coordinator(table, 4, "a", "src", 1.0, on_change=owned.append)
+
+    async def hang(partitions: list[int]) -> None:
+        table.done.append(f"flush {partitions}")
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(5):
+        await coordinator.step(lambda p: False, hang)
+        table.done.clear()
+        await coordinator.leave(hang, 0.2)
+    assert table.done == ["flush [0, 1, 2]", "release 0", "release 1", "release 2", "leave", "release 3"]
+    assert owned[-4:] == [[0, 1, 2], [1, 2], [2], []] and table.holders == {3: "b"}
+    assert "src: the last acknowledgements were not confirmed within 0.2 s" in caplog.text
 
 
 async def test_sink_routes_each_item_by_its_key(redis_url: str, client: Any) -> None:
