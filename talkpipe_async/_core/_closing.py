@@ -131,9 +131,15 @@ class RunScope:
         return self.run
 
     def _interrupt_consumer(self) -> None:
-        """A task failed, or the run was cancelled from outside: interrupt the consumer's block once."""
+        """A task failed, or the run was cancelled from outside: interrupt the consumer's block once.
+
+        The block's unwinding gets the cleanup deadline: the stages chained in
+        the consumer's task clean up inside the block, before the run's own
+        close can set one, and for a run streamed inside a task of another run
+        nothing else could reach through the block's shield.
+        """
         if not self._exiting:
-            self._body.stop()
+            self._body.stop(CLEANUP_TIMEOUT)
 
     async def _watch_outside(self) -> None:
         try:

@@ -418,3 +418,62 @@ async def test_a_stage_a_task_held_is_closed_even_when_another_stage_failed_to_c
                     await entered.wait()  # the feeder of buffer is now inside the shielded step
                     break
         assert log == ["closed"]
+
+
+@segment
+async def stuck_with_endless_cleanup(items: AsyncIterator[Any], log: list[str], waiting: anyio.Event,
+                                     first: bool = False) -> AsyncIterator[Any]:
+    """Yields one item if *first*, then waits forever; its ``finally`` would await forever too."""
+    try:
+        if first:
+            yield await items.__anext__()
+        waiting.set()
+        await anyio.sleep_forever()
+        yield 0
+    finally:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            log.append("cut short")
+
+
+async def test_a_cleanup_inside_a_block_cancelled_from_outside_is_cut_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Cancelled from outside while the consumer waits on a stage, the stage's ``finally`` runs inside the block;
+    one that would await forever is cut at the cleanup deadline, and the cancellation goes on."""
+    monkeypatch.setattr(_closing, "CLEANUP_TIMEOUT", 0.2)
+    log: list[str] = []
+    waiting = anyio.Event()
+
+    async def cancel_once_waiting(scope: anyio.CancelScope) -> None:
+        await waiting.wait()
+        scope.cancel()
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            with anyio.CancelScope() as outside:
+                tg.start_soon(cancel_once_waiting, outside)
+                async with (numbers() | stuck_with_endless_cleanup(log=log, waiting=waiting)).stream() as items:
+                    async for _ in items:
+                        pass
+    assert outside.cancelled_caught and log == ["cut short"]
+
+
+async def test_a_cleanup_of_a_run_streamed_inside_a_task_of_another_run_is_cut_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pipeline streamed inside a task of a run (here a ``group_by`` sub-pipeline) whose stage's ``finally``
+    would await forever is cut at the cleanup deadline when the outer run closes; the block leaves."""
+    from talkpipe_async.operators import group_by
+
+    monkeypatch.setattr(_closing, "CLEANUP_TIMEOUT", 0.2)
+    log: list[str] = []
+    waiting = anyio.Event()
+    sub = stuck_with_endless_cleanup(log=log, waiting=waiting, first=True)
+    with anyio.fail_after(5):
+        async with (numbers() | group_by(lambda x: 0, sub)).stream() as items:
+            async for _ in items:
+                await waiting.wait()
+                break
+    assert log == ["cut short"]
