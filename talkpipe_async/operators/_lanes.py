@@ -104,7 +104,7 @@ class Output:
 
     async def put(self, item: Any) -> None:
         """Add *item*, waiting in line while the output is full; ``ChannelClosed`` once the consumer is gone."""
-        if self.waiters or len(self.items) + self.reserved >= self.capacity:
+        if not self.aborted and (self.waiters or len(self.items) + self.reserved >= self.capacity):
             event = anyio.Event()
             self.waiters.append(event)
             try:
@@ -241,8 +241,9 @@ class Lanes:
         except anyio.get_cancelled_exc_class():
             raise
         except BaseException as exc:  # ends the stage, after the outputs queued before it
-            attach_context(exc, self.label)
-            add_note(exc, f"talkpipe_async: in the sub-pipeline of key {group.key!r} of {self.label}")
+            if isinstance(exc, Exception):  # an interrupt or an exit is no stage's failure: it leaves as it came
+                attach_context(exc, self.label)
+                add_note(exc, f"talkpipe_async: in the sub-pipeline of key {group.key!r} of {self.label}")
             self.fail(exc)
         finally:
             self.stats.dropped += group.inbox.leave()

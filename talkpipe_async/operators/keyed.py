@@ -278,8 +278,9 @@ class _PartitionRun(Lanes):
         super().__init__(stage.label, stage.pipeline_for, stage.buffer, stage.out_buffer, stats)
         self.key = stage.key
         self.lanes = [Group(i, stage.buffer, 0.0) for i in range(stage.n)]
-        self.pending: dict[int, list[Any]] = {}  # id(metadata) -> [metadata, lanes still to pass it on]
-        self.owed: list[list[Any]] = [[] for _ in self.lanes]  # per lane: metadata it has not passed on
+        # per lane: the broadcasts it has not passed on, each [metadata, lanes still to pass it on, an event set
+        # once it has left]; one entry per broadcast, shared by its lanes (the same object may be in flight twice)
+        self.owed: list[list[list[Any]]] = [[] for _ in self.lanes]
 
     async def feed(self, items: AsyncIterator[Any]) -> None:
         """The feeder task: the only reader of the upstream."""
@@ -314,52 +315,47 @@ class _PartitionRun(Lanes):
         if not live:
             await self.emit(item)
             return
-        self.pending[id(item)] = [item, len(live), anyio.Event()]
+        entry = [item, len(live), anyio.Event()]
         for i in live:  # no await in this loop: every lane gets it, none can leave half-way
             inbox = self.lanes[i].inbox
             inbox.items.append(item)
-            self.owed[i].append(item)
+            self.owed[i].append(entry)
             if inbox.data is not None:
                 inbox.data.set()
 
     async def deliver(self, group: Group, item: Any) -> None:
         if isinstance(item, Metadata):
             owed = self.owed[group.key]
-            for k, m in enumerate(owed):
-                if m is item:
+            for k, entry in enumerate(owed):
+                if entry[0] is item:
                     del owed[k]
-                    await self.settle(item)
+                    await self.settle(entry)
                     return
         await self.emit(item)
 
-    async def settle(self, item: Any) -> None:
-        """One lane passed *item* on: the last one sends it on; the others wait until it has left.
+    async def settle(self, entry: list[Any]) -> None:
+        """One lane passed a broadcast *entry*'s metadata on: the last one sends it on; the others wait until it has
+        left.
 
         So a lane's outputs after a metadata item never overtake it.
         """
-        entry = self.pending.get(id(item))
-        if entry is None or entry[0] is not item:
-            await self.emit(item)
-            return
         entry[1] -= 1
         if entry[1] > 0:
             await entry[2].wait()
             return
-        del self.pending[id(item)]
         try:
-            await self.emit(item)
+            await self.emit(entry[0])
         finally:
             entry[2].set()
 
     async def ended(self, group: Group) -> None:
         self.stats.dropped += group.inbox.leave()  # no metadata reaches it from now on
         owed, self.owed[group.key] = self.owed[group.key], []
-        for item in owed:  # metadata the lane received but never passed on: released by its end
-            entry = self.pending.get(id(item))
-            if entry is not None and entry[0] is item and entry[1] > 1:
+        for entry in owed:  # metadata the lane received but never passed on: released by its end
+            if entry[1] > 1:
                 entry[1] -= 1  # an ended lane does not wait for the others
             else:
-                await self.settle(item)
+                await self.settle(entry)
 
 
 class partition(AbstractSegment[T, U], Generic[T, U]):
