@@ -61,7 +61,7 @@ class _BranchInput(Inbox):
         self.drop_oldest = drop_oldest
         self.stats = stats
         self.label = label
-        self.owed: list[Any] = []  # metadata handed to the branch and not yet passed on by it
+        self.owed: list[_Broadcast] = []  # metadata handed to the branch and not yet passed on by it
 
     async def put(self, item: Any) -> bool:
         """Queue *item* for the branch, applying the slow-branch policy; False if the branch stopped reading."""
@@ -81,19 +81,21 @@ class _BranchInput(Inbox):
             self.data.set()
         return True
 
-    def put_metadata(self, item: Any) -> None:
-        """Queue metadata at once (it never waits for room nor is dropped) and owe it downstream."""
-        self.items.append(item)
-        self.owed.append(item)
+    def put_metadata(self, sent: _Broadcast) -> None:
+        """Queue broadcast metadata at once (it never waits for room nor is dropped) and owe it downstream."""
+        self.items.append(sent.item)
+        self.owed.append(sent)
         if self.data is not None:
             self.data.set()
 
-    def settle(self, item: Any) -> None:
-        """The branch passed metadata *item* on: it is no longer owed."""
+    def settle(self, item: Any) -> _Broadcast | None:
+        """The branch passed metadata *item* on: the broadcast it settles (the oldest owed one of that object), or
+        None for metadata the branch made itself."""
         for k, owed in enumerate(self.owed):
-            if owed is item:
+            if owed.item is item:
                 del self.owed[k]
-                return
+                return owed
+        return None
 
     def _drop(self) -> bool:
         for k, old in enumerate(self.items):
@@ -197,17 +199,18 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
         stats = self.last_stats = self._run_stats()
         inputs = [_BranchInput(i, self.buffer, self.policy == "drop_oldest", stats, self.label) for i in range(n)]
         fan = FanIn(n, self.buffer)
-        pending: dict[int, list[Any]] = {}  # id(metadata) -> [metadata, branches still to pass it]
         upstream_error: list[BaseException] = []
         tasks = TaskScopes()
-        tasks.start(self._feed, items, inputs, pending, upstream_error, name=f"talkpipe feeder for {self.label}")
+        tasks.start(self._feed, items, inputs, upstream_error, name=f"talkpipe feeder for {self.label}")
         for i, branch in enumerate(self.branches):
             tasks.start(_run_branch, branch, inputs[i], fan, i, name=f"talkpipe branch {i} of {self.label}")
         try:
             async with aclosing(fan.fair()) as steps:
                 async for item in steps:
-                    if isinstance(item, Metadata) and not _passed_by_all(pending, item):
-                        continue
+                    if isinstance(item, _Broadcast):
+                        if not item.passed_by_one():
+                            continue
+                        item = item.item
                     yield item
             if upstream_error:
                 raise upstream_error[0]
@@ -236,7 +239,6 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
         self,
         items: AsyncIterator[Any],
         inputs: list[_BranchInput],
-        pending: dict[int, list[Any]],
         upstream_error: list[BaseException],
     ) -> None:
         """Feeder task: metadata to every live branch, each data item as the mode says; then end every input.
@@ -251,9 +253,9 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
                 if not live:
                     break
                 if isinstance(item, Metadata):
-                    pending[id(item)] = [item, len(live)]
+                    sent = _Broadcast(item, len(live))
                     for q in live:  # no await in this loop: no branch can leave half-way
-                        q.put_metadata(item)
+                        q.put_metadata(sent)
                 else:
                     await deliver(item, live)
         except anyio.get_cancelled_exc_class():
@@ -293,19 +295,20 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
         return to_next_branch
 
 
-def _passed_by_all(pending: dict[int, list[Any]], item: Metadata) -> bool:
-    """Whether metadata *item* leaves the fork now: every branch that received it has passed it on.
+class _Broadcast:
+    """Metadata the fork sent to every live branch, one per time the upstream yielded it (the same object may be
+    in flight twice): it leaves the fork once every branch that received it has passed it on."""
 
-    Metadata a branch created itself (not in *pending*) passes at once.
-    """
-    entry = pending.get(id(item))
-    if entry is None or entry[0] is not item:
-        return True
-    entry[1] -= 1
-    if entry[1] > 0:
-        return False
-    del pending[id(item)]
-    return True
+    __slots__ = ("item", "waiting")
+
+    def __init__(self, item: Any, branches: int) -> None:
+        self.item = item
+        self.waiting = branches
+
+    def passed_by_one(self) -> bool:
+        """One branch's copy reached the fork's output: True when it was the last one."""
+        self.waiting -= 1
+        return self.waiting == 0
 
 
 async def _run_branch(branch: Pipeline[Any, Any], inbox: _BranchInput, fan: FanIn, i: int) -> None:
@@ -314,12 +317,12 @@ async def _run_branch(branch: Pipeline[Any, Any], inbox: _BranchInput, fan: FanI
         async with branch.stream(inbox, metadata=True) as outputs:
             async for item in outputs:
                 if isinstance(item, Metadata):
-                    inbox.settle(item)
+                    item = inbox.settle(item) or item
                 await fan.put(i, item)
         inbox.leave()
-        for item in list(inbox.owed):  # metadata the branch received but never passed on
-            inbox.settle(item)
-            await fan.put(i, item)
+        owed, inbox.owed = inbox.owed, []
+        for sent in owed:  # metadata the branch received but never passed on
+            await fan.put(i, sent)
     except ChannelClosed:
         return
     except anyio.get_cancelled_exc_class():

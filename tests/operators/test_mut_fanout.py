@@ -372,3 +372,21 @@ async def test_metadata_a_branch_creates_passes_straight_through(anyio_backend: 
     assert marks == [1, 2]
     assert out.count(Flush(n=1)) == 1
     assert sorted(x for x in out if not isinstance(x, Metadata)) == [1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("mode", ["broadcast", "split"])
+async def test_the_same_metadata_object_twice_passes_twice(mode: str) -> None:
+    """The upstream may yield one metadata object more than once (a module-level ``FLUSH``): each time it leaves
+    the fork once, after every branch has passed it on (here each branch's batch comes out before it)."""
+    from talkpipe_async.operators import batch
+
+    flush = Flush()
+    xs: list[Any] = [0, 1, 2, 3, flush, flush, 7, flush]
+    op = broadcast(batch(100), batch(100)) if mode == "broadcast" else split(batch(100), batch(100))
+    with anyio.fail_after(5):
+        out = await (just(*xs) | op).collect(metadata=True)
+    marks = [i for i, x in enumerate(out) if x is flush]
+    if mode == "broadcast":
+        assert out == [[0, 1, 2, 3], [0, 1, 2, 3], flush, flush, [7], [7], flush] and marks == [2, 3, 6]
+    else:
+        assert out == [[0, 2], [1, 3], flush, flush, [7], flush] and marks == [2, 3, 5]
