@@ -250,10 +250,15 @@ class Lanes:
             self.running -= 1
             self.stats.live -= 1
             group.done.set()
+            self.finished(group)
             if group.handle is not None:
                 self.handles.discard(group.handle)
             if self.lane_done is not None:
                 self.lane_done.set()
+
+    def finished(self, group: Group) -> None:
+        """*group*'s task is ending (its sub-pipeline has closed); default: nothing to do."""
+        return
 
     async def deliver(self, group: Group, item: Any) -> None:
         """Hand an output of *group*'s sub-pipeline on."""

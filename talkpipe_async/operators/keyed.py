@@ -93,6 +93,7 @@ class _GroupRun(Lanes):
         self.max_keys = stage.max_keys
         self.idle_timeout = stage.idle_timeout
         self.groups: OrderedDict[Any, Group] = OrderedDict()  # least recently used first
+        self.idled: dict[Any, Group] = {}  # groups closed after idle_timeout, still finishing, by key
         self.opened: anyio.Event | None = None
 
     async def feed(self, items: AsyncIterator[Any]) -> None:
@@ -133,7 +134,15 @@ class _GroupRun(Lanes):
             self.out.close()
 
     async def open_key(self, k: Any) -> Group:
-        """A new group for key *k*, evicting the least recently used one if ``max_keys`` are live."""
+        """A new group for key *k*, evicting the least recently used one if ``max_keys`` are live.
+
+        A group of *k* closed after ``idle_timeout`` may still be working on
+        its last item: the new one opens once it has finished, so the key's
+        outputs keep their order.
+        """
+        idled = self.idled.pop(k, None)
+        if idled is not None:
+            await idled.done.wait()
         while len(self.groups) >= self.max_keys:
             _, oldest = self.groups.popitem(last=False)
             oldest.inbox.end()
@@ -178,6 +187,13 @@ class _GroupRun(Lanes):
                 del self.groups[k]
                 group.inbox.end()
                 self.stats.evicted_idle += 1
+                if not group.done.is_set():
+                    self.idled[k] = group
+
+    def finished(self, group: Group) -> None:
+        """Forget a group closed after ``idle_timeout`` once it has finished (nothing to wait for any more)."""
+        if self.idled.get(group.key) is group:
+            del self.idled[group.key]
 
 
 class group_by(AbstractSegment[T, U], Generic[T, U]):
@@ -204,7 +220,10 @@ class group_by(AbstractSegment[T, U], Generic[T, U]):
       the new group opens once it has finished flushing (counted in
       ``stats.evicted_lru``); so at most ``max_keys`` sub-pipelines run;
     - after ``idle_timeout`` seconds without an item for the key (and nothing
-      left in its input), if given (``stats.evicted_idle``);
+      left in its input), if given (``stats.evicted_idle``); an item of that
+      key arriving while the closed group still works on its last items
+      opens the new group once the old one has finished (the upstream is not
+      read meanwhile), so the key's outputs keep their order;
     - on metadata (a ``Flush``) and at the end of the stream: every group
       closes, and the metadata (or the end) comes after all their outputs.
 

@@ -530,3 +530,30 @@ async def test_metadata_waits_for_every_live_lane_when_one_ends_early() -> None:
                 got.append(await items.__anext__())
             got += [x async for x in items]
     assert got == [lanes[0][0], lanes[1][0], lanes[2][0], Flush()]
+
+
+async def test_a_key_reopened_while_its_idle_group_still_works_keeps_its_order() -> None:
+    """A group closed after ``idle_timeout`` may still be working on its last item; a later item of the same key
+    opens a new group only once the old one has finished, so the key's outputs keep their order."""
+    took = {"a1": 10, "a2": 1, "b1": 1}
+
+    @segment
+    async def work(items: AsyncIterator[str]) -> AsyncIterator[tuple[float, str]]:
+        async for x in items:
+            await anyio.sleep(took[x])
+            yield anyio.current_time() - start, x
+
+    @source
+    async def arrivals() -> AsyncIterator[str]:
+        yield "a1"
+        await anyio.sleep(6)  # past the idle timeout: a1's group is closed while it still works on a1
+        yield "a2"
+        yield "b1"
+
+    stats = KeyedStats()
+    start = anyio.current_time()
+    with anyio.fail_after(DEADLINE):
+        out = await (arrivals() | group_by(lambda s: s[0], work(), idle_timeout=5, stats=stats)).collect()
+    # the feeder waits for the old group, as for an evicted one: b1 too is read only then
+    assert [x for x in out if x[1][0] == "a"] == [(10, "a1"), (11, "a2")] and (11, "b1") in out
+    assert (len(out), stats.evicted_idle, stats.opened) == (3, 1, 3)
