@@ -213,6 +213,7 @@ class unix_server_lines(_ServerSource):
         self.path = check_unix_path(path)
 
     async def _listen(self, stats: NetStats) -> tuple[anyio.abc.Listener[Any], Any]:
+        run = current_run()  # outside a run: raise before the path is touched or a socket is made
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -233,6 +234,6 @@ class unix_server_lines(_ServerSource):
             except FileNotFoundError:
                 pass
 
-        current_run().on_close(remove)
+        run.on_close(remove)
         return UnixAcceptor(sock), path
 

@@ -696,6 +696,16 @@ async def test_a_server_outside_a_run_closes_what_it_opened(no_fd_leak: None) ->
         await tcp_server_lines().generate().__anext__()
 
 
+async def test_a_unix_server_outside_a_run_opens_nothing_and_leaves_no_file(no_fd_leak: None) -> None:
+    """Outside a pipeline run the Unix server raises the run's error before it touches the path: no socket is
+    left open and no socket file is left behind (a stale file there is left as it was)."""
+    with _socket_dir() as directory:
+        path = os.path.join(directory, "s.sock")
+        with pytest.raises(RuntimeError, match="no pipeline run is active"):
+            await unix_server_lines(path).generate().__anext__()
+        assert not os.path.exists(path)
+
+
 async def test_the_unix_server_replaces_a_stale_socket_file_and_removes_its_own() -> None:
     """A socket file left at the path is replaced; the server's own file is removed when the run ends."""
     with _socket_dir() as directory:
