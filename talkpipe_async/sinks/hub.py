@@ -207,7 +207,10 @@ class Hub(Generic[T]):
                     await self._place(*self._carry)
                 async with self.upstream.stream(metadata=True) as items:
                     async for item in items:
-                        await self._publish(item)
+                        if scope.cancel_called:  # stopping (the last subscriber left): publish nothing more
+                            await anyio.lowlevel.checkpoint()  # where the stop lands, even if the upstream never waits
+                        else:
+                            await self._publish(item)
                 ended = True
         except Exception as exc:  # every subscriber gets it
             error = exc
