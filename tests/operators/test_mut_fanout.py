@@ -388,5 +388,5 @@ async def test_the_same_metadata_object_twice_passes_twice(mode: str) -> None:
     marks = [i for i, x in enumerate(out) if x is flush]
     if mode == "broadcast":
         assert out == [[0, 1, 2, 3], [0, 1, 2, 3], flush, flush, [7], [7], flush] and marks == [2, 3, 6]
-    else:
-        assert out == [[0, 2], [1, 3], flush, flush, [7], flush] and marks == [2, 3, 5]
+    else:  # the branches' batches interleave in the order the branches produce them
+        assert sorted(out[:2]) == [[0, 2], [1, 3]] and out[2:] == [flush, flush, [7], flush] and marks == [2, 3, 5]
