@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -253,7 +254,7 @@ async def test_a_confirmation_cut_short_leaves_the_nats_connection_reading(
     try:
         with anyio.fail_after(BOUND):
             await confirm_sent(nc, 5)  # nothing of the connection's start is still on the wire
-            with frozen(restartable_nats), pytest.raises(TimeoutError):
+            with frozen(restartable_nats), pytest.raises(asyncio.TimeoutError):  # TimeoutError from 3.11 on
                 await confirm_sent(nc, 0.2)
             await confirm_sent(nc, 5)  # its answer comes after the late one of the round trip cut short
             assert (await nc.jetstream().account_info()).streams >= 0
