@@ -377,7 +377,8 @@ async def test_metadata_a_branch_creates_passes_straight_through(anyio_backend: 
 @pytest.mark.parametrize("mode", ["broadcast", "split"])
 async def test_the_same_metadata_object_twice_passes_twice(mode: str) -> None:
     """The upstream may yield one metadata object more than once (a module-level ``FLUSH``): each time it leaves
-    the fork once, after every branch has passed it on (here each branch's batch comes out before it)."""
+    the fork once, after every branch has passed it on, so each branch's batch flushed by it comes out before it.
+    (A branch's later output may come out before a Flush the fork still holds for a slower branch.)"""
     from talkpipe_async.operators import batch
 
     flush = Flush()
@@ -386,7 +387,9 @@ async def test_the_same_metadata_object_twice_passes_twice(mode: str) -> None:
     with anyio.fail_after(5):
         out = await (just(*xs) | op).collect(metadata=True)
     marks = [i for i, x in enumerate(out) if x is flush]
-    if mode == "broadcast":
-        assert out == [[0, 1, 2, 3], [0, 1, 2, 3], flush, flush, [7], [7], flush] and marks == [2, 3, 6]
-    else:  # the branches' batches interleave in the order the branches produce them
-        assert sorted(out[:2]) == [[0, 2], [1, 3]] and out[2:] == [flush, flush, [7], flush] and marks == [2, 3, 5]
+    first = [x for x in out[: marks[0]] if x != [7]]
+    sevens = [7] if mode == "split" else [7, 7]
+    assert len(marks) == 3 and marks[-1] == len(out) - 1 and not any(isinstance(x, Flush) and x is not flush
+                                                                       for x in out)
+    assert sorted(first) == ([[0, 1, 2, 3], [0, 1, 2, 3]] if mode == "broadcast" else [[0, 2], [1, 3]])
+    assert sorted(x[0] for x in out if x == [7]) == sevens and len(out) == 3 + 2 + len(sevens)
