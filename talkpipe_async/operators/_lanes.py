@@ -24,7 +24,7 @@ from .._core._stop import Stoppable
 if TYPE_CHECKING:
     from .keyed import KeyedStats
 
-__all__ = ["Group", "Inbox", "Lanes", "Output"]
+__all__ = ["Broadcast", "Group", "Inbox", "Lanes", "Output"]
 
 
 class Inbox:
@@ -161,6 +161,23 @@ class Output:
         self.items.clear()
         self.wake_producers()
         return batch
+
+
+class Broadcast:
+    """Metadata sent to every live receiver (a fork's branches, a partition's lanes), one record per time it is
+    sent (the same object may be in flight twice): it leaves once every receiver has passed it on."""
+
+    __slots__ = ("item", "left", "waiting")
+
+    def __init__(self, item: Any, receivers: int) -> None:
+        self.item = item
+        self.waiting = receivers
+        self.left = anyio.Event()  # set once it has left (receivers that wait behind it go on)
+
+    def passed_by_one(self) -> bool:
+        """One receiver passed it on: True when that was the last one."""
+        self.waiting -= 1
+        return self.waiting == 0
 
 
 class Group:

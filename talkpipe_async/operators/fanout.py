@@ -26,7 +26,7 @@ from .._core._metadata import Metadata
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment
 from ._fanin import FanIn, as_branch
-from ._lanes import Inbox
+from ._lanes import Broadcast, Inbox
 from .concurrency import TaskScopes
 
 T = TypeVar("T")
@@ -61,7 +61,7 @@ class _BranchInput(Inbox):
         self.drop_oldest = drop_oldest
         self.stats = stats
         self.label = label
-        self.owed: list[_Broadcast] = []  # metadata handed to the branch and not yet passed on by it
+        self.owed: list[Broadcast] = []  # metadata handed to the branch and not yet passed on by it
 
     async def put(self, item: Any) -> bool:
         """Queue *item* for the branch, applying the slow-branch policy; False if the branch stopped reading."""
@@ -81,14 +81,14 @@ class _BranchInput(Inbox):
             self.data.set()
         return True
 
-    def put_metadata(self, sent: _Broadcast) -> None:
+    def put_metadata(self, sent: Broadcast) -> None:
         """Queue broadcast metadata at once (it never waits for room nor is dropped) and owe it downstream."""
         self.items.append(sent.item)
         self.owed.append(sent)
         if self.data is not None:
             self.data.set()
 
-    def settle(self, item: Any) -> _Broadcast | None:
+    def settle(self, item: Any) -> Broadcast | None:
         """The branch passed metadata *item* on: the broadcast it settles (the oldest owed one of that object), or
         None for metadata the branch made itself."""
         for k, owed in enumerate(self.owed):
@@ -207,7 +207,7 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
         try:
             async with aclosing(fan.fair()) as steps:
                 async for item in steps:
-                    if isinstance(item, _Broadcast):
+                    if isinstance(item, Broadcast):
                         if not item.passed_by_one():
                             continue
                         item = item.item
@@ -253,7 +253,7 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
                 if not live:
                     break
                 if isinstance(item, Metadata):
-                    sent = _Broadcast(item, len(live))
+                    sent = Broadcast(item, len(live))
                     for q in live:  # no await in this loop: no branch can leave half-way
                         q.put_metadata(sent)
                 else:
@@ -293,22 +293,6 @@ class fork(AbstractSegment[T, U], Generic[T, U]):
                     break
 
         return to_next_branch
-
-
-class _Broadcast:
-    """Metadata the fork sent to every live branch, one per time the upstream yielded it (the same object may be
-    in flight twice): it leaves the fork once every branch that received it has passed it on."""
-
-    __slots__ = ("item", "waiting")
-
-    def __init__(self, item: Any, branches: int) -> None:
-        self.item = item
-        self.waiting = branches
-
-    def passed_by_one(self) -> bool:
-        """One branch's copy reached the fork's output: True when it was the last one."""
-        self.waiting -= 1
-        return self.waiting == 0
 
 
 async def _run_branch(branch: Pipeline[Any, Any], inbox: _BranchInput, fan: FanIn, i: int) -> None:

@@ -27,7 +27,7 @@ from .._core._errors import attach_context
 from .._core._metadata import Metadata
 from .._core._pipeline import Pipeline
 from .._core._segment import AbstractSegment
-from ._lanes import Group, Lanes
+from ._lanes import Broadcast, Group, Lanes
 from .combine import as_branch
 from .concurrency import key_function
 
@@ -297,9 +297,7 @@ class _PartitionRun(Lanes):
         super().__init__(stage.label, stage.pipeline_for, stage.buffer, stage.out_buffer, stats)
         self.key = stage.key
         self.lanes = [Group(i, stage.buffer, 0.0) for i in range(stage.n)]
-        # per lane: the broadcasts it has not passed on, each [metadata, lanes still to pass it on, an event set
-        # once it has left]; one entry per broadcast, shared by its lanes (the same object may be in flight twice)
-        self.owed: list[list[list[Any]]] = [[] for _ in self.lanes]
+        self.owed: list[list[Broadcast]] = [[] for _ in self.lanes]  # per lane: broadcasts it has not passed on
 
     async def feed(self, items: AsyncIterator[Any]) -> None:
         """The feeder task: the only reader of the upstream."""
@@ -334,7 +332,7 @@ class _PartitionRun(Lanes):
         if not live:
             await self.emit(item)
             return
-        entry = [item, len(live), anyio.Event()]
+        entry = Broadcast(item, len(live))
         for i in live:  # no await in this loop: every lane gets it, none can leave half-way
             inbox = self.lanes[i].inbox
             inbox.items.append(item)
@@ -346,33 +344,31 @@ class _PartitionRun(Lanes):
         if isinstance(item, Metadata):
             owed = self.owed[group.key]
             for k, entry in enumerate(owed):
-                if entry[0] is item:
+                if entry.item is item:
                     del owed[k]
                     await self.settle(entry)
                     return
         await self.emit(item)
 
-    async def settle(self, entry: list[Any]) -> None:
-        """One lane passed a broadcast *entry*'s metadata on: the last one sends it on; the others wait until it has
-        left.
+    async def settle(self, entry: Broadcast) -> None:
+        """One lane passed a broadcast's metadata on: the last one sends it on; the others wait until it has left.
 
         So a lane's outputs after a metadata item never overtake it.
         """
-        entry[1] -= 1
-        if entry[1] > 0:
-            await entry[2].wait()
+        if not entry.passed_by_one():
+            await entry.left.wait()
             return
         try:
-            await self.emit(entry[0])
+            await self.emit(entry.item)
         finally:
-            entry[2].set()
+            entry.left.set()
 
     async def ended(self, group: Group) -> None:
         self.stats.dropped += group.inbox.leave()  # no metadata reaches it from now on
         owed, self.owed[group.key] = self.owed[group.key], []
         for entry in owed:  # metadata the lane received but never passed on: released by its end
-            if entry[1] > 1:
-                entry[1] -= 1  # an ended lane does not wait for the others
+            if entry.waiting > 1:
+                entry.waiting -= 1  # an ended lane does not wait for the others
             else:
                 await self.settle(entry)
 
