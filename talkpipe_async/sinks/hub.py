@@ -116,7 +116,6 @@ class Hub(Generic[T]):
         self._hosted = False
         self._finished = False  # a keep_running upstream ended: later subscribers get the replay, then the end
         self._scope: anyio.CancelScope | None = None  # the running upstream's
-        self._carry: tuple[Any, list[Subscription[Any]]] | None = None
         self._demand: anyio.Event | None = None
         self._changed: anyio.Event | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -203,8 +202,6 @@ class Hub(Generic[T]):
         ended = False
         try:
             with scope:
-                if self._carry is not None:
-                    await self._place(*self._carry)
                 async with self.upstream.stream(metadata=True) as items:
                     async for item in items:
                         if scope.cancel_called:  # stopping (the last subscriber left): publish nothing more
@@ -252,12 +249,10 @@ class Hub(Generic[T]):
     async def _place(self, item: Any, waiting: list[Subscription[Any]]) -> None:
         """Put *item* into the subscribers whose buffers were full, applying each one's policy, in order.
 
-        If the run is stopped half-way, the rest is carried to the next run,
-        which places it before taking anything new from the upstream.
+        A run is stopped half-way only when its last subscriber has left, so
+        nothing here is left for the next run.
         """
-        self._carry = (item, waiting)
-        while waiting:
-            sub = waiting[0]
+        for sub in waiting:
             if not sub._done:
                 if sub.full() and sub.policy == "block":
                     self.stats.blocked += 1
@@ -272,8 +267,6 @@ class Hub(Generic[T]):
                     sub.put(item)
                 else:
                     self._disconnect(sub)
-            del waiting[0]
-        self._carry = None
 
     def _drop(self, sub: Subscription[Any]) -> None:
         sub.drop_oldest()
@@ -397,7 +390,6 @@ class Hub(Generic[T]):
     def _close_all(self) -> None:
         subs = list(self._subs.values())
         self._subs.clear()
-        self._carry = None
         stats = self.stats
         stats.subscribers = 0
         for sub in subs:

@@ -216,6 +216,27 @@ async def test_a_subscriber_joining_just_after_the_last_one_left_gets_a_fresh_ru
     assert hub.stats.upstream_runs == 2 and closed == ["closed", "closed"]
 
 
+@source
+async def one_then_shielded_wait(go: anyio.Event) -> AsyncIterator[int]:
+    """0, then a wait no stop can cut short, then the end."""
+    yield 0
+    with anyio.CancelScope(shield=True):
+        await go.wait()
+
+
+async def test_a_stopping_run_that_ends_by_itself_does_not_end_the_next_subscriber() -> None:
+    go = anyio.Event()
+    hub = Hub(one_then_shielded_wait(go), buffer=2)
+    async with hub:
+        async with hub.subscribe() as first:
+            assert await first.__anext__() == 0
+        async with hub.subscribe() as second:  # the stopping run is still in its shielded wait
+            go.set()  # ... and now ends by itself, with the stop pending
+            assert [x async for x in second] == [0]  # a fresh run, not the old run's end
+            assert second.stats.state == "ended"
+    assert hub.stats.upstream_runs == 2
+
+
 class Item:
     __slots__ = ("__weakref__", "n")
 
