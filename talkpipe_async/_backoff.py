@@ -16,6 +16,7 @@ once it is healthy).  A retry loop reads::
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ class Backoff:
     def delay(self, attempt: int, base: float | None = None, rng: random.Random | None = None) -> float:
         """Seconds to wait after ``attempt + 1`` consecutive failures."""
         start = self.initial if base is None else base
-        ceiling = min(self.maximum, start * self.multiplier ** min(attempt, 64))
+        ceiling = min(self.maximum, _grown(start, self.multiplier, attempt))
         mode = self.mode
         if mode == "none" or (attempt == 0 and self.exact_first):
             return ceiling
@@ -97,6 +98,16 @@ class Backoff:
         while self.max_attempts is None or attempt < self.max_attempts - 1:
             yield self.delay(attempt, rng=rng)
             attempt += 1
+
+
+def _grown(start: float, multiplier: float, attempt: int) -> float:
+    """``start * multiplier**attempt``; infinite (not an OverflowError) past the largest float."""
+    if not start:
+        return start
+    try:
+        return start * float(multiplier) ** attempt
+    except OverflowError:
+        return math.inf
 
 
 #: How far below ``healthy_after`` a measured uptime may round and still count (one microsecond).
