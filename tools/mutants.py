@@ -11,10 +11,11 @@ mutant is tried; see docs/contributing.md)::
 
 (pytest options among the tests go after ``--``: ``... --log tail.log -- tests/x.py -k "not trio"``.)
 
-It writes one line per mutant to ``--log``: ``name 1`` (killed), ``name 0`` (survived) or ``name T`` (the process
-ended, for example by pytest-timeout's hard stop: counted as killed), and prints the survivors at the end.  A log
-that already names a mutant is not run again, so an interrupted run resumes.  ``--only`` limits the run to mutants
-whose name contains a text (a function, or the survivors of an earlier log with ``--survivors-of``).
+It writes one line per mutant to ``--log``: ``name 1`` (killed), ``name 0`` (survived) or ``name T`` (the session
+ended inside the mutant: pytest-timeout's hard stop, or an error that broke pytest itself; counted as killed), and
+prints the survivors at the end.  A log that already names a mutant is not run again, so an interrupted run
+resumes.  ``--only`` limits the run to mutants whose name contains a text (a function, or the survivors of an
+earlier log with ``--survivors-of``).
 
 The tests run with the pure-Python twins of the C steps (``TALKPIPE_ASYNC_NO_EXTENSIONS=1``), which mutmut can
 mutate.  The code that only hands arguments to the C steps is then never reached: run those mutants again with
@@ -98,7 +99,10 @@ def child(todo_file: Path, log: Path, tests: list[str]) -> int:
         ["-q", "-p", "no:randomly", "-p", "no:cacheprovider", "-o", "timeout=20", *tests],
         plugins=[_Driver(todo, log)],
     )
-    return DONE
+    # A session that ended early without dying (a mutant broke pytest itself: an INTERNALERROR) left mutants
+    # unlogged: not done, so that the parent counts the current one and starts a session for the rest.
+    logged_now = logged(log)
+    return DONE if all(n in logged_now for n in todo) else 1
 
 
 def main() -> int:
@@ -128,16 +132,22 @@ def main() -> int:
     todo.write_text("\n".join(names))
     env = dict(os.environ) if args.extensions else {**os.environ, "TALKPIPE_ASYNC_NO_EXTENSIONS": "1"}
     command = [sys.executable, str(Path(__file__).resolve()), "--module", args.module, "--log", str(log)]
+    current = log.with_suffix(".current")
     while True:
+        current.unlink(missing_ok=True)
         rc = subprocess.call([*command, "--child", str(todo), "--", *args.tests], cwd="mutants", env=env)
         if rc == DONE:
             break
+        if not current.exists() or current.read_text() in logged(log):
+            sys.exit("the pytest session ended before it reached a mutant (its output is above; are the tests "
+                     "copied into mutants/?)")
         # The session ended inside a mutant (a hard timeout, a crash): that mutant is killed; go on after it.
         with log.open("a") as f:
-            f.write(f"{log.with_suffix('.current').read_text()} T\n")
+            f.write(f"{current.read_text()} T\n")
     results = logged(log)
     survivors = [n for n in names if results.get(n) == "0"]
-    print(f"{len(names)} mutants: {len(names) - len(survivors)} killed, {len(survivors)} survived")
+    killed = [n for n in names if results.get(n) in ("1", "T")]
+    print(f"{len(names)} mutants: {len(killed)} killed, {len(survivors)} survived")
     print("\n".join(survivors))
     return 0
 
