@@ -30,10 +30,9 @@ INTERVAL = 0.05
 class Sampler:
     """Samples the stacks of all threads for frames in ``frames`` (frame -> stage statistics)."""
 
-    def __init__(self, frames: dict[FrameType, Any], interval: float | None = None) -> None:
+    def __init__(self, frames: dict[FrameType, Any]) -> None:
         self.frames = frames
-        self.interval = INTERVAL if interval is None else interval
-        self.samples = 0
+        self.interval = INTERVAL
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="talkpipe stats sampler", daemon=True)
 
@@ -59,7 +58,6 @@ class Sampler:
     def sample(self, stacks: dict[int, FrameType], elapsed: float, skip: int | None = None) -> None:
         """Add *elapsed* to the innermost stage frame on each stack."""
         frames = self.frames
-        self.samples += 1
         for ident, frame in stacks.items():
             if ident == skip:
                 continue
