@@ -115,7 +115,6 @@ class _PoolRun(ResultWindow):
         self.inq: deque[Any] = deque()  # read from upstream, not yet sent to a worker
         self.out: deque[_Batch] = deque()  # ordered: every batch in input order; unordered: done batches
         self.held = 0  # read from upstream, not yet handed downstream (<= max_pending)
-        self.high_water = 0
         self.busy = 0  # batches sent to a worker, not back yet
         self.waiting: list[anyio.Event] = []  # dispatchers waiting for input or for a barrier
         self.consumer: anyio.Event | None = None
@@ -177,7 +176,6 @@ class _PoolRun(ResultWindow):
                 except StopAsyncIteration:
                     break
                 self.held += 1
-                self.high_water = max(self.high_water, self.held)
                 self.inq.append(item)
                 self.wake_dispatchers()
         except anyio.get_cancelled_exc_class():
