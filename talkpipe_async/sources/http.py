@@ -203,6 +203,9 @@ class http_lines(_HttpStream[Text]):
                 lines = framer.feed(chunk)
                 if lines:
                     yield lines
+        except ConnectionLost:
+            framer.drop_partial()  # the stream broke for good: its unfinished line is dropped and counted too
+            raise
         finally:
             await chunks.aclose()
         tail = framer.finish()
@@ -427,7 +430,9 @@ class http_poll(AbstractSource[Item]):
         async with client_for(self.client) as client:
             while True:
                 await anyio.sleep_until(next_tick)
-                next_tick = max(next_tick + self.interval, anyio.current_time())
+                next_tick += self.interval
+                if next_tick <= anyio.current_time():  # this poll started an interval late: skip the ticks missed
+                    next_tick = anyio.current_time() + self.interval
                 try:
                     body = await self._fetch(client, validators)
                 except (httpx.TransportError, _Retryable) as err:
