@@ -148,3 +148,93 @@ def test_without_httpx_ws_the_stages_say_what_to_install(monkeypatch: pytest.Mon
     with pytest.raises(ImportError) as info:
         websocket_messages("ws://x/")
     assert str(info.value) == "WebSocket stages need httpx-ws>=0.9: pip install 'talkpipe-async[ws]'"
+
+
+def close_code_of(data: bytes) -> int | None:
+    """The code of the first (masked, client-to-server) close frame in *data*, or None."""
+    i = 0
+    while i + 2 <= len(data):
+        opcode, size = data[i] & 0x0F, data[i + 1] & 0x7F
+        head = 2
+        if size == 126:
+            size, head = int.from_bytes(data[i + 2 : i + 4], "big"), 4
+        elif size == 127:
+            size, head = int.from_bytes(data[i + 2 : i + 10], "big"), 10
+        mask = data[i + head : i + head + 4]
+        payload = bytes(b ^ mask[n % 4] for n, b in enumerate(data[i + head + 4 : i + head + 4 + size]))
+        if opcode == 0x8:
+            return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+        i += head + 4 + size
+    return None
+
+
+async def test_oversized_messages_are_counted_each_with_their_bytes_and_warned_about_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from talkpipe_async.sources import WebSocketStats
+
+    async def server(stream: anyio.abc.SocketStream) -> None:
+        await ws_handshake(stream)
+        big = ws_frame(b"x" * 300)
+        rest = ws_frame(b"y" * 200) + ws_frame(b"fine") + ws_frame(b"\x03\xe8", opcode=0x8)
+        await stream.send(ws_frame(b"ok") + big + rest)
+        await stream.receive()
+
+    caplog.set_level(logging.WARNING, logger="talkpipe_async.net")
+    stats = WebSocketStats()
+    async with raw_server(server) as port:
+        source = websocket_messages(f"ws://127.0.0.1:{port}/", max_message_bytes=100, on_oversize="skip", stats=stats,
+                                    name="feed")
+        assert await Pipeline(source).collect() == ["ok", "fine"]
+    assert (stats.dropped_messages, stats.dropped_bytes) == (2, 500)
+    assert stats.bytes_received >= 2 + 300 + 200 + 4  # every byte read counts, dropped ones too
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"feed (ws://127.0.0.1:{port}/): dropping messages larger than 100 bytes (counted in stats)"]
+
+
+async def test_a_message_of_exactly_the_limit_is_delivered() -> None:
+    async def server(stream: anyio.abc.SocketStream) -> None:
+        await ws_handshake(stream)
+        await stream.send(ws_frame(b"z" * 100) + ws_frame(b"\x03\xe8", opcode=0x8))
+        await stream.receive()
+
+    async with raw_server(server) as port:
+        assert await Pipeline(websocket_messages(f"ws://127.0.0.1:{port}/", max_message_bytes=100)).collect() == [
+            "z" * 100]
+
+
+async def test_an_oversized_message_closes_with_1009_message_too_big() -> None:
+    from talkpipe_async.sources import MessageTooLarge
+
+    seen: list[int | None] = []
+
+    async def server(stream: anyio.abc.SocketStream) -> None:
+        await ws_handshake(stream)
+        await stream.send(ws_frame(b"x" * 300))
+        data = b""
+        with anyio.move_on_after(10):
+            while close_code_of(data) is None:
+                data += await stream.receive()
+        seen.append(close_code_of(data))
+        await stream.send(ws_frame(b"\x03\xf1", opcode=0x8))  # the close reply
+
+    async with raw_server(server) as port:
+        with pytest.raises(MessageTooLarge):
+            await Pipeline(websocket_messages(f"ws://127.0.0.1:{port}/", max_message_bytes=100)).collect()
+    assert seen == [1009]
+
+
+async def test_a_sink_counts_the_utf8_bytes_it_sends() -> None:
+    async def server(stream: anyio.abc.SocketStream) -> None:
+        await ws_handshake(stream)
+        data = b""
+        while close_code_of(data) is None:  # take the messages until the sink's close frame
+            data += await stream.receive()
+        await stream.send(ws_frame(b"\x03\xe8", opcode=0x8))  # the close reply
+
+    async with raw_server(server) as port:
+        sink = to_websocket(f"ws://127.0.0.1:{port}/")
+        await Pipeline(sink).collect(["héllo", "ok"])
+    assert sink.stats.bytes_sent == 6 + 2 and sink.stats.items == 2
