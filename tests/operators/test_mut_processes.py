@@ -34,22 +34,11 @@ from talkpipe_async import Metadata, error_context, source
 from talkpipe_async.operators import process_map
 from talkpipe_async.operators import processes as processes_module
 from tests.helpers import processes as work
+from tests.helpers.processes import children
 
 pytestmark = pytest.mark.anyio
 
 LIMIT = 8  # seconds: a lost wake-up or a wrong order fails the test instead of hanging the run
-
-
-def children() -> set[int]:
-    """The pids of this process's live child processes (every thread's children)."""
-    pids: set[int] = set()
-    for task in os.listdir("/proc/self/task"):
-        try:
-            text = Path(f"/proc/self/task/{task}/children").read_text()
-        except OSError:
-            continue
-        pids.update(int(p) for p in text.split())
-    return pids
 
 
 @source

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -17,22 +16,11 @@ from talkpipe_async import Metadata, error_context, source
 from talkpipe_async.operators import process_map
 from tests.helpers import processes as work
 from tests.helpers.ops import until
+from tests.helpers.processes import children
 
 pytestmark = pytest.mark.anyio
 
 PROPS = settings(max_examples=10, deadline=None)
-
-
-def children() -> set[int]:
-    """The pids of this process's live child processes (every thread's children)."""
-    pids: set[int] = set()
-    for task in os.listdir("/proc/self/task"):
-        try:
-            text = Path(f"/proc/self/task/{task}/children").read_text()
-        except OSError:
-            continue
-        pids.update(int(p) for p in text.split())
-    return pids
 
 
 @source

@@ -27,31 +27,11 @@ import pytest
 from talkpipe_async import source
 from talkpipe_async.operators import from_stream
 from talkpipe_async.sinks import Hub, HubStats, SubscriberDisconnected, SubscriberStats, Subscription
+from tests.sinks.test_hub import counter, failing
 
 pytestmark = pytest.mark.anyio
 
 LOGGER = "talkpipe_async.sinks.hub"
-
-
-@source
-async def counter(n: int | None = None, closed: list[str] | None = None) -> AsyncIterator[int]:
-    """0, 1, 2, ... (n items, or endless), with a scheduling point after each; records its close."""
-    try:
-        for i in range(n) if n is not None else itertools.count():
-            yield i
-            await anyio.lowlevel.checkpoint()
-    finally:
-        if closed is not None:
-            closed.append("closed")
-
-
-@source
-async def failing(after: int) -> AsyncIterator[int]:
-    """*after* items, then a ValueError."""
-    for i in range(after):
-        yield i
-        await anyio.lowlevel.checkpoint()
-    raise ValueError(f"upstream broke after {after}")
 
 
 async def outcome(items: Subscription[Any]) -> tuple[list[Any], BaseException | None]:
