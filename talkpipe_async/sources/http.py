@@ -430,9 +430,10 @@ class http_poll(AbstractSource[Item]):
         async with client_for(self.client) as client:
             while True:
                 await anyio.sleep_until(next_tick)
+                now = anyio.current_time()
                 next_tick += self.interval
-                if next_tick <= anyio.current_time():  # this poll started an interval late: skip the ticks missed
-                    next_tick = anyio.current_time() + self.interval
+                if next_tick <= now:  # this poll started an interval late: skip the ticks missed
+                    next_tick = now + self.interval
                 try:
                     body = await self._fetch(client, validators)
                 except (httpx.TransportError, _Retryable) as err:
