@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -32,10 +34,24 @@ from talkpipe_async.sources._watch import (
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
 
 
-def watcher_of(directory: Path) -> DirWatcher:
-    watcher = open_watcher(str(directory))
+@contextmanager
+def watching(directory: str, mask: int = CHANGES) -> Iterator[DirWatcher]:
+    """A watcher of *directory*, closed at the end of the block."""
+    watcher = open_watcher(directory, mask)
     assert watcher is not None
-    return watcher
+    try:
+        yield watcher
+    finally:
+        watcher.close()
+
+
+@pytest.fixture
+def stop_pipe() -> Iterator[tuple[int, int]]:
+    """A blocking wait's stop descriptor and the end that stops it: nothing is written unless a test does."""
+    read, write = os.pipe()
+    yield read, write
+    os.close(read)
+    os.close(write)
 
 
 def rename_log(path: Path) -> RenameLog:
@@ -53,32 +69,25 @@ def test_the_watched_changes_are_every_kind_of_change() -> None:
 
 @pytest.mark.anyio
 async def test_a_change_ends_the_wait_early_and_is_consumed(tmp_path: Path) -> None:
-    watcher = watcher_of(tmp_path)
-    try:
+    with watching(str(tmp_path)) as watcher:
         (tmp_path / "new.log").write_bytes(b"x\n")
         with anyio.fail_after(10):
             assert await watcher.wait(3600) is True
         assert await watcher.wait(0.01) is False  # the change was consumed: nothing new
-    finally:
-        watcher.close()
 
 
 @pytest.mark.anyio
 async def test_many_changes_are_consumed_by_one_wait(tmp_path: Path) -> None:
-    watcher = watcher_of(tmp_path)
-    try:
+    with watching(str(tmp_path)) as watcher:
         for n in range(3000):  # more events than one read of 64 KiB holds
             (tmp_path / f"f{n:05d}").touch()
         assert await watcher.wait(3600) is True
         assert await watcher.wait(0.01) is False
-    finally:
-        watcher.close()
 
 
-def test_the_blocking_wait_tells_a_change_from_its_stop(tmp_path: Path) -> None:
-    watcher = watcher_of(tmp_path)
-    stop_r, stop_w = os.pipe()
-    try:
+def test_the_blocking_wait_tells_a_change_from_its_stop(tmp_path: Path, stop_pipe: tuple[int, int]) -> None:
+    stop_r, stop_w = stop_pipe
+    with watching(str(tmp_path)) as watcher:
         assert watcher.wait_blocking(0.01, stop_r) is False  # nothing: the time ran out
         (tmp_path / "new.log").touch()
         assert watcher.wait_blocking(3600, stop_r) is True
@@ -87,29 +96,18 @@ def test_the_blocking_wait_tells_a_change_from_its_stop(tmp_path: Path) -> None:
         assert watcher.wait_blocking(0.01, stop_r) is False
         os.write(stop_w, b"x")
         assert watcher.wait_blocking(3600, stop_r) is False  # the stop ended it, at once
-    finally:
-        watcher.close()
-        os.close(stop_r)
-        os.close(stop_w)
 
 
-def test_a_wait_of_a_fraction_of_a_millisecond_does_not_block(tmp_path: Path) -> None:
-    watcher = watcher_of(tmp_path)
-    stop_r, stop_w = os.pipe()
-    try:
+def test_a_wait_of_a_fraction_of_a_millisecond_does_not_block(tmp_path: Path, stop_pipe: tuple[int, int]) -> None:
+    stop_r, _ = stop_pipe
+    with watching(str(tmp_path)) as watcher:
         assert watcher.wait_blocking(0.0004, stop_r) is False
         assert watcher.wait_blocking(-1, stop_r) is False  # a deadline already past: no wait at all
-    finally:
-        watcher.close()
-        os.close(stop_r)
-        os.close(stop_w)
 
 
-def test_only_the_asked_changes_wake_the_watcher(tmp_path: Path) -> None:
-    watcher = open_watcher(str(tmp_path), 0x100)  # IN_CREATE only
-    assert watcher is not None
-    stop_r, stop_w = os.pipe()
-    try:
+def test_only_the_asked_changes_wake_the_watcher(tmp_path: Path, stop_pipe: tuple[int, int]) -> None:
+    stop_r, _ = stop_pipe
+    with watching(str(tmp_path), 0x100) as watcher:  # IN_CREATE only
         existing = tmp_path / "old.log"
         existing.touch()
         watcher.drain()
@@ -117,17 +115,13 @@ def test_only_the_asked_changes_wake_the_watcher(tmp_path: Path) -> None:
         assert watcher.wait_blocking(0.01, stop_r) is False
         (tmp_path / "new.log").touch()
         assert watcher.wait_blocking(3600, stop_r) is True
-    finally:
-        watcher.close()
-        os.close(stop_r)
-        os.close(stop_w)
 
 
 def test_the_c_library_is_loaded_on_first_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What a fresh process does: find libc, load it once, and watch with it."""
     monkeypatch.setattr(_watch, "_libc", None)
-    watcher = watcher_of(tmp_path)
-    watcher.close()
+    with watching(str(tmp_path)):
+        pass
     loaded = _watch._libc
     assert loaded is not None
     assert _watch._load_libc() is loaded  # once per process
@@ -138,22 +132,19 @@ def test_a_directory_inotify_cannot_watch_gives_none(tmp_path: Path) -> None:
     assert open_rename_log(str(tmp_path / "missing" / "app.log")) is None
 
 
-def test_an_empty_directory_name_is_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_empty_directory_name_is_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_pipe: tuple[int, int]
+) -> None:
     monkeypatch.chdir(tmp_path)
-    watcher = open_watcher("")
-    assert watcher is not None
-    stop_r, stop_w = os.pipe()
-    try:
+    stop_r, _ = stop_pipe
+    with watching("") as watcher:
         (tmp_path / "here.log").touch()
         assert watcher.wait_blocking(3600, stop_r) is True
-    finally:
-        watcher.close()
-        os.close(stop_r)
-        os.close(stop_w)
 
 
 def test_closing_twice_is_harmless_and_releases_the_descriptor(tmp_path: Path) -> None:
-    watcher = watcher_of(tmp_path)
+    watcher = open_watcher(str(tmp_path))
+    assert watcher is not None
     fd = watcher.fd
     watcher.close()
     assert watcher.fd == -1
