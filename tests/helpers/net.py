@@ -207,6 +207,48 @@ async def read_request(stream: anyio.abc.SocketStream) -> dict[str, str]:
     return parse_head(data.split(b"\r\n\r\n", 1)[0])[1]
 
 
+class RawRequest(dict[str, str]):
+    """One request as a raw server read it: its headers by lower-case name (the last of each kept), every name in
+    the order sent (``names``), the request line (``line``) and the body, read to its ``Content-Length``."""
+
+    names: list[str]
+    line: str
+    body: bytes
+
+
+async def read_whole_request(stream: anyio.abc.SocketStream) -> RawRequest:
+    """Read one whole request from an anyio stream: head and body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive()
+    head, body = data.split(b"\r\n\r\n", 1)
+    line, headers = parse_head(head)
+    request = RawRequest(headers)
+    request.line = line
+    request.names = [h.partition(":")[0].strip().lower() for h in head.decode("latin-1").split("\r\n")[1:]]
+    while len(body) < int(request.get("content-length", "0")):
+        body += await stream.receive()
+    request.body = body
+    return request
+
+
+Script = Callable[[int, anyio.abc.SocketStream], Awaitable[None]]
+
+
+@asynccontextmanager
+async def scripted(script: Script, path: str = "/") -> AsyncIterator[tuple[str, list[RawRequest]]]:
+    """A raw server that records each connection's request, then answers with ``script(n, stream)`` (n counts
+    from 1); yields the URL of *path* on it and the list of requests seen so far."""
+    seen: list[RawRequest] = []
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        seen.append(await read_whole_request(stream))
+        await script(len(seen), stream)
+
+    async with raw_server(handler) as port:
+        yield f"http://127.0.0.1:{port}{path}", seen
+
+
 async def ws_handshake(stream: anyio.abc.SocketStream) -> None:
     """The server side of a WebSocket handshake, by hand."""
     headers = await read_request(stream)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -26,35 +25,13 @@ from talkpipe_async._core._errors import TalkpipeAsyncError
 from talkpipe_async.operators import take
 from talkpipe_async.sources.http import MalformedRecord, http_bytes, http_lines, http_ndjson, http_poll
 from talkpipe_async.sources.sockets import ConnectionLost, LineTooLong, NetStats
-from tests.helpers.net import LAST_CHUNK, chunk, chunked_head, parse_head, raw_server
+from tests.helpers.net import LAST_CHUNK, RawRequest, Script, chunk, chunked_head
+from tests.helpers.net import scripted as net_scripted
 
 pytestmark = pytest.mark.anyio
 
 #: No wait between attempts: the tests count attempts, not time.
 NOW = Backoff(initial=0.0, maximum=0.0, max_attempts=3)
-
-Request = tuple[str, "Headers", bytes]
-
-
-class Headers(dict[str, str]):
-    """A request's headers by lower-case name (the last of each kept), and every name in the order sent."""
-
-    names: list[str]
-
-
-async def read_whole_request(stream: anyio.abc.SocketStream) -> Request:
-    """The request line, headers (lower-case names) and body of one request."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += await stream.receive()
-    head, body = data.split(b"\r\n\r\n", 1)
-    line, parsed = parse_head(head)
-    headers = Headers(parsed)
-    headers.names = [h.partition(":")[0].strip().lower() for h in head.decode("latin-1").split("\r\n")[1:]]
-    while len(body) < int(headers.get("content-length", "0")):
-        body += await stream.receive()
-    return line, headers, body
-
 
 def answer(status: str = "200 OK", body: bytes = b"", headers: dict[str, str] | None = None) -> bytes:
     """A whole response with a length, closing the connection after it."""
@@ -63,20 +40,9 @@ def answer(status: str = "200 OK", body: bytes = b"", headers: dict[str, str] | 
     return head.encode() + body
 
 
-Script = Callable[[int, anyio.abc.SocketStream], Any]
-
-
-@asynccontextmanager
-async def scripted(script: Script) -> AsyncIterator[tuple[str, list[Request]]]:
-    """A raw server: each connection's request is recorded, then ``script(n, stream)`` answers (n counts from 1)."""
-    seen: list[Request] = []
-
-    async def handler(stream: anyio.abc.SocketStream) -> None:
-        seen.append(await read_whole_request(stream))
-        await script(len(seen), stream)
-
-    async with raw_server(handler) as port:
-        yield f"http://127.0.0.1:{port}/p", seen
+def scripted(script: Script) -> AbstractAsyncContextManager[tuple[str, list[RawRequest]]]:
+    """A raw server scripted per connection (see ``tests.helpers.net.scripted``), at ``/p``."""
+    return net_scripted(script, "/p")
 
 
 def replies(*bodies: bytes) -> Script:
@@ -161,9 +127,9 @@ async def test_the_request_carries_method_headers_params_and_content() -> None:
         ).collect()
         assert got == [b"ok"]
         assert await http_bytes(url).collect() == [b"ok"]
-    (line, headers, body), (plain, _, empty) = seen
-    assert line == "POST /p?q=a+b HTTP/1.1" and headers["x-token"] == "t1" and body == b"payload"
-    assert plain == "GET /p HTTP/1.1" and empty == b""
+    posted, plain = seen
+    assert posted.line == "POST /p?q=a+b HTTP/1.1" and posted["x-token"] == "t1" and posted.body == b"payload"
+    assert plain.line == "GET /p HTTP/1.1" and plain.body == b""
 
 
 async def test_a_given_client_is_used_and_left_open() -> None:
@@ -173,7 +139,7 @@ async def test_a_given_client_is_used_and_left_open() -> None:
             assert await http_bytes(url, client=client).collect() == [b"[1]"]
             assert await (http_poll(url, 1, client=client) | take(1)).collect() == [[1]]
             assert not client.is_closed
-    assert [h.get("x-client") for _, h, _ in seen] == ["mine", "mine"]
+    assert [h.get("x-client") for h in seen] == ["mine", "mine"]
 
 
 async def test_bytes_counts_chunks_bytes_and_connections_in_the_given_stats() -> None:
@@ -397,17 +363,17 @@ async def test_poll_sends_validators_from_the_last_answer_with_the_callers_heade
         source = http_poll(url, 0.001, headers=given, params={"q": "1"}, stats=stats)
         got = await (source | take(3)).collect()
     assert got == [[1], [2], [3]]
-    lines = [line for line, _, _ in seen]
+    lines = [h.line for h in seen]
     assert lines[:4] == ["GET /p?q=1 HTTP/1.1"] * 4
-    assert all(h["x-token"] == "t" for _, h, _ in seen[:4])
-    validators = [(h.get("if-none-match"), h.get("if-modified-since")) for _, h, _ in seen[:4]]
+    assert all(h["x-token"] == "t" for h in seen[:4])
+    validators = [(h.get("if-none-match"), h.get("if-modified-since")) for h in seen[:4]]
     assert validators == [
         ('"v0"', "Sun, 31 Dec 2023 00:00:00 GMT"),
         ('"v1"', "Mon, 01 Jan 2024 00:00:00 GMT"),
         ('"v1"', "Mon, 01 Jan 2024 00:00:00 GMT"),
         ('"v0"', "Sun, 31 Dec 2023 00:00:00 GMT"),
     ]
-    assert all(len(h.names) == len(set(h.names)) for _, h, _ in seen[:4])
+    assert all(len(h.names) == len(set(h.names)) for h in seen[:4])
     assert stats.connections >= 4 and stats.items == 3 and stats.bytes_received >= 9
 
 

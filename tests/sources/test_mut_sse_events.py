@@ -10,8 +10,7 @@ virtual clock, where only the waits take time.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 
 import anyio
 import anyio.abc
@@ -23,7 +22,8 @@ from talkpipe_async import Backoff
 from talkpipe_async.operators import take
 from talkpipe_async.sources.sockets import NetStats
 from talkpipe_async.sources.sse import SSEError, SSEEvent, sse_events
-from tests.helpers.net import LAST_CHUNK, chunk, raw_server
+from tests.helpers.net import LAST_CHUNK, RawRequest, Script, chunk
+from tests.helpers.net import scripted as net_scripted
 
 pytestmark = pytest.mark.anyio
 
@@ -34,42 +34,9 @@ VIRTUAL = pytest.mark.parametrize(
     "anyio_backend", [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-virtual")]
 )
 
-Script = Callable[[int, anyio.abc.SocketStream], Awaitable[None]]
-
-
-class Seen(dict[str, str]):
-    """One request's headers by lower-case name, every name in the order sent (``names``) and the request line."""
-
-    names: list[str]
-    line: str
-
-
-async def read_headers(stream: anyio.abc.SocketStream) -> Seen:
-    """Read a request head; its headers."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += await stream.receive()
-    seen = Seen()
-    seen.names = []
-    seen.line, *lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    for line in lines:
-        name, _, value = line.partition(":")
-        seen.names.append(name.strip().lower())
-        seen[name.strip().lower()] = value.strip()
-    return seen
-
-
-@asynccontextmanager
-async def scripted(script: Script) -> AsyncIterator[tuple[str, list[Seen]]]:
-    """A raw server recording each request's headers, then answering with ``script(n, stream)`` (n from 1)."""
-    seen: list[Seen] = []
-
-    async def handler(stream: anyio.abc.SocketStream) -> None:
-        seen.append(await read_headers(stream))
-        await script(len(seen), stream)
-
-    async with raw_server(handler) as port:
-        yield f"http://127.0.0.1:{port}/events", seen
+def scripted(script: Script) -> AbstractAsyncContextManager[tuple[str, list[RawRequest]]]:
+    """A raw server scripted per connection (see ``tests.helpers.net.scripted``), at ``/events``."""
+    return net_scripted(script, "/events")
 
 
 def head(status: str = "200 OK", ctype: str | None = "text/event-stream") -> bytes:
