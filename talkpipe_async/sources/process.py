@@ -136,11 +136,15 @@ class process_lines(FramedSource[str]):
 
 
 def _pollable(fd: int) -> bool:
-    """Whether the event loop can wait for *fd* (a pipe, terminal or socket on Unix)."""
+    """Whether the event loop can wait for *fd* (a pipe, terminal or socket on Unix).
+
+    Other character devices are not: epoll refuses ``/dev/null``, the standard input of services, cron jobs and
+    ``nohup``; those are read like files.
+    """
     if sys.platform == "win32":
         return False
     mode = os.fstat(fd).st_mode
-    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode)
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or (stat.S_ISCHR(mode) and os.isatty(fd))
 
 
 class stdin_lines(FramedSource[str]):
@@ -149,8 +153,9 @@ class stdin_lines(FramedSource[str]):
     Reads up to 64 KiB at a time and splits lines in Python.  A pipe,
     terminal or socket (Unix) is waited on in the event loop and read only
     once data is there, so ending the run leaves no read behind that would
-    take the next input; a regular file (``< file``), or any descriptor on
-    Windows, is read in a worker thread (one hop per chunk).  Works on every
+    take the next input; a regular file (``< file``), another device (``<
+    /dev/null``), or any descriptor on Windows, is read in a worker thread
+    (one hop per chunk).  Works on every
     backend; the descriptor is never closed here.
     """
 
