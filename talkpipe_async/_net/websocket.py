@@ -248,7 +248,13 @@ class PullSession:
             await self.stream.write(self.connection.send(event))
 
     async def send_message(self, data: str | bytes) -> None:
-        """Send one text (``str``) or binary message; raise :class:`WebSocketClosed` if the connection is gone."""
+        """Send one text (``str``) or binary message; raise :class:`WebSocketClosed` if the connection is gone.
+
+        A connection whose reading failed (``lost``) counts as gone: nothing is sent into a connection whose
+        pings and close frame nobody reads.
+        """
+        if self.lost is not None:
+            raise self._closed() from self.lost
         event: ws_events.Event
         if isinstance(data, str):
             event = ws_events.TextMessage(data=data)
@@ -257,13 +263,17 @@ class PullSession:
         try:
             await self._write(event)
         except _SEND_ERRORS as err:
-            code = self.close_code if self.close_code is not None else 1006
-            detail = f": {self.close_reason}" if self.close_reason else ""
-            raise WebSocketClosed(
-                f"{self.label}: cannot send, the connection is closed (code {code}{detail})",
-                code=code,
-                reason=self.close_reason,
-            ) from err
+            raise self._closed() from err
+
+    def _closed(self) -> WebSocketClosed:
+        """The error a send into a closed connection raises: how it closed, 1006 if no close frame came."""
+        code = self.close_code if self.close_code is not None else 1006
+        detail = f": {self.close_reason}" if self.close_reason else ""
+        return WebSocketClosed(
+            f"{self.label}: cannot send, the connection is closed (code {code}{detail})",
+            code=code,
+            reason=self.close_reason,
+        )
 
     async def _read(self) -> bytes:
         try:
