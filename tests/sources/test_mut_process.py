@@ -21,7 +21,7 @@ import pytest
 from talkpipe_async import Pipeline
 from talkpipe_async.sources import process
 from talkpipe_async.sources.process import ProcessFailed, process_lines, stdin_lines
-from talkpipe_async.sources.sockets import NetStats
+from talkpipe_async.sources.sockets import LineTooLong, NetStats
 from tests.helpers.cli import run_cli
 
 pytestmark = pytest.mark.anyio
@@ -110,6 +110,32 @@ def test_the_command_form_must_match_the_shell_setting() -> None:
         process_lines("echo x")
     given = process_lines(("echo", "x"))
     assert (given.command, given.shell, given.check, given.stderr_bytes) == (("echo", "x"), False, True, 65536)
+
+
+async def test_invalid_text_is_replaced_by_default_and_the_error_text_survives_it() -> None:
+    """Bytes that are not UTF-8, in a whole line, in the last unterminated one and on stderr, become U+FFFD by
+    default rather than ending the run with a decoding error."""
+    code = "import sys; sys.stdout.buffer.write(b'ok \\xff\\nend \\xfe')\n"
+    code += "sys.stderr.buffer.write(b'bad \\xff'); sys.exit(1)"
+    source = process_lines([PY, "-c", code])
+    assert (source.encoding, source.errors) == ("utf-8", "replace")
+    got: list[str] = []
+    with pytest.raises(ProcessFailed) as info:
+        async with Pipeline(source).stream() as items:
+            async for line in items:
+                got.append(line)
+    assert got == ["ok \ufffd", "end \ufffd"]
+    assert str(info.value).endswith("stderr (last 5 chars):\nbad \ufffd")
+
+
+async def test_an_overlong_line_names_the_stage_or_is_skipped_and_counted() -> None:
+    code = "import sys; sys.stdout.write('short\\n' + 'y' * 300 + '\\nafter\\n')"
+    with pytest.raises(LineTooLong, match=r"^feed: line longer than 100 bytes"):
+        await Pipeline(process_lines([PY, "-c", code], max_line_bytes=100, name="feed")).collect()
+    stats = NetStats()
+    skipping = process_lines([PY, "-c", code], max_line_bytes=100, on_overlong="skip", stats=stats)
+    assert await Pipeline(skipping).collect() == ["short", "after"]
+    assert (stats.dropped_lines, stats.dropped_bytes, stats.items) == (1, 301, 2)  # the line with its end
 
 
 # --- stdin_lines: every kind of standard input ---------------------------------------------------------------------
