@@ -13,6 +13,8 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import anyio
@@ -196,18 +198,9 @@ async def test_stdin_from_a_socket_is_read_to_its_end() -> None:
 
 async def test_stdin_defaults_to_the_process_standard_input(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a descriptor, ``sys.stdin``'s is read (whatever the host replaced ``sys.stdin`` with)."""
-    r, w = os.pipe()
-    try:
-        os.write(w, b"from stdin\n")
-        os.close(w)
-        w = -1
-        with open(r, closefd=False) as fake:
-            monkeypatch.setattr(sys, "stdin", fake)
-            assert await Pipeline(stdin_lines()).collect() == ["from stdin"]
-    finally:
-        if w >= 0:
-            os.close(w)
-        os.close(r)
+    with pipe_holding(b"from stdin\n") as fd, open(fd, closefd=False) as fake:
+        monkeypatch.setattr(sys, "stdin", fake)
+        assert await Pipeline(stdin_lines()).collect() == ["from stdin"]
 
 
 async def test_a_terminal_is_waited_on_in_the_event_loop_and_ends_at_ctrl_d() -> None:
@@ -229,3 +222,33 @@ async def test_a_terminal_is_waited_on_in_the_event_loop_and_ends_at_ctrl_d() ->
         limiter.total_tokens = saved
         os.close(controller)
         os.close(terminal)
+
+
+@contextmanager
+def pipe_holding(data: bytes) -> Iterator[int]:
+    """The read end of a pipe holding *data* (at most a pipe's buffer), its write end already closed."""
+    r, w = os.pipe()
+    os.write(w, data)
+    os.close(w)
+    try:
+        yield r
+    finally:
+        os.close(r)
+
+
+async def test_stdin_replaces_invalid_text_by_default() -> None:
+    with pipe_holding(b"ok \xff\nend \xfe") as fd:
+        lines = stdin_lines(fd)
+        assert (lines.encoding, lines.errors) == ("utf-8", "replace")
+        assert await Pipeline(lines).collect() == ["ok \ufffd", "end \ufffd"]
+
+
+async def test_stdin_names_itself_in_an_overlong_error_or_skips_and_counts() -> None:
+    data = b"short\n" + b"y" * 300 + b"\nafter\n"
+    with pipe_holding(data) as fd, pytest.raises(LineTooLong, match=r"^input: line longer than 100 bytes"):
+        await Pipeline(stdin_lines(fd, max_line_bytes=100, name="input")).collect()
+    stats = NetStats()
+    with pipe_holding(data) as fd:
+        source = stdin_lines(fd, max_line_bytes=100, on_overlong="skip", stats=stats)
+        assert await Pipeline(source).collect() == ["short", "after"]
+    assert (stats.dropped_lines, stats.dropped_bytes, stats.items) == (1, 301, 2)
