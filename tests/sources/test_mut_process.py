@@ -252,3 +252,11 @@ async def test_stdin_names_itself_in_an_overlong_error_or_skips_and_counts() -> 
         source = stdin_lines(fd, max_line_bytes=100, on_overlong="skip", stats=stats)
         assert await Pipeline(source).collect() == ["short", "after"]
     assert (stats.dropped_lines, stats.dropped_bytes, stats.items) == (1, 301, 2)
+
+
+async def test_the_given_error_handler_decodes_every_line() -> None:
+    """``errors`` applies to whole lines and to the last unterminated one, of a process and of standard input."""
+    code = "import sys; sys.stdout.buffer.write(b'ok \\xff\\nend \\xfe')"
+    assert await Pipeline(process_lines([PY, "-c", code], errors="ignore")).collect() == ["ok ", "end "]
+    with pipe_holding(b"ok \xff\nend \xfe") as fd:
+        assert await Pipeline(stdin_lines(fd, errors="ignore")).collect() == ["ok ", "end "]
