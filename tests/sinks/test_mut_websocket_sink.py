@@ -1,0 +1,153 @@
+"""The WebSocket sink's settings and exactly what reaches the server, read off the wire by a raw anyio listener.
+
+Pinned here: the defaults and the settings kept; the handshake's headers and offered subprotocols; each mode's
+encoding (JSON keeps non-ASCII text, a given serializer replaces ``json.dumps``, bytes-like items go as they are,
+text is UTF-8); the ``TypeError`` naming the item's type; and the connect timeout (10 s by default) bounding a
+handshake the server never answers, measured on trio's virtual clock, where only the waits take time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+from trio.testing import MockClock
+
+from talkpipe_async import Pipeline
+from talkpipe_async.sinks import to_websocket
+from talkpipe_async.sources import ConnectionLost, WebSocketStats
+from tests.helpers.net import raw_server, read_request, ws_frame
+
+pytestmark = pytest.mark.anyio
+
+VIRTUAL = pytest.mark.parametrize(
+    "anyio_backend", [pytest.param(("trio", {"clock": MockClock(autojump_threshold=0)}), id="trio-virtual")]
+)
+
+Frame = tuple[int, bytes]  # opcode, unmasked payload
+
+
+def client_frames(data: bytes) -> tuple[list[Frame], bool]:
+    """The whole masked (client-to-server) frames in *data*, and whether a close frame is among them."""
+    frames: list[Frame] = []
+    i = 0
+    while i + 2 <= len(data):
+        opcode, size, at = data[i] & 0x0F, data[i + 1] & 0x7F, i + 2
+        if size == 126:
+            size, at = int.from_bytes(data[at : at + 2], "big"), at + 2
+        elif size == 127:
+            size, at = int.from_bytes(data[at : at + 8], "big"), at + 8
+        if at + 4 + size > len(data):
+            break
+        mask, payload = data[at : at + 4], data[at + 4 : at + 4 + size]
+        frames.append((opcode, bytes(b ^ mask[n % 4] for n, b in enumerate(payload))))
+        i = at + 4 + size
+    return frames, any(opcode == 0x8 for opcode, _ in frames)
+
+
+@asynccontextmanager
+async def recording_server() -> AsyncIterator[tuple[str, dict[str, Any]]]:
+    """A WebSocket server by hand: it records the handshake's headers and every frame up to the client's close,
+    choosing the first subprotocol offered, and replies to the close."""
+    seen: dict[str, Any] = {}
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        headers = await read_request(stream)
+        seen["headers"] = headers
+        key = headers["sec-websocket-key"].encode()
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
+        offered = headers.get("sec-websocket-protocol", "")
+        chosen = f"Sec-WebSocket-Protocol: {offered.split(',')[0].strip()}\r\n" if offered else ""
+        await stream.send(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + f"Sec-WebSocket-Accept: {accept}\r\n{chosen}\r\n".encode()
+        )
+        data = b""
+        frames, closed = client_frames(data)
+        while not closed:
+            data += await stream.receive()
+            frames, closed = client_frames(data)
+        seen["frames"] = frames
+        await stream.send(ws_frame(b"\x03\xe8", opcode=0x8))
+
+    async with raw_server(handler) as port:
+        yield f"ws://127.0.0.1:{port}/in", seen
+
+
+def test_settings_defaults_and_given() -> None:
+    sink = to_websocket("ws://h/x")
+    assert (sink.mode, sink.serializer, sink.headers, sink.subprotocols) == ("text", None, {}, None)
+    assert (sink.connect_timeout, sink.close_code, sink.label) == (10.0, 1000, "to_websocket")
+    assert isinstance(sink.stats, WebSocketStats)
+    headers = {"X-Token": "t"}
+    given = to_websocket(
+        "ws://h/x", mode="json", serializer=repr, headers=headers, subprotocols=("p1", "p2"), connect_timeout=2.5,
+        close_code=4000, name="out",
+    )
+    assert (given.mode, given.serializer, given.headers, given.subprotocols) == ("json", repr, headers, ["p1", "p2"])
+    assert given.headers is not headers  # a copy: changing the caller's dict later changes nothing
+    assert (given.connect_timeout, given.close_code, given.label) == (2.5, 4000, "out")
+
+
+async def test_the_handshake_carries_the_headers_and_offers_the_subprotocols() -> None:
+    async with recording_server() as (url, seen):
+        sink = to_websocket(url, headers={"X-Token": "t0k"}, subprotocols=["v1.app", "v2.app"])
+        assert await Pipeline(sink).collect(["x"]) == ["x"]
+    assert seen["headers"]["x-token"] == "t0k"
+    assert seen["headers"]["sec-websocket-protocol"] == "v1.app, v2.app"
+    assert seen["frames"] == [(0x1, b"x"), (0x8, b"\x03\xe8")]
+
+
+async def test_json_keeps_non_ascii_text_and_a_given_serializer_replaces_json_dumps() -> None:
+    async with recording_server() as (url, seen):
+        await Pipeline(to_websocket(url, mode="json")).collect([{"city": "Zürich"}, [1, "€"]])
+    assert seen["frames"][:2] == [(0x1, '{"city": "Zürich"}'.encode()), (0x1, '[1, "€"]'.encode())]
+    async with recording_server() as (url, seen):
+        await Pipeline(to_websocket(url, mode="json", serializer=lambda item: f"<{item}>")).collect([7])
+    assert seen["frames"][0] == (0x1, b"<7>")
+
+
+async def test_bytes_mode_sends_bytes_like_items_as_they_are_and_text_as_utf8() -> None:
+    async with recording_server() as (url, seen):
+        items = [b"ab", bytearray(b"cd"), memoryview(b"ef"), "é"]
+        await Pipeline(to_websocket(url, mode="bytes")).collect(items)
+    assert seen["frames"][:4] == [(0x2, b"ab"), (0x2, b"cd"), (0x2, b"ef"), (0x2, "é".encode())]
+
+
+async def test_bytes_mode_names_the_type_it_refuses() -> None:
+    async with recording_server() as (url, _):
+        with pytest.raises(TypeError) as info:
+            await Pipeline(to_websocket(url, mode="bytes", name="out")).collect([{"k": 1}])
+    assert str(info.value) == f"out ({url}): mode='bytes' sends bytes or str, not dict"
+
+
+async def test_text_mode_sends_str_of_other_items_and_bytes_as_binary() -> None:
+    async with recording_server() as (url, seen):
+        await Pipeline(to_websocket(url)).collect([1.5, "s", b"\x00\xff"])
+    assert seen["frames"][:3] == [(0x1, b"1.5"), (0x1, b"s"), (0x2, b"\x00\xff")]
+
+
+@VIRTUAL
+@pytest.mark.parametrize("given", [None, 2.5])
+async def test_a_handshake_the_server_never_answers_fails_after_the_connect_timeout(given: float | None) -> None:
+    """The connect timeout (10 s unless given) bounds the wait for the server's answer to the handshake."""
+    answered = anyio.Event()
+
+    async def silent(stream: anyio.abc.SocketStream) -> None:
+        await read_request(stream)
+        await answered.wait()  # never set: the server keeps the connection and says nothing
+
+    options = {} if given is None else {"connect_timeout": given}
+    async with raw_server(silent) as port:
+        url = f"ws://127.0.0.1:{port}/"
+        started = anyio.current_time()
+        with anyio.fail_after(100), pytest.raises(ConnectionLost, match=r"cannot connect"):
+            await Pipeline(to_websocket(url, **options)).collect(["x"])
+        assert anyio.current_time() - started == pytest.approx(10.0 if given is None else given)
+
