@@ -19,7 +19,7 @@ import anyio.abc
 import pytest
 from trio.testing import MockClock
 
-from talkpipe_async import Pipeline
+from talkpipe_async import Pipeline, source
 from talkpipe_async.sinks import to_websocket
 from talkpipe_async.sources import ConnectionLost, WebSocketStats
 from tests.helpers.net import raw_server, read_request, ws_frame
@@ -151,3 +151,67 @@ async def test_a_handshake_the_server_never_answers_fails_after_the_connect_time
             await Pipeline(to_websocket(url, **options)).collect(["x"])
         assert anyio.current_time() - started == pytest.approx(10.0 if given is None else given)
 
+
+
+async def test_the_close_frame_carries_the_given_code_and_one_stats_counts_every_run() -> None:
+    stats = WebSocketStats()
+    async with recording_server() as (url, seen):
+        await Pipeline(to_websocket(url, close_code=4000, stats=stats)).collect(["a"])
+    assert seen["frames"] == [(0x1, b"a"), (0x8, (4000).to_bytes(2, "big"))]
+    async with recording_server() as (url, seen):
+        await Pipeline(to_websocket(url, stats=stats)).collect(["b"])
+    assert seen["frames"][-1] == (0x8, (1000).to_bytes(2, "big"))
+    assert (stats.connections, stats.items) == (2, 2)
+
+
+async def test_a_message_too_big_for_the_reader_is_dropped_and_counted_and_sending_goes_on() -> None:
+    """What the server sends the sink is read and discarded; a message over the reader's 1 MiB is dropped as it
+    arrives and counted, not an error: the items after it are still sent."""
+    stats = WebSocketStats()
+    big = anyio.Event()
+
+    async def handler(stream: anyio.abc.SocketStream) -> None:
+        headers = await read_request(stream)
+        key = headers["sec-websocket-key"].encode()
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
+        await stream.send(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+        )
+        await stream.send(ws_frame(b"x" * ((1 << 20) + 1)))
+        big.set()
+        data = b""
+        while not client_frames(data)[1]:
+            data += await stream.receive()
+        seen.extend(client_frames(data)[0])
+        await stream.send(ws_frame(b"\x03\xe8", opcode=0x8))
+
+    seen: list[Frame] = []
+
+    @source
+    async def items() -> AsyncIterator[str]:
+        await big.wait()
+        while not (stats.dropped_messages or stats.last_error):  # the reader has not met the big message yet
+            await anyio.sleep(0.001)
+        yield "after"
+
+    async with raw_server(handler) as port:
+        with anyio.fail_after(30):
+            await Pipeline(items(), to_websocket(f"ws://127.0.0.1:{port}/", stats=stats)).collect()
+    assert (stats.dropped_messages, stats.last_error) == (1, "")
+    assert seen == [(0x1, b"after"), (0x8, b"\x03\xe8")]
+
+
+async def test_the_reader_task_is_named_after_the_stage() -> None:
+    """The task that reads what the server sends carries the stage's name (it is started before the first item is
+    asked for), so a task dump shows whose it is."""
+    names: list[str] = []
+
+    @source
+    async def items() -> AsyncIterator[str]:
+        names.extend(str(task.name) for task in anyio.get_running_tasks())
+        yield "x"
+
+    async with recording_server() as (url, _):
+        await Pipeline(items(), to_websocket(url, name="out")).collect()
+    assert "out reader" in names
