@@ -7,6 +7,7 @@ The Unix side talks to the socket through ``anyio.wait_readable`` /
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import ssl
@@ -111,6 +112,10 @@ async def connect_unix(path: str) -> RawUnixStream:
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 raise OSError(err, os.strerror(err), path) from None
+            try:
+                sock.getpeername()
+            except OSError:  # Linux's EAGAIN: the listener's backlog is full and the socket was left unconnected
+                raise ConnectionRefusedError(errno.ECONNREFUSED, "the listener's backlog is full", path) from None
     except BaseException:
         sock.close()
         raise
