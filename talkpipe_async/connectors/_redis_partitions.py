@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._core._closing import _groups, _unwrap
 from ._base import CLOSE_TIMEOUT, AckToken, BrokerSession, ConnectorStats, Message
 from ._outage import OutageGuard
 from ._partitions import Coordinator, LeaseTable
@@ -334,7 +335,9 @@ class RedisPartitionSession(BrokerSession):
                 tg.start_soon(self._ack_timer)
                 tg.start_soon(self._lease_loop)
         except Exception as exc:  # handed to the read loop and the next ack, which raise it
-            self.failure = exc
+            # The task group wraps the failing task's error; keep the error itself, with its own type, so that a
+            # stage acknowledging a message can catch ``BrokerUnavailable`` (the plain session's errors are bare).
+            self.failure = _unwrap(exc) or exc if isinstance(exc, _groups()) else exc
         await anyio.sleep_forever()
 
     async def _ack_timer(self) -> None:

@@ -210,7 +210,7 @@ class RedisSession(BrokerSession):
         for raw_id, fields in entries:
             id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
             count = deliveries.get(raw_id, 1)
-            if fields is None:  # deleted from the stream while pending: nothing to deliver
+            if not fields:  # deleted from the stream while pending (redis-py gives {}): nothing to deliver
                 poison[id] = ({}, "entry deleted from the stream", count)
                 continue
             if count > max_deliveries:
