@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from talkpipe_async.sources import tail_file
 from talkpipe_async.sources._tail_chain import _Tailer
@@ -31,3 +33,14 @@ def make_tailer() -> Iterator[Any]:
     yield make
     for t in made:
         t.close()
+
+
+@pytest.fixture(scope="module")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context) for ``localhost``, from a throwaway CA the client alone trusts."""
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client

@@ -32,7 +32,6 @@ import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
-import trustme
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSListener, TLSStream
 
@@ -43,17 +42,6 @@ from talkpipe_async._net.tls import CountingTLSListener, hang_up
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context) for ``localhost``."""
-    ca = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
 
 
 # --- check_unix_path -------------------------------------------------------------------------------------------------

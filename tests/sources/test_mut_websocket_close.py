@@ -25,7 +25,6 @@ import anyio.abc
 import httpcore
 import httpx
 import pytest
-import trustme
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSListener
 from httpx_ws.transport import ASGIWebSocketTransport
@@ -77,17 +76,6 @@ async def until_close(stream: anyio.abc.ByteStream) -> int | None:
 
 
 # -- wss:// ------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context) for ``localhost``, from a throwaway CA."""
-    ca = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
 
 
 @asynccontextmanager

@@ -18,23 +18,11 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-import trustme
 
 from talkpipe_async import Pipeline
 from talkpipe_async.sources import NetStats, tcp_server_lines
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context) for ``localhost``."""
-    ca = trustme.CA()
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server)
-    client = ssl.create_default_context()
-    ca.configure_trust(client)
-    return server, client
 
 
 def std_client(port: int, context: ssl.SSLContext, payload: bytes) -> str:
