@@ -249,15 +249,27 @@ async def scripted(script: Script, path: str = "/") -> AsyncIterator[tuple[str, 
         yield f"http://127.0.0.1:{port}{path}", seen
 
 
-async def ws_handshake(stream: anyio.abc.SocketStream) -> None:
-    """The server side of a WebSocket handshake, by hand."""
+async def ws_handshake(stream: anyio.abc.SocketStream, *, choose_subprotocol: bool = False) -> dict[str, str]:
+    """The server side of a WebSocket handshake, by hand; the request's headers (lower-case names).
+
+    With *choose_subprotocol*, the first subprotocol the client offers is accepted.
+    """
     headers = await read_request(stream)
     key = headers["sec-websocket-key"].encode()
     accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
+    offered = headers.get("sec-websocket-protocol", "") if choose_subprotocol else ""
+    chosen = f"Sec-WebSocket-Protocol: {offered.split(',')[0].strip()}\r\n" if offered else ""
     await stream.send(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
+        + f"Sec-WebSocket-Accept: {accept}\r\n{chosen}\r\n".encode()
     )
+    return headers
+
+
+async def hold_after_request(stream: anyio.abc.SocketStream) -> None:
+    """A server that reads the request, then keeps the connection and never answers."""
+    await read_request(stream)
+    await anyio.sleep_forever()
 
 
 def ws_frame(payload: bytes, *, opcode: int = 0x1, fin: bool = True) -> bytes:
@@ -269,6 +281,29 @@ def ws_frame(payload: bytes, *, opcode: int = 0x1, fin: bool = True) -> bytes:
     if n < 1 << 16:
         return head + bytes([126]) + struct.pack("!H", n) + payload
     return head + bytes([127]) + struct.pack("!Q", n) + payload
+
+
+def ws_close_frame(code: int, reason: bytes = b"") -> bytes:
+    """A server-to-client close frame with *code* and *reason*."""
+    return ws_frame(code.to_bytes(2, "big") + reason, opcode=0x8)
+
+
+def client_frames(data: bytes) -> list[tuple[int, bytes]]:
+    """The whole masked (client-to-server) frames at the start of *data*: their opcodes and unmasked payloads."""
+    frames: list[tuple[int, bytes]] = []
+    i = 0
+    while i + 2 <= len(data):
+        opcode, size, at = data[i] & 0x0F, data[i + 1] & 0x7F, i + 2
+        if size == 126:
+            size, at = int.from_bytes(data[at : at + 2], "big"), at + 2
+        elif size == 127:
+            size, at = int.from_bytes(data[at : at + 8], "big"), at + 8
+        if at + 4 + size > len(data):
+            break
+        mask, payload = data[at : at + 4], data[at + 4 : at + 4 + size]
+        frames.append((opcode, bytes(b ^ mask[n % 4] for n, b in enumerate(payload))))
+        i = at + 4 + size
+    return frames
 
 
 def reset(stream: anyio.abc.SocketStream) -> None:

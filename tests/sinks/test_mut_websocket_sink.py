@@ -8,8 +8,6 @@ handshake the server never answers, measured on trio's virtual clock, where only
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,7 +20,7 @@ from trio.testing import MockClock
 from talkpipe_async import Pipeline, source
 from talkpipe_async.sinks import to_websocket
 from talkpipe_async.sources import ConnectionLost, WebSocketStats
-from tests.helpers.net import raw_server, read_request, ws_frame
+from tests.helpers.net import client_frames, hold_after_request, raw_server, ws_close_frame, ws_frame, ws_handshake
 
 pytestmark = pytest.mark.anyio
 
@@ -33,22 +31,15 @@ VIRTUAL = pytest.mark.parametrize(
 Frame = tuple[int, bytes]  # opcode, unmasked payload
 
 
-def client_frames(data: bytes) -> tuple[list[Frame], bool]:
-    """The whole masked (client-to-server) frames in *data*, and whether a close frame is among them."""
-    frames: list[Frame] = []
-    i = 0
-    while i + 2 <= len(data):
-        opcode, size, at = data[i] & 0x0F, data[i + 1] & 0x7F, i + 2
-        if size == 126:
-            size, at = int.from_bytes(data[at : at + 2], "big"), at + 2
-        elif size == 127:
-            size, at = int.from_bytes(data[at : at + 8], "big"), at + 8
-        if at + 4 + size > len(data):
-            break
-        mask, payload = data[at : at + 4], data[at + 4 : at + 4 + size]
-        frames.append((opcode, bytes(b ^ mask[n % 4] for n, b in enumerate(payload))))
-        i = at + 4 + size
-    return frames, any(opcode == 0x8 for opcode, _ in frames)
+async def frames_until_close(stream: anyio.abc.SocketStream) -> list[Frame]:
+    """The client's frames, read until its close frame is among them; then the server's close reply is sent."""
+    data = b""
+    frames = client_frames(data)
+    while not any(opcode == 0x8 for opcode, _ in frames):
+        data += await stream.receive()
+        frames = client_frames(data)
+    await stream.send(ws_close_frame(1000))
+    return frames
 
 
 @asynccontextmanager
@@ -58,23 +49,8 @@ async def recording_server() -> AsyncIterator[tuple[str, dict[str, Any]]]:
     seen: dict[str, Any] = {}
 
     async def handler(stream: anyio.abc.SocketStream) -> None:
-        headers = await read_request(stream)
-        seen["headers"] = headers
-        key = headers["sec-websocket-key"].encode()
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
-        offered = headers.get("sec-websocket-protocol", "")
-        chosen = f"Sec-WebSocket-Protocol: {offered.split(',')[0].strip()}\r\n" if offered else ""
-        await stream.send(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + f"Sec-WebSocket-Accept: {accept}\r\n{chosen}\r\n".encode()
-        )
-        data = b""
-        frames, closed = client_frames(data)
-        while not closed:
-            data += await stream.receive()
-            frames, closed = client_frames(data)
-        seen["frames"] = frames
-        await stream.send(ws_frame(b"\x03\xe8", opcode=0x8))
+        seen["headers"] = await ws_handshake(stream, choose_subprotocol=True)
+        seen["frames"] = await frames_until_close(stream)
 
     async with raw_server(handler) as port:
         yield f"ws://127.0.0.1:{port}/in", seen
@@ -137,20 +113,13 @@ async def test_text_mode_sends_str_of_other_items_and_bytes_as_binary() -> None:
 @pytest.mark.parametrize("given", [None, 2.5])
 async def test_a_handshake_the_server_never_answers_fails_after_the_connect_timeout(given: float | None) -> None:
     """The connect timeout (10 s unless given) bounds the wait for the server's answer to the handshake."""
-    answered = anyio.Event()
-
-    async def silent(stream: anyio.abc.SocketStream) -> None:
-        await read_request(stream)
-        await answered.wait()  # never set: the server keeps the connection and says nothing
-
-    options = {} if given is None else {"connect_timeout": given}
-    async with raw_server(silent) as port:
+    options: dict[str, Any] = {} if given is None else {"connect_timeout": given}
+    async with raw_server(hold_after_request) as port:
         url = f"ws://127.0.0.1:{port}/"
         started = anyio.current_time()
         with anyio.fail_after(100), pytest.raises(ConnectionLost, match=r"cannot connect"):
             await Pipeline(to_websocket(url, **options)).collect(["x"])
         assert anyio.current_time() - started == pytest.approx(10.0 if given is None else given)
-
 
 
 async def test_the_close_frame_carries_the_given_code_and_one_stats_counts_every_run() -> None:
@@ -171,20 +140,10 @@ async def test_a_message_too_big_for_the_reader_is_dropped_and_counted_and_sendi
     big = anyio.Event()
 
     async def handler(stream: anyio.abc.SocketStream) -> None:
-        headers = await read_request(stream)
-        key = headers["sec-websocket-key"].encode()
-        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()).decode()
-        await stream.send(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode()
-        )
+        await ws_handshake(stream)
         await stream.send(ws_frame(b"x" * ((1 << 20) + 1)))
         big.set()
-        data = b""
-        while not client_frames(data)[1]:
-            data += await stream.receive()
-        seen.extend(client_frames(data)[0])
-        await stream.send(ws_frame(b"\x03\xe8", opcode=0x8))
+        seen.extend(await frames_until_close(stream))
 
     seen: list[Frame] = []
 

@@ -33,34 +33,18 @@ from talkpipe_async import Pipeline, source
 from talkpipe_async._net.websocket import connect
 from talkpipe_async.sinks import to_websocket
 from talkpipe_async.sources import MessageTooLarge, WebSocketClosed, WebSocketStats, websocket_messages
-from tests.helpers.net import raw_server, reset, ws_frame, ws_handshake
+from tests.helpers.net import client_frames, raw_server, reset, ws_close_frame, ws_frame, ws_handshake
 
 pytestmark = pytest.mark.anyio
 
 NORMAL = ws_frame(b"\x03\xe8", opcode=0x8)  # a close frame with code 1000
 
 
-def close_frame(code: int, reason: bytes = b"") -> bytes:
-    return ws_frame(code.to_bytes(2, "big") + reason, opcode=0x8)
-
-
 def client_close(data: bytes) -> tuple[int, bytes] | None:
     """The (code, payload) of the first masked close frame in *data* (code -1 without one), or None."""
-    i = 0
-    while i + 2 <= len(data):
-        opcode, size = data[i] & 0x0F, data[i + 1] & 0x7F
-        head = 2
-        if size == 126:
-            size, head = int.from_bytes(data[i + 2 : i + 4], "big"), 4
-        elif size == 127:
-            size, head = int.from_bytes(data[i + 2 : i + 10], "big"), 10
-        if len(data) < i + head + 4 + size:
-            return None
-        mask = data[i + head : i + head + 4]
-        payload = bytes(b ^ mask[n % 4] for n, b in enumerate(data[i + head + 4 : i + head + 4 + size]))
+    for opcode, payload in client_frames(data):
         if opcode == 0x8:
             return (int.from_bytes(payload[:2], "big") if len(payload) >= 2 else -1), payload
-        i += head + 4 + size
     return None
 
 
@@ -146,13 +130,13 @@ async def sink_error_after_close(close: bytes) -> tuple[str, WebSocketClosed]:
 
 
 async def test_a_sink_whose_peer_closed_names_its_code_and_reason() -> None:
-    label, error = await sink_error_after_close(close_frame(4000, b"going away now"))
+    label, error = await sink_error_after_close(ws_close_frame(4000, b"going away now"))
     assert str(error) == f"{label}: cannot send, the connection is closed (code 4000: going away now)"
     assert (error.code, error.reason) == (4000, "going away now")
 
 
 async def test_a_sink_whose_peer_closed_without_a_reason_names_the_code_alone() -> None:
-    label, error = await sink_error_after_close(close_frame(4001))
+    label, error = await sink_error_after_close(ws_close_frame(4001))
     assert str(error) == f"{label}: cannot send, the connection is closed (code 4001)"
     assert (error.code, error.reason) == (4001, "")
 
@@ -279,7 +263,7 @@ async def test_message_too_large_names_the_limit_and_the_size_seen() -> None:
         await ws_handshake(stream)
         await stream.send(ws_frame(b"x" * 300))
         await until_close(stream)
-        await stream.send(close_frame(1009))
+        await stream.send(ws_close_frame(1009))
 
     async with raw_server(server) as port:
         with pytest.raises(MessageTooLarge) as info:
@@ -297,7 +281,7 @@ async def test_a_session_raises_at_an_oversized_message_unless_told_otherwise() 
         await ws_handshake(stream)
         await stream.send(ws_frame(b"x" * 300) + ws_frame(b"after"))
         seen.append(await until_close(stream))
-        await stream.send(close_frame(1009))
+        await stream.send(ws_close_frame(1009))
 
     stats = WebSocketStats()
     async with raw_server(server) as port, httpx.AsyncClient() as client:
@@ -331,7 +315,7 @@ async def test_a_protocol_error_of_the_peer_is_answered_with_its_close_code() ->
         await ws_handshake(stream)
         await stream.send(ws_frame(b"ok") + ws_frame(b"\xff\xfe"))
         seen.append(await until_close(stream))
-        await stream.send(close_frame(1007))
+        await stream.send(ws_close_frame(1007))
 
     got: list[str] = []
     async with raw_server(server) as port:
@@ -360,7 +344,7 @@ async def test_bytes_received_counts_every_read() -> None:
 @pytest.mark.parametrize("reason", [b"", b"see you"])
 async def test_the_close_handshake_counts_its_bytes_and_records_the_reply(reason: bytes) -> None:
     """Leaving early: what the peer still sends before its close reply is read, counted and discarded."""
-    late = ws_frame(b"late" * 10) + ws_frame(b"later" * 10) + close_frame(1000, reason)
+    late = ws_frame(b"late" * 10) + ws_frame(b"later" * 10) + ws_close_frame(1000, reason)
     seen: list[int | None] = []
 
     async def server(stream: anyio.abc.SocketStream) -> None:
@@ -392,7 +376,7 @@ async def test_a_cancelled_run_still_completes_its_closing_handshake() -> None:
         await ws_handshake(stream)
         await stream.send(ws_frame(b"one") + ws_frame(b"two"))
         seen.append(await until_close(stream))
-        await stream.send(close_frame(1000, b"bye"))
+        await stream.send(ws_close_frame(1000, b"bye"))
         replied.set()
         await until_close(stream)
 
@@ -417,7 +401,7 @@ async def test_a_run_cancelled_while_waiting_for_a_message_still_completes_its_c
         await ws_handshake(stream)
         await stream.send(ws_frame(b"one"))  # then silence
         seen.append(await until_close(stream))
-        await stream.send(close_frame(1000, b"bye"))
+        await stream.send(ws_close_frame(1000, b"bye"))
         await until_close(stream)
 
     stats = WebSocketStats()
@@ -445,7 +429,7 @@ async def test_a_session_left_by_cancellation_completes_its_closing_handshake() 
         await ws_handshake(stream)
         await stream.send(ws_frame(b"one"))  # then silence
         seen.append(await until_close(stream))
-        await stream.send(close_frame(4003, b"bye"))
+        await stream.send(ws_close_frame(4003, b"bye"))
         await until_close(stream)
 
     stats = WebSocketStats()

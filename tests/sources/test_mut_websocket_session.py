@@ -22,7 +22,7 @@ from talkpipe_async import Pipeline
 from talkpipe_async._net import websocket as _ws
 from talkpipe_async.sinks import to_websocket
 from talkpipe_async.sources import WebSocketRejected, websocket_messages
-from tests.helpers.net import parse_head, raw_server, ws_frame, ws_handshake
+from tests.helpers.net import client_frames, parse_head, raw_server, ws_frame, ws_handshake
 
 pytestmark = pytest.mark.anyio
 
@@ -152,19 +152,9 @@ def test_without_httpx_ws_the_stages_say_what_to_install(monkeypatch: pytest.Mon
 
 def close_code_of(data: bytes) -> int | None:
     """The code of the first (masked, client-to-server) close frame in *data*, or None."""
-    i = 0
-    while i + 2 <= len(data):
-        opcode, size = data[i] & 0x0F, data[i + 1] & 0x7F
-        head = 2
-        if size == 126:
-            size, head = int.from_bytes(data[i + 2 : i + 4], "big"), 4
-        elif size == 127:
-            size, head = int.from_bytes(data[i + 2 : i + 10], "big"), 10
-        mask = data[i + head : i + head + 4]
-        payload = bytes(b ^ mask[n % 4] for n, b in enumerate(data[i + head + 4 : i + head + 4 + size]))
+    for opcode, payload in client_frames(data):
         if opcode == 0x8:
             return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-        i += head + 4 + size
     return None
 
 

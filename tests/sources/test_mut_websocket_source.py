@@ -22,7 +22,7 @@ from talkpipe_async.sources import (
     WebSocketStats,
     websocket_messages,
 )
-from tests.helpers.net import raw_server, read_request, ws_frame, ws_handshake
+from tests.helpers.net import hold_after_request, raw_server, ws_close_frame, ws_frame, ws_handshake
 
 pytestmark = pytest.mark.anyio
 
@@ -80,14 +80,8 @@ def test_a_malformed_message_names_the_source_and_keeps_the_first_200_bytes() ->
 @VIRTUAL
 @pytest.mark.parametrize("given", [None, 2.5])
 async def test_a_handshake_the_server_never_answers_fails_after_the_connect_timeout(given: float | None) -> None:
-    answered = anyio.Event()
-
-    async def silent(stream: anyio.abc.SocketStream) -> None:
-        await read_request(stream)
-        await answered.wait()  # never set: the server keeps the connection and says nothing
-
-    options = {} if given is None else {"connect_timeout": given}
-    async with raw_server(silent) as port:
+    options: dict[str, Any] = {} if given is None else {"connect_timeout": given}
+    async with raw_server(hold_after_request) as port:
         started = anyio.current_time()
         with anyio.fail_after(100), pytest.raises(ConnectionLost):
             await Pipeline(websocket_messages(f"ws://127.0.0.1:{port}/", **options)).collect()
@@ -106,16 +100,12 @@ def scripted_ws(*frames: bytes) -> Any:
     return handler
 
 
-def close_frame(code: int, reason: bytes = b"") -> bytes:
-    return ws_frame(code.to_bytes(2, "big") + reason, opcode=0x8)
-
-
 @pytest.mark.parametrize(("reason", "detail"), [(b"boom", ": boom"), (b"", "")])
 async def test_an_abnormal_close_names_its_code_and_reason_in_the_error_and_the_stats(
     reason: bytes, detail: str
 ) -> None:
     stats = WebSocketStats()
-    async with raw_server(scripted_ws(ws_frame(b"one"), close_frame(1011, reason))) as port:
+    async with raw_server(scripted_ws(ws_frame(b"one"), ws_close_frame(1011, reason))) as port:
         url = f"ws://127.0.0.1:{port}/"
         got: list[str] = []
         with pytest.raises(WebSocketClosed) as info:
@@ -143,7 +133,7 @@ async def test_giving_up_names_the_last_error_and_keeps_it_as_the_cause() -> Non
 
 
 async def test_text_mode_decodes_binary_messages_with_the_given_error_handler() -> None:
-    async with raw_server(scripted_ws(ws_frame(b"ok \xff", opcode=0x2), close_frame(1000))) as port:
+    async with raw_server(scripted_ws(ws_frame(b"ok \xff", opcode=0x2), ws_close_frame(1000))) as port:
         url = f"ws://127.0.0.1:{port}/"
         assert await Pipeline(websocket_messages(url, encoding_errors="ignore")).collect() == ["ok "]
         assert await Pipeline(websocket_messages(url)).collect() == ["ok \ufffd"]
@@ -152,7 +142,7 @@ async def test_text_mode_decodes_binary_messages_with_the_given_error_handler() 
 async def test_skipped_malformed_messages_are_counted_and_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="talkpipe_async.net")
     stats = WebSocketStats()
-    frames = ws_frame(b"{bad"), ws_frame(b"[1]"), ws_frame(b"also bad", opcode=0x2), close_frame(1000)
+    frames = ws_frame(b"{bad"), ws_frame(b"[1]"), ws_frame(b"also bad", opcode=0x2), ws_close_frame(1000)
     async with raw_server(scripted_ws(*frames)) as port:
         url = f"ws://127.0.0.1:{port}/"
         source = websocket_messages(url, mode="json", on_error="skip", stats=stats, name="feed")
@@ -165,7 +155,7 @@ async def test_skipped_malformed_messages_are_counted_and_warned_about_once(capl
 
 async def test_a_malformed_binary_message_reaches_the_hook_with_its_bytes() -> None:
     seen: list[MalformedMessage] = []
-    async with raw_server(scripted_ws(ws_frame(b"{bad", opcode=0x2), ws_frame(b"{also"), close_frame(1000))) as port:
+    async with raw_server(scripted_ws(ws_frame(b"{bad", opcode=0x2), ws_frame(b"{also"), ws_close_frame(1000))) as port:
         url = f"ws://127.0.0.1:{port}/"
         source = websocket_messages(url, mode="json", on_error=seen.append, name="feed")
         assert await Pipeline(source).collect() == []

@@ -32,7 +32,7 @@ from talkpipe_async.sources import (
     WebSocketStats,
     websocket_messages,
 )
-from tests.helpers.net import FAST, AppServer, raw_server, send_until_the_kernel_refuses
+from tests.helpers.net import FAST, AppServer, client_frames, raw_server, send_until_the_kernel_refuses
 from tests.helpers.net import ws_frame as frame
 from tests.helpers.net import ws_handshake as _handshake
 
@@ -316,19 +316,10 @@ async def test_read_timeout_counts_a_silent_connection_as_dropped() -> None:
 
 
 async def read_client_frames(stream: anyio.abc.SocketStream, count: int) -> list[tuple[int, bytes]]:
-    """Read *count* masked (client-to-server) frames: their opcodes and unmasked payloads."""
+    """Read at least *count* masked (client-to-server) frames: their opcodes and unmasked payloads."""
     data = b""
-    frames: list[tuple[int, bytes]] = []
-    while len(frames) < count:
+    while len(frames := client_frames(data)) < count:
         data += await stream.receive()
-        while len(data) >= 6:
-            n = data[1] & 0x7F
-            assert n < 126, "small frames only"
-            if len(data) < 6 + n:
-                break
-            mask, payload = data[2:6], data[6 : 6 + n]
-            frames.append((data[0] & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(payload))))
-            data = data[6 + n :]
     return frames
 
 
