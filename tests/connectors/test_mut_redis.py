@@ -107,6 +107,19 @@ def the_error(exc: BaseException | None) -> BaseException | None:
     return exc
 
 
+def record_command_names(session: RedisPartitionSession | RedisSession) -> list[str]:
+    """A list that gets the name of every command the session sends through its outage guard, in order."""
+    names: list[str] = []
+    call = session.guard.call
+
+    async def named(what: str, func: Any, *args: Any, **kw: Any) -> Any:
+        names.append(what)
+        return await call(what, func, *args, **kw)
+
+    session.guard.call = named  # type: ignore[method-assign]
+    return names
+
+
 def watch_close(session: RedisPartitionSession | RedisSession) -> list[bool]:
     """A list that gets ``True`` when the session closes its client."""
     closed: list[bool] = []
@@ -742,14 +755,7 @@ async def test_close_warns_when_the_broker_is_gone_and_still_closes(redis_url: s
 async def test_each_command_is_named_for_the_outage_messages(redis_url: str, client: Any, stream: str) -> None:
     """Every command goes through the outage guard under the name its warnings and errors show."""
     async with opened(redis_url, stream, partitions=1, start=False) as session:
-        names: list[str] = []
-        call = session.guard.call
-
-        async def named(what: str, func: Any, *args: Any, **kw: Any) -> Any:
-            names.append(what)
-            return await call(what, func, *args, **kw)
-
-        session.guard.call = named  # type: ignore[method-assign]
+        names = record_command_names(session)
         await client.xgroup_create(f"{stream}:0", "g", id="0", mkstream=True)
         await add(client, f"{stream}:0", 1, 2, 3)
         await client.xreadgroup("g", "dead", {f"{stream}:0": ">"}, count=1)
@@ -953,14 +959,7 @@ async def test_plain_each_command_is_named_for_the_outage_messages(redis_url: st
     await client.xreadgroup("g", "dead", {stream: ">"}, count=1)
     await client.xreadgroup("g", "a", {stream: ">"}, count=1)
     async with plain(redis_url, stream, claim_idle=0.0) as session:
-        names: list[str] = []
-        call = session.guard.call
-
-        async def named(what: str, func: Any, *args: Any, **kw: Any) -> Any:
-            names.append(what)
-            return await call(what, func, *args, **kw)
-
-        session.guard.call = named  # type: ignore[method-assign]
+        names = record_command_names(session)
         own = await plain_take(session)
         assert [m.id for m in own] == [ids[1]]
         assert names == ["XREADGROUP (own pending)", "XPENDING"]
