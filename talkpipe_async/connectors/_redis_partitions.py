@@ -337,7 +337,7 @@ class RedisPartitionSession(BrokerSession):
         except Exception as exc:  # handed to the read loop and the next ack, which raise it
             # The task group wraps the failing task's error; keep the error itself, with its own type, so that a
             # stage acknowledging a message can catch ``BrokerUnavailable`` (the plain session's errors are bare).
-            self.failure = _unwrap(exc) or exc if isinstance(exc, _groups()) else exc
+            self.failure = (_unwrap(exc) or exc) if isinstance(exc, _groups()) else exc
         await anyio.sleep_forever()
 
     async def _ack_timer(self) -> None:
