@@ -59,6 +59,18 @@ def redis_transient() -> tuple[type[BaseException], ...]:
     return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 
 
+def _reply_timeout(timeout: float, block: float = 0.0) -> float:
+    """How long the client waits for one reply: past the stages' own deadline for one call.
+
+    That deadline is ``timeout + 5`` seconds, plus the time a blocking read
+    asks the server to wait.  redis-py's own default (5 s) would cut a
+    healthy read that blocks longer and report it as an outage; with this
+    bound the outage guard decides when a call has failed, and a command
+    sent outside the guard (creating a group) still cannot hang forever.
+    """
+    return timeout + 5.0 + block + 1.0
+
+
 async def connect_redis(url: str, *, retries: int = 3, connect_timeout: float = 2.0,
                         **options: Any) -> Any:
     """A ``redis.asyncio.Redis`` client for *url*, checked with ``PING``.
@@ -201,7 +213,8 @@ class redis_stream_messages(BrokerSource):
         self.outage_budget = outage_budget
 
     async def _open(self) -> BrokerSession:
-        client = await connect_redis(self.url, retries=self.retries, connect_timeout=self.timeout)
+        client = await connect_redis(self.url, retries=self.retries, connect_timeout=self.timeout,
+                                     socket_timeout=_reply_timeout(self.timeout, self.wait))
         if self.partitions is not None:
             session = RedisPartitionSession(self, client, self.consumer or default_consumer_name(), redis_transient())
             try:
@@ -304,7 +317,8 @@ class to_redis_stream(BrokerSink):
         self.outage_budget = outage_budget
 
     async def _open_writer(self) -> BatchWriter:
-        client = await connect_redis(self.url, retries=self.retries, connect_timeout=self.timeout)
+        client = await connect_redis(self.url, retries=self.retries, connect_timeout=self.timeout,
+                                     socket_timeout=_reply_timeout(self.timeout))
         return _RedisWriter(self, client)
 
 
