@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Literal
 
 import anyio
+import anyio.lowlevel
 
 from .._aio import require_asyncio
 from .._core._channel import Channel, ChannelClosed
@@ -335,8 +336,24 @@ async def _close_shielded(closer: Callable[[], Awaitable[None]], what: str) -> N
                        "messages are delivered again, leases lapse after lease_ttl)", what, CLOSE_TIMEOUT)
 
 
-async def _keep_session(session: BrokerSession, label: str) -> None:
+class _Closer:
+    """Who closes a session: the run's task, once it has started, or else the source when it ends."""
+
+    __slots__ = ("taken",)
+
+    def __init__(self) -> None:
+        self.taken = False
+
+    def take(self) -> bool:
+        """True for the first caller only."""
+        first, self.taken = not self.taken, True
+        return first
+
+
+async def _keep_session(session: BrokerSession, label: str, closer: _Closer) -> None:
     """Run the session's background work; close it when the run ends (after every stage closed)."""
+    if not closer.take():
+        return  # the run ended before this task started, and the source closed the session itself
     try:
         await session.background()
     finally:
@@ -399,7 +416,7 @@ class BrokerSource(AbstractSource[Message[Any]]):
         require_asyncio(self.label, CLIENTS)
         self.stopping = False
         session = self._session = await self._open()
-        kept = self._keep_open(session)
+        closer = await self._keep_open(session)
         try:
             idle_exit = self.idle_exit
             last = anyio.current_time()
@@ -438,22 +455,26 @@ class BrokerSource(AbstractSource[Message[Any]]):
             await _hand_back_unyielded(session, self.label)
         finally:
             self._session = None
-            if not kept:
+            if closer.take():
                 await _close_shielded(session.aclose, f"{self.label}: closing the session")
 
-    def _keep_open(self, session: BrokerSession) -> bool:
-        """Give the session to the run, which closes it when the run ends; False outside a run.
+    async def _keep_open(self, session: BrokerSession) -> _Closer:
+        """Give the session to the run, which closes it when the run ends; outside a run the source closes it.
 
         The run closes it after every stage has closed, so acknowledgements
-        issued after the source has finished still reach the broker; outside
-        a run the source closes it itself when it ends.
+        issued after the source has finished still reach the broker.  The
+        run's task starts before the first read; if it never starts (the
+        run was already ending), the source closes the session when it ends,
+        so a run that reads nothing still disconnects and releases leases.
         """
+        closer = _Closer()
         try:
             run = current_run()
         except RuntimeError:
-            return False
-        run.start_soon(_keep_session, session, self.label, name=f"{self.label} session")
-        return True
+            return closer
+        run.start_soon(_keep_session, session, self.label, closer, name=f"{self.label} session")
+        await anyio.lowlevel.checkpoint()  # let that task start and take the close over
+        return closer
 
     def _read_wait(self, idle_exit: float | None, last: float) -> float | None:
         """How long the next read may wait: ``wait``, cut to what is left of *idle_exit*; None once that passed."""

@@ -214,3 +214,14 @@ async def test_a_read_blocking_longer_than_the_clients_own_timeout_is_not_an_out
     assert plain.stats.outages == parted.stats.outages == 0
     assert plain.stats.reads >= 1 and parted.stats.reads >= 1
     assert "unreachable" not in caplog.text
+
+
+async def test_a_run_that_reads_nothing_still_closes_its_connection_and_releases_its_leases(
+        redis_url: str, client: Any, stream: str) -> None:
+    """With ``idle_exit=0`` the run ends before its first read: the session must still be closed."""
+    before = len(await client.client_list())
+    with anyio.fail_after(10):
+        await reader(redis_url, stream, idle_exit=0.0).collect()
+        await reader(redis_url, stream, idle_exit=0.0, partitions=2, lease_ttl=30.0).collect()
+    assert len(await client.client_list()) == before
+    assert await client.keys(f"{stream}:g:lease:*") == []
