@@ -23,7 +23,7 @@ import anyio.abc
 import pytest
 
 from talkpipe_async.connectors import BrokerUnavailable, to_redis_stream
-from talkpipe_async.connectors.redis import connect_redis
+from talkpipe_async.connectors.redis import connect_redis, redis_transient
 from talkpipe_async.testing import virtual_backend
 from tests.helpers.net import raw_server
 
@@ -256,7 +256,9 @@ async def test_without_the_client_library_the_error_names_the_extra(monkeypatch:
         await connect_redis("redis://127.0.0.1:1/0")
     with pytest.raises(MissingClient) as creating:
         await ensure_group(object(), "s", "g")
-    assert str(connecting.value) == str(creating.value) == expected
+    with pytest.raises(MissingClient) as classifying:
+        redis_transient()
+    assert str(connecting.value) == str(creating.value) == str(classifying.value) == expected
 
 
 async def answer_xadd(command: list[bytes]) -> bytes | None:
