@@ -203,10 +203,14 @@ async def test_an_exact_cap_keeps_exactly_maxlen(redis_url: str, client: Any, st
 
 async def test_a_read_blocking_longer_than_the_clients_own_timeout_is_not_an_outage(
         redis_url: str, client: Any, stream: str, caplog: pytest.LogCaptureFixture) -> None:
-    """redis-py times a reply out after 5 s by default; a read asked to block longer must wait its full ``block``."""
+    """redis-py times a reply out after 5 s by default; a read asked to block longer must wait its full ``block``.
+
+    With ``timeout=0.5`` a call's own deadline is 5.5 s: the read's deadline must add the time it blocks.
+    """
     caplog.set_level(logging.WARNING, logger="talkpipe_async.connectors")
-    plain = reader(redis_url, stream, block=6.0, idle_exit=6.0, outage_budget=2.0)
-    parted = reader(redis_url, stream, block=6.0, idle_exit=6.0, outage_budget=2.0, partitions=1, lease_ttl=30.0)
+    common: dict[str, Any] = {"block": 6.0, "idle_exit": 6.0, "outage_budget": 2.0, "timeout": 0.5}
+    plain = reader(redis_url, stream, **common)
+    parted = reader(redis_url, stream, **common, partitions=1, lease_ttl=30.0)
     with anyio.fail_after(30):
         async with anyio.create_task_group() as tg:
             tg.start_soon(plain.collect)
