@@ -249,6 +249,43 @@ def test_the_documented_signature_is_the_real_one(doc: Documented) -> None:
     assert not problems, "\n".join(problems)
 
 
+#: parameters a stage keeps under another attribute name
+_STORED_AS = {"block": "wait", "fetch_wait": "wait"}
+#: parameters whose None default stands for a value derived from others (each rule is tested with its stage)
+_DERIVED = {"ack_batch", "claim_interval", "dead_letter", "name"}
+
+
+def stored_problems(doc: Documented, stage: Callable[..., Any]) -> tuple[int, list[str]]:
+    """How many documented defaults a stage made with only its required arguments keeps, and where it differs.
+
+    The signature alone can say one thing while the constructor stores another: this reads what the stage holds.
+    """
+    required = [p for p in inspect.signature(stage).parameters.values() if p.default is inspect.Parameter.empty]
+    made = stage(*[f"x{i}" for i in range(len(required))])
+    checked, problems = 0, []
+    for entry in doc.entries:
+        named = _NAMED.fullmatch(entry)
+        if not named or named.group(1) in _DERIVED:
+            continue
+        name, value = named.group(1), named.group(2).strip()
+        attribute = _STORED_AS.get(name, name)
+        if value == "..." or not hasattr(made, attribute):
+            continue
+        held = getattr(made, attribute)
+        why = _default_problem(value, held)
+        checked += 1
+        if why is not None:
+            problems.append(f"{doc.stage}(): {attribute} is {held!r}, documented {name}={value}: {why}")
+    return checked, problems
+
+
+@pytest.mark.parametrize("doc", [d for d in _DOCUMENTED if d.full], ids=[d.test_id for d in _DOCUMENTED if d.full])
+def test_a_stage_made_with_its_defaults_holds_the_documented_values(doc: Documented) -> None:
+    checked, problems = stored_problems(doc, STAGES[doc.stage])
+    assert not problems, "\n".join(problems)
+    assert checked >= 8, f"only {checked} documented defaults could be read back from {doc.stage}()"
+
+
 # The checks above would pass on a page they cannot read; these run them on a made-up stage and page.
 
 def _compact(value: Any) -> str:
