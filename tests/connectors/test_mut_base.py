@@ -10,6 +10,7 @@ stages.  The adapters over real brokers are tested in ``test_redis.py``, ``test_
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable
@@ -19,16 +20,20 @@ from typing import Any
 import anyio
 import pytest
 
-from talkpipe_async import segment, source
-from talkpipe_async.connectors import AckToken, Message, ack, consume, filter_data, map_data
+from talkpipe_async import error_context, segment, source
+from talkpipe_async.connectors import AckToken, BackendNotSupported, Message, ack, consume, filter_data, map_data
 from talkpipe_async.connectors._base import (
     CLOSE_TIMEOUT,
+    Ack,
     BatchWriter,
     BrokerSession,
     BrokerSink,
     BrokerSource,
+    MapData,
+    MissingClient,
     _Closer,
     _keep_session,
+    import_client,
     messages_in,
 )
 from talkpipe_async.connectors._partitions import partition_for
@@ -93,6 +98,8 @@ class MemoryBroker:
     failure: BaseException | None = None
     expecting: bool = False
     close_takes: float = 0.0
+    hand_back_takes: float = 0.0
+    background_error: BaseException | None = None
 
     def message(self, data: Any, id: str | None = None, **kw: Any) -> Message[Any]:
         return Message(data, Token(id or f"{data}", self.log, **kw))
@@ -123,8 +130,14 @@ class Session(BrokerSession):
     def expecting(self) -> bool:
         return self.broker.expecting
 
+    async def background(self) -> None:
+        if self.broker.background_error is not None:
+            raise self.broker.background_error
+        await anyio.sleep_forever()
+
     async def hand_back(self, tokens: list[AckToken]) -> None:
         self.broker.log.append(("hand back", [t.id for t in tokens]))
+        await anyio.sleep(self.broker.hand_back_takes)
 
     async def aclose(self) -> None:
         self.broker.log.append(("closing", anyio.current_time()))
@@ -153,6 +166,7 @@ class Writer(BatchWriter):
         self.broker.log.append(("write", payloads, partitions))
 
     async def aclose(self) -> None:
+        await anyio.sleep(self.broker.close_takes)
         self.broker.log.append("writer closed")
 
 
@@ -660,3 +674,124 @@ def test_the_sink_checks_its_arguments() -> None:
     with pytest.raises(ValueError, match="partitions"):
         Sink(broker, key="k", partitions=0)
     assert Sink(broker, batch=1).partitions_of([{"k": 1}]) is None
+
+
+# -- the stage classes, the names and the closes ---------------------------------------------------------------
+
+
+def test_a_missing_client_library_names_the_extra_to_install() -> None:
+    with pytest.raises(MissingClient) as raised:
+        import_client("talkpipe_async_no_such_client", "kafka")
+    assert str(raised.value) == ("the kafka connector needs the 'talkpipe_async_no_such_client' package: "
+                                 'pip install "talkpipe-async[kafka]"')
+    assert isinstance(raised.value.__cause__, ImportError)
+
+
+async def test_the_stage_classes_default_to_the_strict_policies() -> None:
+    """``Ack()`` refuses an item without a message and yields messages; ``MapData(f)`` lets the error end the run."""
+    broker = MemoryBroker()
+    message = broker.message("m")
+    assert await (given([message]) | Ack()).collect() == [message]
+    with pytest.raises(TypeError) as raised:
+        await (given([1]) | Ack()).collect()
+    assert str(raised.value).splitlines()[0] == "ack: item carries no Message to acknowledge: 1"
+    with pytest.raises(ZeroDivisionError):
+        await (given([broker.message(0)]) | MapData(halve)).collect()
+
+
+def test_the_broker_stages_refuse_trio_naming_the_stage_and_the_clients() -> None:
+    async def read() -> None:
+        await Source(MemoryBroker()).collect()
+
+    async def write() -> None:
+        await (given([1]) | Sink(MemoryBroker())).collect()
+
+    for run, label in ((read, "mem"), (write, "mem-sink")):
+        with pytest.raises(BackendNotSupported) as raised:
+            anyio.run(run, backend="trio")
+        assert label in str(raised.value) and "the redis and nats clients" in str(raised.value)
+
+
+async def test_each_suspect_is_counted() -> None:
+    broker = MemoryBroker()
+    broker.batches.append([broker.message(x, suspect=True) for x in "st"])
+    source = Source(broker, isolate_timeout=1.0)
+    assert data(await source.collect()) == ["s", "t"]
+    assert source.stats.isolated == 2
+
+
+async def test_the_session_holds_each_token_handed_out_by_its_id() -> None:
+    broker = MemoryBroker()
+    broker.fill(["a"])
+    source = Source(broker)
+    async with source.stream() as items:
+        first = await items.__anext__()
+        assert source.session is not None and source.session.held == {"a": first.token}
+        await first.ack()
+
+
+async def test_stop_hands_back_only_what_was_never_handed_out() -> None:
+    """A message downstream and not yet settled stays with its stage; the rest of the batch goes back."""
+    broker = MemoryBroker()
+    broker.fill(["a", "b", "c"])
+    source = Source(broker, idle_exit=None)
+    async with source.stream() as items:
+        first = await items.__anext__()
+        source.stop()
+        assert [m async for m in items] == []
+        await first.ack()
+    assert ("hand back", ["b", "c"]) in broker.log
+
+
+async def test_the_read_loop_tells_the_session_when_the_stream_ends_idle() -> None:
+    broker = MemoryBroker()
+    assert await Source(broker, idle_exit=1.0).collect() == []
+    assert broker.log == ["open", "retire", ("closing", 1.0), ("closed", 1.0)]
+    assert Source(broker).stopping is False
+
+
+async def test_outside_a_run_the_close_is_shielded_from_the_callers_cancellation() -> None:
+    broker = MemoryBroker(close_takes=2.0)
+    broker.fill(["a"])
+    gen = Source(broker, idle_exit=None).generate()
+    assert (await gen.__anext__()).data == "a"
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await gen.aclose()
+    assert broker.log[-2:] == [("closing", 0.0), ("closed", 2.0)]
+
+
+async def test_each_cut_close_names_what_it_cut(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    broker = MemoryBroker(close_takes=60.0, hand_back_takes=60.0)
+    broker.fill(["a", "b"])
+    source = Source(broker, idle_exit=None)
+    gen = source.generate()  # outside a run: the source closes its own session
+    assert (await gen.__anext__()).data == "a"
+    source.stop()
+    with pytest.raises(StopAsyncIteration):
+        await gen.__anext__()
+    await (given([1]) | Sink(broker)).collect()
+    cut = [r.getMessage().split(": cut short")[0] for r in caplog.records]
+    assert cut == ["mem: handing back unread messages", "mem: closing the session", "mem-sink: closing the writer"]
+
+
+async def test_the_runs_tasks_are_named_after_the_stage() -> None:
+    """In a task dump, and in the error a failing task ends the run with."""
+    broker = MemoryBroker()
+    broker.fill(["a"])
+    names: set[str] = set()
+
+    @segment
+    async def look(items: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for x in items:
+            names.update(t.get_name() for t in asyncio.all_tasks())
+            yield x
+
+    await (Source(broker) | Sink(broker) | look()).collect()
+    assert {"mem session", "mem-sink feeder"} <= names
+    failing = MemoryBroker(background_error=RuntimeError("lost"))
+    with pytest.raises(RuntimeError, match="lost") as raised:
+        await Source(failing, idle_exit=None).collect()
+    context = error_context(raised.value)
+    assert context is not None and context.segment == "mem session"
