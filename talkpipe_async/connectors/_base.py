@@ -384,7 +384,7 @@ class BrokerSource(AbstractSource[Message[Any]]):
     """
 
     def __init__(self, *, batch: int, idle_exit: float | None, wait: float, name: str,
-                 isolate_timeout: float = 10.0) -> None:
+                 isolate_timeout: float) -> None:
         super().__init__(emits_metadata=False)
         if batch < 1:
             raise ValueError("batch must be at least 1")
