@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 import pytest
 
-from talkpipe_async.connectors import BrokerUnavailable, to_redis_stream
+from talkpipe_async.connectors import BrokerUnavailable, redis_stream_messages, to_redis_stream
 from talkpipe_async.connectors.redis import connect_redis, redis_transient
 from talkpipe_async.testing import virtual_backend
 from tests.helpers.net import raw_server
@@ -285,23 +285,25 @@ async def test_the_cap_is_approximate_unless_told() -> None:
 
 
 async def test_a_batch_cut_by_the_server_is_written_again_and_counted(caplog: pytest.LogCaptureFixture) -> None:
-    """At least once: the whole batch goes again after a cut round trip, counted in ``rewritten``."""
+    """At least once: the whole batch goes again after a cut round trip, counted in ``rewritten``; each cut is an
+    outage of its own once the batch before it went through."""
     log: list[list[bytes]] = []
-    cut = []
+    cut: set[bytes] = set()
 
-    async def drop_first_write(command: list[bytes]) -> bytes | None:
-        if command[0].upper() == b"XADD" and not cut:
-            cut.append(anyio.current_time())
+    async def cut_each_batch_once(command: list[bytes]) -> bytes | None:
+        first_of_batch = command[-1] in (b"1", b"3")
+        if command[0].upper() == b"XADD" and first_of_batch and command[-1] not in cut:
+            cut.add(command[-1])
             raise anyio.BrokenResourceError  # the server goes away with the batch half read
         return await answer_xadd(command)
 
     caplog.set_level(logging.WARNING, logger="talkpipe_async.connectors")
-    async with resp_server(drop_first_write, log) as url:
+    async with resp_server(cut_each_batch_once, log) as url:
         sink = to_redis_stream("s", url=url, batch=2, outage_budget=30.0)
         with anyio.fail_after(60):
-            assert await sink.collect([1, 2]) == [1, 2]
-    assert [c[-1] for c in xadds(log)][-2:] == [b"1", b"2"]
-    assert (sink.stats.outages, sink.stats.rewritten, sink.stats.written, sink.stats.write_batches) == (1, 2, 2, 1)
+            assert await sink.collect([1, 2, 3, 4]) == [1, 2, 3, 4]
+    assert [c[-1] for c in xadds(log)] == [b"1", b"1", b"2", b"3", b"3", b"4"]
+    assert (sink.stats.outages, sink.stats.rewritten, sink.stats.written, sink.stats.write_batches) == (2, 4, 4, 2)
     assert f"redis-sink:s: redis at {url} unreachable during XADD" in caplog.text
 
 
@@ -319,3 +321,38 @@ async def test_a_write_never_answered_is_given_up_five_seconds_after_timeout() -
     assert anyio.current_time() - start == pytest.approx(5.5, abs=1e-6)
     assert "during XADD" in str(raised.value)
     assert sink.stats.outages == 1 and sink.stats.written == 0
+
+
+async def test_the_stages_connect_with_their_own_timeout_and_retries() -> None:
+    accepted: list[float] = []
+    async with hanging_up(accepted) as url:
+        with anyio.fail_after(60), pytest.raises(BrokerUnavailable, match="after 1 attempts"):
+            await to_redis_stream("s", url=url, retries=0).collect([1])
+        with anyio.fail_after(60), pytest.raises(BrokerUnavailable, match="after 1 attempts"):
+            await redis_stream_messages("s", "g", url=url, retries=0).collect()
+    assert len(accepted) == 2
+    quick: dict[str, Any] = {"timeout": 0.5, "retries": 0}
+    for stage in (to_redis_stream("s", **quick), redis_stream_messages("s", "g", **quick)):
+        with full_backlog() as url:
+            stage.url = url
+            start = anyio.current_time()
+            with anyio.fail_after(60), pytest.raises(BrokerUnavailable, match="Timeout connecting"):
+                await stage.collect([1] if isinstance(stage, to_redis_stream) else None)
+        assert anyio.current_time() - start == pytest.approx(0.5, abs=1e-6)
+
+
+async def test_a_server_silent_while_the_group_is_made_fails_the_run_after_the_reply_timeout() -> None:
+    """Making the group is not retried through an outage, but it cannot hang: the client's reply timeout, set
+    past the longest call the stage makes (``timeout + 5 + block + 1`` s), ends it."""
+    redis = pytest.importorskip("redis")
+    log: list[list[bytes]] = []
+
+    async def silent_on_group(command: list[bytes]) -> bytes | None:
+        return None if command[0].upper() == b"XGROUP" else await answer_ok(command)
+
+    async with resp_server(silent_on_group, log) as url:
+        for extra in ({}, {"partitions": 1}):
+            start = anyio.current_time()
+            with anyio.fail_after(60), pytest.raises(redis.exceptions.TimeoutError):
+                await redis_stream_messages("s", "g", url=url, timeout=0.5, block=2.0, **extra).collect()
+            assert anyio.current_time() - start == pytest.approx(0.5 + 5 + 2.0 + 1, abs=1e-6)

@@ -171,6 +171,7 @@ def test_the_derived_settings_follow_the_documented_rules() -> None:
     assert redis_stream_messages("orders", "g", name="in").label == "in"
     assert to_redis_stream("orders").label == "redis-sink:orders"
     assert to_redis_stream("orders", name="out").label == "out"
+    assert redis_stream_messages("orders", "g", partitions=2).owned_partitions == []  # none before the first run
 
 
 async def test_a_partitioned_sink_writes_each_key_to_its_partition_stream(redis_url: str, client: Any,
