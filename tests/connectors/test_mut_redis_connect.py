@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -25,6 +24,7 @@ import pytest
 from talkpipe_async.connectors import BrokerUnavailable, redis_stream_messages, to_redis_stream
 from talkpipe_async.connectors.redis import connect_redis, redis_transient
 from talkpipe_async.testing import virtual_backend
+from tests.helpers import net
 from tests.helpers.net import raw_server
 
 pytestmark = pytest.mark.anyio
@@ -96,36 +96,15 @@ async def resp_server(reply: Reply, log: list[list[bytes]]) -> AsyncIterator[str
 @asynccontextmanager
 async def hanging_up(accepted: list[float]) -> AsyncIterator[str]:
     """A server that closes each connection as soon as it is accepted, noting the time; yields its URL."""
-
-    async def close_at_once(stream: anyio.abc.SocketStream) -> None:
-        accepted.append(anyio.current_time())
-
-    async with raw_server(close_at_once) as port:
+    async with net.hanging_up(accepted) as port:
         yield f"redis://127.0.0.1:{port}/0"
 
 
 @contextmanager
 def full_backlog() -> Iterator[str]:
-    """A listener that never accepts, its backlog filled: the kernel drops the next SYN, so a connect hangs."""
-    listener = socket.socket()
-    held: list[socket.socket] = []
-    try:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = listener.getsockname()[1]
-        for _ in range(3):
-            s = socket.socket()
-            held.append(s)
-            s.setblocking(False)
-            try:
-                s.connect(("127.0.0.1", port))
-            except BlockingIOError:
-                pass
+    """A listener whose backlog is full, so that a connect hangs in the kernel; yields its URL."""
+    with net.full_backlog() as port:
         yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        for s in held:
-            s.close()
-        listener.close()
 
 
 async def test_the_first_connection_is_tried_retries_plus_one_times_with_pauses_doubling_to_a_second() -> None:

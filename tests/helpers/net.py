@@ -11,7 +11,7 @@ import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -187,6 +187,43 @@ async def raw_server(handler: Handler) -> AsyncIterator[int]:
             yield port
         finally:
             tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def hanging_up(accepted: list[float]) -> AsyncIterator[int]:
+    """A listener that closes each connection as soon as it is accepted, noting the time (a refusing or crashing
+    server); yields its port."""
+
+    async def close_at_once(stream: anyio.abc.SocketStream) -> None:
+        accepted.append(anyio.current_time())
+
+    async with raw_server(close_at_once) as port:
+        yield port
+
+
+@contextmanager
+def full_backlog() -> Iterator[int]:
+    """A listener that never accepts, its backlog filled: the kernel drops the next SYN, so a connect hangs; yields
+    its port."""
+    listener = socket.socket()
+    held: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(3):
+            s = socket.socket()
+            held.append(s)
+            s.setblocking(False)
+            try:
+                s.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+        yield port
+    finally:
+        for s in held:
+            s.close()
+        listener.close()
 
 
 def parse_head(head: bytes) -> tuple[str, dict[str, str]]:
