@@ -127,6 +127,10 @@ class NatsLink:
         self.down_since = None
 
 
+class _OutOfAttempts(Exception):
+    """The first connection failed ``retries + 1`` times."""
+
+
 async def connect_nats(servers: str | list[str], *, retries: int = 3, connect_timeout: float = 2.0,
                        link: NatsLink | None = None, **options: Any) -> Any:
     """A connected ``nats.aio.client.Client``.
@@ -139,24 +143,32 @@ async def connect_nats(servers: str | list[str], *, retries: int = 3, connect_ti
     """
     nats = import_client("nats", "nats")
     errors: list[BaseException] = []
+    user_error_cb = options.pop("error_cb", None)
+    connected = False
 
     async def on_error(exc: Exception) -> None:
         errors.append(exc)
         logger.debug("nats client error: %r", exc)
+        if user_error_cb is not None:
+            await user_error_cb(exc)
+        # nats-py's own count of first attempts reads 0 as "no limit" and differs by failure: count them here
+        if not connected and len(errors) > retries:
+            raise _OutOfAttempts
 
-    options.setdefault("error_cb", on_error)
     if link is not None:
         options.setdefault("disconnected_cb", link.disconnected)
         options.setdefault("reconnected_cb", link.reconnected)
+    nc = nats.aio.client.Client()
     try:
-        nc = await nats.connect(
-            servers, connect_timeout=connect_timeout, max_reconnect_attempts=retries, reconnect_time_wait=0.1,
-            allow_reconnect=True, **options,
+        await nc.connect(
+            servers, connect_timeout=connect_timeout, max_reconnect_attempts=-1, reconnect_time_wait=0.1,
+            allow_reconnect=True, error_cb=on_error, **options,
         )
-    except (nats.errors.NoServersError, OSError, asyncio.TimeoutError) as err:
+    except (_OutOfAttempts, nats.errors.Error, OSError, asyncio.TimeoutError) as err:
+        await close_nats(nc)
         detail = f"{errors[-1]!r}" if errors else repr(err)
         raise BrokerUnavailable(f"nats at {servers} is unreachable after {retries + 1} attempts: {detail}") from err
-    nc.options["max_reconnect_attempts"] = -1
+    connected = True
     nc.options["reconnect_time_wait"] = 0.25
     if link is not None:
         link.nc = nc
