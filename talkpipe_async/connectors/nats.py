@@ -160,8 +160,8 @@ async def connect_nats(servers: str | list[str], *, retries: int = 3, connect_ti
         options.setdefault("reconnected_cb", link.reconnected)
     nc = nats.aio.client.Client()
     try:
-        await nc.connect(
-            servers, connect_timeout=connect_timeout, max_reconnect_attempts=-1, reconnect_time_wait=0.1,
+        await nc.connect(  # a limit, never -1: with no server left to try, nats-py would spin without awaiting
+            servers, connect_timeout=connect_timeout, max_reconnect_attempts=max(retries, 1), reconnect_time_wait=0.1,
             allow_reconnect=True, error_cb=on_error, **options,
         )
     except (_OutOfAttempts, nats.errors.Error, OSError, asyncio.TimeoutError) as err:
@@ -169,6 +169,7 @@ async def connect_nats(servers: str | list[str], *, retries: int = 3, connect_ti
         detail = f"{errors[-1]!r}" if errors else repr(err)
         raise BrokerUnavailable(f"nats at {servers} is unreachable after {retries + 1} attempts: {detail}") from err
     connected = True
+    nc.options["max_reconnect_attempts"] = -1
     nc.options["reconnect_time_wait"] = 0.25
     if link is not None:
         link.nc = nc

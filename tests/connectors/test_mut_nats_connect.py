@@ -9,6 +9,7 @@ against a real nats-server in ``test_nats.py`` and ``test_mut_nats.py``.
 from __future__ import annotations
 
 import itertools
+import logging
 import sys
 from typing import Any
 
@@ -81,3 +82,25 @@ async def test_without_the_client_library_the_error_names_the_extra(monkeypatch:
     with pytest.raises(MissingClient) as classifying:
         nats_transient()
     assert str(connecting.value) == str(classifying.value) == expected
+
+
+async def test_a_users_error_callback_still_hears_each_failure(caplog: pytest.LogCaptureFixture) -> None:
+    heard: list[BaseException] = []
+
+    async def mine(exc: BaseException) -> None:
+        heard.append(exc)
+
+    caplog.set_level(logging.DEBUG, logger="talkpipe_async.connectors")
+    accepted: list[float] = []
+    async with net.hanging_up(accepted) as port:
+        with anyio.fail_after(60), pytest.raises(BrokerUnavailable, match="after 2 attempts"):
+            await connect_nats(f"nats://127.0.0.1:{port}", retries=1, error_cb=mine)
+    assert len(heard) == 2 and all(isinstance(e, Exception) for e in heard)
+    assert caplog.text.count("nats client error: Error('nats: empty response from server") == 2
+
+
+async def test_a_failure_before_any_attempt_is_named_too() -> None:
+    """No server to try at all: no attempt reached the error callback, so the client's own error is named."""
+    with anyio.fail_after(60), pytest.raises(BrokerUnavailable) as raised:
+        await connect_nats([], retries=0)
+    assert str(raised.value) == "nats at [] is unreachable after 1 attempts: NoServersError()"
