@@ -599,6 +599,26 @@ async def test_term_dead_letters_with_the_delivery_count(env: Env) -> None:
         "dlq-deliveries": "1"}
 
 
+async def test_a_dead_letter_keeps_the_first_thousand_characters_of_the_reason_and_says_so(
+        env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    """The header carries at most 1,000 characters of the reason (a header is not a log); the WARNING carries it
+    whole, with the stage, the sequence and the subject it went to."""
+    await env.js.add_stream(name=f"D{env.stream}", subjects=[f"{env.subject}dead"])
+    await env.publish(0, [0])
+    caplog.set_level(logging.WARNING, logger="talkpipe_async.connectors")
+    reason = "r" * 999 + "st" + "x" * 50
+    source = plain_source(env, ack_wait=30.0)
+    session: Any = await source._open()
+    try:
+        (m,) = await session.read(1, 0.5)
+        await m.term(reason)
+    finally:
+        await session.aclose()
+    dead = await env.js.get_msg(f"D{env.stream}", 1)
+    assert (dead.headers or {})["dlq-reason"] == "r" * 999 + "s"
+    assert f"{source.label}: message 1 moved to {env.subject}dead: {reason}" in [r.getMessage() for r in caplog.records]
+
+
 async def test_hand_back_naks_each_and_counts_it(env: Env) -> None:
     """``hand_back`` sends each token back (``-NAK``: delivered again at once) and counts each in ``handed_back``
     and ``nacked``."""
