@@ -36,7 +36,7 @@ from talkpipe_async.connectors import (
     to_jetstream,
     to_redis_stream,
 )
-from talkpipe_async.connectors.nats import confirm_sent
+from talkpipe_async.connectors.nats import NatsLink, close_nats, confirm_sent, connect_nats
 from tests.helpers.brokers import ASYNCIO_LOOPS, RestartableServer, nats_fill, nats_read
 
 pytest_plugins = ["tests.helpers.brokers"]
@@ -260,3 +260,29 @@ async def test_a_confirmation_cut_short_leaves_the_nats_connection_reading(
             assert (await nc.jetstream().account_info()).streams >= 0
     finally:
         await nc.close()
+
+
+async def test_a_connection_made_with_no_retries_still_rides_a_long_outage(
+        restartable_nats: RestartableServer) -> None:
+    """``retries`` bounds only the first connection: once connected, the client reconnects without a limit (the
+    stages bound an outage in time), and the link records when the connection went down and came back."""
+    link = NatsLink()
+    nc = await connect_nats(restartable_nats.url, retries=0, link=link)
+    try:
+        assert link.nc is nc and link.down_since is None and not link.ever_down
+        await anyio.to_thread.run_sync(restartable_nats.stop)
+        with anyio.fail_after(10):
+            while link.down_since is None:
+                await anyio.sleep(0.02)
+        went_down = link.down_since
+        assert link.ever_down
+        await anyio.sleep(1.5)  # the outage's length: six reconnect attempts 0.25 s apart, more than one try allows
+        assert not nc.is_closed and link.down_since == went_down  # the first loss is kept while it lasts
+        await anyio.to_thread.run_sync(restartable_nats.start)
+        with anyio.fail_after(20):
+            while link.down_since is not None or not nc.is_connected:
+                await anyio.sleep(0.02)
+        await nc.flush(timeout=5)
+        assert link.ever_down
+    finally:
+        await close_nats(nc)
