@@ -338,7 +338,9 @@ class RedisPartitionSession(BrokerSession):
             # The task group wraps the failing task's error; keep the error itself, with its own type, so that a
             # stage acknowledging a message can catch ``BrokerUnavailable`` (the plain session's errors are bare).
             self.failure = (_unwrap(exc) or exc) if isinstance(exc, _groups()) else exc
-        await anyio.sleep_forever()
+            await anyio.sleep_forever()  # the session stays open until the run ends and closes it
+        # Both tasks loop until cancelled, so the group ends quietly only when it took the run's stop as its own
+        # (anyio on Python 3.10): return, and the run closes the session now rather than at its cleanup deadline.
 
     async def _ack_timer(self) -> None:
         while True:
