@@ -26,7 +26,6 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-import trustme
 from anyio.abc import SocketAttribute
 
 from talkpipe_async import Pipeline
@@ -146,15 +145,6 @@ async def serving(make: Callable[..., Any], **options: Any) -> AsyncIterator[Ser
                 raise served.error
             yield served
             tg.cancel_scope.cancel()
-
-
-def _tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
-    return server_ctx, client_ctx
 
 
 # --- the clients: settings ------------------------------------------------------------------------
@@ -773,10 +763,11 @@ async def test_a_server_that_cannot_accept_ends_with_the_error() -> None:
 # --- the TLS server ------------------------------------------------------------------------------
 
 
-async def test_a_tls_handshake_that_never_comes_is_timed_out_and_counted() -> None:
+async def test_a_tls_handshake_that_never_comes_is_timed_out_and_counted(
+        tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     """A client that connects and never starts TLS is closed after ``tls_handshake_timeout``, counted in
     ``tls_failures``."""
-    server_ctx, _ = _tls_contexts()
+    server_ctx, _ = tls
     async with serving(tcp_server_lines, ssl_context=server_ctx, tls_handshake_timeout=0.1) as served:
         silent = await served.connect()
         assert await _hung_up(silent)
@@ -785,10 +776,11 @@ async def test_a_tls_handshake_that_never_comes_is_timed_out_and_counted() -> No
     assert served.stats.connections == 0
 
 
-async def test_a_tls_client_that_ends_without_close_notify_still_delivers_its_last_line() -> None:
+async def test_a_tls_client_that_ends_without_close_notify_still_delivers_its_last_line(
+        tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
     """The TLS server does not require the client's close_notify: a client that ends its stream without one
     has all its lines delivered, the unterminated last one too, and no error is counted."""
-    server_ctx, client_ctx = _tls_contexts()
+    server_ctx, client_ctx = tls
     async with serving(tcp_server_lines, ssl_context=server_ctx) as served:
         client = await anyio.connect_tcp(*served.address, ssl_context=client_ctx, tls_hostname="localhost")
         await client.send(b"a\nb")

@@ -15,7 +15,6 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
-import trustme
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSListener
 
@@ -186,13 +185,8 @@ async def test_garbage_bytes_are_replaced_not_fatal() -> None:
         assert await Pipeline(tcp_lines("127.0.0.1", port)).collect() == ["\x00\ufffd\ufffd\ufffd", "ok"]
 
 
-async def test_tls_client_with_trustme() -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+async def test_tls_client_with_trustme(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_ctx, client_ctx = tls
     tcp = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = tcp.listeners[0].extra(SocketAttribute.local_port)
     listener = TLSListener(tcp, server_ctx, standard_compatible=False)
@@ -249,13 +243,9 @@ async def _until(condition: Callable[[], bool]) -> None:
             await anyio.sleep(0.005)
 
 
-async def test_tls_server_source_with_trustme_and_a_plaintext_client_counted() -> None:
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost")
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    cert.configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+async def test_tls_server_source_with_trustme_and_a_plaintext_client_counted(
+        tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_ctx, client_ctx = tls
     listening = anyio.Event()
     address: list[Any] = []
 
