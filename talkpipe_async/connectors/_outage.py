@@ -34,6 +34,14 @@ OUTAGE_BACKOFF = Backoff(initial=0.05, maximum=1.0, jitter="equal")
 WARN_EVERY = 5.0
 
 
+def stage_call_timeout(timeout: float) -> float:
+    """The guard's deadline for one call of a stage whose connection ``timeout`` is given: ``timeout + 5`` s.
+
+    A blocking read adds the time it asks the server to wait (``deadline_extra``).
+    """
+    return timeout + 5.0
+
+
 if sys.version_info >= (3, 11):
     # The connectors run on asyncio only; asyncio's own timeout costs less than half of anyio.fail_after, and it
     # is paid on every broker call (two per batch on the read path).

@@ -21,7 +21,7 @@ import anyio
 
 from .._core._closing import _groups, _unwrap
 from ._base import CLOSE_TIMEOUT, AckToken, BrokerSession, ConnectorStats, Message
-from ._outage import OutageGuard
+from ._outage import OutageGuard, stage_call_timeout
 from ._partitions import Coordinator, LeaseTable
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ class RedisPartitionSession(BrokerSession):
         self.ack_count = 0
         self.ack_waiting = anyio.Event()
         self.guard = OutageGuard(source.label, f"redis at {source.url}", source.outage_budget, transient,
-                                 call_timeout=source.timeout + 5.0, on_outage=self._outage_started)
+                                 call_timeout=stage_call_timeout(source.timeout), on_outage=self._outage_started)
         self.coordinator = Coordinator(RedisLeases(self, source.lease_ttl), self.partitions, consumer,
                                        source.label, source.lease_ttl / 3, on_change=self._owned)
 

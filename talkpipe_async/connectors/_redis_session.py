@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._base import AckToken, BrokerSession, ConnectorStats, Message
-from ._outage import OutageGuard
+from ._outage import OutageGuard, stage_call_timeout
 
 if TYPE_CHECKING:
     from .redis import redis_stream_messages
@@ -120,7 +120,7 @@ class RedisSession(BrokerSession):
         self.own_cursor: Any = "0-0"
         self.own_suspect = True
         self.guard = OutageGuard(source.label, f"redis at {source.url}", source.outage_budget, transient,
-                                 call_timeout=source.timeout + 5.0, on_outage=self._outage_started)
+                                 call_timeout=stage_call_timeout(source.timeout), on_outage=self._outage_started)
 
     def _outage_started(self) -> None:
         self.stats.outages += 1

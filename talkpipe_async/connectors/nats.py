@@ -39,7 +39,7 @@ from ._base import (
     Message,
     import_client,
 )
-from ._outage import DEFAULT_OUTAGE_BUDGET, BrokerUnavailable, OutageGuard
+from ._outage import DEFAULT_OUTAGE_BUDGET, BrokerUnavailable, OutageGuard, stage_call_timeout
 from ._partitions import KeyOf, check_partitions
 
 __all__ = ["to_jetstream", "jetstream_messages", "JetStreamToken", "NatsLink", "confirm_sent", "connect_nats",
@@ -235,7 +235,7 @@ class _JetStreamSession(BrokerSession):
         self.isolating = False
         self.keep_order = False  # a partition is handled in order: suspects are not moved after fresh messages
         self.guard = OutageGuard(source.label, f"nats at {source.servers}", source.outage_budget, nats_transient(),
-                                 call_timeout=source.timeout + 5.0, on_outage=self._outage_started)
+                                 call_timeout=stage_call_timeout(source.timeout), on_outage=self._outage_started)
 
     def _outage_started(self) -> None:
         self.stats.outages += 1

@@ -34,7 +34,7 @@ from ._base import (
     BrokerSource,
     import_client,
 )
-from ._outage import DEFAULT_OUTAGE_BUDGET, BrokerUnavailable, OutageGuard
+from ._outage import DEFAULT_OUTAGE_BUDGET, BrokerUnavailable, OutageGuard, stage_call_timeout
 from ._partitions import KeyOf, check_partitions
 from ._redis_partitions import RedisPartitionSession
 from ._redis_session import RedisSession, RedisToken
@@ -62,13 +62,13 @@ def redis_transient() -> tuple[type[BaseException], ...]:
 def _reply_timeout(timeout: float, block: float = 0.0) -> float:
     """How long the client waits for one reply: past the stages' own deadline for one call.
 
-    That deadline is ``timeout + 5`` seconds, plus the time a blocking read
-    asks the server to wait.  redis-py's own default (5 s) would cut a
+    That deadline is :func:`stage_call_timeout`, plus the time a blocking
+    read asks the server to wait.  redis-py's own default (5 s) would cut a
     healthy read that blocks longer and report it as an outage; with this
     bound the outage guard decides when a call has failed, and a command
     sent outside the guard (creating a group) still cannot hang forever.
     """
-    return timeout + 5.0 + block + 1.0
+    return stage_call_timeout(timeout) + block + 1.0
 
 
 async def connect_redis(url: str, *, retries: int = 3, connect_timeout: float = 2.0,
@@ -247,7 +247,7 @@ class _RedisWriter(BatchWriter):
         self.sink = sink
         self.client = client
         self.guard = OutageGuard(sink.label, f"redis at {sink.url}", sink.outage_budget, redis_transient(),
-                                 call_timeout=sink.timeout + 5.0, on_outage=self._outage_started)
+                                 call_timeout=stage_call_timeout(sink.timeout), on_outage=self._outage_started)
 
     def _outage_started(self) -> None:
         self.sink.stats.outages += 1
