@@ -28,11 +28,11 @@ import anyio
 import nats
 import pytest
 
-from talkpipe_async.connectors import jetstream_messages
+from talkpipe_async.connectors import BrokerUnavailable, jetstream_messages
 from talkpipe_async.connectors._nats_partitions import NatsLeases, partition_of
 from talkpipe_async.connectors._outage import OutageGuard
-from talkpipe_async.connectors.nats import JetStreamToken
-from tests.helpers import servers
+from talkpipe_async.connectors.nats import JetStreamToken, confirm_sent
+from tests.helpers import net, servers
 from tests.helpers.brokers import ASYNCIO_LOOPS
 
 pytestmark = [
@@ -88,7 +88,8 @@ class Env:
         kw.setdefault("fetch_wait", 0.05)
         kw.setdefault("dead_letter", False)
         kw.setdefault("consumer", "w1")
-        return jetstream_messages(self.stream, "d", servers=self.url, subject=self.subject, **kw)
+        kw.setdefault("servers", self.url)
+        return jetstream_messages(self.stream, "d", subject=self.subject, **kw)
 
     def leases(self, kv: Any, name: str) -> NatsLeases:
         return NatsLeases(SimpleNamespace(consumer=name, guard=Recorder(), js=self.js), kv, self.bucket)  # type: ignore[arg-type]
@@ -489,6 +490,24 @@ async def test_a_partition_meant_for_a_newcomer_is_handed_over_once_nothing_of_i
         await a.aclose()
 
 
+async def test_a_lease_round_that_fails_in_the_background_is_handed_to_the_read_loop(env: Env) -> None:
+    """The lease rounds run in the background between reads; when one fails (here the lease bucket was removed
+    under the running worker), the error is kept for the read loop to raise."""
+    session: Any = await env.source(partitions=1, lease_ttl=4.0)._open()
+    try:
+        await env.js.delete_key_value(env.bucket)
+        session.coordinator.next_round = anyio.current_time()
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(session.background)
+                while session.failure is None:  # the field the read loop checks, polled with a bound
+                    await anyio.sleep(0.01)
+                tg.cancel_scope.cancel()
+        assert isinstance(session.failure, nats.js.errors.NoStreamResponseError)  # the heartbeat's put
+    finally:
+        await session.aclose()
+
+
 async def test_one_subscription_per_partition_for_the_whole_run(env: Env) -> None:
     """Reads of one partition share one subscription: reading again does not open another."""
     await env.publish(0, [0, 1, 2])
@@ -510,7 +529,8 @@ def plain_source(env: Env, **kw: Any) -> jetstream_messages:
     """A source on one durable consumer (no partitions), dead letters to ``<subject>dead``."""
     kw.setdefault("fetch_wait", 0.05)
     kw.setdefault("dead_letter", f"{env.subject}dead")
-    return jetstream_messages(env.stream, "plain", servers=env.url, subject=f"{env.subject}.0", **kw)
+    kw.setdefault("servers", env.url)
+    return jetstream_messages(env.stream, "plain", subject=f"{env.subject}.0", **kw)
 
 
 async def test_a_token_names_its_delivery_and_is_acknowledged_once(env: Env) -> None:
@@ -719,6 +739,119 @@ async def test_a_plain_close_that_cannot_reach_the_server_says_the_messages_come
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
         f"{session.src.label}: could not send the last acknowledgements or hand back messages "
         "(ConnectionClosedError: nats: connection closed); they are redelivered after ack_wait"]
+
+
+# -- a server that is up but does not answer in time --------------------------------------------------------------
+
+
+@pytest.fixture
+async def relay(env: Env) -> AsyncIterator[net.HoldingRelay]:
+    """A relay in front of the module's nats-server whose answers the test can hold back."""
+    async with net.holding_relay(int(env.url.rsplit(":", 1)[1])) as r:
+        yield r
+
+
+def through(relay: net.HoldingRelay) -> str:
+    return f"nats://127.0.0.1:{relay.port}"
+
+
+async def test_a_confirmation_not_answered_in_time_fails_after_its_own_bound_and_the_connection_still_works(
+    relay: net.HoldingRelay,
+) -> None:
+    """``confirm_sent(nc, within)`` gives up after *within* seconds (not the client's default of 0.5 s) with the
+    client's timeout error; the reply that comes late is dropped and the next confirmation works."""
+    nc = await nats.connect(through(relay))
+    try:
+        relay.hold()
+        start = anyio.current_time()
+        with anyio.fail_after(10), pytest.raises(nats.errors.TimeoutError):
+            await confirm_sent(nc, 1.0)
+        assert anyio.current_time() - start >= 1.0
+        relay.release()
+        with anyio.fail_after(10):
+            await confirm_sent(nc, 1.0)
+    finally:
+        await nc.close()
+
+
+async def test_a_plain_close_whose_confirmation_is_not_answered_waits_two_seconds_then_leaves(
+    env: Env, relay: net.HoldingRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Closing a plain session while the server does not answer: the close waits up to 2 s for the confirmation of
+    the last acknowledgements, warns that they come back after ``ack_wait``, and disconnects."""
+    await env.publish(0, [0])
+    session: Any = await plain_source(env, servers=through(relay), ack_wait=30.0)._open()
+    (m,) = await session.read(1, 0.5)
+    await m.ack()
+    relay.hold()
+    caplog.set_level(logging.WARNING, "talkpipe_async.connectors")
+    start = anyio.current_time()
+    with anyio.fail_after(10):
+        await session.aclose()
+    assert anyio.current_time() - start >= 2.0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{session.src.label}: could not send the last acknowledgements or hand back messages "
+        "(TimeoutError: nats: timeout); they are redelivered after ack_wait"]
+    assert session.nc.is_closed
+
+
+def unanswered(what: str) -> str:
+    """The end of the outage error when the server did not answer *what* within the source's ``timeout`` (the
+    client's own timeout, not the guard's cut, which says nothing)."""
+    return f"during {what}: TimeoutError: nats: timeout"
+
+
+async def partitioned_through(env: Env, relay: net.HoldingRelay) -> Any:
+    """A one-partition session through the relay; one call not answered within ``timeout=1`` ends the run."""
+    src = env.source(partitions=1, lease_ttl=120.0, ack_wait=30.0, timeout=1.0, outage_budget=0.0,
+                     servers=through(relay))
+    return await src._open()
+
+
+async def test_a_hand_back_not_answered_in_time_fails_after_the_sources_timeout(
+    env: Env, relay: net.HoldingRelay
+) -> None:
+    """Each ``-NAK`` of a partitioned hand-back waits for the server's answer up to the source's ``timeout``."""
+    await env.publish(0, [0])
+    session = await partitioned_through(env, relay)
+    try:
+        (m,) = await session.read(1, 0.5)
+        relay.hold()
+        start = anyio.current_time()
+        with anyio.fail_after(10), pytest.raises(BrokerUnavailable) as raised:
+            await session.hand_back([m.token])
+        assert anyio.current_time() - start >= 1.0
+        assert str(raised.value).endswith(unanswered("-NAK"))
+    finally:
+        relay.release()
+        await session.aclose()
+
+
+async def test_letting_a_partition_go_waits_for_each_nak_and_the_confirmation_up_to_the_sources_timeout(
+    env: Env, relay: net.HoldingRelay
+) -> None:
+    """Dropping a partition: the ``-NAK`` of a message left in its subscription, and then the confirmation of the
+    acknowledgements, each wait for the server up to the source's ``timeout``."""
+    await env.publish(0, [0])
+    session = await partitioned_through(env, relay)
+    try:
+        sub = await session._sub(0)
+        (late,) = await (await env.js.pull_subscribe_bind("d_0", stream=env.stream)).fetch(1, timeout=2)
+        sub._sub._pending_queue.put_nowait(late)
+        relay.hold()
+        start = anyio.current_time()
+        with anyio.fail_after(10), pytest.raises(BrokerUnavailable) as raised:
+            await session.let_go([0])
+        assert anyio.current_time() - start >= 1.0
+        assert str(raised.value).endswith(unanswered("-NAK"))
+        start = anyio.current_time()
+        with anyio.fail_after(10), pytest.raises(BrokerUnavailable) as raised:
+            await session.flush()
+        assert anyio.current_time() - start >= 1.0
+        assert str(raised.value).endswith(unanswered("confirming the acknowledgements"))
+    finally:
+        relay.release()
+        await session.aclose()
 
 
 @pytest.mark.parametrize("reply", [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import socket
@@ -165,6 +166,8 @@ def make_app(state: AppState) -> Starlette:
 
 
 Handler = Callable[[anyio.abc.SocketStream], Awaitable[None]]
+#: What a peer going away raises on a raw connection: a normal end for a test server.
+_GONE = (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError)
 
 
 @asynccontextmanager
@@ -176,7 +179,7 @@ async def raw_server(handler: Handler) -> AsyncIterator[int]:
     async def guarded(stream: anyio.abc.SocketStream) -> None:
         try:
             await handler(stream)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, OSError):
+        except _GONE:
             pass  # the client went away: a normal end for a test server
         finally:
             await anyio.aclose_forcefully(stream)
@@ -224,6 +227,55 @@ def full_backlog() -> Iterator[int]:
         for s in held:
             s.close()
         listener.close()
+
+
+
+class HoldingRelay:
+    """A TCP relay to a real server whose answers can be held back: a server that is up but does not answer in
+    time.  What the client sends always goes through; while :meth:`hold` is in force, what the server sends waits
+    in the relay (and then in the kernel) until :meth:`release`."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._open = anyio.Event()
+        self._open.set()
+
+    def hold(self) -> None:
+        """From now on, keep what the server sends."""
+        if self._open.is_set():
+            self._open = anyio.Event()
+
+    def release(self) -> None:
+        """Pass on what was kept, and everything after it."""
+        self._open.set()
+
+    async def _client_to_server(self, client: anyio.abc.SocketStream, server: anyio.abc.SocketStream) -> None:
+        with contextlib.suppress(*_GONE):
+            async for data in client:
+                await server.send(data)
+            await server.send_eof()
+
+    async def _server_to_client(self, server: anyio.abc.SocketStream, client: anyio.abc.SocketStream) -> None:
+        with contextlib.suppress(*_GONE):
+            async for data in server:
+                await self._open.wait()
+                await client.send(data)
+
+
+@asynccontextmanager
+async def holding_relay(target_port: int) -> AsyncIterator[HoldingRelay]:
+    """A :class:`HoldingRelay` on 127.0.0.1 in front of *target_port*; its port is ``relay.port``."""
+    relay = HoldingRelay()
+
+    async def carry(client: anyio.abc.SocketStream) -> None:
+        async with await anyio.connect_tcp("127.0.0.1", target_port) as server, anyio.create_task_group() as tg:
+            tg.start_soon(relay._client_to_server, client, server)
+            await relay._server_to_client(server, client)
+            tg.cancel_scope.cancel()
+
+    async with raw_server(carry) as port:
+        relay.port = port
+        yield relay
 
 
 def parse_head(head: bytes) -> tuple[str, dict[str, str]]:
