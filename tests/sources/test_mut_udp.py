@@ -156,3 +156,110 @@ async def test_a_source_that_cannot_start_releases_its_port() -> None:
         await udp_datagrams(port=port).generate().__anext__()  # outside a pipeline run: it cannot start its task
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:
         again.bind(("127.0.0.1", port))
+
+
+class FailingAfter:
+    """A real UDP socket whose receiving fails with *error* after *n* datagrams, once :attr:`fail` is set.
+
+    No real peer can make a Linux UDP socket's receive fail (an unconnected socket is not told of ICMP errors), so
+    this wrapper is the one stand-in here: everything else is the real socket.
+    """
+
+    def __init__(self, sock: anyio.abc.UDPSocket, n: int, error: OSError) -> None:
+        self.sock = sock
+        self.left = n
+        self.error = error
+        self.fail = anyio.Event()
+        self.closed = False
+
+    def extra(self, attribute: Any) -> Any:
+        return self.sock.extra(attribute)
+
+    async def __aenter__(self) -> FailingAfter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.closed = True
+        await self.sock.aclose()
+
+    def __aiter__(self) -> FailingAfter:
+        return self
+
+    async def __anext__(self) -> tuple[bytes, tuple[str, int]]:
+        if self.left == 0:
+            await self.fail.wait()
+            raise self.error
+        self.left -= 1
+        return await self.sock.receive()
+
+
+async def test_a_failed_receive_reaches_the_consumer_after_the_datagrams_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The receiving task keeps its error and wakes the consumer, who first gets every datagram received before it
+    and then that error; the socket is closed."""
+    error = OSError(5, "receive failed")
+    wrapped: list[FailingAfter] = []
+    create = anyio.create_udp_socket
+
+    async def failing(**kw: Any) -> FailingAfter:
+        wrapped.append(FailingAfter(await create(**kw), 2, error))
+        return wrapped[0]
+
+    monkeypatch.setattr(anyio, "create_udp_socket", failing)
+    listening = Listening()
+    got: list[Any] = []
+    with anyio.fail_after(10), pytest.raises(OSError) as raised:
+        async with Pipeline(udp_datagrams(on_listening=listening)).stream() as items:
+            async with anyio.create_task_group() as tg:
+
+                async def pull() -> None:
+                    got.append(await items.__anext__())
+
+                tg.start_soon(pull)
+                await listening.ready.wait()
+                async with await anyio.create_connected_udp_socket(*listening.address) as sender:
+                    await sender.send(b"a")
+                    await sender.send(b"b")
+            wrapped[0].fail.set()
+            async for item in items:
+                got.append(item)
+    assert raised.value is error
+    assert got == [b"a", b"b"]
+    assert wrapped[0].closed
+
+
+async def test_a_failed_receive_wakes_a_consumer_waiting_for_the_next_datagram(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consumer is waiting on an empty ring when the receive fails: it is woken and gets the error."""
+    error = OSError(5, "receive failed")
+    wrapped: list[FailingAfter] = []
+    create = anyio.create_udp_socket
+
+    async def failing(**kw: Any) -> FailingAfter:
+        wrapped.append(FailingAfter(await create(**kw), 1, error))
+        return wrapped[0]
+
+    monkeypatch.setattr(anyio, "create_udp_socket", failing)
+    listening = Listening()
+    outcome: list[Any] = []
+    first = anyio.Event()
+    with anyio.fail_after(10):
+        async with Pipeline(udp_datagrams(on_listening=listening)).stream() as items:
+            async with anyio.create_task_group() as tg:
+
+                async def pull_two() -> None:
+                    outcome.append(await items.__anext__())
+                    first.set()
+                    try:
+                        await items.__anext__()
+                    except OSError as exc:
+                        outcome.append(exc)
+
+                tg.start_soon(pull_two)
+                await listening.ready.wait()
+                async with await anyio.create_connected_udp_socket(*listening.address) as sender:
+                    await sender.send(b"a")
+                await first.wait()
+                await anyio.wait_all_tasks_blocked()  # the consumer waits on an empty ring, the receive on its fault
+                wrapped[0].fail.set()
+    assert outcome == [b"a", error]
