@@ -34,6 +34,7 @@ from talkpipe_async.connectors._outage import OutageGuard
 from talkpipe_async.connectors.nats import JetStreamToken, confirm_sent
 from tests.helpers import net, servers
 from tests.helpers.brokers import ASYNCIO_LOOPS
+from tests.helpers.wait import wait_until
 
 pytestmark = [
     pytest.mark.anyio,
@@ -639,6 +640,63 @@ async def test_a_dead_letter_keeps_the_first_thousand_characters_of_the_reason_a
     assert f"{source.label}: message 1 moved to {env.subject}dead: {reason}" in [r.getMessage() for r in caplog.records]
 
 
+async def test_without_a_dead_letter_subject_a_poison_message_is_terminated_counted_and_logged(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``dead_letter=False``: ``term`` drops each message (never delivered again), counts each in ``dead_lettered``
+    and says so in a WARNING naming the stage, the sequence and the reason."""
+    await env.publish(0, [0, 1])
+    caplog.set_level(logging.WARNING, logger="talkpipe_async.connectors")
+    source = plain_source(env, ack_wait=30.0, dead_letter=False)
+    session: Any = await source._open()
+    try:
+        got = await session.read(2, 0.5)
+        for m in got:
+            await m.term("no good")
+        assert await session.read(2, 0.3) == []
+        assert session.stats.dead_lettered == 2
+    finally:
+        await session.aclose()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{source.label}: message {n} terminated and dropped (dead_letter=False): no good" for n in (1, 2)]
+
+
+async def test_fresh_messages_of_a_batch_come_before_a_redelivery_and_the_next_reads_take_one(env: Env) -> None:
+    """A batch with a message delivered again (a suspect) hands the fresh messages downstream first and the suspect
+    last; while suspects come, the next fetches take one message at a time."""
+    await env.publish(0, [0])
+    session: Any = await plain_source(env, ack_wait=30.0)._open()
+    try:
+        (first,) = await session.read(1, 0.5)
+        await env.publish(0, [1, 2, 3])
+        await first.token._msg.nak()  # delivered again at once, with the newer messages
+        await confirm_sent(session.nc, 2)
+        got = await session.read(10, 0.5)
+        assert [(m.data, m.token.suspect) for m in got] == [(1, False), (2, False), (3, False), (0, True)]
+        await env.publish(0, [4, 5])
+        assert [m.data for m in await session.read(10, 0.5)] == [4]
+        for m in got:
+            await m.ack()
+    finally:
+        await session.aclose()
+
+
+async def test_a_fetch_that_times_out_while_the_connection_is_down_is_an_outage_not_an_empty_read(
+    env: Env,
+) -> None:
+    """The client said the connection was lost: a fetch that then times out is the outage (the guard's budget
+    applies), not a quiet stream."""
+    session: Any = await plain_source(env, ack_wait=30.0, outage_budget=0.0)._open()
+    try:
+        session.link.down_since = anyio.current_time()
+        with anyio.fail_after(10), pytest.raises(BrokerUnavailable) as raised:
+            await session.read(1, 0.1)
+        assert str(raised.value).endswith(
+            "during fetch: ConnectionReconnectingError: nats: connection reconnecting")
+    finally:
+        await session.aclose()
+
+
 async def test_hand_back_naks_each_and_counts_it(env: Env) -> None:
     """``hand_back`` sends each token back (``-NAK``: delivered again at once) and counts each in ``handed_back``
     and ``nacked``."""
@@ -755,6 +813,12 @@ def through(relay: net.HoldingRelay) -> str:
     return f"nats://127.0.0.1:{relay.port}"
 
 
+def unanswered(what: str) -> str:
+    """The end of the outage error when the server did not answer *what* within the source's ``timeout`` (the
+    client's own timeout, not the guard's cut, which says nothing)."""
+    return f"during {what}: TimeoutError: nats: timeout"
+
+
 async def test_a_confirmation_not_answered_in_time_fails_after_its_own_bound_and_the_connection_still_works(
     relay: net.HoldingRelay,
 ) -> None:
@@ -795,10 +859,58 @@ async def test_a_plain_close_whose_confirmation_is_not_answered_waits_two_second
     assert session.nc.is_closed
 
 
-def unanswered(what: str) -> str:
-    """The end of the outage error when the server did not answer *what* within the source's ``timeout`` (the
-    client's own timeout, not the guard's cut, which says nothing)."""
-    return f"during {what}: TimeoutError: nats: timeout"
+async def test_a_dead_letter_publish_not_answered_in_time_is_an_outage_counted_once_each_time(
+    env: Env, relay: net.HoldingRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The dead-letter publish waits for the server's answer up to the source's ``timeout``; an answer that does not
+    come is an outage, retried until it does, and each outage counts once in ``stats.outages``."""
+    await env.js.add_stream(name=f"D{env.stream}", subjects=[f"{env.subject}dead"])
+    await env.publish(0, [0, 1])
+    source = plain_source(env, servers=through(relay), ack_wait=30.0, timeout=1.0, outage_budget=60.0)
+    session: Any = await source._open()
+    caplog.set_level(logging.WARNING, logger="talkpipe_async.connectors")
+    try:
+        got = await session.read(2, 0.5)
+        for n, m in enumerate(got, 1):
+            relay.hold()
+            start = anyio.current_time()
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(m.term, "no good")
+                    await wait_until(lambda: session.stats.outages == n, 10, "the outage to be noted")  # noqa: B023
+                    assert anyio.current_time() - start >= 1.0
+                    relay.release()
+            assert session.stats.dead_lettered == n
+        assert session.stats.outages == 2
+    finally:
+        relay.release()
+        await session.aclose()
+    unreachable = [r.getMessage() for r in caplog.records if "unreachable during" in r.getMessage()]
+    assert unreachable == [
+        f"{source.label}: nats at {through(relay)} unreachable during dead-letter publish "
+        "(TimeoutError: nats: timeout); retrying for up to 60 s"] * 2
+
+
+async def test_the_dead_letter_publish_waits_the_sources_timeout_even_past_the_clients_default(
+    env: Env, relay: net.HoldingRelay
+) -> None:
+    """The wait for the dead-letter publish's answer is the source's ``timeout``, here longer than nats-py's own
+    JetStream default of 5 s."""
+    await env.js.add_stream(name=f"D{env.stream}", subjects=[f"{env.subject}dead"])
+    await env.publish(0, [0])
+    source = plain_source(env, servers=through(relay), ack_wait=30.0, timeout=5.5, outage_budget=0.0)
+    session: Any = await source._open()
+    try:
+        (m,) = await session.read(1, 0.5)
+        relay.hold()
+        start = anyio.current_time()
+        with anyio.fail_after(20), pytest.raises(BrokerUnavailable) as raised:
+            await m.term("no good")
+        assert anyio.current_time() - start >= 5.5
+        assert str(raised.value).endswith(unanswered("dead-letter publish"))
+    finally:
+        relay.release()
+        await session.aclose()
 
 
 async def partitioned_through(env: Env, relay: net.HoldingRelay) -> Any:
