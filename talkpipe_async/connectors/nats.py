@@ -109,12 +109,15 @@ async def close_nats(nc: Any) -> None:
 
 
 class NatsLink:
-    """A connection and what it went through: when it was lost, whether it ever was."""
+    """A connection and what it went through: when it was lost, whether it ever was, what JetStream refused."""
 
     def __init__(self) -> None:
         self.nc: Any = None
         self.down_since: float | None = None
         self.ever_down = False
+        self.on_refusal: Callable[[BaseException], None] | None = None
+        """Called with JetStream's error answer to an asynchronous publish: nats-py raises that answer in the
+        client's error callback instead of on the publish's future, which it leaves pending."""
 
     async def disconnected(self) -> None:
         """Client callback: the connection was lost (the client reconnects)."""
@@ -149,6 +152,8 @@ async def connect_nats(servers: str | list[str], *, retries: int = 3, connect_ti
     async def on_error(exc: Exception) -> None:
         errors.append(exc)
         logger.debug("nats client error: %r", exc)
+        if link is not None and link.on_refusal is not None and isinstance(exc, nats.js.errors.APIError):
+            link.on_refusal(exc)
         if user_error_cb is not None:
             await user_error_cb(exc)
         # nats-py's own count of first attempts reads 0 as "no limit" and differs by failure: count them here
@@ -478,9 +483,18 @@ class _JetStreamWriter(BatchWriter):
         self.guard = OutageGuard(sink.label, f"nats at {sink.servers}", sink.outage_budget, nats_transient(),
                                  call_timeout=sink.timeout, on_outage=self._outage_started)
         self.no_stream = import_client("nats", "nats").js.errors.NoStreamResponseError
+        self.in_flight: dict[int, asyncio.Future[Any]] = {}
+        link.on_refusal = self._refused
 
     def _outage_started(self) -> None:
         self.sink.stats.outages += 1
+
+    def _refused(self, exc: BaseException) -> None:
+        """JetStream refused a message in flight (nats-py does not say which): each one still waiting fails with
+        that answer, so the batch ends at once instead of at its deadline."""
+        for future in self.in_flight.values():
+            if not future.done():
+                future.set_exception(exc)
 
     async def _retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, self.guard.transient):
@@ -527,6 +541,7 @@ class _JetStreamWriter(BatchWriter):
         """Publish *todo*; return those not stored in time (and the last error) once all settled or timed out."""
         js = self.js
         futures: dict[int, asyncio.Future[Any]] = {}
+        self.in_flight = futures
         cause: BaseException | None = None
         try:
             for i in todo:
@@ -563,10 +578,12 @@ class to_jetstream(BrokerSink):
     until ``outage_budget`` seconds have passed, then the run fails with
     :class:`BrokerUnavailable`.  With ``dedup=True`` (default) every message
     carries a ``Nats-Msg-Id`` header, so the stream stores a republished
-    message once (within its duplicate window, 2 minutes by default).  Any
-    other error (no stream stores the subject, a rejected message) raises
-    at once.  Place ``ack()`` after the sink to acknowledge the source's
-    messages once their results are stored.  ``key`` (a field name of the
+    message once (within its duplicate window, 2 minutes by default).  A
+    message the stream refuses with a 503 (JetStream unavailable, a full
+    stream with ``discard=new``) counts as an outage too; any other error
+    (no stream stores the subject, another refusal) raises at once.  Place
+    ``ack()`` after the sink to acknowledge the source's messages once their
+    results are stored.  ``key`` (a field name of the
     payload, or a function of it) with ``partitions=n``: each item goes to
     subject ``<subject>.<crc32(key) % n>``, read by ``jetstream_messages(...,
     subject=subject, partitions=n)`` in order per key.

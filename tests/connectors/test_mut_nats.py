@@ -28,7 +28,7 @@ import anyio
 import nats
 import pytest
 
-from talkpipe_async.connectors import BrokerUnavailable, jetstream_messages
+from talkpipe_async.connectors import BrokerUnavailable, jetstream_messages, to_jetstream
 from talkpipe_async.connectors._nats_partitions import NatsLeases, partition_of
 from talkpipe_async.connectors._outage import OutageGuard
 from talkpipe_async.connectors.nats import JetStreamToken, confirm_sent
@@ -1021,3 +1021,148 @@ async def test_without_the_client_library_the_error_names_the_extra_to_install(
 
         with pytest.raises(MissingClient, match=extra):
             await confirm_sent(None, 1.0)
+
+
+# -- the JetStream sink's writer (``connectors/nats.py``: _JetStreamWriter, to_jetstream) -----------------------------
+
+
+def sink_on(env: Env, **kw: Any) -> to_jetstream:
+    """A sink to ``<subject>.0`` (stored in the test's stream) unless told otherwise."""
+    kw.setdefault("servers", env.url)
+    return to_jetstream(kw.pop("subject", f"{env.subject}.0"), **kw)
+
+
+async def stored(env: Env) -> list[Any]:
+    """Every message of the test's stream, in order."""
+    count = (await env.js.stream_info(env.stream)).state.messages
+    return [await env.js.get_msg(env.stream, seq) for seq in range(1, count + 1)]
+
+
+async def test_each_message_carries_a_deduplication_id_numbered_per_writer(env: Env) -> None:
+    """With ``dedup`` (the default) each message carries ``Nats-Msg-Id: <writer prefix>-<n>``, numbered from 0
+    across the writer's batches; the prefix is a random 128-bit hex, so two writers never share an id."""
+    first: Any = await sink_on(env)._open_writer()
+    second: Any = await sink_on(env)._open_writer()
+    try:
+        await first.write([b"1", b"2"])
+        await first.write([b"3"])
+        await second.write([b"4"])
+    finally:
+        await first.aclose()
+        await second.aclose()
+    ids = [m.headers["Nats-Msg-Id"] for m in await stored(env)]
+    assert ids == [f"{first.prefix}-0", f"{first.prefix}-1", f"{first.prefix}-2", f"{second.prefix}-0"]
+    assert re.fullmatch("[0-9a-f]{32}", first.prefix) and first.prefix != second.prefix
+
+
+async def test_without_dedup_messages_carry_no_header(env: Env) -> None:
+    writer: Any = await sink_on(env, dedup=False)._open_writer()
+    try:
+        await writer.write([b"1", b"2"])
+    finally:
+        await writer.aclose()
+    assert [(m.data, m.headers) for m in await stored(env)] == [(b"1", None), (b"2", None)]
+
+
+async def test_a_partitioned_write_sends_each_message_to_its_partitions_subject(env: Env) -> None:
+    writer: Any = await sink_on(env, subject=env.subject)._open_writer()
+    try:
+        await writer.write([b"a", b"b", b"c"], [1, 0, 1])
+    finally:
+        await writer.aclose()
+    assert [(m.subject, m.data) for m in await stored(env)] == [
+        (f"{env.subject}.1", b"a"), (f"{env.subject}.0", b"b"), (f"{env.subject}.1", b"c")]
+
+
+async def test_closing_the_writer_closes_its_connection(env: Env) -> None:
+    writer: Any = await sink_on(env)._open_writer()
+    nc = writer.link.nc
+    await writer.aclose()
+    assert nc.is_closed
+
+
+async def test_acknowledgements_held_past_the_timeout_are_an_outage_and_the_batch_is_stored_once(
+    env: Env, relay: net.HoldingRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No acknowledgement within ``timeout``: the batch is published again (each message counted in
+    ``rewritten`` each time) until the server answers, the outage is counted once and logged, and deduplication
+    stores each message once."""
+    sink = sink_on(env, servers=through(relay), timeout=0.5, outage_budget=60.0)
+    writer: Any = await sink._open_writer()
+    caplog.set_level(logging.WARNING, logger="talkpipe_async.connectors")
+    try:
+        for n, batch in enumerate([[b"1", b"2"], [b"3", b"4"]], 1):
+            relay.hold()
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(writer.write, batch)
+                    await wait_until(lambda: sink.stats.outages == n, 10, "the outage to be noted")  # noqa: B023
+                    relay.release()
+        assert sink.stats.outages == 2
+        assert sink.stats.rewritten >= 4 and sink.stats.rewritten % 2 == 0  # both messages, each time, twice
+    finally:
+        relay.release()
+        await writer.aclose()
+    assert [m.data for m in await stored(env)] == [b"1", b"2", b"3", b"4"]
+    assert [r.getMessage() for r in caplog.records if "unreachable during" in r.getMessage()] == [
+        f"{sink.label}: nats at {through(relay)} unreachable during publish "
+        "(TimeoutError: no publish acknowledgement in time); retrying for up to 60 s"] * 2
+
+
+async def test_a_message_the_stream_refuses_raises_at_once_with_the_servers_reason(env: Env) -> None:
+    """A stream that refuses a message (here larger than its ``max_msg_size``) answers the publish with an error:
+    raised at once with the server's reason, not retried as a missing acknowledgement.  (nats-py leaves the
+    publish's future pending on such an answer and reports the error to the client's error callback instead.)"""
+    await env.js.add_stream(name=f"B{env.stream}", subjects=[f"{env.subject}big"], max_msg_size=16)
+    sink = sink_on(env, subject=f"{env.subject}big", outage_budget=60.0)
+    with anyio.fail_after(10), pytest.raises(nats.js.errors.BadRequestError) as raised:
+        await sink.collect(["x" * 50])
+    assert (raised.value.code, raised.value.err_code) == (400, 10054)  # message size exceeds maximum allowed
+    assert sink.stats.outages == 0
+
+
+async def test_a_full_stream_is_an_outage_named_by_the_servers_reason(env: Env) -> None:
+    """A stream full with ``discard=new`` answers 503 (as JetStream does while it is unavailable): retried within
+    the outage budget, and the outage names the server's reason."""
+    await env.js.add_stream(name=f"F{env.stream}", subjects=[f"{env.subject}full"], max_msgs=1,
+                            discard=nats.js.api.DiscardPolicy.NEW)
+    sink = sink_on(env, subject=f"{env.subject}full", outage_budget=0.0, batch=1)
+    with anyio.fail_after(10), pytest.raises(BrokerUnavailable) as raised:
+        await sink.collect([1, 2])
+    assert str(raised.value).endswith(
+        "during publish: ServiceUnavailableError: nats: ServiceUnavailableError: code=503 err_code=10077 "
+        "description='maximum messages exceeded'")
+    assert sink.stats.written == 1
+
+
+async def test_a_publish_on_a_closed_connection_is_an_outage(env: Env) -> None:
+    """The connection is gone when a batch is published: that is an outage (here with no budget: the run ends
+    with ``BrokerUnavailable`` naming the publish), not the client's error raised as it is."""
+    writer: Any = await sink_on(env, outage_budget=0.0)._open_writer()
+    await writer.link.nc.close()
+    with anyio.fail_after(10), pytest.raises(BrokerUnavailable) as raised:
+        await writer.write([b"1"])
+    assert str(raised.value).endswith("during publish: ConnectionClosedError: nats: connection closed")
+    await writer.aclose()
+
+
+async def test_which_publish_errors_are_worth_retrying(env: Env) -> None:
+    """``_retryable``: a transient error is; another error is not; "no responders" is unless JetStream, asked which
+    stream stores the subject, says none does, except after the connection was once lost (JetStream may still be
+    recovering), and when JetStream cannot be asked."""
+    no_stream = nats.js.errors.NoStreamResponseError()
+    stored_subject: Any = await sink_on(env)._open_writer()
+    nowhere: Any = await sink_on(env, subject=f"nowhere{env.subject}")._open_writer()
+    try:
+        assert await stored_subject._retryable(nats.errors.ConnectionClosedError()) is True
+        assert await stored_subject._retryable(nats.js.errors.APIError(code=400, description="bad")) is False
+        assert await stored_subject._retryable(no_stream) is True  # a stream stores it: JetStream not ready
+        assert await nowhere._retryable(no_stream) is False
+        nowhere.link.ever_down = True  # as after a reconnection
+        assert await nowhere._retryable(no_stream) is True
+        nowhere.link.ever_down = False
+        await nowhere.link.nc.close()
+        assert await nowhere._retryable(no_stream) is True
+    finally:
+        await stored_subject.aclose()
+        await nowhere.aclose()
