@@ -534,6 +534,68 @@ def plain_source(env: Env, **kw: Any) -> jetstream_messages:
     return jetstream_messages(env.stream, "plain", subject=f"{env.subject}.0", **kw)
 
 
+def test_the_stages_names_and_the_sources_checks() -> None:
+    """A stage is named after its stream or subject unless named; ``partitions`` needs ``subject``, and
+    ``lease_ttl`` must be positive, each refused with a message that says so; a new source owns no partition."""
+    assert jetstream_messages("S", "d").name == "jetstream:S"
+    assert jetstream_messages("S", "d", name="mine").name == "mine"
+    assert to_jetstream("out.x").name == "jetstream-sink:out.x"
+    assert to_jetstream("out.x", name="mine").name == "mine"
+    assert jetstream_messages("S", "d", subject="s", partitions=2).owned_partitions == []
+    with pytest.raises(ValueError) as info:
+        jetstream_messages("S", "d", partitions=2)
+    assert str(info.value) == "partitions= needs subject=: the partitions are <subject>.0 .. <subject>.<n-1>"
+    for ttl in (0.0, -1.0):
+        with pytest.raises(ValueError) as info:
+            jetstream_messages("S", "d", lease_ttl=ttl)
+        assert str(info.value) == "lease_ttl must be positive"
+    assert jetstream_messages("S", "d", lease_ttl=0.01).lease_ttl == 0.01
+
+
+async def test_opening_a_plain_source_creates_its_consumer_with_the_sources_settings(env: Env) -> None:
+    """``create=True``: the durable consumer is created with explicit acks, the source's ``ack_wait`` and
+    ``max_ack_pending``, ``max_deliver = max_deliveries + 1`` (the last delivery is the one dead-lettered) and the
+    source's subject as its filter."""
+    session: Any = await plain_source(env, ack_wait=7.0, max_deliveries=3, max_ack_pending=9)._open()
+    try:
+        config = (await env.js.consumer_info(env.stream, "plain")).config
+    finally:
+        await session.aclose()
+    assert config.durable_name == "plain" and config.filter_subject == f"{env.subject}.0"
+    assert config.ack_policy == nats.js.api.AckPolicy.EXPLICIT
+    assert (config.ack_wait, config.max_deliver, config.max_ack_pending) == (7.0, 4, 9)
+
+
+@pytest.mark.parametrize("partitions", [None, 1])
+async def test_the_default_dead_letter_stream_is_created_when_missing(env: Env, partitions: int | None) -> None:
+    """``dead_letter=None`` (the default), partitioned or not: the stream ``<stream>_DLQ`` on ``dlq.<stream>`` is
+    created at open when missing; with ``dead_letter=False`` it is not."""
+    kw: dict[str, Any] = {"partitions": partitions, "lease_ttl": 120.0, "subject": env.subject}
+    if partitions is None:
+        kw["subject"] = f"{env.subject}.0"
+    for dead_letter, created in ((False, False), (None, True)):
+        session: Any = await jetstream_messages(env.stream, "d", servers=env.url, dead_letter=dead_letter,
+                                                consumer="w1", **kw)._open()
+        await session.aclose()
+        names = [i.config.name for i in await env.js.streams_info()]
+        assert (f"{env.stream}_DLQ" in names) == created
+    info = await env.js.stream_info(f"{env.stream}_DLQ")
+    assert info.config.subjects == [f"dlq.{env.stream}"]
+    await env.js.delete_stream(f"{env.stream}_DLQ")
+
+
+async def test_without_the_client_library_a_plain_source_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from talkpipe_async.connectors import MissingClient
+
+    monkeypatch.setitem(sys.modules, "nats.js.api", None)
+    with pytest.raises(MissingClient) as info:
+        await jetstream_messages("S", "d")._open()
+    assert str(info.value) == (
+        "the nats connector needs the 'nats.js.api' package: pip install \"talkpipe-async[nats]\"")
+
+
 async def test_a_token_names_its_delivery_and_is_acknowledged_once(env: Env) -> None:
     """A delivery's token carries the stream sequence as its id and its delivery count, starts unsettled and not
     suspect; acknowledging it twice sends and counts one ``+ACK``."""

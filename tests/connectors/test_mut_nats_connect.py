@@ -105,3 +105,20 @@ async def test_a_failure_before_any_attempt_is_named_too() -> None:
     with anyio.fail_after(60), pytest.raises(BrokerUnavailable) as raised:
         await connect_nats([], retries=0)
     assert str(raised.value) == "nats at [] is unreachable after 1 attempts: NoServersError()"
+
+
+@pytest.mark.parametrize("stage", ["source", "sink"])
+async def test_the_stages_connect_within_their_own_timeout(stage: str) -> None:
+    """``jetstream_messages`` and ``to_jetstream`` bound each connection attempt by their ``timeout`` (here not the
+    client's default of 2 s)."""
+    from talkpipe_async.connectors import jetstream_messages, to_jetstream
+
+    with net.full_backlog() as port:
+        url = f"nats://127.0.0.1:{port}"
+        start = anyio.current_time()
+        with anyio.fail_after(60), pytest.raises(BrokerUnavailable, match="after 1 attempts"):
+            if stage == "source":
+                await jetstream_messages("S", "d", servers=url, retries=0, timeout=0.5)._open()
+            else:
+                await to_jetstream("s", servers=url, retries=0, timeout=0.5)._open_writer()
+    assert anyio.current_time() - start == pytest.approx(0.5, abs=1e-6)
