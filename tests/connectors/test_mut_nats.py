@@ -20,9 +20,10 @@ import logging
 import re
 import sys
 import uuid
+import zlib
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import nats
@@ -573,7 +574,8 @@ async def test_the_default_dead_letter_stream_is_created_when_missing(env: Env, 
     kw: dict[str, Any] = {"partitions": partitions, "lease_ttl": 120.0, "subject": env.subject}
     if partitions is None:
         kw["subject"] = f"{env.subject}.0"
-    for dead_letter, created in ((False, False), (None, True)):
+    settings: list[tuple[Literal[False] | None, bool]] = [(False, False), (None, True)]
+    for dead_letter, created in settings:
         session: Any = await jetstream_messages(env.stream, "d", servers=env.url, dead_letter=dead_letter,
                                                 consumer="w1", **kw)._open()
         await session.aclose()
@@ -1134,6 +1136,18 @@ async def test_a_partitioned_write_sends_each_message_to_its_partitions_subject(
         await writer.aclose()
     assert [(m.subject, m.data) for m in await stored(env)] == [
         (f"{env.subject}.1", b"a"), (f"{env.subject}.0", b"b"), (f"{env.subject}.1", b"c")]
+
+
+async def test_a_keyed_sink_sends_each_item_to_the_partition_of_its_key(env: Env) -> None:
+    """``key`` with ``partitions=n``: each item goes to ``<subject>.<crc32(key) % n>``, the partition a reader with
+    the same ``n`` takes it from."""
+    keys = ["a", "b", "c", "a"]
+    items = [{"k": k, "v": v} for v, k in enumerate(keys)]
+    sink = sink_on(env, subject=env.subject, key="k", partitions=3)
+    await sink.collect(items)
+    assert [(m.subject, json.loads(m.data)) for m in await stored(env)] == [
+        (f"{env.subject}.{zlib.crc32(k.encode()) % 3}", item) for k, item in zip(keys, items, strict=True)]
+    assert len({m.subject for m in await stored(env)}) > 1
 
 
 async def test_closing_the_writer_closes_its_connection(env: Env) -> None:

@@ -122,3 +122,18 @@ async def test_the_stages_connect_within_their_own_timeout(stage: str) -> None:
             else:
                 await to_jetstream("s", servers=url, retries=0, timeout=0.5)._open_writer()
     assert anyio.current_time() - start == pytest.approx(0.5, abs=1e-6)
+
+
+@pytest.mark.parametrize("stage", ["source", "sink"])
+async def test_the_stages_try_their_first_connection_retries_plus_one_times(stage: str) -> None:
+    from talkpipe_async.connectors import jetstream_messages, to_jetstream
+
+    accepted: list[float] = []
+    async with net.hanging_up(accepted) as port:
+        url = f"nats://127.0.0.1:{port}"
+        with anyio.fail_after(60), pytest.raises(BrokerUnavailable, match="after 3 attempts"):
+            if stage == "source":
+                await jetstream_messages("S", "d", servers=url, retries=2, timeout=0.5)._open()
+            else:
+                await to_jetstream("s", servers=url, retries=2, timeout=0.5)._open_writer()
+    assert len(accepted) == 3
