@@ -780,16 +780,21 @@ async def test_with_decode_none_the_payload_is_the_raw_bytes(env: Env) -> None:
 
 
 async def test_a_message_delivered_more_than_max_deliveries_times_is_dead_lettered_with_its_count(env: Env) -> None:
+    """A delivery past ``max_deliveries`` goes to the dead letter with its count and the reason; the messages after
+    it in the same batch are handed on."""
     await env.js.add_stream(name=f"D{env.stream}", subjects=[f"{env.subject}dead"])
     await env.publish(0, [0, 1])
     session: Any = await plain_source(env, ack_wait=30.0, max_deliveries=1)._open()
     try:
         (m, keep) = await session.read(2, 0.5)
+        await keep.ack()
+        await env.publish(0, [2])
         await m.token._msg.nak()
         await confirm_sent(session.nc, 2)
-        assert await session.read(1, 0.5) == []  # the second delivery is past max_deliveries=1
+        later = await session.read(2, 0.5)  # the second delivery of 0 is past max_deliveries=1; 2 goes on
+        assert [x.data for x in later] == [2]
         assert session.stats.dead_lettered == 1
-        await keep.ack()
+        await later[0].ack()
     finally:
         await session.aclose()
     dead = await env.js.get_msg(f"D{env.stream}", 1)
