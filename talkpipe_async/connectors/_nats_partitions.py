@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._base import CLOSE_TIMEOUT, AckToken, import_client
+from ._base import CLOSE_TIMEOUT, AckToken
 from ._partitions import Coordinator, LeaseTable, Partition
-from .nats import JetStreamToken, NatsLink, _JetStreamSession, confirm_sent
+from .nats import JetStreamToken, NatsLink, _JetStreamSession, _nats, confirm_sent
 
 if TYPE_CHECKING:
     from .nats import jetstream_messages
@@ -53,7 +53,7 @@ class NatsLeases(LeaseTable):
         self.kv = kv
         self.bucket = bucket
         self.me = session.consumer
-        self.errors = import_client("nats", "nats").js.errors
+        self.errors = _nats().js.errors
 
     async def heartbeat(self, owned: list[int], member: bool = True) -> tuple[list[str], set[int]]:
         guard = self.session.guard
@@ -129,8 +129,8 @@ class NatsPartitionSession(_JetStreamSession):
     async def start(self) -> None:
         """Create the partition consumers and the lease bucket; take this worker's first share."""
         src = self.src
-        api = import_client("nats.js.api", "nats")
-        nats = import_client("nats", "nats")
+        api = _nats("nats.js.api")
+        nats = _nats()
         assert src.partitions is not None and src.subject is not None
         ack_wait = self.ack_wait
         for p in range(src.partitions):

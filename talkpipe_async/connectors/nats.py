@@ -69,13 +69,18 @@ def _delivery(msg: Any) -> tuple[int, str]:
     return int(metadata.num_delivered), str(metadata.sequence.stream)
 
 
+def _nats(module: str = "nats") -> Any:
+    """nats-py (or one of its modules, such as ``nats.js.api``); :class:`MissingClient` names the extra to install."""
+    return import_client(module, "nats")
+
+
 def _json_encode(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
 def nats_transient() -> tuple[type[BaseException], ...]:
     """The nats-py errors that mean "the server is unreachable or not ready now"."""
-    nats = import_client("nats", "nats")
+    nats = _nats()
     e, j = nats.errors, nats.js.errors
     return (e.ConnectionClosedError, e.ConnectionReconnectingError, e.OutboundBufferLimitError,
             e.NoRespondersError, e.StaleConnectionError, e.FlushTimeoutError, e.TimeoutError,
@@ -93,7 +98,7 @@ async def confirm_sent(nc: Any, within: float) -> None:
     it; without JetStream the server's "no responders" reply is the same
     round trip.
     """
-    nats = import_client("nats", "nats")
+    nats = _nats()
     try:
         await nc.request("$JS.API.INFO", b"", timeout=within)
     except nats.errors.NoRespondersError:
@@ -144,7 +149,7 @@ async def connect_nats(servers: str | list[str], *, retries: int = 3, connect_ti
     bound an outage in time (``outage_budget``) and close the client then.
     *link* records disconnections.
     """
-    nats = import_client("nats", "nats")
+    nats = _nats()
     errors: list[BaseException] = []
     user_error_cb = options.pop("error_cb", None)
     connected = False
@@ -267,7 +272,7 @@ class _JetStreamSession(BrokerSession):
         except asyncio.TimeoutError:  # nats.errors.TimeoutError is a subclass; fetch raises either
             if self.link.down_since is None and self.nc.is_connected:
                 return []
-            raise import_client("nats", "nats").errors.ConnectionReconnectingError() from None
+            raise _nats().errors.ConnectionReconnectingError() from None
 
     async def read(self, count: int, wait: float) -> list[Any]:
         self.stats.reads += 1
@@ -423,7 +428,7 @@ class jetstream_messages(BrokerSource):
         self.outage_budget = outage_budget
 
     async def _ensure_dead_letter_stream(self, js: Any) -> None:
-        nats = import_client("nats", "nats")
+        nats = _nats()
         name = f"{self.stream_name}_DLQ"
         try:
             await js.stream_info(name)
@@ -431,7 +436,7 @@ class jetstream_messages(BrokerSource):
             await js.add_stream(name=name, subjects=[f"dlq.{self.stream_name}"])
 
     async def _open(self) -> BrokerSession:
-        api = import_client("nats.js.api", "nats")
+        api = _nats("nats.js.api")
         link = NatsLink()
         nc = await connect_nats(self.servers, retries=self.retries, connect_timeout=self.timeout, link=link)
         if self.partitions is not None:
@@ -480,9 +485,10 @@ class _JetStreamWriter(BatchWriter):
         self.js = link.nc.jetstream()
         self.prefix = uuid.uuid4().hex
         self.sequence = 0
+        # the writer bounds each publish itself (``timeout``) and reports to the guard: it makes no guarded call
         self.guard = OutageGuard(sink.label, f"nats at {sink.servers}", sink.outage_budget, nats_transient(),
-                                 call_timeout=sink.timeout, on_outage=self._outage_started)
-        self.no_stream = import_client("nats", "nats").js.errors.NoStreamResponseError
+                                 on_outage=self._outage_started)
+        self.no_stream = _nats().js.errors.NoStreamResponseError
         self.in_flight: dict[int, asyncio.Future[Any]] = {}
         link.on_refusal = self._refused
 
@@ -505,7 +511,7 @@ class _JetStreamWriter(BatchWriter):
         # (a restart); only a JetStream that answers "no stream matches" makes it final
         if self.link.ever_down:
             return True
-        nats = import_client("nats", "nats")
+        nats = _nats()
         try:
             with anyio.fail_after(self.sink.timeout):
                 await self.js.find_stream_name_by_subject(self.sink.subject)
