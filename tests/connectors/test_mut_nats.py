@@ -11,6 +11,16 @@ partitioned source creates (one durable consumer per partition with the source's
 while messages of it are outstanding is read only once they are due, so they come first, in order; a message in
 progress longer than ``ack_wait`` is kept from redelivery and the lease renewed meanwhile; deliveries that wait
 in a dropped partition's subscription go back with a confirmed ``-NAK``.
+
+Then the plain JetStream source (``connectors/nats.py``): its names and checks, the consumer it creates, the
+dead-letter stream, the token and the session's read path (fresh messages before a redelivery, one at a time
+while redeliveries come, malformed payloads and deliveries past ``max_deliveries`` dead-lettered without ending
+the batch, a fetch on a lost link is an outage); and the sink's writer: deduplication ids, partition subjects,
+held acknowledgements, refusals by the stream, and which errors are retried.
+
+A server that is up but does not answer in time is a relay in front of the real nats-server
+(``tests.helpers.net.holding_relay``) that holds back what the server sends: each wait for an answer is then
+checked against its own bound (at least that long, and the client's timeout error rather than the guard's cut).
 """
 
 from __future__ import annotations
