@@ -1265,6 +1265,23 @@ async def test_acknowledgements_held_past_the_timeout_are_an_outage_and_the_batc
         "(TimeoutError: no publish acknowledgement in time); retrying for up to 60 s"] * 2
 
 
+async def test_a_batch_past_the_clients_limit_of_publishes_in_flight_is_an_outage_when_the_server_is_silent(
+    env: Env, relay: net.HoldingRelay
+) -> None:
+    """nats-py lets 4,000 publishes wait for their acknowledgement at once; past that a publish waits for room, for
+    at most the sink's ``timeout``: with the server silent, the batch is an outage, never a hang."""
+    writer: Any = await sink_on(env, servers=through(relay), timeout=0.5, outage_budget=0.0)._open_writer()
+    try:
+        relay.hold()
+        with anyio.fail_after(20), pytest.raises(BrokerUnavailable) as raised:
+            await writer.write([b"1"] * 4001)
+        assert str(raised.value).endswith(
+            "during publish: TooManyStalledMsgsError: nats: stalled with too many outstanding async published messages")
+    finally:
+        relay.release()
+        await writer.aclose()
+
+
 async def test_a_message_the_stream_refuses_raises_at_once_with_the_servers_reason(env: Env) -> None:
     """A stream that refuses a message (here larger than its ``max_msg_size``) answers the publish with an error:
     raised at once with the server's reason, not retried as a missing acknowledgement.  (nats-py leaves the
