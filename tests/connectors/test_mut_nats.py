@@ -1319,6 +1319,32 @@ async def test_a_publish_on_a_closed_connection_is_an_outage(env: Env) -> None:
     await writer.aclose()
 
 
+@pytest.mark.parametrize("with_link", [False, True])
+async def test_a_refusal_on_a_users_own_connection_reaches_the_users_error_callback(
+    env: Env, with_link: bool
+) -> None:
+    """``connect_nats`` used directly (with or without a ``NatsLink``, no sink's writer listening): JetStream's
+    refusal of an asynchronous publish reaches the user's own error callback, as nats-py reports it."""
+    from talkpipe_async.connectors.nats import NatsLink, connect_nats
+
+    await env.js.add_stream(name=f"B{env.stream}", subjects=[f"{env.subject}big"], max_msg_size=16)
+    heard: list[BaseException] = []
+    got_it = anyio.Event()
+
+    async def mine(exc: BaseException) -> None:
+        heard.append(exc)
+        got_it.set()
+
+    nc = await connect_nats(env.url, link=NatsLink() if with_link else None, error_cb=mine)
+    try:
+        await nc.jetstream().publish_async(f"{env.subject}big", b"x" * 50)
+        with anyio.fail_after(10):
+            await got_it.wait()
+    finally:
+        await nc.close()
+    assert [type(e) for e in heard] == [nats.js.errors.BadRequestError]
+
+
 async def test_which_publish_errors_are_worth_retrying(env: Env) -> None:
     """``_retryable``: a transient error is; another error is not; "no responders" is unless JetStream, asked which
     stream stores the subject, says none does, except after the connection was once lost (JetStream may still be
