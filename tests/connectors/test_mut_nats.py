@@ -1255,7 +1255,7 @@ async def test_acknowledgements_held_past_the_timeout_are_an_outage_and_the_batc
                     await wait_until(lambda: sink.stats.outages == n, 10, "the outage to be noted")  # noqa: B023
                     relay.release()
         assert sink.stats.outages == 2
-        assert sink.stats.rewritten >= 4 and sink.stats.rewritten % 2 == 0  # both messages, each time, twice
+        assert sink.stats.rewritten >= 4  # at least both messages of the first attempt of each outage
     finally:
         relay.release()
         await writer.aclose()
