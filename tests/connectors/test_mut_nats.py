@@ -95,6 +95,14 @@ class Env:
         for v in values:
             await self.js.publish(f"{self.subject}.{partition}", json.dumps(v).encode())
 
+    async def store_dead_letters(self) -> None:
+        """A stream ``D<stream>`` for what :func:`plain_source` dead-letters (subject ``<subject>dead``)."""
+        await self.js.add_stream(name=f"D{self.stream}", subjects=[f"{self.subject}dead"])
+
+    async def dead_letter(self, seq: int) -> Any:
+        """The dead letter stored at *seq* (from 1) by :meth:`store_dead_letters`' stream."""
+        return await self.js.get_msg(f"D{self.stream}", seq)
+
     def source(self, **kw: Any) -> jetstream_messages:
         kw.setdefault("partitions", 2)
         kw.setdefault("fetch_wait", 0.05)
@@ -679,7 +687,7 @@ async def test_a_nak_with_a_delay_is_redelivered_after_the_delay(env: Env) -> No
 async def test_term_dead_letters_with_the_delivery_count(env: Env) -> None:
     """``term(reason)`` publishes the message to the dead-letter subject with its stream, subject, sequence, reason
     and delivery count, then terminates it (never delivered again)."""
-    await env.js.add_stream(name=f"D{env.stream}", subjects=[f"{env.subject}dead"])
+    await env.store_dead_letters()
     await env.publish(0, [0])
     session: Any = await plain_source(env, ack_wait=30.0)._open()
     try:
@@ -688,7 +696,7 @@ async def test_term_dead_letters_with_the_delivery_count(env: Env) -> None:
         assert await session.read(1, 0.3) == []
     finally:
         await session.aclose()
-    dead = await env.js.get_msg(f"D{env.stream}", 1)
+    dead = await env.dead_letter(1)
     assert {k: v for k, v in (dead.headers or {}).items() if k.startswith("dlq-")} == {
         "dlq-stream": env.stream, "dlq-subject": f"{env.subject}.0", "dlq-seq": "1", "dlq-reason": "no good",
         "dlq-deliveries": "1"}
@@ -698,7 +706,7 @@ async def test_a_dead_letter_keeps_the_first_thousand_characters_of_the_reason_a
         env: Env, caplog: pytest.LogCaptureFixture) -> None:
     """The header carries at most 1,000 characters of the reason (a header is not a log); the WARNING carries it
     whole, with the stage, the sequence and the subject it went to."""
-    await env.js.add_stream(name=f"D{env.stream}", subjects=[f"{env.subject}dead"])
+    await env.store_dead_letters()
     await env.publish(0, [0])
     caplog.set_level(logging.WARNING, logger="talkpipe_async.connectors")
     reason = "r" * 999 + "st" + "x" * 50
@@ -709,7 +717,7 @@ async def test_a_dead_letter_keeps_the_first_thousand_characters_of_the_reason_a
         await m.term(reason)
     finally:
         await session.aclose()
-    dead = await env.js.get_msg(f"D{env.stream}", 1)
+    dead = await env.dead_letter(1)
     assert (dead.headers or {})["dlq-reason"] == "r" * 999 + "s"
     assert f"{source.label}: message 1 moved to {env.subject}dead: {reason}" in [r.getMessage() for r in caplog.records]
 
@@ -764,7 +772,7 @@ async def test_a_malformed_payload_is_dead_lettered_with_its_error_and_the_rest_
 ) -> None:
     """A payload ``decode`` cannot read goes to the dead letter (its reason names the error, its delivery count is
     1) and is counted in ``malformed``; the messages after it in the same batch are handed on."""
-    await env.js.add_stream(name=f"D{env.stream}", subjects=[f"{env.subject}dead"])
+    await env.store_dead_letters()
     for payload in (b"{bad", b"1", b"[oops", b"2"):
         await env.js.publish(f"{env.subject}.0", payload)
     session: Any = await plain_source(env, ack_wait=30.0)._open()
@@ -774,7 +782,7 @@ async def test_a_malformed_payload_is_dead_lettered_with_its_error_and_the_rest_
         assert (session.stats.malformed, session.stats.dead_lettered) == (2, 2)
     finally:
         await session.aclose()
-    dead = [await env.js.get_msg(f"D{env.stream}", seq) for seq in (1, 2)]
+    dead = [await env.dead_letter(seq) for seq in (1, 2)]
     assert [(d.data, d.headers["dlq-deliveries"]) for d in dead] == [(b"{bad", "1"), (b"[oops", "1")]
     assert dead[0].headers["dlq-reason"].startswith("malformed payload: JSONDecodeError: ")
 
@@ -792,7 +800,7 @@ async def test_with_decode_none_the_payload_is_the_raw_bytes(env: Env) -> None:
 async def test_a_message_delivered_more_than_max_deliveries_times_is_dead_lettered_with_its_count(env: Env) -> None:
     """A delivery past ``max_deliveries`` goes to the dead letter with its count and the reason; the messages after
     it in the same batch are handed on."""
-    await env.js.add_stream(name=f"D{env.stream}", subjects=[f"{env.subject}dead"])
+    await env.store_dead_letters()
     await env.publish(0, [0, 1])
     session: Any = await plain_source(env, ack_wait=30.0, max_deliveries=1)._open()
     try:
@@ -807,7 +815,7 @@ async def test_a_message_delivered_more_than_max_deliveries_times_is_dead_letter
         await later[0].ack()
     finally:
         await session.aclose()
-    dead = await env.js.get_msg(f"D{env.stream}", 1)
+    dead = await env.dead_letter(1)
     assert dead.headers is not None
     assert (dead.headers["dlq-deliveries"], dead.headers["dlq-reason"]) == ("2", "delivered 2 times (max_deliveries=1)")
 
@@ -1008,7 +1016,7 @@ async def test_a_dead_letter_publish_not_answered_in_time_is_an_outage_counted_o
 ) -> None:
     """The dead-letter publish waits for the server's answer up to the source's ``timeout``; an answer that does not
     come is an outage, retried until it does, and each outage counts once in ``stats.outages``."""
-    await env.js.add_stream(name=f"D{env.stream}", subjects=[f"{env.subject}dead"])
+    await env.store_dead_letters()
     await env.publish(0, [0, 1])
     source = plain_source(env, servers=through(relay), ack_wait=30.0, timeout=1.0, outage_budget=60.0)
     session: Any = await source._open()
@@ -1040,7 +1048,7 @@ async def test_the_dead_letter_publish_waits_the_sources_timeout_even_past_the_c
 ) -> None:
     """The wait for the dead-letter publish's answer is the source's ``timeout``, here longer than nats-py's own
     JetStream default of 5 s."""
-    await env.js.add_stream(name=f"D{env.stream}", subjects=[f"{env.subject}dead"])
+    await env.store_dead_letters()
     await env.publish(0, [0])
     source = plain_source(env, servers=through(relay), ack_wait=30.0, timeout=5.5, outage_budget=0.0)
     session: Any = await source._open()

@@ -107,33 +107,33 @@ async def test_a_failure_before_any_attempt_is_named_too() -> None:
     assert str(raised.value) == "nats at [] is unreachable after 1 attempts: NoServersError()"
 
 
+async def open_stage(stage: str, url: str, **kw: Any) -> None:
+    """Open the connection of a JetStream source or sink as a run does (each attempt fails here)."""
+    from talkpipe_async.connectors import jetstream_messages, to_jetstream
+
+    if stage == "source":
+        await jetstream_messages("S", "d", servers=url, **kw)._open()
+    else:
+        await to_jetstream("s", servers=url, **kw)._open_writer()
+
+
 @pytest.mark.parametrize("stage", ["source", "sink"])
 async def test_the_stages_connect_within_their_own_timeout(stage: str) -> None:
     """``jetstream_messages`` and ``to_jetstream`` bound each connection attempt by their ``timeout`` (here not the
     client's default of 2 s)."""
-    from talkpipe_async.connectors import jetstream_messages, to_jetstream
-
     with net.full_backlog() as port:
         url = f"nats://127.0.0.1:{port}"
         start = anyio.current_time()
         with anyio.fail_after(60), pytest.raises(BrokerUnavailable, match="after 1 attempts"):
-            if stage == "source":
-                await jetstream_messages("S", "d", servers=url, retries=0, timeout=0.5)._open()
-            else:
-                await to_jetstream("s", servers=url, retries=0, timeout=0.5)._open_writer()
+            await open_stage(stage, url, retries=0, timeout=0.5)
     assert anyio.current_time() - start == pytest.approx(0.5, abs=1e-6)
 
 
 @pytest.mark.parametrize("stage", ["source", "sink"])
 async def test_the_stages_try_their_first_connection_retries_plus_one_times(stage: str) -> None:
-    from talkpipe_async.connectors import jetstream_messages, to_jetstream
-
     accepted: list[float] = []
     async with net.hanging_up(accepted) as port:
         url = f"nats://127.0.0.1:{port}"
         with anyio.fail_after(60), pytest.raises(BrokerUnavailable, match="after 3 attempts"):
-            if stage == "source":
-                await jetstream_messages("S", "d", servers=url, retries=2, timeout=0.5)._open()
-            else:
-                await to_jetstream("s", servers=url, retries=2, timeout=0.5)._open_writer()
+            await open_stage(stage, url, retries=2, timeout=0.5)
     assert len(accepted) == 3

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import socket
@@ -12,7 +11,7 @@ import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -229,7 +228,6 @@ def full_backlog() -> Iterator[int]:
         listener.close()
 
 
-
 class HoldingRelay:
     """A TCP relay to a real server whose answers can be held back: a server that is up but does not answer in
     time.  What the client sends always goes through; while :meth:`hold` is in force, what the server sends waits
@@ -250,13 +248,13 @@ class HoldingRelay:
         self._open.set()
 
     async def _client_to_server(self, client: anyio.abc.SocketStream, server: anyio.abc.SocketStream) -> None:
-        with contextlib.suppress(*_GONE):
+        with suppress(*_GONE):
             async for data in client:
                 await server.send(data)
             await server.send_eof()
 
     async def _server_to_client(self, server: anyio.abc.SocketStream, client: anyio.abc.SocketStream) -> None:
-        with contextlib.suppress(*_GONE):
+        with suppress(*_GONE):
             async for data in server:
                 await self._open.wait()
                 await client.send(data)

@@ -193,20 +193,26 @@ class FailingAfter:
         return await self.sock.receive()
 
 
+def failing_sockets(monkeypatch: pytest.MonkeyPatch, n: int, error: OSError) -> list[FailingAfter]:
+    """From now on the source's socket is a :class:`FailingAfter`; the list gets each one made."""
+    wrapped: list[FailingAfter] = []
+    create = anyio.create_udp_socket
+
+    async def failing(**kw: Any) -> FailingAfter:
+        wrapped.append(FailingAfter(await create(**kw), n, error))
+        return wrapped[-1]
+
+    monkeypatch.setattr(anyio, "create_udp_socket", failing)
+    return wrapped
+
+
 async def test_a_failed_receive_reaches_the_consumer_after_the_datagrams_before_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The receiving task keeps its error and wakes the consumer, who first gets every datagram received before it
     and then that error; the socket is closed."""
     error = OSError(5, "receive failed")
-    wrapped: list[FailingAfter] = []
-    create = anyio.create_udp_socket
-
-    async def failing(**kw: Any) -> FailingAfter:
-        wrapped.append(FailingAfter(await create(**kw), 2, error))
-        return wrapped[0]
-
-    monkeypatch.setattr(anyio, "create_udp_socket", failing)
+    wrapped = failing_sockets(monkeypatch, 2, error)
     listening = Listening()
     got: list[Any] = []
     with anyio.fail_after(10), pytest.raises(OSError) as raised:
@@ -232,14 +238,7 @@ async def test_a_failed_receive_reaches_the_consumer_after_the_datagrams_before_
 async def test_a_failed_receive_wakes_a_consumer_waiting_for_the_next_datagram(monkeypatch: pytest.MonkeyPatch) -> None:
     """The consumer is waiting on an empty ring when the receive fails: it is woken and gets the error."""
     error = OSError(5, "receive failed")
-    wrapped: list[FailingAfter] = []
-    create = anyio.create_udp_socket
-
-    async def failing(**kw: Any) -> FailingAfter:
-        wrapped.append(FailingAfter(await create(**kw), 1, error))
-        return wrapped[0]
-
-    monkeypatch.setattr(anyio, "create_udp_socket", failing)
+    wrapped = failing_sockets(monkeypatch, 1, error)
     listening = Listening()
     outcome: list[Any] = []
     first = anyio.Event()
