@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 import nats
 import pytest
 
@@ -65,6 +66,18 @@ class Env:
     async def ack_pending(self) -> int:
         return int((await self.js.consumer_info(self.stream, self.durable)).num_ack_pending)
 
+    async def ack_pending_settles_at(self, expected: int) -> None:
+        """The consumer's count of unacknowledged deliveries reaches *expected*.
+
+        A run's close confirms that the server has read its ``+ACK``s; JetStream applies them to the consumer a
+        moment later, so a read from this other connection may still count them: a broker-side count, polled with
+        a bound.
+        """
+        deadline = anyio.current_time() + 5.0
+        while (seen := await self.ack_pending()) != expected:
+            assert anyio.current_time() < deadline, f"{seen} deliveries unacknowledged, expected {expected}"
+            await anyio.sleep(0.01)
+
     async def read_all(self, stream: str) -> list[Any]:
         info = await self.js.stream_info(stream)
         out: list[Any] = []
@@ -101,7 +114,7 @@ async def test_consume_all_and_ack(nats_url: str, env: Env) -> None:
     src = source(nats_url, env, batch=40)
     assert await consume(src, seen.append, limit=250) == 250
     assert seen == list(range(250))
-    assert await env.ack_pending() == 0
+    await env.ack_pending_settles_at(0)
     assert src.stats.delivered == 250 and src.stats.acked == 250
 
 
@@ -115,7 +128,7 @@ async def test_ack_after_downstream_and_one_batch_in_flight(nats_url: str, env: 
 
     with pytest.raises(ValueError, match="boom at 5"):
         await (source(nats_url, env, batch=10) | map_data(explode_at_5) | ack()).collect()
-    assert await env.ack_pending() == 5  # 5..9 fetched (one batch) but never handled
+    await env.ack_pending_settles_at(5)  # 5..9 fetched (one batch) but never handled
 
 
 async def test_redelivery_after_ack_wait(nats_url: str, env: Env) -> None:
@@ -133,7 +146,7 @@ async def test_redelivery_after_ack_wait(nats_url: str, env: Env) -> None:
                 break
     assert sorted(m.data for m in got) == list(range(10))
     assert all(m.deliveries == 2 for m in got) and src.stats.redelivered == 10
-    assert await env.ack_pending() == 0
+    await env.ack_pending_settles_at(0)
 
 
 async def test_max_ack_pending_caps_in_flight(nats_url: str, env: Env) -> None:
@@ -163,7 +176,7 @@ async def test_nak_then_dead_letter_after_max_deliveries(nats_url: str, env: Env
     assert len(dead) == 1 and json.loads(dead[0].data) == "bad"
     assert "delivered 3 times" in dead[0].headers["dlq-reason"]
     assert mapper.errors == 2 and src.stats.dead_lettered == 1 and src.stats.nacked == 2
-    assert await env.ack_pending() == 0
+    await env.ack_pending_settles_at(0)
 
 
 async def test_malformed_payload_goes_to_dead_letter(nats_url: str, env: Env) -> None:
@@ -178,7 +191,7 @@ async def test_malformed_payload_goes_to_dead_letter(nats_url: str, env: Env) ->
     assert [d.data for d in dead] == [b"{not json"]
     assert dead[0].headers["dlq-reason"].startswith("malformed payload")
     assert src.stats.malformed == 1
-    assert await env.ack_pending() == 0
+    await env.ack_pending_settles_at(0)
 
 
 async def test_map_data_dead_letter_policy(nats_url: str, env: Env) -> None:
@@ -186,7 +199,7 @@ async def test_map_data_dead_letter_policy(nats_url: str, env: Env) -> None:
     assert await consume(source(nats_url, env) | map_data(lambda x: 10 // x, on_error="dead_letter"), limit=2) == 2
     dead = await env.read_all(f"DEAD{env.dead.split('.')[1]}")
     assert len(dead) == 1 and "ZeroDivisionError" in dead[0].headers["dlq-reason"]
-    assert await env.ack_pending() == 0
+    await env.ack_pending_settles_at(0)
 
 
 async def test_sink_waits_for_publish_acks_then_ack(nats_url: str, env: Env) -> None:
@@ -197,7 +210,7 @@ async def test_sink_waits_for_publish_acks_then_ack(nats_url: str, env: Env) -> 
     out = await env.read_all(f"OUT{env.out.split('.')[1]}")
     assert [json.loads(m.data) for m in out] == [2 * i for i in range(40)]
     assert sink.stats.written == 40
-    assert await env.ack_pending() == 0
+    await env.ack_pending_settles_at(0)
 
 
 async def test_sink_raises_when_no_stream_stores_the_subject(nats_url: str) -> None:
@@ -236,7 +249,8 @@ async def test_dead_letter_false_drops_explicitly_and_says_so(
     src = source(nats_url, env, dead_letter=False)
     with caplog.at_level("WARNING", logger="talkpipe_async.connectors"):
         assert await consume(src, limit=1) == 1
-    assert src.stats.dead_lettered == 1 and await env.ack_pending() == 0
+    assert src.stats.dead_lettered == 1
+    await env.ack_pending_settles_at(0)
     assert any("dropped (dead_letter=False)" in r.getMessage() for r in caplog.records)
     with pytest.raises(nats.js.errors.NotFoundError):
         await env.js.stream_info(f"{env.stream}_DLQ")
