@@ -14,6 +14,10 @@ It exits after ``--idle-exit`` seconds without a message and prints
 key, "s": place in its key}``); the record then carries ``k`` and ``s``.
 ``--log PATH`` writes the connectors' log (partitions taken and released,
 members seen, stop signals) to PATH with timestamps, for a failing test to show.
+``--hold-first PATH`` holds the first message before its work: the worker
+creates PATH, then waits until its source has been told to stop (SIGTERM
+under ``--serve``), so a test can stop it while it certainly holds the rest
+of its first batch.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -43,7 +48,23 @@ class Poisoned(RuntimeError):
     """The payload of a poison message."""
 
 
-def make_record(name: str, delay: float) -> Any:
+HOLD_LIMIT = 60.0  # a held worker never told to stop fails instead of hanging
+
+
+def stop_seen(src: Any) -> anyio.Event:
+    """An event set once *src* has been told to stop (after its own ``stop`` ran)."""
+    seen = anyio.Event()
+    stop = src.stop
+
+    def stop_and_tell() -> None:
+        stop()
+        seen.set()
+
+    src.stop = stop_and_tell
+    return seen
+
+
+def make_record(name: str, delay: float, hold: tuple[Path, anyio.Event] | None = None) -> Any:
     """A segment that replaces each payload by the result record (the token stays)."""
 
     @segment
@@ -52,6 +73,11 @@ def make_record(name: str, delay: float) -> Any:
         async for message in items:
             if message.data.get("poison"):
                 raise Poisoned(f"poison message {message.data['i']}")
+            if first and hold is not None:
+                path, stopped = hold
+                path.touch()
+                with anyio.fail_after(HOLD_LIMIT):
+                    await stopped.wait()
             if delay:
                 await anyio.sleep(delay)  # the work of one message
             if first:
@@ -85,7 +111,8 @@ async def main(args: argparse.Namespace) -> None:
             subject=args.subject, partitions=args.partitions, lease_ttl=args.lease_ttl, consumer=args.name,
         )
         sink = to_jetstream(args.results, servers=args.url, batch=args.batch, outage_budget=budget)
-    pipeline = src | make_record(args.name, args.delay) | sink
+    hold = (Path(args.hold_first), stop_seen(src)) if args.hold_first else None
+    pipeline = src | make_record(args.name, args.delay, hold) | sink
     code = 0
     if args.serve:
         result = await serve(pipeline, drain_timeout=20.0)
@@ -120,6 +147,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--lease-ttl", type=float, default=5.0)
     p.add_argument("--subject", default=None)
     p.add_argument("--log", default=None)
+    p.add_argument("--hold-first", default=None)
     return p.parse_args()
 
 
