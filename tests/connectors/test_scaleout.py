@@ -19,14 +19,12 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import anyio
 import redis
 
-from tests.helpers.brokers import counter, nats_count, start_worker, wait_all
-from tests.helpers.wait import wait_until_sync
+from tests.helpers.brokers import counter, nats_count, start_first, start_worker, wait_all
 
 pytest_plugins = ["tests.helpers.brokers"]
 N = 20_000
@@ -41,23 +39,6 @@ def fill_redis(client: Any, stream: str, group: str) -> None:
         for i in range(start, min(N, start + 2000)):
             pipe.xadd(stream, {"data": json.dumps({"i": i})})
         pipe.execute()
-
-
-def victim_first(start: Callable[[str], Any], results: Callable[[], int], deadline: float) -> list[Any]:
-    """Start w0, the worker to be killed, alone until it has written a result; then w1 and w2.
-
-    So w0 is at work when the stream is a fifth done, however slowly the
-    machine starts it next to the others.
-    """
-    victim = start("w0")
-    try:
-        wait_until_sync(lambda: victim.poll() is not None or results() > 0, deadline, "w0's first result")
-        assert victim.poll() is None, f"w0 exited early: {victim.communicate()[1][-2000:]}"
-    except BaseException:
-        victim.kill()
-        victim.communicate()
-        raise
-    return [victim, start("w1"), start("w2")]
 
 
 def redis_results(client: Any, results: str) -> list[dict[str, Any]]:
@@ -92,9 +73,9 @@ def test_redis_kill_one_worker_mid_stream(redis_url: str) -> None:
     fill_redis(client, stream, group)
     deadline = time.monotonic() + DEADLINE
     claim_idle = 1.5
-    procs = victim_first(lambda name: start_worker("redis", redis_url, stream, group, results, name, batch=BATCH,
-                                                   claim_idle=claim_idle, idle_exit=claim_idle * 2.5),
-                         lambda: client.xlen(results), deadline)
+    procs = start_first(lambda name: start_worker("redis", redis_url, stream, group, results, name, batch=BATCH,
+                                                  claim_idle=claim_idle, idle_exit=claim_idle * 2.5),
+                        lambda: client.xlen(results) > 0, deadline, "w0's first result")
     victim = procs[0]
     # kill -9 the victim once the group is well into the stream and the victim holds messages
     def victim_pending() -> int:
@@ -167,9 +148,9 @@ def test_nats_kill_one_worker_mid_stream(nats_url: str) -> None:
     anyio.run(_nats_setup, nats_url, tag)
     deadline = time.monotonic() + DEADLINE
     ack_wait = 1.5
-    procs = victim_first(lambda name: start_worker("nats", nats_url, f"FEED{tag}", "workers", f"res{tag}.out", name,
-                                                   batch=BATCH, claim_idle=ack_wait, idle_exit=ack_wait * 2.5),
-                         lambda: anyio.run(nats_count, nats_url, f"RES{tag}"), deadline)
+    procs = start_first(lambda name: start_worker("nats", nats_url, f"FEED{tag}", "workers", f"res{tag}.out", name,
+                                                  batch=BATCH, claim_idle=ack_wait, idle_exit=ack_wait * 2.5),
+                        lambda: anyio.run(nats_count, nats_url, f"RES{tag}") > 0, deadline, "w0's first result")
     victim = procs[0]
 
     while anyio.run(nats_count, nats_url, f"RES{tag}") < N // 5:

@@ -30,7 +30,16 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.helpers.brokers import counter, nats_count, nats_fill, nats_read, start_worker, wait_all
+from tests.helpers.brokers import (
+    counter,
+    killed_on_failure,
+    nats_count,
+    nats_fill,
+    nats_read,
+    start_first,
+    start_worker,
+    wait_all,
+)
 from tests.helpers.wait import wait_until_sync
 
 pytest_plugins = ["tests.helpers.brokers"]
@@ -49,16 +58,11 @@ def stop_one_of_three(start: Callable[[str, tuple[str, ...]], Any], results: Cal
                       tmp_path: Path) -> list[tuple[int, str, str]]:
     """Start w0 alone until it holds its first batch, then w1 and w2; SIGTERM w0 mid-stream; wait for all."""
     holding = tmp_path / "w0-holds"
-    procs = [start("w0", (*EXTRA, "--hold-first", str(holding)))]
-    try:
-        wait_until_sync(holding.exists, deadline, "the stopped worker to hold its first batch")
-        procs += [start(f"w{k}", EXTRA) for k in (1, 2)]
+    held = (*EXTRA, "--hold-first", str(holding))
+    procs = start_first(lambda name: start(name, held if name == "w0" else EXTRA), holding.exists, deadline,
+                        "the stopped worker to hold its first batch")
+    with killed_on_failure(procs):
         wait_until_sync(lambda: results() >= N // 5, deadline, "a fifth of the results")
-    except BaseException:
-        for proc in procs:
-            proc.kill()
-            proc.communicate()
-        raise
     os.kill(procs[0].pid, signal.SIGTERM)
     return wait_all(procs, deadline)
 

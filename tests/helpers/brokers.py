@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -19,6 +20,7 @@ import pytest
 
 from talkpipe_async.connectors import BackendNotSupported, BrokerUnavailable
 from tests.conftest import die_with_parent
+from tests.helpers.wait import wait_until_sync
 
 # The broker clients are asyncio libraries: their tests run on asyncio and uvloop.
 ASYNCIO_LOOPS = [
@@ -191,6 +193,32 @@ def start_worker(broker: str, url: str, stream: str, group: str, results: str, n
     env = {**os.environ, "PYTHONPATH": str(root)}
     return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=die_with_parent)
+
+
+@contextmanager
+def killed_on_failure(procs: list[Any]) -> Iterator[None]:
+    """Kill and reap the worker processes in *procs* if the block fails: none outlives its test."""
+    try:
+        yield
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
+        raise
+
+
+def start_first(start: Callable[[str], Any], ready: Callable[[], bool], deadline: float, what: str) -> list[Any]:
+    """Start worker w0 alone until *ready* (*what* names it), then w1 and w2; return the three processes.
+
+    So w0 is at work before the others, however slowly the machine starts
+    it next to them: a test that stops or kills w0 mid-stream finds it busy.
+    """
+    procs = [start("w0")]
+    first = procs[0]
+    with killed_on_failure(procs):
+        wait_until_sync(lambda: first.poll() is not None or ready(), deadline, what)
+        assert first.poll() is None, f"w0 exited early: {first.communicate()[1][-2000:]}"
+    return [first, start("w1"), start("w2")]
 
 
 def wait_all(procs: list[Any], deadline: float) -> list[tuple[int, str, str]]:
